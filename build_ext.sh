@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# In-place build of sabot/_core for development.
+#   ./build_ext.sh               optimised build
+#   SABOT_DEBUG=1 ./build_ext.sh debug build (bounds checks, line tracing, annotated HTML)
+set -euo pipefail
+cd "$(dirname "$0")"
+python -m pip install --quiet "cython>=3.0.8,<4" "numpy>=1.26,<3" "setuptools>=68" 2>/dev/null || true
+python setup.py build_ext --inplace "$@"
