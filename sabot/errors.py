@@ -38,3 +38,19 @@ class UnknownNode(SabotError, KeyError):
 
 class OperatorError(SabotError, RuntimeError):
     """User code or an operator failed; the message names the operator and function."""
+
+
+class JobFailed(SabotError, RuntimeError):
+    """A job ended FAILED; the message carries the failing task's error and traceback."""
+
+    def __init__(self, message, failures=()):
+        super().__init__(message)
+        self.failures = list(failures)
+
+
+class StateInputError(SabotError, ValueError):
+    """Arguments to a keyed-state table do not fit together (lengths, columns, key groups)."""
+
+
+class UnsupportedStateType(SabotError, TypeError):
+    """A key or value column has an Arrow type the keyed-state table cannot hold."""
