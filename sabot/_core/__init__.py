@@ -16,18 +16,24 @@ _HOW_TO_BUILD = (
 )
 
 
+def _load(name):
+    try:
+        return importlib.import_module(f"sabot._core.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"sabot._core.{name}":
+            raise
+        raise ImportError(_HOW_TO_BUILD.format(name=name)) from None
+
+
 def __getattr__(name):
+    # ``from sabot._core import graph`` asks for the attribute before importing the
+    # submodule; importing it here turns a missing build into a clear ImportError.
     if name in COMPILED_MODULES:
-        raise ImportError(_HOW_TO_BUILD.format(name=name))
+        return _load(name)
     raise AttributeError(f"module 'sabot._core' has no attribute {name!r}")
 
 
 def check():
     """Import every compiled module, raising ImportError with build instructions."""
     for name in COMPILED_MODULES:
-        try:
-            importlib.import_module(f"sabot._core.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"sabot._core.{name}":
-                raise
-            raise ImportError(_HOW_TO_BUILD.format(name=name)) from None
+        _load(name)
