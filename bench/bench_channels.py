@@ -1,0 +1,128 @@
+"""Channel throughput: 64k-row batches (int64 + float64) through in-process and TCP channels.
+
+Measures, in one process and one run:
+  * baseline: a plain memory copy of the same bytes with numpy (np.copyto per batch);
+  * (a) an in-process channel (batches are passed by reference);
+  * (b) a TCP loopback channel (Arrow IPC frames, credit frames back), sender and
+    receiver on the same event loop, so one core does both ends.
+Both channels run on the default asyncio loop and on uvloop. Figures are GB/s of
+``RecordBatch.nbytes`` and batches/s, and the ratio to the memory copy.
+
+    python bench/bench_channels.py            # ~1 GiB per measurement
+    python bench/bench_channels.py --quick    # 64 MiB
+"""
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import uvloop
+
+# Runnable from a checkout without installing: `python bench/bench_channels.py`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sabot.runtime import events  # noqa: E402
+from sabot.runtime.channels import DataServer  # noqa: E402
+
+ROWS = 64 * 1024
+POOL = 16  # distinct batches cycled through, so the data set need not be held in memory
+
+
+def make_batches():
+    rng = np.random.default_rng(0)
+    return [
+        pa.record_batch({"k": rng.integers(0, 1 << 40, ROWS), "v": rng.random(ROWS)})
+        for _ in range(POOL)
+    ]
+
+
+def bench_memcpy(batches, count):
+    """Copy each batch's column bytes into a destination buffer, like a channel that copies once."""
+    srcs = [(b.column(0).to_numpy(), b.column(1).to_numpy()) for b in batches]
+    dst_k = np.empty(ROWS, np.int64)
+    dst_v = np.empty(ROWS, np.float64)
+    start = time.perf_counter()
+    for i in range(count):
+        k, v = srcs[i % POOL]
+        np.copyto(dst_k, k)
+        np.copyto(dst_v, v)
+    elapsed = time.perf_counter() - start
+    assert dst_k[-1] == srcs[(count - 1) % POOL][0][-1]
+    return elapsed
+
+
+async def pump(batches, count, tcp, credits):
+    rx = DataServer(credits=credits)
+    tx = DataServer()
+    try:
+        if tcp:
+            host, port = await rx.start()
+        else:
+            tx, host, port = rx, None, None
+        inp = rx.input_channel("bench")
+        out = await tx.output_channel("bench", host, port)
+
+        async def produce():
+            for i in range(count):
+                await out.send(batches[i % POOL])
+            await out.send(events.EndOfStream())
+            await out.close()
+
+        start = time.perf_counter()
+        producer = asyncio.ensure_future(produce())
+        rows = 0
+        while True:
+            item = await inp.recv()
+            if isinstance(item, pa.RecordBatch):
+                rows += item.num_rows
+            else:
+                break
+        await producer
+        elapsed = time.perf_counter() - start
+        assert rows == count * ROWS, (rows, count * ROWS)
+        return elapsed, dict(out.metrics), dict(inp.metrics)
+    finally:
+        if tx is not rx:
+            await tx.stop()
+        await rx.stop()
+
+
+def run_on(loop_kind, coro):
+    factory = asyncio.new_event_loop if loop_kind == "asyncio" else uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="64 MiB instead of ~1 GiB per measurement")
+    parser.add_argument("--credits", type=int, default=8)
+    args = parser.parse_args()
+
+    batches = make_batches()
+    batch_bytes = batches[0].nbytes
+    count = (64 << 20) // batch_bytes if args.quick else (1 << 30) // batch_bytes
+    total = count * batch_bytes
+    print(f"{count} batches of {ROWS} rows (int64 + float64), {batch_bytes / 2**20:.2f} MiB each, "
+          f"{total / 2**30:.2f} GiB per measurement, credits={args.credits}")
+
+    run_on("asyncio", pump(batches, min(count, 32), True, args.credits))  # warm up sockets and imports
+    base = bench_memcpy(batches, count)
+    print(f"{'numpy memcpy (baseline)':34s} {total / base / 1e9:7.2f} GB/s {count / base:10.0f} batches/s  1.00x")
+    for loop_kind in ("asyncio", "uvloop"):
+        for tcp in (False, True):
+            elapsed, out_m, in_m = run_on(loop_kind, pump(batches, count, tcp, args.credits))
+            name = f"{'tcp loopback' if tcp else 'in-process'} channel [{loop_kind}]"
+            print(
+                f"{name:34s} {total / elapsed / 1e9:7.2f} GB/s {count / elapsed:10.0f} batches/s "
+                f"{base / elapsed:5.2f}x memcpy   (sender backpressured {out_m['backpressured_seconds']:.2f} s,"
+                f" peak buffered {in_m['peak_buffered_bytes'] / 2**20:.1f} MiB)"
+            )
+
+
+if __name__ == "__main__":
+    main()
