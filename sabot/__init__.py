@@ -1,3 +1,18 @@
-"""Sabot: Flink-style stream processing for Python over Apache Arrow."""
+"""Sabot: Flink-style stream processing for Python over Apache Arrow.
+
+Build a job with :class:`Stream` (or a :class:`~sabot.execution.JobGraph` by hand),
+run it in this process with ``.run()``, or on a cluster of worker processes with
+:class:`~sabot.cluster.local.LocalCluster` and the ``sabot`` command.
+"""
+
+from sabot import _core
+
+_core.check()  # no silent pure-Python fallback: fail here with build instructions
+
+from sabot.api.stream import Stream, StreamSink  # noqa: E402
+from sabot.errors import JobFailed, OperatorError, SabotError  # noqa: E402
+from sabot.runtime.embedded import JobResult  # noqa: E402
 
 __version__ = "0.1.0"
+
+__all__ = ["JobFailed", "JobResult", "OperatorError", "SabotError", "Stream", "StreamSink", "__version__"]

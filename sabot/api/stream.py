@@ -1,0 +1,410 @@
+"""The Stream API: a fluent way to build a JobGraph, run it here or ship it.
+
+Example:
+    >>> import pyarrow as pa
+    >>> from sabot import Stream
+    >>> t = pa.table({"key": [1, 2, 1], "value": [0.2, 0.9, 0.7]})
+    >>> result = (Stream.from_table(t)
+    ...     .filter(pa.compute.field("value") > 0.5)
+    ...     .key_by("key")
+    ...     .aggregate({"value": ["count", "sum"]})
+    ...     .collect()
+    ...     .run())
+    >>> result.table().sort_by("key").to_pydict()
+    {'key': [1, 2], 'value_count': [1, 1], 'value_sum': [0.7, 0.9]}
+
+Every method returns a new Stream; nothing runs until ``run()`` (in this
+process) or until the JobGraph from ``to_job_graph()`` is submitted to a
+cluster. Functions are passed as callables or ``"package.module:function"``
+strings; lambdas and closures work for ``run()`` but cannot be shipped to
+worker processes (``to_job_graph(shippable=True)`` says which operator).
+"""
+
+import itertools
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from sabot.errors import GraphValidationError
+from sabot.execution.job_graph import JobGraph, OperatorType, StreamOperatorNode
+from sabot.runtime import functions
+from sabot.runtime.embedded import run_coroutine, run_job_graph_async
+from sabot.runtime.operators.base import encode_schema, encode_table
+from sabot.runtime.operators.transforms import encode_expression
+
+AGG_FUNCTIONS = ("count", "sum", "min", "max", "mean")
+_names = itertools.count()
+
+
+class _Plan:
+    """The operators and edges shared by every Stream derived from one source."""
+
+    def __init__(self):
+        self.nodes = {}  # operator_id -> StreamOperatorNode
+        self.edges = []  # (upstream_id, downstream_id)
+
+    def add(self, node, upstream_ids=()):
+        self.nodes[node.operator_id] = node
+        for up in upstream_ids:
+            self.edges.append((up, node.operator_id))
+        return node
+
+    def merge(self, other):
+        if other is self:
+            return self
+        self.nodes.update(other.nodes)
+        self.edges.extend(e for e in other.edges if e not in self.edges)
+        return self
+
+
+def _columns_error(what, missing, schema):
+    return GraphValidationError(
+        f"{what}: column(s) {missing} not found; available columns: {schema.names}"
+    )
+
+
+def _aggregate_specs(aggregates):
+    """Normalise {"col": "fn" | ["fn", ...]} or [("col", "fn"), ...] to [[col, fn], ...]."""
+    if isinstance(aggregates, dict):
+        items = []
+        for col, fns in aggregates.items():
+            for fn in [fns] if isinstance(fns, str) else fns:
+                items.append([col, fn])
+    else:
+        items = [list(x) for x in aggregates]
+    if not items:
+        raise ValueError("aggregate needs at least one (column, function) pair")
+    for col, fn in items:
+        if fn not in AGG_FUNCTIONS:
+            raise ValueError(f"unknown aggregate function {fn!r} for column {col!r}; expected one of {AGG_FUNCTIONS}")
+    return items
+
+
+def _aggregate_output_schema(schema, keys, specs):
+    if schema is None:
+        return None
+    fields = [schema.field(k) for k in keys]
+    for col, fn in specs:
+        name = "count" if col == "*" else f"{col}_{fn}"
+        if fn == "count":
+            fields.append(pa.field(name, pa.int64()))
+        elif fn == "mean":
+            fields.append(pa.field(name, pa.float64()))
+        else:
+            t = schema.field(col).type
+            fields.append(pa.field(name, pa.float64() if pa.types.is_floating(t) else pa.int64() if fn == "sum" else t))
+    return pa.schema(fields)
+
+
+class Stream:
+    """A stream of Arrow record batches: one operator of a plan and what it emits."""
+
+    def __init__(self, plan, node, schema=None, key_by=None):
+        self._plan = plan
+        self._node = node
+        self.schema = schema
+        self._key_by = key_by
+
+    # -- sources ----------------------------------------------------------------------
+
+    @classmethod
+    def _source(cls, name, parameters, schema, parallelism=None):
+        plan = _Plan()
+        node = StreamOperatorNode(
+            operator_type=OperatorType.SOURCE,
+            name=name or f"source_{next(_names)}",
+            parallelism=parallelism,
+            parameters=parameters,
+        )
+        return cls(plan, plan.add(node), schema)
+
+    @classmethod
+    def from_table(cls, table, *, batch_size=65536, name=None, parallelism=None):
+        """A bounded source over an in-memory table (shipped inside the JobGraph)."""
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        if not isinstance(table, pa.Table):
+            raise TypeError(f"from_table expects a pyarrow.Table or RecordBatch, got {type(table).__name__}")
+        params = {"kind": "table", "data": encode_table(table), "batch_size": batch_size}
+        return cls._source(name, params, table.schema, parallelism)
+
+    @classmethod
+    def from_batches(cls, batches, *, name=None, parallelism=None):
+        """A bounded source over a list of record batches (kept as they are)."""
+        batches = list(batches)
+        if not batches:
+            raise ValueError("from_batches needs at least one batch (the schema comes from it)")
+        table = pa.Table.from_batches(batches)
+        params = {"kind": "table", "data": encode_table(table), "batch_size": max(b.num_rows for b in batches) or 1}
+        return cls._source(name, params, table.schema, parallelism)
+
+    @classmethod
+    def from_generator(cls, function, *, total_rows=None, batch_size=65536, parameters=None,
+                       name=None, parallelism=None, time_column=None, max_out_of_orderness=0):
+        """A deterministic, replayable generator: ``function(offset, num_rows, **parameters)``.
+
+        ``total_rows=None`` makes the source unbounded.
+        """
+        ref = functions.reference_of(function)
+        params = {
+            "kind": "generator",
+            "function": ref,
+            "total_rows": total_rows,
+            "batch_size": batch_size,
+            "parameters": dict(parameters or {}),
+        }
+        schema = None
+        try:
+            schema = functions.resolve(ref)(0, 0, **params["parameters"]).schema
+        except Exception:  # the schema is only a build-time convenience
+            schema = None
+        stream = cls._source(name, params, schema, parallelism)
+        return stream.with_watermarks(time_column, max_out_of_orderness) if time_column else stream
+
+    @classmethod
+    def from_dataset(cls, path, *, format="parquet", columns=None, batch_size=None, name=None, parallelism=None):
+        """Files through ``pyarrow.dataset`` (Parquet, Arrow IPC, CSV), split by file."""
+        dataset = ds.dataset(path, format=format)
+        schema = dataset.schema
+        if columns:
+            missing = [c for c in columns if schema.get_field_index(c) < 0]
+            if missing:
+                raise _columns_error(f"from_dataset({path!r})", missing, schema)
+            schema = pa.schema([schema.field(c) for c in columns])
+        params = {"kind": "dataset", "path": str(path), "format": format, "columns": columns, "batch_size": batch_size}
+        return cls._source(name, params, schema, parallelism)
+
+    @classmethod
+    def from_parquet(cls, path, **kwargs):
+        return cls.from_dataset(path, format="parquet", **kwargs)
+
+    def with_watermarks(self, time_column, max_out_of_orderness=0):
+        """Event time for this source: watermark = max(time_column) - max_out_of_orderness."""
+        if self._node.operator_type != OperatorType.SOURCE:
+            raise GraphValidationError("with_watermarks applies to a source")
+        self._check_columns([time_column], "with_watermarks")
+        self._node.parameters["time_column"] = time_column
+        self._node.parameters["max_out_of_orderness"] = int(max_out_of_orderness)
+        return self
+
+    # -- transformations -----------------------------------------------------------
+
+    def _then(self, operator_type, name, schema, *, function=None, parameters=None, key_by=None,
+              stateful=False, upstreams=None):
+        node = StreamOperatorNode(
+            operator_type=operator_type,
+            name=name or f"{operator_type.value}_{next(_names)}",
+            function=function,
+            parameters=parameters or {},
+            key_by=list(key_by) if key_by else None,
+            stateful=stateful,
+        )
+        ups = upstreams or [self]
+        plan = self._plan
+        for other in ups:
+            plan.merge(other._plan)
+        plan.add(node, [s._node.operator_id for s in ups])
+        return Stream(plan, node, schema)
+
+    def _consume_key_by(self):
+        return self._key_by
+
+    def _check_columns(self, names, what):
+        if self.schema is None:
+            return
+        missing = [n for n in names if self.schema.get_field_index(n) < 0]
+        if missing:
+            raise _columns_error(f"{what} after {self._node.name!r}", missing, self.schema)
+
+    def parallelism(self, n):
+        """Set the parallelism of the operator this stream comes from."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"parallelism must be a positive int, got {n!r}")
+        self._node.parallelism = n
+        return self
+
+    def name(self, name):
+        """Rename the operator this stream comes from."""
+        self._node.name = name
+        return self
+
+    def filter(self, predicate, *, name=None):
+        """Keep rows where ``predicate`` holds: a pyarrow Expression, or ``fn(batch) -> bool mask``."""
+        key_by = self._consume_key_by()
+        if isinstance(predicate, pc.Expression):
+            return self._then(OperatorType.FILTER, name, self.schema, key_by=key_by,
+                              parameters={"expression": encode_expression(predicate)})
+        return self._then(OperatorType.FILTER, name, self.schema, key_by=key_by,
+                          function=functions.reference_of(predicate))
+
+    def map(self, function, *, schema=None, name=None):
+        """``function(batch) -> batch``; declare ``schema`` to let later steps check columns."""
+        params = {"schema": encode_schema(schema)} if schema is not None else {}
+        return self._then(OperatorType.MAP, name, schema, key_by=self._consume_key_by(),
+                          function=functions.reference_of(function), parameters=params)
+
+    def flat_map(self, function, *, schema=None, name=None):
+        """``function(batch) -> iterable of batches`` (or None)."""
+        params = {"schema": encode_schema(schema)} if schema is not None else {}
+        return self._then(OperatorType.FLAT_MAP, name, schema, key_by=self._consume_key_by(),
+                          function=functions.reference_of(function), parameters=params)
+
+    def select(self, *columns, name=None):
+        """Project columns: ``select("a", "b")`` or rename with ``select({"a": "x"})``."""
+        if len(columns) == 1 and isinstance(columns[0], (dict, list, tuple)):
+            columns = columns[0]
+        renames = dict(columns) if isinstance(columns, dict) else {c: c for c in columns}
+        self._check_columns(list(renames), "select")
+        schema = None
+        if self.schema is not None:
+            schema = pa.schema([self.schema.field(c).with_name(n) for c, n in renames.items()])
+        params = {"columns": renames if isinstance(columns, dict) else list(columns)}
+        return self._then(OperatorType.SELECT, name, schema, key_by=self._consume_key_by(), parameters=params)
+
+    def union(self, *others, name=None):
+        """Merge this stream with others of the same schema."""
+        for other in others:
+            if self.schema is not None and other.schema is not None and not self.schema.equals(other.schema):
+                raise GraphValidationError(
+                    f"union of streams with different schemas: {self.schema} vs {other.schema}"
+                )
+        return self._then(OperatorType.UNION, name, self.schema, upstreams=[self, *others])
+
+    def key_by(self, *columns):
+        """Partition by key columns: the next operator gets each key on one subtask."""
+        if len(columns) == 1 and isinstance(columns[0], (list, tuple)):
+            columns = tuple(columns[0])
+        if not columns:
+            raise ValueError("key_by needs at least one column")
+        self._check_columns(list(columns), "key_by")
+        return Stream(self._plan, self._node, self.schema, key_by=list(columns))
+
+    def _keys(self, what):
+        if not self._key_by:
+            raise GraphValidationError(f"{what} needs a keyed stream: call .key_by(...) first")
+        return self._key_by
+
+    def aggregate(self, aggregates, *, emit="final", name=None):
+        """Running keyed aggregation: ``{"col": ["count", "sum", "min", "max", "mean"]}``.
+
+        ``emit="final"`` emits one row per key when the input ends; ``"updates"``
+        emits the updated rows of the keys each batch touched.
+        """
+        keys = self._keys("aggregate")
+        specs = _aggregate_specs(aggregates)
+        self._check_columns([c for c, _ in specs if c != "*"], "aggregate")
+        if emit not in ("final", "updates"):
+            raise ValueError(f"emit must be 'final' or 'updates', got {emit!r}")
+        schema = _aggregate_output_schema(self.schema, keys, specs)
+        return self._then(OperatorType.AGGREGATE, name, schema, key_by=keys, stateful=True,
+                          parameters={"aggregates": specs, "emit": emit})
+
+    def window(self, size, aggregates, *, slide=None, time_column=None, name=None):
+        """Keyed event-time tumbling (or sliding, with ``slide``) window aggregates."""
+        keys = self._keys("window")
+        specs = _aggregate_specs(aggregates)
+        time_column = time_column or self._event_time_column()
+        if time_column is None:
+            raise GraphValidationError("window needs time_column= (or a source with_watermarks)")
+        self._check_columns([time_column] + [c for c, _ in specs if c != "*"], "window")
+        schema = None
+        base = _aggregate_output_schema(self.schema, keys, specs)
+        if base is not None:
+            ts_type = self.schema.field(time_column).type
+            schema = pa.schema(list(base)[: len(keys)] + [pa.field("window_start", ts_type),
+                               pa.field("window_end", ts_type)] + list(base)[len(keys):])
+        params = {"size": int(size), "slide": int(slide) if slide else None,
+                  "time_column": time_column, "aggregates": specs}
+        return self._then(OperatorType.WINDOW, name, schema, key_by=keys, stateful=True, parameters=params)
+
+    def _event_time_column(self):
+        seen, stack = set(), [self._node.operator_id]
+        incoming = {}
+        for up, down in self._plan.edges:
+            incoming.setdefault(down, []).append(up)
+        while stack:
+            op = stack.pop()
+            if op in seen:
+                continue
+            seen.add(op)
+            col = self._plan.nodes[op].parameters.get("time_column")
+            if self._plan.nodes[op].operator_type == OperatorType.SOURCE and col:
+                return col
+            stack.extend(incoming.get(op, []))
+        return None
+
+    def join_table(self, table, on, *, right_on=None, how="left", name=None):
+        """Enrich each row with the matching row of a static table (unique keys)."""
+        on = [on] if isinstance(on, str) else list(on)
+        right_on = [right_on] if isinstance(right_on, str) else list(right_on or on)
+        self._check_columns(on, "join_table")
+        missing = [c for c in right_on if table.schema.get_field_index(c) < 0]
+        if missing:
+            raise _columns_error("join_table (static table)", missing, table.schema)
+        if how not in ("left", "inner"):
+            raise ValueError(f"how must be 'left' or 'inner', got {how!r}")
+        schema = None
+        if self.schema is not None:
+            extra = [f for f in table.schema if f.name not in right_on]
+            schema = pa.schema(list(self.schema) + extra)
+        params = {"table": encode_table(table), "on": on, "right_on": right_on, "how": how}
+        return self._then(OperatorType.JOIN, name, schema, key_by=self._consume_key_by(), parameters=params)
+
+    # -- sinks -------------------------------------------------------------------------
+
+    def _sink(self, name, parameters, function=None):
+        keyed = self._key_by
+        stream = self
+        if keyed:  # keyed but nothing keyed follows: partition the sink's input by key
+            stream = self._then(OperatorType.KEY_BY, None, self.schema, key_by=keyed)
+        node = stream._then(OperatorType.SINK, name, stream.schema, function=function, parameters=parameters)
+        return StreamSink(node._plan, node._node, node.schema)
+
+    def collect(self, *, name=None):
+        """Gather the stream into a table, returned by ``run()``."""
+        return self._sink(name, {"kind": "collect"})
+
+    def to_parquet(self, path, *, name=None, format="parquet"):
+        """Write part files (``part-<subtask>-<n>``) into directory ``path``."""
+        return self._sink(name, {"kind": "files", "path": str(path), "format": format})
+
+    def sink(self, function, *, name=None):
+        """Call ``function(batch)`` for every batch."""
+        ref = functions.reference_of(function)
+        return self._sink(name, {"kind": "callable", "function": ref})
+
+    def print(self, *, limit=20, name=None):
+        return self._sink(name, {"kind": "print", "limit": limit})
+
+    # -- building and running ----------------------------------------------------------
+
+    def to_job_graph(self, job_name="sabot-job", *, default_parallelism=1, shippable=False, **config):
+        """The JobGraph of everything connected to this stream.
+
+        ``shippable=True`` refuses lambdas and closures, which only run in this process.
+        """
+        job = JobGraph(job_name=job_name, default_parallelism=default_parallelism, **config)
+        for node in self._plan.nodes.values():
+            job.add_operator(node)
+        for up, down in self._plan.edges:
+            job.connect(up, down)
+        if shippable:
+            functions.check_shippable(job)
+        return job
+
+    async def run_async(self, *, default_parallelism=1, timeout=None, job_name="sabot-job"):
+        job = self.to_job_graph(job_name, default_parallelism=default_parallelism)
+        return await run_job_graph_async(job, timeout=timeout)
+
+    def run(self, *, default_parallelism=1, timeout=None, job_name="sabot-job"):
+        """Run the job in this process (uvloop) and return its JobResult."""
+        return run_coroutine(self.run_async(default_parallelism=default_parallelism, timeout=timeout,
+                                            job_name=job_name))
+
+
+class StreamSink(Stream):
+    """A stream that ends in a sink: run it, or turn it into a JobGraph."""
+
+    def __repr__(self):
+        return f"<StreamSink {self._node.name!r}>"

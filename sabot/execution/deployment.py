@@ -1,0 +1,96 @@
+"""Task deployment descriptors (TDDs): what a worker needs to run one task.
+
+A TDD is plain JSON: the operator, the task's place among its peers, the channel
+ids it reads, and for each output edge the partitioning and the address of every
+target subtask's data server. Both the embedded executor and the coordinator
+build them here, so a job runs the same way in one process or across many.
+"""
+
+
+def partitioning_name(partitioning):
+    name = getattr(partitioning, "value", partitioning)
+    return str(name).lower()
+
+
+def channel_id(job_id, upstream_task, downstream_task):
+    """One channel per (sender attempt, receiver attempt): a restart gets fresh channels."""
+    return (
+        f"{job_id}/{upstream_task.task_id}#{upstream_task.attempt}"
+        f"->{downstream_task.task_id}#{downstream_task.attempt}"
+    )
+
+
+def _pairs(partitioning, upstream_tasks, downstream_tasks):
+    """(upstream subtask, downstream subtask) pairs that a channel connects."""
+    if partitioning == "forward":
+        if len(upstream_tasks) != len(downstream_tasks):
+            raise ValueError(
+                f"a FORWARD edge needs equal parallelism, got {len(upstream_tasks)} -> "
+                f"{len(downstream_tasks)}"
+            )
+        return [(i, i) for i in range(len(upstream_tasks))]
+    return [(u, d) for u in range(len(upstream_tasks)) for d in range(len(downstream_tasks))]
+
+
+def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=None):
+    """Return ``{task_id: tdd}`` for every live task of ``exec_graph``.
+
+    Args:
+        exec_graph: the job's ExecutionGraph.
+        job_id: the job's id (channel ids are scoped by it).
+        locations: ``{task_id: (host, port) | None}``, the data-server address of
+            the worker hosting each task; None or missing means this process.
+        restore: optional ``{task_id: state}`` handed to each task on start.
+    """
+    locations = locations or {}
+    operators = exec_graph.job_graph.operators
+    tdds = {}
+    for op_id, node in operators.items():
+        node_dict = node.to_dict()
+        for task in exec_graph.operator_tasks(op_id):
+            tdds[task.task_id] = {
+                "job_id": job_id,
+                "task_id": task.task_id,
+                "attempt": task.attempt,
+                "operator": node_dict,
+                "subtask_index": task.subtask_index,
+                "parallelism": task.parallelism,
+                "max_parallelism": task.max_parallelism,
+                "inputs": [],
+                "outputs": [],
+                "restore": (restore or {}).get(task.task_id),
+            }
+    for edge in exec_graph.edges:
+        partitioning = partitioning_name(edge.partitioning)
+        ups = exec_graph.operator_tasks(edge.upstream_operator_id)
+        downs = exec_graph.operator_tasks(edge.downstream_operator_id)
+        pairs = _pairs(partitioning, ups, downs)
+        targets = {u: [] for u in range(len(ups))}
+        sources = {d: [] for d in range(len(downs))}
+        for u, d in pairs:
+            cid = channel_id(job_id, ups[u], downs[d])
+            host_port = locations.get(downs[d].task_id)
+            host, port = host_port if host_port else (None, None)
+            targets[u].append({"channel_id": cid, "host": host, "port": port})
+            sources[d].append(cid)
+        key_by = list(edge.key_by) if edge.key_by else None
+        max_parallelism = operators[edge.downstream_operator_id].max_parallelism
+        for u, task in enumerate(ups):
+            tdds[task.task_id]["outputs"].append(
+                {
+                    "downstream_operator_id": edge.downstream_operator_id,
+                    "partitioning": partitioning,
+                    "key_by": key_by,
+                    "max_parallelism": max_parallelism,
+                    "targets": targets[u],
+                }
+            )
+        for d, task in enumerate(downs):
+            tdds[task.task_id]["inputs"].append(
+                {
+                    "upstream_operator_id": edge.upstream_operator_id,
+                    "partitioning": partitioning,
+                    "channel_ids": sources[d],
+                }
+            )
+    return tdds

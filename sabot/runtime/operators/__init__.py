@@ -1,0 +1,11 @@
+"""Operator implementations, looked up by operator type and parameter ``kind``."""
+
+from sabot.runtime.operators.base import Operator, SourceOperator, TaskContext, create_operator, register
+from sabot.runtime.operators import transforms  # noqa: F401  (registers)
+from sabot.runtime.operators import aggregate  # noqa: F401
+from sabot.runtime.operators import sources  # noqa: F401
+from sabot.runtime.operators import sinks  # noqa: F401
+from sabot.runtime.operators import window  # noqa: F401
+from sabot.runtime.operators import join  # noqa: F401
+
+__all__ = ["Operator", "SourceOperator", "TaskContext", "create_operator", "register"]

@@ -1,0 +1,169 @@
+"""The operator contract: what one subtask of a JobGraph operator does with batches.
+
+A :class:`Task` owns one operator instance and calls it from one thread at a
+time: ``open`` once, then ``process`` per input batch, ``on_watermark`` when the
+task's event-time clock advances, ``finish`` when every input has ended, and
+``close`` last. Every method returns the batches to emit downstream (a list,
+possibly empty). Sources instead yield batches from ``read``.
+"""
+
+import base64
+import traceback
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from sabot.errors import OperatorError
+from sabot.runtime import functions
+
+_REGISTRY = {}
+
+
+@dataclass
+class TaskContext:
+    """Where an operator instance runs: its job, task and place among its peers."""
+
+    job_id: str
+    task_id: str
+    attempt: int
+    operator: dict
+    subtask_index: int
+    parallelism: int
+    max_parallelism: int
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def operator_name(self):
+        return self.operator["name"]
+
+    @property
+    def parameters(self):
+        return self.operator.get("parameters") or {}
+
+
+class Operator:
+    """Base class of every operator. Subclasses override what they need."""
+
+    is_source = False
+
+    def __init__(self, ctx: TaskContext):
+        self.ctx = ctx
+        self.params = ctx.parameters
+
+    def open(self):
+        pass
+
+    def process(self, batch: pa.RecordBatch, input_index: int) -> list:
+        return [batch]
+
+    def on_watermark(self, timestamp: int) -> list:
+        return []
+
+    def finish(self) -> list:
+        return []
+
+    def close(self):
+        pass
+
+    def result(self):
+        """What a collecting sink gathered (a pyarrow.Table), else None."""
+        return None
+
+    def summary(self):
+        """A JSON-able summary reported with the task's final state (sinks)."""
+        return None
+
+    # -- helpers for subclasses ------------------------------------------------
+
+    def user_function(self, key="function"):
+        """Resolve the user function named by the operator (or parameter ``key``)."""
+        ref = self.ctx.operator.get("function") if key == "function" else self.params.get(key)
+        if ref is None:
+            raise OperatorError(
+                f"operator {self.ctx.operator_name!r} ({self.ctx.operator['operator_type']}) "
+                f"needs a function reference in {key!r}"
+            )
+        try:
+            return ref, functions.resolve(ref)
+        except functions.FunctionReferenceError as exc:
+            raise OperatorError(f"operator {self.ctx.operator_name!r}: {exc}") from exc
+
+    def call_user(self, ref, fn, *args):
+        """Call user code; on failure raise OperatorError naming operator and function."""
+        try:
+            return fn(*args)
+        except Exception as exc:
+            raise OperatorError(
+                f"user function {ref!r} of operator {self.ctx.operator_name!r} raised "
+                f"{type(exc).__name__}: {exc}\n--- original traceback ---\n"
+                + "".join(traceback.format_exception(exc))
+            ) from exc
+
+
+class SourceOperator(Operator):
+    """A source reads its share of the input; ``read`` yields batches.
+
+    ``position`` is the offset to resume from (replayable sources), and
+    ``total_rows`` is this subtask's number of rows when known (progress bars).
+    """
+
+    is_source = True
+
+    def read(self):
+        raise NotImplementedError  # abstract: every concrete source defines read()
+
+    @property
+    def position(self):
+        return None
+
+    @property
+    def total_rows(self):
+        return None
+
+
+def register(operator_type, kind=None):
+    """Class decorator: the class implementing ``operator_type`` (and parameter kind)."""
+
+    def deco(cls):
+        _REGISTRY[(operator_type, kind)] = cls
+        return cls
+
+    return deco
+
+
+def create_operator(ctx: TaskContext) -> Operator:
+    op_type = ctx.operator["operator_type"]
+    kind = ctx.parameters.get("kind")
+    cls = _REGISTRY.get((op_type, kind)) or _REGISTRY.get((op_type, None))
+    if cls is None:
+        kinds = sorted(k or "(default)" for t, k in _REGISTRY if t == op_type)
+        raise OperatorError(
+            f"operator {ctx.operator_name!r}: no implementation of type {op_type!r}"
+            + (f" with kind {kind!r}; known kinds: {', '.join(kinds)}" if kinds else "")
+        )
+    return cls(ctx)
+
+
+# -- inline Arrow data in JSON parameters -----------------------------------------
+
+
+def encode_table(table) -> str:
+    """Arrow IPC stream, base64: how small in-memory tables travel inside a JobGraph."""
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return base64.b64encode(sink.getvalue().to_pybytes()).decode("ascii")
+
+
+def decode_table(data: str) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(base64.b64decode(data))).read_all()
+
+
+def encode_schema(schema: pa.Schema) -> str:
+    return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
+
+
+def decode_schema(data: str) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data)))

@@ -1,0 +1,334 @@
+"""Source operators: table, generator, dataset; split across subtasks, resumable."""
+
+import itertools
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+import pytest
+
+from sabot.errors import OperatorError
+from sabot.runtime import functions, generators
+from sabot.runtime.operators.base import TaskContext, create_operator, encode_table
+from sabot.runtime.operators.sources import DatasetSource, GeneratorSource, TableSource
+
+
+def make_source(params, subtask=0, parallelism=1, name="src"):
+    ctx = TaskContext(
+        job_id="job", task_id=f"{name}-{subtask}", attempt=0,
+        operator={"name": name, "operator_type": "source", "key_by": None, "function": None,
+                  "parameters": params},
+        subtask_index=subtask, parallelism=parallelism, max_parallelism=128,
+    )
+    op = create_operator(ctx)
+    op.open()
+    return op
+
+
+def read_all(op):
+    batches = list(op.read())
+    for b in batches:
+        assert isinstance(b, pa.RecordBatch)
+    return batches
+
+
+def as_table(batches, schema):
+    return pa.Table.from_batches(batches, schema=schema)
+
+
+def sample_table(n=50):
+    rng = np.random.default_rng(1)
+    return pa.table({
+        "id": np.arange(n, dtype=np.int64),
+        "x": rng.random(n),
+        "s": pa.array([None if i % 7 == 0 else f"s{i}" for i in range(n)]),
+    })
+
+
+# -- table ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parallelism", [1, 2, 3])
+def test_table_source_union_over_subtasks_is_the_input(parallelism):
+    table = sample_table(50)
+    params = {"kind": "table", "data": encode_table(table), "batch_size": 7}
+    parts, total = [], 0
+    for i in range(parallelism):
+        op = make_source(params, i, parallelism)
+        assert isinstance(op, TableSource)
+        batches = read_all(op)
+        # subtask i owns slices i, i+P, ...: the first id of each batch says which slice
+        assert [b.column("id")[0].as_py() // 7 for b in batches] == list(range(i, 8, parallelism))
+        assert op.position == len(range(i, 8, parallelism))
+        assert op.total_rows == sum(b.num_rows for b in batches)
+        total += op.total_rows
+        parts.extend(batches)
+    got = as_table(parts, table.schema).sort_by("id")
+    assert got.equals(table)
+    assert total == table.num_rows
+
+
+def test_table_source_slices_are_zero_copy():
+    table = sample_table(20)
+    op = make_source({"kind": "table", "data": encode_table(table), "batch_size": 8})
+    base = op.table.column("x").chunk(0).buffers()[1].address
+    batches = read_all(op)
+    assert [b.column("x").offset for b in batches] == [0, 8, 16]
+    assert all(b.column("x").buffers()[1].address == base for b in batches)
+
+
+def test_table_source_over_several_chunks():
+    # from_batches ships uneven batches; a slice spanning two chunks comes out as two batches
+    chunks = [pa.record_batch({"id": list(range(a, b))}) for a, b in [(0, 3), (3, 8), (8, 10)]]
+    table = pa.Table.from_batches(chunks)
+    params = {"kind": "table", "data": encode_table(table), "batch_size": 5}
+    for parallelism in (1, 2):
+        rows = []
+        for i in range(parallelism):
+            rows += as_table(read_all(make_source(params, i, parallelism)), table.schema).column("id").to_pylist()
+        assert sorted(rows) == list(range(10))
+
+
+@pytest.mark.parametrize("parallelism,stop_after", [(1, 3), (2, 2), (3, 1)])
+def test_table_source_resumes_from_position(parallelism, stop_after):
+    table = sample_table(100)
+    params = {"kind": "table", "data": encode_table(table), "batch_size": 6}
+    for i in range(parallelism):
+        full = read_all(make_source(params, i, parallelism))
+        first = make_source(params, i, parallelism)
+        head = list(itertools.islice(first.read(), stop_after))
+        position = first.position
+        assert position == stop_after
+        resumed = make_source(params, i, parallelism)
+        resumed.seek(position)
+        tail = read_all(resumed)
+        assert as_table(head + tail, table.schema).equals(as_table(full, table.schema))
+        # the same through the constructor-time parameter
+        again = make_source(dict(params, start_position=position), i, parallelism)
+        assert as_table(read_all(again), table.schema).equals(as_table(tail, table.schema))
+
+
+def test_empty_table_source_sends_its_schema_once():
+    table = sample_table(0)
+    params = {"kind": "table", "data": encode_table(table), "batch_size": 4}
+    first = read_all(make_source(params, 0, 2))
+    assert len(first) == 1 and first[0].num_rows == 0 and first[0].schema.equals(table.schema)
+    assert read_all(make_source(params, 1, 2)) == []
+    assert read_all(make_source(dict(params, start_position=1), 0, 2)) == []
+
+
+def test_table_source_bad_parameters():
+    table = sample_table(5)
+    with pytest.raises(OperatorError, match="batch_size"):
+        make_source({"kind": "table", "data": encode_table(table), "batch_size": 0})
+    with pytest.raises(OperatorError, match="data"):
+        make_source({"kind": "table", "data": None})
+    with pytest.raises(OperatorError, match="position"):
+        make_source({"kind": "table", "data": encode_table(table)}).seek(-1)
+
+
+def test_unknown_source_kind_names_the_known_ones():
+    with pytest.raises(OperatorError, match="dataset.*generator.*table|known kinds"):
+        make_source({"kind": "kafka"})
+
+
+# -- generator ------------------------------------------------------------------------
+
+GEN = "sabot.runtime.generators:keyed_records"
+
+
+@pytest.mark.parametrize("parallelism", [1, 2, 3])
+def test_generator_source_union_equals_direct_generation(parallelism):
+    params = {"kind": "generator", "function": GEN, "total_rows": 1000, "batch_size": 64,
+              "parameters": {"num_keys": 50, "seed": 3}}
+    parts = []
+    total = 0
+    for i in range(parallelism):
+        op = make_source(params, i, parallelism)
+        assert isinstance(op, GeneratorSource)
+        batches = read_all(op)
+        # batch b covers rows [64 b, 64 (b+1)): the ts column is the row number
+        assert [b.column("ts")[0].as_py() for b in batches] == [64 * k for k in range(i, 16, parallelism)]
+        total += op.total_rows
+        parts += batches
+    expected = pa.Table.from_batches([generators.keyed_records(0, 1000, num_keys=50, seed=3)])
+    got = pa.Table.from_batches(parts).sort_by("ts")
+    assert got.equals(expected)
+    assert total == 1000
+
+
+def test_generator_source_does_not_depend_on_batch_size():
+    tables = []
+    for batch_size in (1000, 64, 7, 333):
+        params = {"kind": "generator", "function": GEN, "total_rows": 1000, "batch_size": batch_size,
+                  "parameters": {"num_keys": 1000}}
+        tables.append(pa.Table.from_batches(read_all(make_source(params))))
+    for t in tables[1:]:
+        assert t.equals(tables[0])
+
+
+def test_generator_source_resumes_from_position():
+    params = {"kind": "generator", "function": GEN, "total_rows": 500, "batch_size": 30, "parameters": {}}
+    for parallelism in (1, 2):
+        for i in range(parallelism):
+            full = pa.Table.from_batches(read_all(make_source(params, i, parallelism)))
+            op = make_source(params, i, parallelism)
+            head = list(itertools.islice(op.read(), 3))
+            resumed = make_source(params, i, parallelism)
+            resumed.seek(op.position)
+            got = pa.Table.from_batches(head + read_all(resumed))
+            assert got.equals(full)
+
+
+def test_unbounded_generator_source():
+    params = {"kind": "generator", "function": GEN, "total_rows": None, "batch_size": 10, "parameters": {}}
+    op = make_source(params, 1, 2)
+    assert op.total_rows is None
+    batches = list(itertools.islice(op.read(), 4))
+    assert [b.column("ts")[0].as_py() for b in batches] == [10, 30, 50, 70]
+    assert op.position == 4
+
+
+def _returns_wrong_row_count(offset, num_rows):
+    return pa.record_batch({"a": list(range(num_rows + 1))})
+
+
+def _raises(offset, num_rows):
+    raise ZeroDivisionError("boom in generator")
+
+
+def test_generator_source_bad_user_functions():
+    base = {"kind": "generator", "total_rows": 10, "batch_size": 5, "parameters": {}}
+    with pytest.raises(OperatorError, match="exactly num_rows"):
+        read_all(make_source(dict(base, function=functions.reference_of(_returns_wrong_row_count))))
+    with pytest.raises(OperatorError, match="ZeroDivisionError.*boom in generator") as info:
+        read_all(make_source(dict(base, function=functions.reference_of(_raises))))
+    assert "src" in str(info.value) and "_raises" in str(info.value)
+    with pytest.raises(OperatorError, match="no_such_module"):
+        make_source(dict(base, function="no_such_module:fn"))
+    with pytest.raises(OperatorError, match="total_rows"):
+        make_source(dict(base, function=GEN, total_rows=-5))
+
+
+# -- built-in generators ---------------------------------------------------------------
+
+
+def test_keyed_records_values_and_determinism():
+    batch = generators.keyed_records(123, 20000, num_keys=37, seed=9)
+    assert batch.schema.names == ["key", "value", "ts"]
+    key = batch.column("key").to_numpy()
+    value = batch.column("value").to_numpy()
+    assert key.min() >= 0 and key.max() < 37 and len(np.unique(key)) == 37
+    assert value.min() >= 0.0 and value.max() < 1.0 and abs(value.mean() - 0.5) < 0.02
+    assert batch.column("ts").to_pylist() == list(range(123, 20123))
+    # row r depends on (seed, r) only
+    pieces = [generators.keyed_records(o, n, num_keys=37, seed=9) for o, n in [(123, 5), (128, 995), (1123, 19000)]]
+    assert pa.Table.from_batches(pieces).equals(pa.Table.from_batches([batch]))
+    other_seed = generators.keyed_records(123, 20000, num_keys=37, seed=10)
+    assert not other_seed.column("value").equals(batch.column("value"))
+
+
+def test_zipf_keyed_records_skew():
+    n, num_keys, s = 200_000, 1000, 1.2
+    batch = generators.zipf_keyed_records(0, n, num_keys=num_keys, s=s, seed=1)
+    counts = np.bincount(batch.column("key").to_numpy(), minlength=num_keys)
+    weights = np.arange(1, num_keys + 1, dtype=float) ** -s
+    expected = weights / weights.sum() * n
+    # the hottest keys follow the law within a few standard deviations
+    for k in range(5):
+        assert abs(counts[k] - expected[k]) < 5 * np.sqrt(expected[k])
+    split = pa.Table.from_batches([generators.zipf_keyed_records(0, 77, num_keys, s, 1),
+                                   generators.zipf_keyed_records(77, n - 77, num_keys, s, 1)])
+    assert split.equals(pa.Table.from_batches([batch]))
+
+
+def test_transactions_generator():
+    batch = generators.transactions(10, 5000, seed=2, num_accounts=100)
+    assert batch.schema == pa.schema([("account_id", pa.int64()), ("amount", pa.float64()),
+                                      ("merchant", pa.string()), ("ts", pa.int64())])
+    acct = batch.column("account_id").to_numpy()
+    assert acct.min() >= 0 and acct.max() < 100
+    assert (batch.column("amount").to_numpy() > 0).all()
+    assert set(batch.column("merchant").to_pylist()) <= set(generators.MERCHANTS)
+    again = pa.Table.from_batches([generators.transactions(10, 1000, seed=2, num_accounts=100),
+                                   generators.transactions(1010, 4000, seed=2, num_accounts=100)])
+    assert again.equals(pa.Table.from_batches([batch]))
+
+
+def test_generators_reject_bad_offsets():
+    with pytest.raises(ValueError, match="offset"):
+        generators.keyed_records(-1, 10)
+    with pytest.raises(ValueError, match="num_rows"):
+        generators.keyed_records(0, -1)
+
+
+# -- dataset ----------------------------------------------------------------------------
+
+
+def write_files(tmp_path, fmt, num_files=5, rows=23):
+    table = pa.table({"id": np.arange(num_files * rows, dtype=np.int64),
+                      "g": np.arange(num_files * rows) % 4,
+                      "x": np.linspace(0, 1, num_files * rows)})
+    d = tmp_path / fmt
+    d.mkdir()
+    for j in range(num_files):
+        part = table.slice(j * rows, rows)
+        path = d / f"f{j:02d}.{fmt}"
+        if fmt == "parquet":
+            pq.write_table(part, path, row_group_size=10)
+        elif fmt == "ipc":
+            feather.write_feather(part, path, compression="uncompressed", chunksize=10)
+        else:
+            pacsv.write_csv(part, path)
+    return table, d
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "ipc", "csv"])
+@pytest.mark.parametrize("parallelism", [1, 2, 3])
+def test_dataset_source_union_over_subtasks(tmp_path, fmt, parallelism):
+    table, d = write_files(tmp_path, fmt)
+    params = {"kind": "dataset", "path": str(d), "format": fmt, "columns": None, "batch_size": 8}
+    parts = []
+    for i in range(parallelism):
+        op = make_source(params, i, parallelism)
+        assert isinstance(op, DatasetSource)
+        # file j goes to subtask j % P, in sorted path order
+        assert [p.rsplit("/", 1)[1] for p in op.fragment_paths] == [
+            f"f{j:02d}.{fmt}" for j in range(i, 5, parallelism)]
+        batches = read_all(op)
+        assert all(b.num_rows <= 8 for b in batches)
+        if fmt != "csv":
+            assert op.total_rows == sum(b.num_rows for b in batches)
+        parts += batches
+    got = pa.Table.from_batches(parts).sort_by("id")
+    assert got.equals(table)
+
+
+def test_dataset_source_column_projection_and_resume(tmp_path):
+    table, d = write_files(tmp_path, "parquet")
+    params = {"kind": "dataset", "path": str(d), "format": "parquet", "columns": ["x", "id"], "batch_size": 4}
+    for i in range(2):
+        full = pa.Table.from_batches(read_all(make_source(params, i, 2)))
+        assert full.schema.names == ["x", "id"]
+        for stop in (1, 5, 7, 9):
+            op = make_source(params, i, 2)
+            head = list(itertools.islice(op.read(), stop))
+            position = op.position
+            resumed = make_source(dict(params, start_position=list(position)), i, 2)
+            got = pa.Table.from_batches(head + read_all(resumed), schema=full.schema)
+            assert got.equals(full), (i, stop, position)
+
+
+def test_dataset_source_bad_input(tmp_path):
+    table, d = write_files(tmp_path, "parquet", num_files=1)
+    with pytest.raises(OperatorError, match=r"\['nope'\].*available columns: \['id', 'g', 'x'\]"):
+        make_source({"kind": "dataset", "path": str(d), "format": "parquet", "columns": ["id", "nope"]})
+    with pytest.raises(OperatorError, match="does not exist"):
+        make_source({"kind": "dataset", "path": str(tmp_path / "missing"), "format": "parquet"})
+    with pytest.raises(OperatorError, match="unknown format 'orc'"):
+        make_source({"kind": "dataset", "path": str(d), "format": "orc"})
+    op = make_source({"kind": "dataset", "path": str(d), "format": "parquet"}, 1, 2)
+    with pytest.raises(OperatorError, match="fragment % 2 == 1"):
+        op.seek([0, 0])
