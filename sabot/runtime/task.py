@@ -135,10 +135,14 @@ class Task:
             "state": self.state,
             "error": self.error,
             "traceback": self.traceback,
-            "metrics": dict(self.metrics),
+            "metrics": self._metrics_snapshot(),
             "summary": self.operator.summary() if self.state == "FINISHED" else None,
             "total_rows": self.operator.total_rows if self.operator.is_source else None,
         }
+
+    def _metrics_snapshot(self):
+        self._collect_channel_metrics()
+        return dict(self.metrics)
 
     async def _run(self):
         try:
@@ -181,6 +185,9 @@ class Task:
     def _collect_channel_metrics(self):
         self.metrics["backpressured_seconds"] = sum(
             ch.metrics.get("backpressured_seconds", 0.0) for out in self.outputs for ch in out.channels
+        )
+        self.metrics["peak_buffered_bytes"] = max(
+            (ch.metrics.get("peak_buffered_bytes", 0) for ch in self.inputs), default=0
         )
 
     # -- the work ------------------------------------------------------------------
