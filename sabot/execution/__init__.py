@@ -12,6 +12,7 @@ from sabot.execution.execution_graph import (
     TaskVertex,
 )
 from sabot.execution.job_graph import JobGraph, OperatorType, StreamOperatorNode
+from sabot.execution.rebalance import RebalancePlan, imbalance, lower_bound_imbalance, plan_assignment, task_loads
 from sabot.execution.slot_pool import Slot, SlotPool, SlotRequest, SlotState
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "JobGraph",
     "OperatorType",
     "Partitioning",
+    "RebalancePlan",
     "Slot",
     "SlotPool",
     "SlotRequest",
@@ -28,4 +30,8 @@ __all__ = [
     "StreamOperatorNode",
     "TaskState",
     "TaskVertex",
+    "imbalance",
+    "lower_bound_imbalance",
+    "plan_assignment",
+    "task_loads",
 ]
