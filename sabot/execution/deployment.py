@@ -32,7 +32,7 @@ def _pairs(partitioning, upstream_tasks, downstream_tasks):
     return [(u, d) for u in range(len(upstream_tasks)) for d in range(len(downstream_tasks))]
 
 
-def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=None):
+def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=None, checkpoint=None):
     """Return ``{task_id: tdd}`` for every live task of ``exec_graph``.
 
     Args:
@@ -40,7 +40,11 @@ def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=Non
         job_id: the job's id (channel ids are scoped by it).
         locations: ``{task_id: (host, port) | None}``, the data-server address of
             the worker hosting each task; None or missing means this process.
-        restore: optional ``{task_id: state}`` handed to each task on start.
+        restore: optional restore spec handed to every task: ``{"storage": uri,
+            "checkpoint": CompletedCheckpoint.to_dict(), "assignment": None}``; each
+            task reads its own key groups and subtask state from it.
+        checkpoint: optional ``{"storage": uri, "retain": n}``: where tasks write
+            their snapshots when a checkpoint barrier passes.
     """
     locations = locations or {}
     operators = exec_graph.job_graph.operators
@@ -58,7 +62,8 @@ def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=Non
                 "max_parallelism": task.max_parallelism,
                 "inputs": [],
                 "outputs": [],
-                "restore": (restore or {}).get(task.task_id),
+                "restore": restore,
+                "checkpoint": checkpoint,
             }
     for edge in exec_graph.edges:
         partitioning = partitioning_name(edge.partitioning)

@@ -9,6 +9,7 @@ inputs), end-of-stream on every input finishes the operator.
 """
 
 import asyncio
+import collections
 import logging
 import time
 import traceback
@@ -18,7 +19,9 @@ import pyarrow.compute as pc
 
 from sabot.errors import OperatorError
 from sabot.runtime import events
+from sabot._core import partition
 from sabot.runtime.channels import InputGate
+from sabot.runtime.checkpoint_storage import CheckpointStorage, CompletedCheckpoint
 from sabot.runtime.operators import create_operator
 from sabot.runtime.operators.base import TaskContext
 from sabot.runtime.partitioner import make_partitioner
@@ -45,7 +48,7 @@ class _Output:
 class Task:
     """One deployed subtask. Built from a task deployment descriptor (TDD)."""
 
-    def __init__(self, tdd, data_server, executor, on_update=None):
+    def __init__(self, tdd, data_server, executor, on_update=None, on_checkpoint=None):
         self.tdd = tdd
         self.task_id = tdd["task_id"]
         self.job_id = tdd["job_id"]
@@ -53,6 +56,7 @@ class Task:
         self.data_server = data_server
         self.executor = executor
         self.on_update = on_update
+        self.on_checkpoint = on_checkpoint
         self.state = "CREATED"
         self.error = None
         self.traceback = None
@@ -88,6 +92,11 @@ class Task:
                 self.input_ids.append(channel_id)
         self.outputs = []
         self._future = None
+        self._triggers = collections.deque()  # checkpoint barriers a source still has to inject
+        self._source_done = False
+        self._aligning = None  # (barrier, channels that delivered it, start time)
+        self._storage = None
+        self._writes = []  # background checkpoint writes
 
     @property
     def operator_name(self):
@@ -149,11 +158,15 @@ class Task:
             await self._open_outputs()
             self._set_state("RUNNING")
             await self._call(self.operator.open)
+            if self.tdd.get("restore"):
+                await self._call(self._restore)
             if self.operator.is_source:
                 await self._run_source()
             else:
                 await self._run_inputs()
             await self._call(self.operator.close)
+            if self._writes:
+                await asyncio.gather(*self._writes)
             for out in self.outputs:
                 for ch in out.channels:
                     await ch.close()
@@ -232,6 +245,8 @@ class Task:
         max_ts = None
         watermark = None
         while True:
+            while self._triggers:
+                await self._checkpoint(self._triggers.popleft(), alignment_ms=0.0)
             batch = await self._call(next, iterator, done)
             if batch is done:
                 break
@@ -245,6 +260,10 @@ class Task:
                     if watermark is None or max_ts - out_of_orderness > watermark:
                         watermark = max_ts - out_of_orderness
                         await self._broadcast(events.Watermark(watermark))
+        self._source_done = True
+        while self._triggers:  # no barrier can follow the end of the data
+            self._report_checkpoint("declined", self._triggers.popleft().checkpoint_id,
+                                    reason=f"source {self.task_id} reached the end of its input")
         await self._finish_operator()
 
     async def _run_inputs(self):
@@ -273,6 +292,10 @@ class Task:
             elif isinstance(item, events.EndOfStream):
                 finished[channel] = True
                 remaining -= 1
+                await self._maybe_aligned(gate, finished)
+            elif isinstance(item, events.CheckpointBarrier):
+                await self._on_barrier(gate, channel, item, finished)
+                continue
             else:
                 log.debug("task %s ignores event %r", self.task_id, item)
                 continue
@@ -291,3 +314,142 @@ class Task:
     async def _finish_operator(self):
         await self._emit_routed(await self._call(self._process_and_route, self.operator.finish))
         await self._broadcast(events.EndOfStream())
+
+    # -- checkpoints -----------------------------------------------------------------
+
+    def trigger_checkpoint(self, checkpoint_id, timestamp_ms):
+        """Ask a source task to inject barrier ``checkpoint_id`` before its next batch."""
+        if not self.operator.is_source:
+            raise ValueError(f"task {self.task_id} is not a source; only sources take checkpoint triggers")
+        if self.state in TERMINAL_STATES or self._source_done:
+            self._report_checkpoint("declined", checkpoint_id, reason=f"task {self.task_id} has no more input")
+            return
+        self._triggers.append(events.CheckpointBarrier(checkpoint_id, timestamp_ms))
+
+    async def _on_barrier(self, gate, channel, barrier, finished):
+        if self._aligning is not None:
+            current = self._aligning[0].checkpoint_id
+            if barrier.checkpoint_id < current:
+                return  # a barrier of a checkpoint already given up: drop it
+            if barrier.checkpoint_id > current:
+                # a newer checkpoint overtook one that never aligned: give the old one up
+                self._report_checkpoint("declined", current, reason="overtaken by a newer checkpoint barrier")
+                for i in self._aligning[1]:
+                    gate.unblock(i)
+                self._aligning = None
+        if self._aligning is None:
+            self._aligning = (barrier, set(), time.perf_counter())
+        self._aligning[1].add(channel)
+        gate.block(channel)
+        await self._maybe_aligned(gate, finished)
+
+    async def _maybe_aligned(self, gate, finished):
+        """Once every live input delivered the barrier: snapshot, forward, unblock."""
+        if self._aligning is None:
+            return
+        barrier, arrived, started = self._aligning
+        if not all(i in arrived or finished[i] for i in range(len(self.inputs))):
+            return
+        self._aligning = None
+        await self._checkpoint(barrier, alignment_ms=(time.perf_counter() - started) * 1e3)
+        for i in arrived:
+            gate.unblock(i)
+
+    async def _checkpoint(self, barrier, alignment_ms):
+        """Snapshot state in place, forward the barrier, write the snapshot in the background."""
+        started = time.perf_counter()
+        checkpoint_id = barrier.checkpoint_id
+        try:
+            snapshot = await self._call(self.operator.snapshot_state, checkpoint_id)
+        except Exception as exc:
+            log.exception("task %s could not snapshot checkpoint %s", self.task_id, checkpoint_id)
+            self._report_checkpoint("declined", checkpoint_id, reason=f"snapshot failed: {exc}")
+            await self._broadcast(barrier)
+            return
+        await self._broadcast(barrier)
+        write = asyncio.ensure_future(self._write_and_ack(checkpoint_id, snapshot, alignment_ms, started))
+        self._writes = [w for w in self._writes if not w.done()] + [write]
+
+    async def _write_and_ack(self, checkpoint_id, snapshot, alignment_ms, started):
+        try:
+            handles = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._write_snapshot, checkpoint_id, snapshot
+            )
+        except Exception as exc:
+            log.exception("task %s could not write checkpoint %s", self.task_id, checkpoint_id)
+            self._report_checkpoint("declined", checkpoint_id, reason=f"writing state failed: {exc}")
+            return
+        self._report_checkpoint(
+            "ack",
+            checkpoint_id,
+            stats={
+                "handles": handles,
+                "size_bytes": sum(h.get("size_bytes", 0) for h in handles),
+                "alignment_ms": alignment_ms,
+                "duration_ms": (time.perf_counter() - started) * 1e3,
+            },
+        )
+
+    def _storage_for(self, spec):
+        if self._storage is None or self._storage.uri != spec["storage"]:
+            self._storage = CheckpointStorage(spec["storage"], retain=spec.get("retain", 3))
+        return self._storage
+
+    def _write_snapshot(self, checkpoint_id, snapshot):
+        spec = self.tdd.get("checkpoint")
+        if not snapshot:
+            return []
+        if not spec:
+            raise RuntimeError(f"task {self.task_id} got a checkpoint barrier but its job has no checkpoint storage")
+        storage = self._storage_for(spec)
+        op_id = self.tdd["operator"]["operator_id"]
+        handles = []
+        keyed, state = snapshot.get("keyed"), snapshot.get("state")
+        if keyed is not None and keyed.num_rows:
+            handles += storage.write_keyed_state(
+                self.job_id, checkpoint_id, op_id, self.ctx.subtask_index, keyed, self.ctx.max_parallelism
+            )
+        if state:
+            handles.append(
+                storage.write_operator_state(self.job_id, checkpoint_id, op_id, self.ctx.subtask_index, state)
+            )
+        return handles
+
+    def _report_checkpoint(self, kind, checkpoint_id, stats=None, reason=None):
+        if self.on_checkpoint is None:
+            return
+        self.on_checkpoint(
+            {
+                "type": f"checkpoint_{kind}",
+                "job_id": self.job_id,
+                "task_id": self.task_id,
+                "attempt": self.attempt,
+                "checkpoint_id": checkpoint_id,
+                "stats": stats or {},
+                "reason": reason,
+            }
+        )
+
+    def notify_checkpoint_complete(self, checkpoint_id):
+        return self.operator.notify_checkpoint_complete(checkpoint_id)
+
+    def _restore(self):
+        """Hand the operator its state from the checkpoint named in the TDD."""
+        spec = self.tdd["restore"]
+        checkpoint = CompletedCheckpoint(**spec["checkpoint"])
+        storage = self._storage_for({"storage": spec["storage"]})
+        op_id = self.tdd["operator"]["operator_id"]
+        keyed = None
+        if checkpoint.keyed_handles(op_id):
+            assignment = spec.get("assignment")
+            if assignment is not None:
+                import numpy as np
+
+                mine = np.asarray(assignment, dtype=np.int32) == self.ctx.subtask_index
+            else:
+                mine = partition.key_group_range(
+                    self.ctx.subtask_index, self.ctx.max_parallelism, self.ctx.parallelism
+                )
+            keyed = storage.read_keyed_state(checkpoint, op_id, mine)
+        states = storage.read_operator_state(checkpoint, op_id) if checkpoint.operator_handles(op_id) else {}
+        self.operator.restore_state(keyed, states.get(self.ctx.subtask_index), checkpoint.checkpoint_id)

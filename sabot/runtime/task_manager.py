@@ -17,12 +17,15 @@ class TaskManager:
         data_server: the process's :class:`~sabot.runtime.channels.DataServer`.
         on_update: called on the loop thread with a task status dict on every
             state change and every ``report_interval`` seconds while tasks run.
+        on_checkpoint: called on the loop thread with a task's checkpoint
+            acknowledgement or decline (``{"type": "checkpoint_ack" | "checkpoint_declined", ...}``).
         threads: size of the pool operator code runs on (default: cpu count).
     """
 
-    def __init__(self, data_server, on_update=None, threads=None, report_interval=0.5):
+    def __init__(self, data_server, on_update=None, threads=None, report_interval=0.5, on_checkpoint=None):
         self.data_server = data_server
         self.on_update = on_update
+        self.on_checkpoint = on_checkpoint
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=threads or os.cpu_count() or 2, thread_name_prefix="sabot-op"
         )
@@ -38,7 +41,8 @@ class TaskManager:
         old = self.tasks.get(task_id)
         if old is not None and old.state not in TERMINAL_STATES:
             raise ValueError(f"task {task_id!r} is already running here (attempt {old.attempt})")
-        task = Task(tdd, self.data_server, self.executor, on_update=self.on_update)
+        task = Task(tdd, self.data_server, self.executor, on_update=self.on_update,
+                    on_checkpoint=self.on_checkpoint)
         self.tasks[task_id] = task
         task.start()
         if self.on_update is not None and self._reporter is None:
@@ -50,6 +54,22 @@ class TaskManager:
         if task is None:
             raise KeyError(task_id)
         await task.cancel()
+
+    def trigger_checkpoint(self, task_id, checkpoint_id, timestamp_ms):
+        """Start checkpoint ``checkpoint_id`` at a source task (it injects the barrier)."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise KeyError(task_id)
+        task.trigger_checkpoint(checkpoint_id, timestamp_ms)
+
+    def notify_checkpoint_complete(self, job_id, checkpoint_id):
+        """Tell every task of ``job_id`` here that ``checkpoint_id`` completed (sinks commit)."""
+        for task in list(self.tasks.values()):
+            if task.job_id == job_id and task.state not in ("FAILED", "CANCELED"):
+                try:
+                    task.notify_checkpoint_complete(checkpoint_id)
+                except Exception:
+                    log.exception("task %s failed to commit checkpoint %s", task.task_id, checkpoint_id)
 
     def list_tasks(self):
         pid = os.getpid()

@@ -68,3 +68,10 @@ def slow_sink(batch):
     import time
 
     time.sleep(0.004)
+
+
+def slow_add_value2(batch):
+    import time
+
+    time.sleep(0.002)
+    return add_value2(batch)

@@ -34,15 +34,12 @@ class KeyedAggregate(Operator):
         self.specs = [(None if c == "*" else c, fn) for c, fn in self.params["aggregates"]]
         self.emit = self.params.get("emit", "final")
         self.table = None
-        self.renames = None
-
-    def _create(self, schema):
-        check_columns(self.ctx, schema, [self.key] + [c for c, _ in self.specs if c], "aggregate")
-        self.table = KeyedAggregateTable(
-            schema.field(self.key).type, self.specs, self.ctx.max_parallelism, key_name=self.key
-        )
+        self.checked_schema = None
         # The table names results "<fn>_<col>"; the API promises "<col>_<fn>".
         self.renames = {f"{fn}_{c}": output_name(c, fn) for c, fn in self.specs if c}
+
+    def _create(self, key_type):
+        self.table = KeyedAggregateTable(key_type, self.specs, self.ctx.max_parallelism, key_name=self.key)
 
     def _output(self, table):
         names = [self.renames.get(n, n) for n in table.column_names]
@@ -50,8 +47,11 @@ class KeyedAggregate(Operator):
         return table.rename_columns(names).select(wanted)
 
     def process(self, batch, input_index):
+        if batch.schema is not self.checked_schema:
+            check_columns(self.ctx, batch.schema, [self.key] + [c for c, _ in self.specs if c], "aggregate")
+            self.checked_schema = batch.schema
         if self.table is None:
-            self._create(batch.schema)
+            self._create(batch.schema.field(self.key).type)
         keys = batch.column(self.key)
         hashes = partition.hash_columns(batch, [self.key])
         key_groups = partition.key_groups(hashes, self.ctx.max_parallelism)
@@ -67,8 +67,17 @@ class KeyedAggregate(Operator):
         return self._output(self.table.result()).to_batches()
 
     # keyed state, per key group (checkpoints and rescaling move these tables)
-    def snapshot_state(self, key_groups=None):
-        return None if self.table is None else self.table.snapshot(key_groups)
+    def snapshot_state(self, checkpoint_id):
+        if self.table is None or not self.table.num_keys:
+            return None
+        return {"keyed": self.table.snapshot(), "state": None}
+
+    def restore_state(self, keyed, state, checkpoint_id):
+        if keyed is None or not keyed.num_rows:
+            return
+        if self.table is None:
+            self._create(keyed.schema.field(self.key).type)
+        self.table.merge(keyed)
 
 
 __all__ = ["KeyedAggregate", "output_name"]

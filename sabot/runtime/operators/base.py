@@ -69,6 +69,29 @@ class Operator:
         """What a collecting sink gathered (a pyarrow.Table), else None."""
         return None
 
+    # -- checkpoints -------------------------------------------------------------
+    #
+    # At a checkpoint barrier (between two batches) the task asks the operator for
+    # its state; on restart it hands the state back after open() and before any
+    # batch. Keyed state travels as a table with an int32 ``_key_group`` column, so
+    # a restore at another parallelism gets exactly its key groups; everything
+    # else is a small JSON-able dict per subtask.
+
+    def snapshot_state(self, checkpoint_id):
+        """``{"keyed": pa.Table | None, "state": dict | None}`` or None when stateless."""
+        return None
+
+    def restore_state(self, keyed, state, checkpoint_id):
+        """Install ``keyed`` (this subtask's key groups) and ``state`` (its own dict)."""
+        if keyed is not None or state:
+            raise OperatorError(
+                f"operator {self.ctx.operator_name!r} ({self.ctx.operator['operator_type']}) "
+                "keeps no state but a checkpoint holds state for it"
+            )
+
+    def notify_checkpoint_complete(self, checkpoint_id):
+        """Every task acknowledged ``checkpoint_id``: two-phase-commit sinks publish here."""
+
     def summary(self):
         """A JSON-able summary reported with the task's final state (sinks)."""
         return None
@@ -115,6 +138,16 @@ class SourceOperator(Operator):
     @property
     def position(self):
         return None
+
+    def seek(self, position):
+        raise OperatorError(f"source {self.ctx.operator_name!r} cannot resume from an offset")
+
+    def snapshot_state(self, checkpoint_id):
+        return {"keyed": None, "state": {"position": self.position}}
+
+    def restore_state(self, keyed, state, checkpoint_id):
+        if state and state.get("position") is not None:
+            self.seek(state["position"])
 
     @property
     def total_rows(self):
