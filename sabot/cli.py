@@ -1,0 +1,491 @@
+"""The ``sabot`` command: run a coordinator, workers, a local cluster, jobs.
+
+::
+
+    sabot coordinator [--host H --port P --token T]
+    sabot worker --coordinator URL [--slots N --host H --port P --token T]
+    sabot cluster start --workers N --slots S          # foreground; Ctrl-C stops everything
+    sabot run FILE_OR_MODULE[:ATTR] [--workers N --slots S --parallelism P]
+    sabot job submit FILE|JSON --coordinator URL
+    sabot job list|status JOB_ID|cancel JOB_ID --coordinator URL
+
+``--coordinator`` defaults to ``$SABOT_COORDINATOR`` (else http://127.0.0.1:8081),
+``--token`` to ``$SABOT_TOKEN``. Binding anything but 127.0.0.1 needs a token.
+"""
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+DEFAULT_COORDINATOR = "http://127.0.0.1:8081"
+
+
+def _run_loop(coro):
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _setup_logging(verbose, quiet=False):
+    # servers log their lifecycle; one-shot commands only warnings (their output is the point)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(message, code=2):
+    print(f"sabot: error: {message}", file=sys.stderr)
+    return code
+
+
+# -- loading user jobs ----------------------------------------------------------------------
+
+
+def load_target(target):
+    """Load ``FILE_OR_MODULE[:ATTR]``; return ``(object, import_path_or_None)``.
+
+    A file is imported as a module named after it (its directory is put on
+    sys.path, and on the workers' path), so the functions it defines are
+    shippable as ``"<file stem>:<function>"``. Without ``ATTR`` the module must
+    hold exactly one JobGraph, or exactly one Stream ending in a sink.
+    """
+    spec, _, attr = target.partition(":") if not os.path.exists(target) else (target, "", "")
+    if len(spec) == 1 and attr.startswith("\\"):  # a Windows drive letter, not an attribute
+        spec, attr = target, ""
+    path = None
+    if spec.endswith(".py") or os.path.exists(spec):
+        if not os.path.isfile(spec):
+            raise FileNotFoundError(f"no such file: {spec!r}")
+        path = os.path.dirname(os.path.abspath(spec))
+        if path not in sys.path:
+            sys.path.insert(0, path)
+        module_name = os.path.splitext(os.path.basename(spec))[0]
+    else:
+        module_name = spec
+    module = importlib.import_module(module_name)
+    if attr:
+        obj = module
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise AttributeError(f"{module_name!r} has no attribute {attr!r}")
+            obj = getattr(obj, part)
+        if callable(obj) and not _is_job(obj):
+            obj = obj()
+        if not _is_job(obj):
+            raise TypeError(f"{target!r} is a {type(obj).__name__}, not a Stream or JobGraph")
+        return obj, path
+    return _find_job(module, module_name), path
+
+
+def _is_job(obj):
+    from sabot.execution.job_graph import JobGraph
+
+    return isinstance(obj, JobGraph) or (not isinstance(obj, type) and hasattr(obj, "to_job_graph"))
+
+
+def _find_job(module, module_name):
+    from sabot.execution.job_graph import JobGraph
+
+    graphs = {k: v for k, v in vars(module).items() if isinstance(v, JobGraph)}
+    if len(graphs) == 1:
+        return next(iter(graphs.values()))
+    try:
+        from sabot.api.stream import StreamSink
+    except ImportError:  # pragma: no cover
+        StreamSink = ()
+    sinks = {k: v for k, v in vars(module).items() if StreamSink and isinstance(v, StreamSink)}
+    if not graphs and len(sinks) == 1:
+        return next(iter(sinks.values()))
+    found = sorted(graphs) or sorted(sinks)
+    if found:
+        raise ValueError(
+            f"module {module_name!r} holds several jobs ({', '.join(found)}); pick one with "
+            f"{module_name}:NAME"
+        )
+    raise ValueError(
+        f"module {module_name!r} holds no JobGraph and no Stream ending in a sink; name one with "
+        f"{module_name}:NAME (an object with .to_job_graph(), a JobGraph, or a function returning one)"
+    )
+
+
+def to_job_graph(obj, parallelism=None, job_name=None):
+    from sabot.execution.job_graph import JobGraph
+
+    if isinstance(obj, JobGraph):
+        return obj
+    kwargs = {"shippable": True}
+    if parallelism:
+        kwargs["default_parallelism"] = parallelism
+    if job_name:
+        kwargs["job_name"] = job_name
+    return obj.to_job_graph(**kwargs)
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def format_table(table, limit=20):
+    """A plain-text preview of a pyarrow Table (first ``limit`` rows)."""
+    cols = table.column_names
+    rows = table.slice(0, limit).to_pylist()
+    cells = [[str(c) for c in cols]] + [[_cell(r[c]) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if table.num_rows > limit:
+        lines.append(f"... {table.num_rows - limit} more rows ({table.num_rows} in all)")
+    return "\n".join(lines)
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _bar(fraction, width=30):
+    fraction = min(1.0, max(0.0, fraction))
+    filled = int(round(fraction * width))
+    return "[" + "#" * filled + "." * (width - filled) + f"] {fraction * 100:5.1f}%"
+
+
+class Progress:
+    """Turns successive GET /jobs/{id} documents into progress lines (rows/s per operator)."""
+
+    def __init__(self):
+        self.last = None
+
+    def line(self, job, now):
+        rows = {op["name"]: op["rows_processed"] for op in job["operators"]}
+        rates = {}
+        if self.last is not None:
+            then, previous = self.last
+            dt = max(1e-6, now - then)
+            rates = {name: (rows[name] - previous.get(name, 0)) / dt for name in rows}
+        self.last = (now, rows)
+        parts = [f"{name} {rates.get(name, 0.0):,.0f} rows/s" for name in rows]
+        sources = [op for op in job["operators"] if op["operator_type"] == "source"]
+        bar = ""
+        if sources and all(op.get("total_rows") is not None for op in sources):
+            total = sum(op["total_rows"] for op in sources)
+            done = sum(op["rows_out"] for op in sources)
+            if total:
+                bar = _bar(done / total) + " "
+        return f"{job['state']:<9} {bar}" + " | ".join(parts)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_coordinator(args):
+    from sabot.cluster.coordinator import ClusterCoordinator, CoordinatorConfig
+
+    config = CoordinatorConfig(
+        host=args.host, port=args.port, token=args.token,
+        heartbeat_interval_s=args.heartbeat_interval, heartbeat_timeout_s=args.heartbeat_timeout,
+        slot_wait_timeout_s=args.slot_wait_timeout, refuse_oversized=not args.allow_oversized,
+        check_imports=not args.no_import_check,
+    )
+
+    async def main():
+        coordinator = ClusterCoordinator(config)
+        await coordinator.start()
+        print(f"sabot coordinator listening on {coordinator.url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await coordinator.stop()
+
+    _run_loop(main())
+    return 0
+
+
+def cmd_worker(args):
+    from sabot.cluster.worker import Worker
+
+    async def main():
+        worker = Worker(args.coordinator, num_slots=args.slots, cpu_cores_per_slot=args.cpu_per_slot,
+                        memory_mb_per_slot=args.memory_per_slot, host=args.host, port=args.port,
+                        token=args.token, node_id=args.node_id, threads=args.threads,
+                        connect_timeout_s=args.connect_timeout)
+        await worker.start()
+        print(f"sabot worker {worker.node_id} at {worker.url} (pid {os.getpid()}) joined {args.coordinator}",
+              flush=True)
+        loop = asyncio.get_running_loop()
+        stopped = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopped.set)
+        closed = asyncio.ensure_future(worker.wait_closed())
+        signalled = asyncio.ensure_future(stopped.wait())
+        await asyncio.wait({closed, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        await worker.stop()
+        if closed.done() and not signalled.done():
+            print(f"sabot worker {worker.node_id}: {worker.closed_reason}; exiting", file=sys.stderr, flush=True)
+            return 1
+        return 0
+
+    return _run_loop(main())
+
+
+def cmd_cluster_start(args):
+    from sabot.cluster.local import LocalCluster
+
+    cluster = LocalCluster(workers=args.workers, slots_per_worker=args.slots, token=args.token,
+                           coordinator_config={"port": args.port})
+    stop = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        with cluster:
+            print(f"sabot local cluster: coordinator {cluster.url}, {args.workers} workers x {args.slots} slots "
+                  f"(pids {cluster.worker_pids}); Ctrl-C stops all", flush=True)
+            try:
+                while not stop:
+                    time.sleep(0.2)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print("sabot local cluster stopped", flush=True)
+    return 0
+
+
+def cmd_run(args):
+    from sabot.cluster.local import LocalCluster
+    from sabot.errors import JobFailed
+
+    obj, path = load_target(args.target)
+    job = to_job_graph(obj, args.parallelism)
+    out = sys.stderr
+    tty = out.isatty()
+    with LocalCluster(workers=args.workers, slots_per_worker=args.slots,
+                      python_path=[path] if path else ()) as cluster:
+        print(f"running {job.job_name!r} on a local cluster: {args.workers} workers x {args.slots} slots "
+              f"(coordinator {cluster.url})", file=out, flush=True)
+        job_id = cluster.submit(job)
+        progress = Progress()
+        start = time.monotonic()
+        last_print = 0.0
+        while True:
+            info = cluster.job(job_id)
+            now = time.monotonic()
+            if info["state"] in ("FINISHED", "FAILED", "CANCELED"):
+                break
+            if args.timeout and now - start > args.timeout:
+                cluster.cancel(job_id)
+                return _fail(f"job {job_id} did not finish within {args.timeout} s; canceled", 1)
+            line = progress.line(info, now)
+            if tty:
+                print("\r" + line[:160].ljust(160), end="", file=out, flush=True)
+            elif now - last_print >= 2.0:
+                print(line, file=out, flush=True)
+                last_print = now
+            time.sleep(args.interval)
+        if tty:
+            print(file=out)
+        elapsed = time.monotonic() - start
+        print(f"job {job_id} {info['state']} in {elapsed:.2f} s", file=out, flush=True)
+        if info["state"] != "FINISHED":
+            failure = (info.get("failure") or {})
+            print(failure.get("error") or info["state"], file=sys.stderr)
+            if failure.get("traceback"):
+                print(failure["traceback"], file=sys.stderr)
+            return 1
+        try:
+            result = cluster.result(job_id)
+        except JobFailed as exc:
+            return _fail(str(exc), 1)
+        for op in info["operators"]:
+            print(f"  {op['name']:<24} parallelism {op['parallelism']:<3} rows {op['rows_processed']:>12,}",
+                  file=out)
+        for name, table in result.tables.items():
+            print(f"\n{name}: {table.num_rows} rows")
+            print(format_table(table, args.limit))
+        for name, summaries in result.summaries.items():
+            if name not in result.tables and any(summaries):
+                print(f"\n{name}: {json.dumps(summaries, default=str)}")
+    return 0
+
+
+def _client(args):
+    from sabot.cluster.client import SabotClient
+
+    return SabotClient(args.coordinator, token=args.token)
+
+
+def cmd_job_submit(args):
+    source = args.job
+    if source.lstrip().startswith("{"):
+        body = json.loads(source)
+    elif source.endswith(".json"):
+        with open(source) as f:
+            body = json.load(f)
+    else:
+        obj, _ = load_target(source)
+        body = to_job_graph(obj, args.parallelism).to_dict()
+    job_id = _client(args).submit(body)
+    print(job_id)
+    return 0
+
+
+def cmd_job_list(args):
+    jobs = _client(args).jobs()
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+        return 0
+    print(f"{'JOB ID':<40} {'NAME':<24} {'STATE':<18} {'TASKS':>5} {'SECONDS':>9}")
+    for job in jobs:
+        print(f"{job['job_id']:<40} {job['job_name']:<24} {job['state']:<18} {job['num_tasks']:>5} "
+              f"{job['duration_seconds']:>9.2f}")
+    return 0
+
+
+def cmd_job_status(args):
+    info = _client(args).job(args.job_id)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"job {info['job_id']} ({info['job_name']}): {info['state']}, {info['duration_seconds']:.2f} s")
+    if info.get("failure"):
+        print(f"failure: {info['failure']['error']}")
+    for op in info["operators"]:
+        print(f"  {op['name']:<24} p={op['parallelism']:<3} rows {op['rows_processed']:>12,} "
+              f"{op['rows_per_second']:>12,.0f} rows/s  {op['task_states']}")
+    return 0
+
+
+def cmd_job_cancel(args):
+    answer = _client(args).cancel(args.job_id)
+    print(f"job {answer['job_id']}: {answer['state']}")
+    return 0
+
+
+# -- argument parsing -----------------------------------------------------------------------
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="sabot", description="Sabot: stream processing over Apache Arrow.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def token_arg(p):
+        p.add_argument("--token", default=os.environ.get("SABOT_TOKEN"),
+                       help="shared secret (default $SABOT_TOKEN); required to bind anything but 127.0.0.1")
+
+    p = sub.add_parser("coordinator", help="run a coordinator (JobManager) in the foreground",
+                       description="Run a coordinator with the HTTP API on uvloop until Ctrl-C.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8081, help="port (default 8081; 0 = any free port)")
+    token_arg(p)
+    p.add_argument("--heartbeat-interval", type=float, default=0.1, help="seconds between worker heartbeats")
+    p.add_argument("--heartbeat-timeout", type=float, default=0.5, help="a worker silent this long is lost")
+    p.add_argument("--slot-wait-timeout", type=float, default=30.0, help="seconds a job may wait for slots")
+    p.add_argument("--allow-oversized", action="store_true",
+                   help="let jobs larger than the registered cluster wait for workers instead of refusing them")
+    p.add_argument("--no-import-check", action="store_true",
+                   help="do not import operator functions at submit (user code only on the workers)")
+    p.set_defaults(func=cmd_coordinator)
+
+    p = sub.add_parser("worker", help="run a worker (TaskManager) that joins a coordinator",
+                       description="Run a worker that offers task slots to a coordinator and runs its tasks. "
+                                   "It exits when the coordinator goes away.")
+    p.add_argument("--coordinator", required=True, help="coordinator URL, e.g. http://127.0.0.1:8081")
+    p.add_argument("--slots", type=int, default=1, help="task slots offered (default 1)")
+    p.add_argument("--cpu-per-slot", type=float, default=1.0, help="cpu cores per slot (default 1.0)")
+    p.add_argument("--memory-per-slot", type=int, default=1024, help="memory per slot in MB (default 1024)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="control port (default: any free port)")
+    p.add_argument("--node-id", default=None, help="node id (default worker-<pid>-<port>)")
+    p.add_argument("--threads", type=int, default=None, help="operator thread pool size")
+    p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to keep trying the coordinator")
+    token_arg(p)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("cluster", help="local clusters", description="Manage a local cluster.")
+    csub = p.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
+    q = csub.add_parser("start", help="run a coordinator and N workers here, in the foreground",
+                        description="Start a coordinator and N worker processes on 127.0.0.1; Ctrl-C stops all.")
+    q.add_argument("--workers", type=int, default=2, help="number of workers (default 2)")
+    q.add_argument("--slots", type=int, default=2, help="slots per worker (default 2)")
+    q.add_argument("--port", type=int, default=8081, help="coordinator port (default 8081; 0 = any)")
+    token_arg(q)
+    q.set_defaults(func=cmd_cluster_start)
+
+    p = sub.add_parser("run", help="run a Stream or JobGraph on a fresh local cluster",
+                       description="Load FILE_OR_MODULE[:ATTR] (a Stream ending in a sink, a JobGraph, or a "
+                                   "function returning one), run it on a new local cluster with live progress, "
+                                   "print the result.")
+    p.add_argument("target", metavar="FILE_OR_MODULE[:ATTR]")
+    p.add_argument("--workers", type=int, default=2, help="number of workers (default 2)")
+    p.add_argument("--slots", type=int, default=2, help="slots per worker (default 2)")
+    p.add_argument("--parallelism", type=int, default=None, help="default parallelism for a Stream")
+    p.add_argument("--timeout", type=float, default=None, help="cancel the job after this many seconds")
+    p.add_argument("--limit", type=int, default=20, help="rows of each result table to print")
+    p.add_argument("--interval", type=float, default=0.5, help="seconds between progress updates")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("job", help="submit and inspect jobs on a running coordinator",
+                       description="Submit, list, inspect and cancel jobs over the coordinator's HTTP API.")
+    jsub = p.add_subparsers(dest="job_command", metavar="ACTION", required=True)
+
+    def common(q):
+        q.add_argument("--coordinator", default=os.environ.get("SABOT_COORDINATOR", DEFAULT_COORDINATOR),
+                       help="coordinator URL (default $SABOT_COORDINATOR or http://127.0.0.1:8081)")
+        token_arg(q)
+
+    q = jsub.add_parser("submit", help="submit a job; prints its id",
+                        description="Submit FILE_OR_MODULE[:ATTR], a JobGraph JSON file, or inline JSON.")
+    q.add_argument("job", metavar="FILE|JSON")
+    q.add_argument("--parallelism", type=int, default=None, help="default parallelism for a Stream")
+    common(q)
+    q.set_defaults(func=cmd_job_submit)
+    q = jsub.add_parser("list", help="list jobs", description="List every job the coordinator knows.")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    common(q)
+    q.set_defaults(func=cmd_job_list)
+    q = jsub.add_parser("status", help="show one job", description="Show a job's state, operators and rates.")
+    q.add_argument("job_id")
+    q.add_argument("--json", action="store_true", help="print the full JSON document")
+    common(q)
+    q.set_defaults(func=cmd_job_status)
+    q = jsub.add_parser("cancel", help="cancel a job", description="Cancel a job; its slots are freed.")
+    q.add_argument("job_id")
+    common(q)
+    q.set_defaults(func=cmd_job_cancel)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``sabot`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, quiet=args.command in ("run", "job"))
+    if not args.verbose:
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    from sabot.cluster.client import ApiError
+    from sabot.errors import SabotError
+
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ApiError, SabotError, ConnectionError, FileNotFoundError, ImportError, ValueError,
+            AttributeError, TypeError, TimeoutError) as exc:
+        if args.verbose:
+            raise
+        return _fail(str(exc), 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""A small blocking HTTP client for the coordinator API (used by the CLI, LocalCluster and tests).
+
+Example:
+    >>> client = SabotClient("http://127.0.0.1:8081")          # doctest: +SKIP
+    >>> job_id = client.submit(job_graph)                       # doctest: +SKIP
+    >>> client.wait(job_id, timeout=60)                         # doctest: +SKIP
+    'FINISHED'
+    >>> client.result(job_id).table("counts")                   # doctest: +SKIP
+"""
+
+import io
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pyarrow as pa
+
+from sabot.cluster import protocol
+from sabot.errors import JobFailed, SabotError
+
+__all__ = ["ApiError", "SabotClient"]
+
+TERMINAL = ("FINISHED", "CANCELED", "FAILED")
+
+
+class ApiError(SabotError, RuntimeError):
+    """The coordinator answered with an error; ``status`` is the HTTP status."""
+
+    def __init__(self, message, status=None, method=None, path=None):
+        super().__init__(message)
+        self.status = status
+        self.method = method
+        self.path = path
+
+
+class SabotClient:
+    """Blocking client of one coordinator.
+
+    Args:
+        url: the coordinator's ``http://host:port``.
+        token: sent as ``Authorization: Bearer <token>`` (default ``$SABOT_TOKEN``).
+        timeout: seconds per request.
+    """
+
+    def __init__(self, url, token=None, timeout=30.0):
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"coordinator URL must start with http:// or https://, got {url!r}")
+        self.url = url.rstrip("/")
+        self.token = protocol.resolve_token(token)
+        self.timeout = timeout
+
+    def request(self, method, path, body=None, raw=False):
+        """Send one request; return the decoded JSON (or bytes with ``raw``; None for 204)."""
+        data = None
+        headers = dict(protocol.auth_headers(self.token))
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                payload = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            payload = exc.read()
+            try:
+                message = json.loads(payload)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = payload.decode(errors="replace")[:500] or exc.reason
+            raise ApiError(f"{method} {path}: HTTP {exc.code}: {message}", exc.code, method, path) from None
+        except urllib.error.URLError as exc:
+            raise ConnectionError(f"cannot reach the coordinator at {self.url}: {exc.reason}") from None
+        if status == 204:
+            return None
+        if raw:
+            return payload
+        return json.loads(payload) if payload else None
+
+    # -- API ------------------------------------------------------------------------------
+
+    def health(self):
+        return self.request("GET", "/health")
+
+    def overview(self):
+        return self.request("GET", "/overview")
+
+    def nodes(self):
+        return self.request("GET", "/nodes")
+
+    def slots(self):
+        return self.request("GET", "/slots")
+
+    def metrics(self):
+        return self.request("GET", "/metrics", raw=True).decode()
+
+    def openapi(self):
+        return self.request("GET", "/openapi.json")
+
+    def submit(self, job):
+        """Submit a JobGraph, a Stream, or a ``to_dict()`` dict; return the job id."""
+        if hasattr(job, "to_job_graph"):
+            job = job.to_job_graph(shippable=True)
+        if hasattr(job, "to_dict"):
+            job = job.to_dict()
+        return self.request("POST", "/jobs/submit", job)["job_id"]
+
+    def jobs(self):
+        return self.request("GET", "/jobs")["jobs"]
+
+    def job(self, job_id):
+        return self.request("GET", f"/jobs/{_quote(job_id)}")
+
+    def cancel(self, job_id):
+        return self.request("POST", f"/jobs/{_quote(job_id)}/cancel")
+
+    def wait(self, job_id, timeout=None, poll_interval=0.05):
+        """Poll until the job ends; return its final state. Raises TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = self.job(job_id)["state"]
+            if state in TERMINAL:
+                return state
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {state} after {timeout} s")
+            time.sleep(poll_interval)
+
+    def result(self, job_id):
+        """The JobResult of a finished job (tables fetched as Arrow IPC).
+
+        Raises JobFailed for a failed job, ApiError (409) for one not finished.
+        """
+        from sabot.runtime.embedded import JobResult
+
+        try:
+            info = self.request("GET", f"/jobs/{_quote(job_id)}/result")
+        except ApiError as exc:
+            if exc.status == 409:
+                job = self.job(job_id)
+                if job["state"] == "FAILED":
+                    failure = job.get("failure") or {}
+                    raise JobFailed(failure.get("error") or str(exc), [failure]) from None
+            raise
+        result = JobResult(job_id=job_id, summaries=info["summaries"], duration_seconds=info["duration_seconds"])
+        for name in info["tables"]:
+            data = self.request("GET", f"/jobs/{_quote(job_id)}/result/{_quote(name)}", raw=True)
+            result.tables[name] = pa.ipc.open_stream(io.BytesIO(data)).read_all()
+        return result
+
+
+def _quote(part):
+    return urllib.parse.quote(str(part), safe="")

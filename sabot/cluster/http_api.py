@@ -1,0 +1,352 @@
+"""The coordinator's HTTP API (aiohttp), its error/auth middleware, OpenAPI document and metrics.
+
+Every response is JSON except ``GET /metrics`` (Prometheus text) and the Arrow
+result stream. Every error, unknown routes included, is ``{"error": "..."}``
+with a 4xx/5xx status. :data:`ROUTES` is the single table both the router and
+the OpenAPI document (``GET /openapi.json``) are built from, so they cannot
+drift apart.
+"""
+
+import hmac
+import io
+import json
+import logging
+import time
+
+import pyarrow as pa
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from sabot.cluster.protocol import BadRequest, ClusterError, NotFound, Unauthorized
+from sabot.errors import GraphValidationError, JobFailed, SlotRequestTooLarge, SlotsExhausted, UnknownNode
+
+log = logging.getLogger(__name__)
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
+# -- middleware shared by coordinator and worker -----------------------------------------
+
+
+def status_of(exc):
+    """The HTTP status a raised exception maps to."""
+    if isinstance(exc, ClusterError):
+        return exc.status
+    if isinstance(exc, (GraphValidationError, SlotRequestTooLarge)):
+        return 400
+    if isinstance(exc, JobFailed):
+        return 409
+    if isinstance(exc, (UnknownNode, KeyError, LookupError)):
+        return 404
+    if isinstance(exc, SlotsExhausted):
+        return 503
+    if isinstance(exc, (ValueError, TypeError)):
+        return 400
+    return 500
+
+
+def error_response(status, message):
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def error_middleware(request, handler):
+    """Turn every failure into ``{"error": ...}``; unknown routes and methods included."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            message = f"no route {request.method} {request.path}; see GET /openapi.json"
+        elif exc.status == 405:
+            message = f"method {request.method} is not allowed on {request.path}"
+        else:
+            message = exc.text or exc.reason
+            if exc.text and exc.text.startswith("{"):
+                return web.Response(status=exc.status, text=exc.text, content_type="application/json")
+        return error_response(exc.status, message)
+    except Exception as exc:
+        status = status_of(exc)
+        message = str(exc) or type(exc).__name__
+        if isinstance(exc, KeyError) and not isinstance(exc, ClusterError) and exc.args:
+            message = str(exc.args[0])
+        if status >= 500:
+            log.exception("%s %s failed", request.method, request.path)
+            message = f"internal error: {type(exc).__name__}: {message}"
+        return error_response(status, message)
+
+
+def auth_middleware(token):
+    """Require ``Authorization: Bearer <token>`` on every request when a token is set."""
+
+    @web.middleware
+    async def check(request, handler):
+        if token:
+            header = request.headers.get("Authorization", "")
+            given = header[7:] if header.startswith("Bearer ") else ""
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                raise Unauthorized(
+                    "missing or wrong token: send 'Authorization: Bearer <token>' (the --token / SABOT_TOKEN "
+                    "this server was started with)"
+                )
+        return await handler(request)
+
+    return check
+
+
+async def read_json(request, what="request body"):
+    """The request's JSON body, or BadRequest naming the problem."""
+    raw = await request.read()
+    if not raw:
+        raise BadRequest(f"the {what} is empty; expected JSON")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON in the {what}: {exc}") from None
+
+
+def arrow_response(table):
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return web.Response(body=sink.getvalue(), content_type=ARROW_STREAM)
+
+
+# -- metrics -----------------------------------------------------------------------------
+
+
+class _StateCollector:
+    """Reads the coordinator's state at scrape time (scrapes run on its loop thread)."""
+
+    def __init__(self, coordinator):
+        self.coordinator = coordinator
+
+    def collect(self):
+        c = self.coordinator
+        pool = c.slot_pool
+        yield GaugeMetricFamily("sabot_workers", "Registered live workers", value=len(c.nodes))
+        yield GaugeMetricFamily("sabot_slots_total", "Task slots of all live workers", value=pool.total_slots)
+        yield GaugeMetricFamily("sabot_slots_free", "Free task slots", value=pool.free_slots)
+        jobs = GaugeMetricFamily("sabot_jobs", "Jobs by state", labels=["state"])
+        counts = {}
+        for job in c.jobs.values():
+            counts[job.state.value] = counts.get(job.state.value, 0) + 1
+        from sabot.cluster.coordinator import JobState
+
+        for state in JobState:
+            jobs.add_metric([state.value], counts.get(state.value, 0))
+        yield jobs
+        rows = GaugeMetricFamily("sabot_job_rows_processed", "Rows processed by all tasks of a job",
+                                 labels=["job_id", "job_name"])
+        tasks = GaugeMetricFamily("sabot_job_tasks_running", "Running tasks of a job", labels=["job_id", "job_name"])
+        for job in c.jobs.values():
+            if job.terminal:
+                continue
+            labels = [job.job_id, job.job_graph.job_name]
+            rows.add_metric(labels, sum(t.rows_processed for t in job.exec_graph.tasks.values()))
+            tasks.add_metric(labels, sum(1 for t in job.exec_graph.tasks.values()
+                                         if getattr(t.state, "name", t.state) == "RUNNING"))
+        yield rows
+        yield tasks
+
+
+class CoordinatorMetrics:
+    """Prometheus metrics of one coordinator, in its own CollectorRegistry."""
+
+    def __init__(self, coordinator):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("sabot_http_requests", "HTTP requests served", ["route", "status"],
+                                registry=self.registry)
+        self.jobs_submitted = Counter("sabot_jobs_submitted", "Jobs accepted", registry=self.registry)
+        self.submit_to_running = Histogram(
+            "sabot_job_submit_to_running_seconds", "Time from submit until every task was deployed",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=self.registry,
+        )
+        self.registry.register(_StateCollector(coordinator))
+
+    def render(self):
+        return generate_latest(self.registry)
+
+
+def metrics_middleware(metrics):
+    @web.middleware
+    async def count(request, handler):
+        response = await handler(request)
+        resource = getattr(request.match_info.route, "resource", None)
+        name = resource.canonical if resource is not None else "unmatched"
+        metrics.requests.labels(name, str(response.status)).inc()
+        return response
+
+    return count
+
+
+# -- routes ------------------------------------------------------------------------------
+
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_NODE_ID = {"name": "node_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_SINK = {"name": "sink", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _routes(c):
+    """(method, path, handler, summary, parameters, request body schema, responses)."""
+
+    async def health(request):
+        return web.json_response({"status": "ok", "workers": len(c.nodes), "time": time.time()})
+
+    async def overview(request):
+        return web.json_response(c.overview())
+
+    async def nodes(request):
+        return web.json_response(c.nodes_view())
+
+    async def slots(request):
+        status = c.slot_pool.get_status()
+        status["slots"] = [s.to_dict() for s in c.slot_pool.get_slots()]
+        return web.json_response(json.loads(json.dumps(status, default=str)))
+
+    async def submit(request):
+        body = await read_json(request, "job submission")
+        job_id = await c.submit_stream_job(body)
+        job = c.jobs[job_id]
+        return web.json_response({"job_id": job_id, "state": job.state.value, "failure": job.failure}, status=201)
+
+    async def list_jobs(request):
+        return web.json_response({"jobs": [c.job_summary(j) for j in c.jobs.values()]})
+
+    async def get_job(request):
+        return web.json_response(c.job_details(c.get_job(request.match_info["job_id"])))
+
+    async def cancel(request):
+        state = await c.cancel_job(request.match_info["job_id"])
+        return web.json_response({"job_id": request.match_info["job_id"], "state": state})
+
+    async def result(request):
+        res = await c.job_result(request.match_info["job_id"])
+        return web.json_response({
+            "job_id": res.job_id,
+            "duration_seconds": res.duration_seconds,
+            "summaries": json.loads(json.dumps(res.summaries, default=str)),
+            "tables": {name: {"num_rows": t.num_rows, "columns": t.column_names,
+                              "schema": [str(f) for f in t.schema]} for name, t in res.tables.items()},
+        })
+
+    async def result_table(request):
+        res = await c.job_result(request.match_info["job_id"])
+        name = request.match_info["sink"]
+        if name not in res.tables:
+            raise NotFound(f"job {res.job_id} has no collect sink named {name!r}; collect sinks: {sorted(res.tables)}")
+        return arrow_response(res.tables[name])
+
+    async def metrics(request):
+        return web.Response(body=c.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def openapi(request):
+        return web.json_response(openapi_document())
+
+    async def register(request):
+        body = await read_json(request, "worker registration")
+        return web.json_response(c.register_worker(body), status=201)
+
+    async def worker_socket(request):
+        node_id = request.match_info["node_id"]
+        if node_id not in c.nodes:
+            raise NotFound(f"node {node_id!r} is not registered; POST /workers/register first")
+        ws = web.WebSocketResponse(max_msg_size=64 * 1024 * 1024)
+        await ws.prepare(request)
+        await c.handle_worker_socket(node_id, ws)
+        return ws
+
+    job_ok = {"200": "the job (see summary)", "404": "unknown job"}
+    return [
+        ("GET", "/health", health, "Liveness and number of workers", [], None, {"200": "ok"}),
+        ("GET", "/overview", overview, "Cluster overview: workers, slots, jobs by state", [], None, {"200": "overview"}),
+        ("GET", "/nodes", nodes, "Registered workers (and recently lost ones)", [], None, {"200": "nodes"}),
+        ("GET", "/slots", slots, "Slot pool status and every slot", [], None, {"200": "slot pool status"}),
+        ("POST", "/jobs/submit", submit, "Submit a job (body: JobGraph.to_dict())", [],
+         {"type": "object", "description": "JobGraph.to_dict()", "required": ["operators"]},
+         {"201": "accepted: job id and state", "400": "malformed JSON, not a job graph, invalid graph, "
+          "unimportable function or a job larger than the cluster"}),
+        ("GET", "/jobs", list_jobs, "All jobs with their states", [], None, {"200": "jobs"}),
+        ("GET", "/jobs/{job_id}", get_job, "A job: state, operators with parallelism and rates, tasks "
+         "with state/node/slot/metrics, metrics summary", [_JOB_ID], None, job_ok),
+        ("POST", "/jobs/{job_id}/cancel", cancel, "Cancel a job; frees its slots", [_JOB_ID], None,
+         {"200": "canceled", "404": "unknown job", "409": "the job already ended"}),
+        ("GET", "/jobs/{job_id}/result", result, "Result of a finished job: sink summaries and collected "
+         "table shapes", [_JOB_ID], None,
+         {"200": "result", "404": "unknown job", "409": "job not finished, failed or canceled"}),
+        ("GET", "/jobs/{job_id}/result/{sink}", result_table, "The table a collect sink gathered, as an Arrow "
+         "IPC stream", [_JOB_ID, _SINK], None,
+         {"200": "Arrow IPC stream", "404": "unknown job or sink", "409": "job not finished"}),
+        ("GET", "/metrics", metrics, "Prometheus metrics", [], None, {"200": "Prometheus text format"}),
+        ("GET", "/openapi.json", openapi, "This document", [], None, {"200": "OpenAPI 3 document"}),
+        ("POST", "/workers/register", register, "A worker joins with its slots", [],
+         {"type": "object", "required": ["node_id", "host", "port", "data_host", "data_port", "num_slots"],
+          "properties": {"node_id": {"type": "string"}, "host": {"type": "string"}, "port": {"type": "integer"},
+                         "data_host": {"type": "string"}, "data_port": {"type": "integer"},
+                         "num_slots": {"type": "integer", "minimum": 1},
+                         "cpu_cores_per_slot": {"type": "number", "exclusiveMinimum": 0},
+                         "memory_mb_per_slot": {"type": "integer", "minimum": 1},
+                         "pid": {"type": "integer"}}},
+         {"201": "registered: node id and heartbeat settings", "400": "bad slot counts or fields",
+          "409": "node id or address already registered"}),
+        ("GET", "/workers/{node_id}/ws", worker_socket, "The worker's persistent WebSocket (heartbeats, task "
+         "updates); see sabot.cluster.protocol", [_NODE_ID], None,
+         {"101": "switching protocols", "404": "node not registered"}),
+    ]
+
+
+def openapi_document():
+    """The OpenAPI 3 document of the coordinator's routes (built from the route table)."""
+    paths = {}
+    for method, path, _handler, summary, params, body, responses in _routes(_NoCoordinator()):
+        op = {
+            "summary": summary,
+            "operationId": f"{method.lower()}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}"
+                           or "root",
+            "parameters": params,
+            "responses": {
+                code: {
+                    "description": desc,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+                    if int(code) >= 400 else {},
+                }
+                for code, desc in responses.items()
+            },
+        }
+        if body is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        paths.setdefault(path, {})[method.lower()] = op
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Sabot coordinator API", "version": "1",
+                 "description": "Every error is {\"error\": \"...\"}. With a token configured every request needs "
+                                "'Authorization: Bearer <token>' (else 401)."},
+        "components": {
+            "schemas": {"Error": {"type": "object", "required": ["error"],
+                                  "properties": {"error": {"type": "string"}}}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}, {}],
+        "paths": paths,
+    }
+
+
+class _NoCoordinator:
+    """Stands in for the coordinator when only the route table's shape is needed."""
+
+    def __getattr__(self, name):
+        raise AttributeError(name)
+
+
+def build_coordinator_app(coordinator):
+    """The aiohttp Application serving ``coordinator``."""
+    app = web.Application(
+        middlewares=[metrics_middleware(coordinator.metrics), error_middleware,
+                     auth_middleware(coordinator.config.token)],
+        client_max_size=256 * 1024 * 1024,
+    )
+    for method, path, handler, *_ in _routes(coordinator):
+        app.router.add_route(method, path, handler)
+    return app

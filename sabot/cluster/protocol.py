@@ -1,0 +1,244 @@
+"""Messages between the coordinator and its workers, and the errors of the control plane.
+
+A worker joins in two steps:
+
+1. ``POST /workers/register`` with a :class:`RegisterRequest` body. The
+   coordinator answers ``201`` with :meth:`RegisterResponse.to_dict` (the node id
+   and the heartbeat settings), or a 4xx naming what was wrong (a node id or
+   address already registered: 409; nonsense slot counts: 400).
+2. ``GET /workers/{node_id}/ws`` upgrades to the one persistent WebSocket the
+   worker keeps open. Over it the worker sends JSON messages:
+
+   - ``{"type": "heartbeat", "sent_at": <unix seconds>}`` every ``heartbeat_interval_s``;
+   - ``{"type": "task_update", "update": {...}}`` with the task status dict the
+     runtime's TaskManager reports (task_id, job_id, attempt, state, error,
+     traceback, metrics, summary, total_rows);
+   - ``{"type": "goodbye"}`` before a clean shutdown.
+
+   The coordinator sends ``{"type": "heartbeat_ack"}`` back for each heartbeat
+   (so the worker notices a hung coordinator too).
+
+Control calls go the other way over plain HTTP to the worker's own server:
+``POST /tasks/deploy`` (body: a task deployment descriptor), ``POST
+/tasks/{task_id}/cancel``, ``GET /tasks``, ``GET /tasks/{task_id}/result``
+(Arrow IPC stream), ``GET /health``.
+
+When a token is configured every request and the WebSocket carry
+``Authorization: Bearer <token>``.
+"""
+
+import ipaddress
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+from sabot.errors import SabotError
+
+# -- errors --------------------------------------------------------------------------
+
+
+class ClusterError(SabotError, RuntimeError):
+    """Base class of control-plane errors; ``status`` is the HTTP status it maps to."""
+
+    status = 500
+
+
+class BadRequest(ClusterError, ValueError):
+    """The request body or its parameters are not what the route expects."""
+
+    status = 400
+
+
+class Unauthorized(ClusterError, PermissionError):
+    """A request without the configured token (or with a wrong one)."""
+
+    status = 401
+
+
+class NotFound(ClusterError, LookupError):
+    """An unknown job, task, node or route."""
+
+    status = 404
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
+class Conflict(ClusterError):
+    """The request is valid but clashes with the current state (e.g. cancel of a finished job)."""
+
+    status = 409
+
+
+class InsecureBinding(ClusterError, ValueError):
+    """A server was asked to bind a non-loopback address without a token."""
+
+    status = 400
+
+
+# -- message kinds ---------------------------------------------------------------------
+
+HEARTBEAT = "heartbeat"
+HEARTBEAT_ACK = "heartbeat_ack"
+TASK_UPDATE = "task_update"
+GOODBYE = "goodbye"
+
+TOKEN_ENV = "SABOT_TOKEN"
+
+
+def is_loopback(host):
+    """True if ``host`` is a loopback address or ``localhost``."""
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_binding(host, token, what="server"):
+    """Refuse to bind a non-loopback ``host`` without a token (workers import submitted code)."""
+    if not is_loopback(host) and not token:
+        raise InsecureBinding(
+            f"refusing to bind the {what} to {host!r} without a token: submitting a job makes workers "
+            f"import and run code, so any address other than 127.0.0.1 needs --token (or {TOKEN_ENV})"
+        )
+
+
+def resolve_token(token):
+    """The explicit token, else ``$SABOT_TOKEN``, else None."""
+    if token:
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def auth_headers(token):
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _require(body, name, kind, what):
+    if name not in body:
+        raise BadRequest(f"{what} is missing {name!r}")
+    value = body[name]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise BadRequest(f"{what}: {name!r} must be {expected}, got {value!r}")
+    return value
+
+
+@dataclass
+class RegisterRequest:
+    """What a worker tells the coordinator when it joins.
+
+    Attributes:
+        node_id: the worker's id (unique within the cluster).
+        host, port: the worker's HTTP control server.
+        data_host, data_port: its runtime DataServer (task channels connect there).
+        num_slots: task slots it offers (>= 1).
+        cpu_cores_per_slot, memory_mb_per_slot: resources of each slot (> 0).
+        pid: the worker's process id (shown by GET /nodes).
+    """
+
+    node_id: str
+    host: str
+    port: int
+    data_host: str
+    data_port: int
+    num_slots: int
+    cpu_cores_per_slot: float = 1.0
+    memory_mb_per_slot: int = 1024
+    pid: int = 0
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, body):
+        """Validate a registration body; raise :class:`BadRequest` naming the bad field."""
+        what = "worker registration"
+        if not isinstance(body, dict):
+            raise BadRequest(f"{what} must be a JSON object, got {type(body).__name__}")
+        node_id = _require(body, "node_id", str, what)
+        if not node_id.strip():
+            raise BadRequest(f"{what}: 'node_id' must not be empty")
+        host = _require(body, "host", str, what)
+        port = _require(body, "port", int, what)
+        data_host = _require(body, "data_host", str, what)
+        data_port = _require(body, "data_port", int, what)
+        for name, value in (("port", port), ("data_port", data_port)):
+            if not 0 < value < 65536:
+                raise BadRequest(f"{what}: {name!r} must be a TCP port in 1..65535, got {value}")
+        num_slots = _require(body, "num_slots", int, what)
+        if not 1 <= num_slots <= 4096:
+            raise BadRequest(f"{what}: 'num_slots' must be between 1 and 4096, got {num_slots}")
+        cpu = body.get("cpu_cores_per_slot", 1.0)
+        if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not math.isfinite(cpu) or cpu <= 0:
+            raise BadRequest(f"{what}: 'cpu_cores_per_slot' must be a positive number, got {cpu!r}")
+        memory = body.get("memory_mb_per_slot", 1024)
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0:
+            raise BadRequest(f"{what}: 'memory_mb_per_slot' must be a positive integer, got {memory!r}")
+        pid = body.get("pid", 0)
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid < 0:
+            raise BadRequest(f"{what}: 'pid' must be a non-negative integer, got {pid!r}")
+        return cls(node_id, host, port, data_host, data_port, num_slots, float(cpu), memory, pid)
+
+
+@dataclass
+class RegisterResponse:
+    node_id: str
+    heartbeat_interval_s: float
+    heartbeat_timeout_s: float
+
+    def to_dict(self):
+        return asdict(self)
+
+
+@dataclass
+class NodeInfo:
+    """The coordinator's view of one registered worker."""
+
+    node_id: str
+    host: str
+    port: int
+    data_host: str
+    data_port: int
+    num_slots: int
+    cpu_cores_per_slot: float
+    memory_mb_per_slot: int
+    pid: int
+    registered_at: float
+    last_heartbeat: float
+    state: str = "REGISTERED"  # REGISTERED -> CONNECTED -> LOST | LEFT
+    lost_reason: str = None
+    task_ids: set = field(default_factory=set)
+
+    @property
+    def url(self):
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def data_address(self):
+        return (self.data_host, self.data_port)
+
+    def to_dict(self, now):
+        return {
+            "node_id": self.node_id,
+            "url": self.url,
+            "data_address": f"{self.data_host}:{self.data_port}",
+            "pid": self.pid,
+            "state": self.state,
+            "num_slots": self.num_slots,
+            "cpu_cores_per_slot": self.cpu_cores_per_slot,
+            "memory_mb_per_slot": self.memory_mb_per_slot,
+            "seconds_since_heartbeat": round(max(0.0, now - self.last_heartbeat), 4),
+            "running_tasks": len(self.task_ids),
+            "lost_reason": self.lost_reason,
+        }
+
+
+def heartbeat_message(sent_at):
+    return {"type": HEARTBEAT, "sent_at": sent_at}
+
+
+def task_update_message(update):
+    return {"type": TASK_UPDATE, "update": update}

@@ -1,0 +1,342 @@
+"""Worker: a process that offers task slots to a coordinator and runs the tasks it is sent.
+
+A worker starts the runtime's :class:`~sabot.runtime.channels.DataServer` (task
+channels from other workers connect there) and a small aiohttp control server:
+
+- ``POST /tasks/deploy``: body a task deployment descriptor, or a JSON list of
+  them (the coordinator sends one list per worker). Operator code is imported
+  here; a reference that cannot be imported is a 400 naming it, and the tasks of
+  that request that were already started are canceled again.
+- ``POST /tasks/{task_id}/cancel``, ``GET /tasks`` (every task with its state and
+  metrics; the worker's pid and node id), ``GET /tasks/{task_id}/result`` (the
+  table a collect sink gathered, as an Arrow IPC stream; 204 if none), ``GET /health``.
+
+It registers with the coordinator (``POST /workers/register``) and keeps one
+WebSocket to it, carrying heartbeats and every task report of the runtime's
+:class:`~sabot.runtime.task_manager.TaskManager`.
+
+If that connection drops (the coordinator stopped or died) the worker cancels
+its tasks and exits: the coordinator has already declared it lost and failed
+its jobs, so nothing would use its tasks any more. Run it under a supervisor
+(or use :class:`~sabot.cluster.local.LocalCluster`) to have it come back.
+
+Example:
+    >>> worker = Worker("http://127.0.0.1:8081", num_slots=4)   # doctest: +SKIP
+    >>> await worker.run()      # until the coordinator goes away  # doctest: +SKIP
+"""
+
+import asyncio
+import json
+import logging
+import os
+import time
+
+import aiohttp
+from aiohttp import web
+
+from sabot.cluster import protocol
+from sabot.cluster.http_api import arrow_response, auth_middleware, error_middleware, read_json
+from sabot.cluster.protocol import BadRequest, NotFound
+from sabot.runtime.channels import DataServer
+from sabot.runtime.task import TERMINAL_STATES
+from sabot.runtime.task_manager import TaskManager
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Worker"]
+
+
+class Worker:
+    """One worker process's control plane.
+
+    Args:
+        coordinator_url: ``http://host:port`` of the coordinator.
+        num_slots: task slots offered (>= 1).
+        cpu_cores_per_slot, memory_mb_per_slot: resources of each slot.
+        host: address to bind the control and data servers (non-loopback needs a token).
+        port: control server port (0: a free one).
+        token: shared secret (default ``$SABOT_TOKEN``), sent to the coordinator and
+            required on every request to this worker.
+        node_id: id to register under (default ``worker-<pid>-<port>``).
+        data_port: DataServer port (0: a free one).
+        connect_timeout_s: how long to keep trying to reach the coordinator at start.
+        threads: size of the thread pool operator code runs on.
+    """
+
+    def __init__(self, coordinator_url, num_slots=1, cpu_cores_per_slot=1.0, memory_mb_per_slot=1024,
+                 host="127.0.0.1", port=0, token=None, *, node_id=None, data_port=0,
+                 connect_timeout_s=10.0, threads=None):
+        if isinstance(num_slots, bool) or not isinstance(num_slots, int) or num_slots < 1:
+            raise ValueError(f"num_slots must be an integer >= 1, got {num_slots!r}")
+        if not isinstance(cpu_cores_per_slot, (int, float)) or cpu_cores_per_slot <= 0:
+            raise ValueError(f"cpu_cores_per_slot must be a positive number, got {cpu_cores_per_slot!r}")
+        if isinstance(memory_mb_per_slot, bool) or not isinstance(memory_mb_per_slot, int) or memory_mb_per_slot <= 0:
+            raise ValueError(f"memory_mb_per_slot must be a positive integer, got {memory_mb_per_slot!r}")
+        self.coordinator_url = coordinator_url.rstrip("/")
+        self.num_slots = num_slots
+        self.cpu_cores_per_slot = float(cpu_cores_per_slot)
+        self.memory_mb_per_slot = memory_mb_per_slot
+        self.host = host
+        self.port = port
+        self.token = protocol.resolve_token(token)
+        protocol.check_binding(host, self.token, "worker")
+        self.node_id = node_id
+        self.data_port = data_port
+        self.connect_timeout_s = connect_timeout_s
+        self.threads = threads
+        self.data_server = None
+        self.task_manager = None
+        self.heartbeat_interval_s = None
+        self.heartbeat_timeout_s = None
+        self.closed_reason = None
+        self._runner = None
+        self._session = None
+        self._ws = None
+        self._outbox = None
+        self._loops = []
+        self._closed = None
+        self._url = None
+        self._shut_down = False
+
+    @property
+    def url(self):
+        if self._url is None:
+            raise RuntimeError("the worker is not started; await start() first")
+        return self._url
+
+    async def start(self):
+        """Start the data and control servers, register, and open the coordinator connection."""
+        self._closed = asyncio.Event()
+        self._outbox = asyncio.Queue()
+        self.data_server = DataServer(host=self.host)
+        await self.data_server.start(self.data_port)
+        self.task_manager = TaskManager(self.data_server, on_update=self._on_task_update, threads=self.threads)
+        app = web.Application(middlewares=[error_middleware, auth_middleware(self.token)],
+                              client_max_size=256 * 1024 * 1024)
+        app.router.add_get("/health", self._health)
+        app.router.add_post("/tasks/deploy", self._deploy)
+        app.router.add_get("/tasks", self._list_tasks)
+        app.router.add_post("/tasks/{task_id}/cancel", self._cancel)
+        app.router.add_get("/tasks/{task_id}/result", self._result)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._url = f"http://{self.host}:{self.port}"
+        if self.node_id is None:
+            self.node_id = f"worker-{os.getpid()}-{self.port}"
+        self._session = aiohttp.ClientSession(headers=protocol.auth_headers(self.token))
+        try:
+            await self._register()
+            self._ws = await self._session.ws_connect(
+                f"{self.coordinator_url}/workers/{self.node_id}/ws", heartbeat=None, autoping=True,
+                max_msg_size=64 * 1024 * 1024,
+            )
+        except BaseException:
+            await self.stop()
+            raise
+        self._loops = [asyncio.ensure_future(self._send_loop()), asyncio.ensure_future(self._receive_loop())]
+        log.info("worker %s at %s (data %s) joined %s with %d slots", self.node_id, self._url,
+                 self.data_server.address, self.coordinator_url, self.num_slots)
+        return self
+
+    async def _register(self):
+        host, data_port = self.data_server.address
+        body = protocol.RegisterRequest(
+            node_id=self.node_id, host=self.host, port=self.port, data_host=host, data_port=data_port,
+            num_slots=self.num_slots, cpu_cores_per_slot=self.cpu_cores_per_slot,
+            memory_mb_per_slot=self.memory_mb_per_slot, pid=os.getpid(),
+        ).to_dict()
+        deadline = time.monotonic() + self.connect_timeout_s
+        while True:
+            try:
+                async with self._session.post(f"{self.coordinator_url}/workers/register", json=body) as resp:
+                    answer = await resp.json(content_type=None)
+                    if resp.status != 201:
+                        raise protocol.ClusterError(
+                            f"the coordinator at {self.coordinator_url} refused worker {self.node_id} "
+                            f"(HTTP {resp.status}): {(answer or {}).get('error')}"
+                        )
+                    break
+            except aiohttp.ClientConnectionError as exc:
+                if time.monotonic() > deadline:
+                    raise ConnectionError(
+                        f"cannot reach the coordinator at {self.coordinator_url} within "
+                        f"{self.connect_timeout_s} s: {exc}"
+                    ) from exc
+                await asyncio.sleep(0.1)
+        self.heartbeat_interval_s = answer["heartbeat_interval_s"]
+        self.heartbeat_timeout_s = answer["heartbeat_timeout_s"]
+
+    # -- coordinator connection --------------------------------------------------------
+
+    def _on_task_update(self, status):
+        if self._outbox is not None and not self._closed.is_set():
+            self._outbox.put_nowait(protocol.task_update_message(status))
+
+    async def _send_loop(self):
+        try:
+            next_beat = 0.0
+            while not self._ws.closed:
+                now = time.monotonic()
+                if now >= next_beat:
+                    await self._ws.send_json(protocol.heartbeat_message(time.time()))
+                    next_beat = now + self.heartbeat_interval_s
+                try:
+                    message = await asyncio.wait_for(self._outbox.get(), max(0.0, next_beat - time.monotonic()))
+                except asyncio.TimeoutError:
+                    continue
+                await self._ws.send_str(json.dumps(message, default=str))
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            self._close(f"sending to the coordinator failed: {exc}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("worker send loop failed")
+            self._close(f"send loop failed: {exc}")
+
+    async def _receive_loop(self):
+        # A hung coordinator (connection open, no acks) is treated like a lost one.
+        silence = max(5.0, 10 * self.heartbeat_timeout_s)
+        reason = "the coordinator closed the connection"
+        try:
+            while True:
+                try:
+                    msg = await self._ws.receive(timeout=silence)
+                except asyncio.TimeoutError:
+                    reason = f"no word from the coordinator for {silence:g} s"
+                    break
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                    break
+                if msg.type == aiohttp.WSMsgType.ERROR:
+                    reason = f"the connection to the coordinator failed: {self._ws.exception()}"
+                    break
+        finally:
+            self._close(reason)
+
+    def _close(self, reason, level=logging.WARNING):
+        if not self._closed.is_set():
+            self.closed_reason = reason
+            log.log(level, "worker %s: %s", self.node_id, reason)
+            self._closed.set()
+
+    async def wait_closed(self):
+        """Wait until the coordinator connection ends; return why."""
+        await self._closed.wait()
+        return self.closed_reason
+
+    async def run(self):
+        """Start, serve until the coordinator goes away, stop; return the reason."""
+        await self.start()
+        try:
+            return await self.wait_closed()
+        finally:
+            await self.stop()
+
+    async def stop(self):
+        """Say goodbye, cancel every task, close the servers."""
+        if self._closed is not None and not self._closed.is_set():
+            self._close("worker stopping", logging.INFO)
+        if self._ws is not None and not self._ws.closed:
+            try:
+                await self._ws.send_json({"type": protocol.GOODBYE})
+                await self._ws.close()
+            except (ConnectionError, OSError, RuntimeError, aiohttp.ClientError):
+                pass  # the coordinator is gone already
+        for task in self._loops:
+            task.cancel()
+        self._loops = []
+        if self.task_manager is not None and not self._shut_down:
+            self._shut_down = True
+            await self.task_manager.shutdown()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self.data_server is not None:
+            await self.data_server.stop()
+            self.data_server = None
+
+    async def __aenter__(self):
+        return await self.start()
+
+    async def __aexit__(self, *exc):
+        await self.stop()
+
+    # -- HTTP handlers -----------------------------------------------------------------
+
+    async def _health(self, request):
+        return web.json_response({"status": "ok", "node_id": self.node_id, "pid": os.getpid(),
+                                  "tasks": len(self.task_manager.tasks)})
+
+    async def _deploy(self, request):
+        body = await read_json(request, "deployment")
+        tdds = body if isinstance(body, list) else [body]
+        if not tdds or not all(isinstance(t, dict) for t in tdds):
+            raise BadRequest("POST /tasks/deploy expects a task deployment descriptor (a JSON object) or a list of them")
+        deployed = []
+        for tdd in tdds:
+            try:
+                for key in ("job_id", "task_id", "operator", "subtask_index", "parallelism"):
+                    if key not in tdd:
+                        raise BadRequest(f"the deployment descriptor has no {key!r}")
+                await self.task_manager.deploy(tdd)
+            except Exception as exc:
+                for task_id in deployed:
+                    await self.cancel_task(task_id)
+                raise BadRequest(
+                    f"worker {self.node_id} cannot deploy task {tdd.get('task_id')!r}: {type(exc).__name__}: {exc}"
+                ) from exc
+            deployed.append(tdd["task_id"])
+        return web.json_response({"deployed": deployed, "node_id": self.node_id})
+
+    def _known(self, task_id):
+        if task_id not in self.task_manager.tasks:
+            raise NotFound(f"worker {self.node_id} has no task {task_id!r}")
+
+    async def _cancel(self, request):
+        task_id = request.match_info["task_id"]
+        self._known(task_id)
+        state = await self.cancel_task(task_id)
+        return web.json_response({"task_id": task_id, "state": state})
+
+    async def cancel_task(self, task_id, timeout=10.0):
+        """Cancel a task and wait until it has stopped; return its final state.
+
+        The cancel is repeated while the task runs on: on Python 3.11 a cancel that
+        lands while ``asyncio.wait_for`` is completing (e.g. a channel connecting)
+        is swallowed, and the task would otherwise keep running.
+        """
+        task = self.task_manager.tasks[task_id]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        attempts = []
+        try:
+            while task.state not in TERMINAL_STATES:
+                attempts.append(asyncio.ensure_future(self.task_manager.cancel(task_id)))
+                await asyncio.wait({attempts[-1]}, timeout=0.1)
+                if loop.time() > deadline:
+                    raise protocol.ClusterError(
+                        f"task {task_id} on worker {self.node_id} did not stop within {timeout} s of cancel "
+                        f"(state {task.state})"
+                    )
+        finally:
+            for attempt in attempts:
+                if not attempt.done():
+                    attempt.cancel()
+        return task.state
+
+    async def _list_tasks(self, request):
+        tasks = json.loads(json.dumps(self.task_manager.list_tasks(), default=str))
+        return web.json_response({"node_id": self.node_id, "pid": os.getpid(), "tasks": tasks})
+
+    async def _result(self, request):
+        task_id = request.match_info["task_id"]
+        self._known(task_id)
+        table = self.task_manager.result(task_id)
+        if table is None:
+            return web.Response(status=204)
+        return arrow_response(table)

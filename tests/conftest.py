@@ -1,0 +1,120 @@
+"""Shared fixtures: event-loop flavours, user-code modules, local clusters (real processes)."""
+
+import asyncio
+import os
+import sys
+import textwrap
+import uuid
+
+import pytest
+
+# Functions a test job ships to workers. They live in a module written to a temp
+# directory (put on sys.path here and on the workers' path), as user code would.
+USER_MODULE_SOURCE = textwrap.dedent(
+    '''
+    import time
+
+    import numpy as np
+    import pyarrow as pa
+
+
+    def slow_identity(batch):
+        time.sleep(0.02)
+        return batch
+
+
+    def fail_on_big_value(batch):
+        if batch.num_rows and max(batch.column("value").to_pylist()) > 0.999:
+            raise ZeroDivisionError("value too big for this test")
+        return batch
+
+
+    def counter_rows(offset, num_rows):
+        """Deterministic keyed rows: key = row % 7, value = row."""
+        rows = np.arange(offset, offset + num_rows, dtype=np.int64)
+        return pa.RecordBatch.from_arrays([pa.array(rows % 7), pa.array(rows.astype("float64"))],
+                                          names=["key", "value"])
+
+
+    def slow_rows(offset, num_rows):
+        time.sleep(0.01)
+        return counter_rows(offset, num_rows)
+    '''
+)
+
+
+def run_on(loop_kind, coro, timeout):
+    """Run ``coro`` on a fresh loop of the given kind, bounded by ``timeout`` seconds."""
+
+    async def bounded():
+        return await asyncio.wait_for(coro, timeout)
+
+    if loop_kind == "uvloop":
+        import uvloop
+
+        return uvloop.run(bounded())
+    return asyncio.run(bounded())
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_kind(request):
+    """Run each coordinator test on the default asyncio loop and on uvloop."""
+    return request.param
+
+
+@pytest.fixture
+def arun(loop_kind):
+    """``arun(coro, timeout=30)`` runs an async test body on ``loop_kind``, with a timeout."""
+
+    def run(coro, timeout=30):
+        return run_on(loop_kind, coro, timeout)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def user_module(tmp_path_factory):
+    """Name of an importable module of test user functions (see USER_MODULE_SOURCE)."""
+    directory = tmp_path_factory.mktemp("usercode")
+    name = f"sabot_test_udfs_{uuid.uuid4().hex[:8]}"
+    (directory / f"{name}.py").write_text(USER_MODULE_SOURCE)
+    sys.path.insert(0, str(directory))
+    yield name
+    sys.path.remove(str(directory))
+    sys.modules.pop(name, None)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def pid_alive():
+    """``pid_alive(pid)``: is that process still running (zombies count as dead)?"""
+    return _pid_alive
+
+
+@pytest.fixture(scope="module")
+def local_cluster(user_module):
+    """A LocalCluster of 2 workers x 2 slots; asserts every worker process is gone afterwards."""
+    from sabot.cluster.local import LocalCluster
+
+    cluster = LocalCluster(workers=2, slots_per_worker=2, coordinator_config={"slot_wait_timeout_s": 10})
+    pids = []
+    try:
+        cluster.start()
+        pids = [p for p in cluster.worker_pids if p]
+        yield cluster
+    finally:
+        pids += [p.pid for p in cluster._procs if p is not None]
+        cluster.close()
+        leftover = [p for p in set(pids) if _pid_alive(p)]
+        assert not leftover, f"worker processes left running: {leftover}"
