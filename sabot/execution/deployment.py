@@ -99,3 +99,60 @@ def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=Non
                 }
             )
     return tdds
+
+
+def build_rescale_messages(exec_graph, job_id, plan, rescale_id, locations=None, checkpoint=None,
+                           assignment=None):
+    """What each task needs to carry out a live rescale (ARCHITECTURE.md section 8).
+
+    Call after ``exec_graph.rescale_operator`` (``plan`` is what it returned), with
+    ``locations`` covering the new tasks too. ``assignment`` is an explicit key-group
+    table for the operator's new tasks (auto-rebalance); None means the default
+    contiguous ranges.
+
+    Returns a dict with:
+        ``deploy``: ``{task_id: tdd}`` of the new tasks (each reads a state channel
+            from every old task before its first record),
+        ``handoff``: ``{old_task_id: message}``: where each old task sends its state,
+        ``add_inputs``: ``{downstream_task_id: message}``: channels from the new tasks,
+        ``switch_output``: ``{upstream_task_id: message}``: the new output routing.
+    """
+    locations = locations or {}
+    operator_id = plan["operator_id"]
+    old_ids, new_ids = plan["old_task_ids"], plan["new_task_ids"]
+    tdds = build_deployment_descriptors(exec_graph, job_id, locations, checkpoint=checkpoint)
+    table = None if assignment is None else [int(x) for x in assignment]
+
+    def state_channel(old, new):
+        return f"{job_id}/{rescale_id}/state/{old}->{new}"
+
+    deploy = {}
+    for new in new_ids:
+        tdd = tdds[new]
+        tdd["rescale"] = {"rescale_id": rescale_id, "state_channel_ids": [state_channel(o, new) for o in old_ids]}
+        tdd["assignment"] = table
+        deploy[new] = tdd
+    handoff = {}
+    for old in old_ids:
+        targets = []
+        for new in new_ids:
+            host, port = locations.get(new) or (None, None)
+            targets.append({"channel_id": state_channel(old, new), "host": host, "port": port})
+        handoff[old] = {"type": "handoff", "rescale_id": rescale_id, "state_targets": targets, "assignment": table}
+    add_inputs, switch_output = {}, {}
+    for edge in exec_graph.outputs_of(operator_id):
+        for task in exec_graph.operator_tasks(edge.downstream_operator_id):
+            gate = next(g for g in tdds[task.task_id]["inputs"] if g["upstream_operator_id"] == operator_id)
+            add_inputs[task.task_id] = {
+                "type": "add_inputs", "rescale_id": rescale_id,
+                "upstream_operator_id": operator_id, "channel_ids": gate["channel_ids"],
+            }
+    for edge in exec_graph.inputs_of(operator_id):
+        for task in exec_graph.operator_tasks(edge.upstream_operator_id):
+            output = next(o for o in tdds[task.task_id]["outputs"] if o["downstream_operator_id"] == operator_id)
+            output["assignment"] = table
+            switch_output[task.task_id] = {
+                "type": "switch_output", "rescale_id": rescale_id,
+                "downstream_operator_id": operator_id, "output": output,
+            }
+    return {"deploy": deploy, "handoff": handoff, "add_inputs": add_inputs, "switch_output": switch_output}

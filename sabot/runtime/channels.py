@@ -243,6 +243,7 @@ class InputGate:
         self._blocked = [False] * len(channels)
         self._next = 0
         self._waiter = None
+        self._signalled = False
         for ch in channels:
             ch._listener = self._wake
 
@@ -268,6 +269,31 @@ class InputGate:
         self._blocked[self._index(i)] = False
         self._wake()
 
+    def add_channels(self, channels, blocked=False):
+        """Append channels (a live rescale gives a task new upstream subtasks).
+
+        Returns the indices of the new channels.
+        """
+        first = len(self._channels)
+        for ch in channels:
+            if not isinstance(ch, InputChannel):
+                raise TypeError(f"InputGate channel must be an InputChannel, got {type(ch).__name__}")
+            if ch._listener is not None:
+                raise ValueError(f"channel {ch.channel_id!r} is already read by another InputGate")
+            ch._listener = self._wake
+            self._channels.append(ch)
+            self._blocked.append(bool(blocked))
+        self._wake()
+        return list(range(first, len(self._channels)))
+
+    def signal(self):
+        """Make a pending (or the next) :meth:`next` return ``(None, None)`` at once.
+
+        The task uses this to handle a control message while no data arrives.
+        """
+        self._signalled = True
+        self._wake()
+
     def is_blocked(self, i) -> bool:
         return self._blocked[self._index(i)]
 
@@ -287,9 +313,12 @@ class InputGate:
                 names it), or every channel has already finished.
         """
         channels = self._channels
-        n = len(channels)
         while True:
-            start = self._next
+            if self._signalled:
+                self._signalled = False
+                return None, None
+            n = len(channels)
+            start = self._next % n if n else 0
             for k in range(n):
                 i = (start + k) % n
                 ch = channels[i]

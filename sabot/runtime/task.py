@@ -14,6 +14,7 @@ import logging
 import time
 import traceback
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -43,6 +44,8 @@ class _Output:
             key_columns=spec.get("key_by"),
             max_parallelism=spec.get("max_parallelism", 128),
         )
+        if spec.get("assignment") is not None:
+            self.partitioner.set_assignment(np.asarray(spec["assignment"], dtype=np.int32))
 
 
 class Task:
@@ -97,6 +100,16 @@ class Task:
         self._aligning = None  # (barrier, channels that delivered it, start time)
         self._storage = None
         self._writes = []  # background checkpoint writes
+        # live rescaling (ARCHITECTURE.md section 8)
+        self._controls = collections.deque()  # control messages applied between batches
+        self._gate = None
+        self._handoff = None  # where this (old) task sends its keyed state
+        self._handoff_ready = asyncio.Event()
+        self._rescaling = None  # (barrier, channels that delivered it)
+        self._waiting_channels = []  # (upstream operator id, new channel indices) kept blocked
+        rescale = tdd.get("rescale") or {}
+        self.state_inputs = [data_server.input_channel(cid) for cid in rescale.get("state_channel_ids", [])]
+        self.input_ids += [cid for cid in rescale.get("state_channel_ids", [])]
 
     @property
     def operator_name(self):
@@ -147,6 +160,7 @@ class Task:
             "metrics": self._metrics_snapshot(),
             "summary": self.operator.summary() if self.state == "FINISHED" else None,
             "total_rows": self.operator.total_rows if self.operator.is_source else None,
+            "handed_off": self._handoff is not None and self.state == "FINISHED",
         }
 
     def _metrics_snapshot(self):
@@ -160,6 +174,8 @@ class Task:
             await self._call(self.operator.open)
             if self.tdd.get("restore"):
                 await self._call(self._restore)
+            if self.state_inputs:
+                await self._receive_handoff()
             if self.operator.is_source:
                 await self._run_source()
             else:
@@ -247,6 +263,8 @@ class Task:
         while True:
             while self._triggers:
                 await self._checkpoint(self._triggers.popleft(), alignment_ms=0.0)
+            if self._controls:
+                await self._apply_controls()
             batch = await self._call(next, iterator, done)
             if batch is done:
                 break
@@ -270,16 +288,24 @@ class Task:
         if not self.inputs:
             await self._finish_operator()
             return
-        gate = InputGate(self.inputs)
-        watermarks = [None] * len(self.inputs)
-        finished = [False] * len(self.inputs)
+        gate = self._gate = InputGate(self.inputs)
+        self._watermarks = [None] * len(self.inputs)
+        self._finished = [False] * len(self.inputs)
         current_watermark = None
-        remaining = len(self.inputs)
-        while remaining:
+        self._remaining = len(self.inputs)
+        if self._controls:
+            gate.signal()
+        while self._remaining:
             waited = time.perf_counter()
             channel, item = await gate.next()
             self.metrics["idle_seconds"] += time.perf_counter() - waited
+            if channel is None:  # a control message arrived
+                await self._apply_controls()
+                continue
+            if self._controls:
+                await self._apply_controls()
             if isinstance(item, pa.RecordBatch):
+                self._note_record()
                 self.metrics["rows_in"] += item.num_rows
                 self.metrics["bytes_in"] += item.nbytes
                 routed = await self._call(
@@ -287,19 +313,27 @@ class Task:
                 )
                 await self._emit_routed(routed)
                 continue
+            finished = self._finished
             if isinstance(item, events.Watermark):
-                watermarks[channel] = item.timestamp
+                self._watermarks[channel] = item.timestamp
             elif isinstance(item, events.EndOfStream):
                 finished[channel] = True
-                remaining -= 1
+                self._remaining -= 1
+                self._release_waiting_channels()
                 await self._maybe_aligned(gate, finished)
+                if await self._maybe_handoff(gate, finished):
+                    return
             elif isinstance(item, events.CheckpointBarrier):
                 await self._on_barrier(gate, channel, item, finished)
+                continue
+            elif isinstance(item, events.RescaleBarrier):
+                if await self._on_rescale_barrier(gate, channel, item, finished):
+                    return
                 continue
             else:
                 log.debug("task %s ignores event %r", self.task_id, item)
                 continue
-            live = [w for w, f in zip(watermarks, finished) if not f]
+            live = [w for w, f in zip(self._watermarks, finished) if not f]
             if live and None not in live:
                 new_watermark = min(live)
                 if current_watermark is None or new_watermark > current_watermark:
@@ -453,3 +487,170 @@ class Task:
             keyed = storage.read_keyed_state(checkpoint, op_id, mine)
         states = storage.read_operator_state(checkpoint, op_id) if checkpoint.operator_handles(op_id) else {}
         self.operator.restore_state(keyed, states.get(self.ctx.subtask_index), checkpoint.checkpoint_id)
+
+    # -- live rescaling ----------------------------------------------------------------
+    #
+    # 1. New tasks of the rescaled operator X are deployed first; they register a
+    #    state channel per old task and read those to the end before any record.
+    # 2. Each old X task is told where its key groups go (``handoff``).
+    # 3. Each downstream task gets the new X tasks' channels, kept blocked until
+    #    every old X channel has ended, so per-key order holds.
+    # 4. Each upstream task, between two batches, sends a RescaleBarrier and
+    #    end-of-stream on its old X channels and routes to the new tasks from then on.
+    # 5. An old X task that has the barrier on every input cuts its keyed state by
+    #    the new assignment, sends each slice to its new owner, ends its outputs and
+    #    finishes without emitting final results. Nothing else stops.
+
+    def control(self, message):
+        """Queue a control message; it is applied between two batches."""
+        kind = message.get("type")
+        if kind == "handoff":
+            self._handoff = message
+            self._handoff_ready.set()
+            return
+        if kind == "add_inputs":
+            # register at once so the new upstream tasks can connect right away
+            message = dict(message)
+            message["channels"] = [self.data_server.input_channel(cid) for cid in message["channel_ids"]]
+            self.input_ids += list(message["channel_ids"])
+        elif kind != "switch_output":
+            raise ValueError(f"unknown control message type {kind!r}; expected handoff, add_inputs or switch_output")
+        self._controls.append(message)
+        if self._gate is not None:
+            self._gate.signal()
+
+    async def _apply_controls(self):
+        while self._controls:
+            message = self._controls.popleft()
+            if message["type"] == "switch_output":
+                await self._switch_output(message)
+            else:
+                self._add_inputs(message)
+
+    async def _switch_output(self, message):
+        """Route an output edge to the new tasks of a rescaled operator."""
+        target_op = message["downstream_operator_id"]
+        index = next((i for i, o in enumerate(self.outputs) if o.spec["downstream_operator_id"] == target_op), None)
+        if index is None:
+            raise ValueError(f"task {self.task_id} has no output to operator {target_op!r}")
+        old = self.outputs[index]
+        barrier = events.RescaleBarrier(message["rescale_id"], target_op, {})
+        for ch in old.channels:
+            await ch.send(barrier)
+            await ch.send(events.EndOfStream())
+            await ch.close()
+        spec = message["output"]
+        channels = [
+            await self.data_server.output_channel(t["channel_id"], t.get("host"), t.get("port"))
+            for t in spec["targets"]
+        ]
+        self.outputs[index] = _Output(spec, channels)
+        self.metrics["rescales_routed"] = self.metrics.get("rescales_routed", 0) + 1
+
+    def _add_inputs(self, message):
+        upstream = message["upstream_operator_id"]
+        edge = next(
+            (i for i, g in enumerate(self.tdd.get("inputs", [])) if g["upstream_operator_id"] == upstream), None
+        )
+        if edge is None:
+            raise ValueError(f"task {self.task_id} has no input from operator {upstream!r}")
+        channels = message["channels"]
+        indices = self._gate.add_channels(channels, blocked=True)
+        self.inputs += channels
+        self.input_index += [edge] * len(channels)
+        self._watermarks += [None] * len(channels)
+        self._finished += [False] * len(channels)
+        self._remaining += len(channels)
+        self._waiting_channels.append((edge, indices))
+        self._release_waiting_channels()
+
+    def _release_waiting_channels(self):
+        """Unblock new channels once every older channel of the same input has ended."""
+        still = []
+        for edge, indices in self._waiting_channels:
+            older = [i for i, e in enumerate(self.input_index) if e == edge and i < indices[0]]
+            if all(self._finished[i] for i in older):
+                for i in indices:
+                    self._gate.unblock(i)
+            else:
+                still.append((edge, indices))
+        self._waiting_channels = still
+
+    async def _on_rescale_barrier(self, gate, channel, barrier, finished):
+        if self._rescaling is None:
+            self._rescaling = (barrier, set())
+        elif barrier.rescale_id != self._rescaling[0].rescale_id:
+            raise RuntimeError(
+                f"task {self.task_id} got rescale barrier {barrier.rescale_id} while handing off "
+                f"for {self._rescaling[0].rescale_id}"
+            )
+        self._rescaling[1].add(channel)
+        gate.block(channel)
+        return await self._maybe_handoff(gate, finished)
+
+    async def _maybe_handoff(self, gate, finished):
+        """Once the rescale barrier came on every live input: hand the state over and stop."""
+        if self._rescaling is None:
+            return False
+        barrier, arrived = self._rescaling
+        if not all(i in arrived or finished[i] for i in range(len(self.inputs))):
+            return False
+        self.metrics["last_record_at"] = self.metrics.get("last_record_at") or time.time()
+        await asyncio.wait_for(self._handoff_ready.wait(), timeout=30)
+        await self._send_state(self._handoff)
+        for out in self.outputs:
+            for ch in out.channels:
+                await ch.send(events.EndOfStream())
+        return True
+
+    async def _send_state(self, handoff):
+        """Cut keyed state by the new key-group assignment; one slice per new task."""
+        targets = handoff["state_targets"]
+        snapshot = await self._call(self.operator.snapshot_state, 0)
+        keyed = snapshot.get("keyed") if snapshot else None
+        if snapshot and snapshot.get("state"):
+            log.info("task %s: per-subtask operator state is not moved by a rescale", self.task_id)
+        parts = [None] * len(targets)
+        if keyed is not None and keyed.num_rows:
+            if handoff.get("assignment") is not None:
+                parts = partition.split_state_table(
+                    keyed, assignment=np.asarray(handoff["assignment"], dtype=np.int32),
+                    max_parallelism=self.ctx.max_parallelism,
+                )
+            else:
+                parts = partition.split_state_table(
+                    keyed, len(targets), max_parallelism=self.ctx.max_parallelism
+                )
+        moved = 0
+        for target, part in zip(targets, parts):
+            ch = await self.data_server.output_channel(target["channel_id"], target.get("host"), target.get("port"))
+            if part is not None and part.num_rows:
+                for batch in part.to_batches():
+                    await ch.send(batch)
+                moved += part.num_rows
+            await ch.send(events.EndOfStream())
+            await ch.close()
+        self.metrics["state_rows_handed_off"] = moved
+
+    async def _receive_handoff(self):
+        """A new task of a rescaled operator: install the state of its key groups first."""
+        batches = []
+        started = time.perf_counter()
+        for ch in self.state_inputs:
+            while True:
+                item = await ch.recv()
+                if isinstance(item, events.EndOfStream):
+                    break
+                if isinstance(item, pa.RecordBatch) and item.num_rows:
+                    batches.append(item)
+        if batches:
+            table = pa.Table.from_batches(batches)
+            await self._call(self.operator.restore_state, table, None, 0)
+            self.metrics["state_rows_received"] = table.num_rows
+        self.metrics["state_install_ms"] = (time.perf_counter() - started) * 1e3
+
+    def _note_record(self):
+        now = time.time()
+        if "first_record_at" not in self.metrics:
+            self.metrics["first_record_at"] = now
+        self.metrics["last_record_at"] = now

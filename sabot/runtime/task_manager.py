@@ -62,6 +62,15 @@ class TaskManager:
             raise KeyError(task_id)
         task.trigger_checkpoint(checkpoint_id, timestamp_ms)
 
+    def control(self, task_id, message):
+        """Hand a control message (live rescaling) to a running task."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise KeyError(task_id)
+        if task.state in TERMINAL_STATES:
+            raise ValueError(f"task {task_id!r} is {task.state}; it takes no control messages")
+        task.control(message)
+
     def notify_checkpoint_complete(self, job_id, checkpoint_id):
         """Tell every task of ``job_id`` here that ``checkpoint_id`` completed (sinks commit)."""
         for task in list(self.tasks.values()):
