@@ -101,7 +101,7 @@ def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=Non
     return tdds
 
 
-def build_rescale_messages(exec_graph, job_id, plan, rescale_id, locations=None, checkpoint=None,
+def build_rescale_messages(exec_graph, job_id, operator_id, plan, rescale_id, locations=None, checkpoint=None,
                            assignment=None):
     """What each task needs to carry out a live rescale (ARCHITECTURE.md section 8).
 
@@ -118,7 +118,6 @@ def build_rescale_messages(exec_graph, job_id, plan, rescale_id, locations=None,
         ``switch_output``: ``{upstream_task_id: message}``: the new output routing.
     """
     locations = locations or {}
-    operator_id = plan["operator_id"]
     old_ids, new_ids = plan["old_task_ids"], plan["new_task_ids"]
     tdds = build_deployment_descriptors(exec_graph, job_id, locations, checkpoint=checkpoint)
     table = None if assignment is None else [int(x) for x in assignment]
