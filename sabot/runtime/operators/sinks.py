@@ -8,13 +8,16 @@ Parameter formats (``parameters["kind"]``):
 
 * ``"collect"``: ``{}``; ``result()`` is the gathered ``pyarrow.Table``.
 * ``"files"``: ``{"path": dir, "format": "parquet" | "ipc", "rows_per_file": int |
-  None}``; writes ``part-{subtask}-{n:05d}.parquet`` / ``.arrow``.
+  None}``; writes ``part-{subtask}-{n:05d}.parquet`` / ``.arrow``, published by
+  two-phase commit at checkpoints (see :class:`FileSink`).
 * ``"callable"``: ``{"function": "module:fn"}``; ``fn(batch)`` per batch.
 * ``"print"``: ``{"limit": int | None}``; prints up to ``limit`` rows to stdout.
 """
 
 import logging
 import os
+import re
+import threading
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -47,7 +50,13 @@ class _Sink(Operator):
 
 @register("sink", kind="collect")
 class CollectSink(_Sink):
-    """Keeps every batch; ``result()`` is a Table (``None`` if no batch ever came)."""
+    """Keeps every batch; ``result()`` is a Table (``None`` if no batch ever came).
+
+    Checkpoints: the state is the whole collected table as Arrow IPC bytes
+    (``{"ipc": bytes, "rows", "bytes", "batches"}``), so every checkpoint copies
+    everything collected so far. Meant for tests and small outputs only; use the
+    file sink for real output.
+    """
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -72,15 +81,70 @@ class CollectSink(_Sink):
             return None
         return pa.Table.from_batches(self._batches, schema=self.schema)
 
+    def snapshot_state(self, checkpoint_id):
+        if self.schema is None:
+            return None
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, self.schema) as writer:
+            for batch in self._batches:
+                writer.write_batch(batch)
+        return {"keyed": None, "state": {"ipc": sink.getvalue().to_pybytes(), "rows": self.rows,
+                                         "bytes": self.bytes, "batches": self.batches}}
+
+    def restore_state(self, keyed, state, checkpoint_id):
+        name = self.ctx.operator_name
+        if keyed is not None and keyed.num_rows:
+            raise OperatorError(f"collect sink {name!r} keeps no keyed state, but checkpoint "
+                                f"{checkpoint_id} holds {keyed.num_rows} keyed rows for it")
+        if not state:
+            return
+        data = state.get("ipc")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise OperatorError(
+                f"collect sink {name!r}: the state in checkpoint {checkpoint_id} has no Arrow IPC bytes "
+                f"under 'ipc' (keys: {sorted(state)})"
+            )
+        table = pa.ipc.open_stream(pa.py_buffer(bytes(data))).read_all()
+        self.schema = table.schema
+        self._batches = [b for b in table.to_batches() if b.num_rows]
+        self.rows = int(state.get("rows", table.num_rows))
+        self.bytes = int(state.get("bytes", table.nbytes))
+        self.batches = int(state.get("batches", len(self._batches)))
+
+
+_STAGING_SUFFIX = ".inprogress"
+
 
 @register("sink", kind="files")
 class FileSink(_Sink):
-    """Part files ``part-{subtask_index}-{n:05d}.{parquet|arrow}`` in one directory.
+    """Part files ``part-{subtask_index}-{n:05d}.{parquet|arrow}`` in one directory,
+    published by two-phase commit (Flink's ``TwoPhaseCommitSinkFunction``).
 
-    The directory is created on the first batch; a new part starts every
-    ``rows_per_file`` rows (default: one file per subtask). Files are complete
-    once the sink finishes. ``path`` may be a local directory or a URI that
-    ``pyarrow.fs`` understands (``s3://…``).
+    A new part starts every ``rows_per_file`` rows (default: one file per subtask
+    between two checkpoints). ``path`` may be a local directory or a URI that
+    ``pyarrow.fs`` understands (``s3://…``); the directory is created on the first
+    batch.
+
+    Rows go to a staging file ``.part-{subtask}-{n:05d}.{ext}.inprogress`` in the
+    same directory; the leading ``.`` hides it from ``pyarrow.dataset`` (and Spark,
+    Hive, …), which skip names starting with ``.`` or ``_``. Its life:
+
+    * ``snapshot_state(c)`` (pre-commit): closes the open file; every file closed
+      since the last snapshot becomes pending for checkpoint ``c``. State:
+      ``{"pending": {"c": [names…]}, "committed": [names…], "next_part": k}``
+      (checkpoint ids as strings: the state goes through JSON).
+    * ``notify_checkpoint_complete(c)`` (commit): renames (``FileSystem.move``) the
+      files pending for every checkpoint ``<= c`` to their final names.
+    * ``restore_state(state, c)`` (recovery): commits the files the state lists as
+      pending (their checkpoint completed; only the notification may have been
+      lost), then deletes every other file of this subtask in the directory:
+      staging leftovers and final part files not in ``committed`` (written after
+      the checkpoint by an attempt that failed later). The directory then holds
+      exactly what checkpoint ``c`` covers; numbering goes on from ``next_part``.
+    * ``finish()`` (end of a bounded input is final): commits everything.
+
+    Without checkpoints this amounts to: files become visible when the sink
+    finishes. Only files named for this subtask are ever renamed or deleted.
     """
 
     def __init__(self, ctx):
@@ -102,23 +166,53 @@ class FileSink(_Sink):
             self.fs, self.dir = pafs.FileSystem.from_uri(path)
         else:
             self.fs, self.dir = pafs.LocalFileSystem(), os.path.abspath(path)
-        self.files = []
+        self.dir = self.dir.rstrip("/") or "/"
+        self.ext = FILE_FORMATS[self.format]
+        # Names of this subtask's files, final and staging; group 1 is the part number.
+        sub = ctx.subtask_index
+        self._own = re.compile(rf"^\.?part-{sub}-(\d+)\.{re.escape(self.ext)}(?:{re.escape(_STAGING_SUFFIX)})?$")
+        self.next_part = 0
+        self.committed = []  # final names, in commit order
+        self.closed = []  # staged and closed, not yet pending for a checkpoint
+        self.pending = {}  # checkpoint id -> staged names (pre-committed)
+        self._current = None  # name of the part being written
+        self._dir_ready = False
         self._stream = None
         self._writer = None
         self._rows_in_file = 0
+        self._lock = threading.Lock()  # notify_checkpoint_complete may come from another thread
         self.schema = None
 
+    # -- names -------------------------------------------------------------------------
+
+    def final_name(self, part):
+        return f"part-{self.ctx.subtask_index}-{part:05d}.{self.ext}"
+
+    def staging_name(self, part):
+        return f".{self.final_name(part)}{_STAGING_SUFFIX}"
+
+    def _path(self, name):
+        return f"{self.dir.rstrip('/')}/{name}"
+
+    @property
+    def files(self):
+        """Paths of the committed (visible) part files, oldest first."""
+        return [self._path(n) for n in self.committed]
+
+    # -- writing -----------------------------------------------------------------------
+
     def _open_file(self):
-        if not self.files:
+        if not self._dir_ready:
             self.fs.create_dir(self.dir, recursive=True)
-        name = f"part-{self.ctx.subtask_index}-{len(self.files):05d}.{FILE_FORMATS[self.format]}"
-        path = f"{self.dir.rstrip('/')}/{name}"
-        self._stream = self.fs.open_output_stream(path)
+            self._dir_ready = True
+        part = self.next_part
+        self._stream = self.fs.open_output_stream(self._path(self.staging_name(part)))
         if self.format == "parquet":
             self._writer = pq.ParquetWriter(self._stream, self.schema)
         else:
             self._writer = pa.ipc.new_file(self._stream, self.schema)
-        self.files.append(path)
+        self.next_part += 1
+        self._current = part
         self._rows_in_file = 0
 
     def _close_file(self):
@@ -126,45 +220,162 @@ class FileSink(_Sink):
             self._writer.close()
             self._stream.close()
             self._writer = self._stream = None
+            self.closed.append(self.final_name(self._current))
+            self._current = None
 
     def process(self, batch, input_index):
-        if self.schema is None:
-            self.schema = batch.schema
-        elif not batch.schema.equals(self.schema, check_metadata=False):
+        with self._lock:
+            if self.schema is None:
+                self.schema = batch.schema
+            elif not batch.schema.equals(self.schema, check_metadata=False):
+                raise OperatorError(
+                    f"file sink {self.ctx.operator_name!r} received a batch with schema {batch.schema}; "
+                    f"the files being written have {self.schema}"
+                )
+            self._count(batch)
+            offset = 0
+            # An empty first batch still makes one (empty) file, so the schema is on disk.
+            while offset < batch.num_rows or (self._writer is None and self.next_part == 0):
+                if self._writer is None:
+                    self._open_file()
+                room = batch.num_rows - offset
+                if self.rows_per_file is not None:
+                    room = min(room, self.rows_per_file - self._rows_in_file)
+                if room:
+                    self._writer.write_batch(batch.slice(offset, room))
+                offset += room
+                self._rows_in_file += room
+                if self.rows_per_file is not None and self._rows_in_file >= self.rows_per_file:
+                    self._close_file()
+            return []
+
+    # -- two-phase commit --------------------------------------------------------------
+
+    def _commit(self, names, checkpoint_id, recovering=False):
+        """Rename staged files to their final names (already final: nothing to do)."""
+        for final in names:
+            part = int(self._own.match(final).group(1))
+            staged = self._path(self.staging_name(part))
+            if self.fs.get_file_info(staged).type == pafs.FileType.File:
+                self.fs.move(staged, self._path(final))
+            elif self.fs.get_file_info(self._path(final)).type != pafs.FileType.File:
+                raise OperatorError(
+                    f"file sink {self.ctx.operator_name!r}: cannot commit {final} of checkpoint "
+                    f"{checkpoint_id}: neither the staging file {staged} nor the final file exists "
+                    f"in {self.dir} (deleted by something else?); its rows would be lost"
+                )
+            elif not recovering:
+                log.warning("file sink %r: %s was already committed", self.ctx.operator_name, final)
+            if final not in self.committed:
+                self.committed.append(final)
+
+    def snapshot_state(self, checkpoint_id):
+        """Pre-commit: close the open part; files closed since the last snapshot wait for ``checkpoint_id``."""
+        with self._lock:
+            self._close_file()
+            if self.closed:
+                self.pending.setdefault(int(checkpoint_id), []).extend(self.closed)
+                self.closed = []
+            return {
+                "keyed": None,
+                "state": {
+                    "pending": {str(c): list(names) for c, names in sorted(self.pending.items())},
+                    "committed": list(self.committed),
+                    "next_part": self.next_part,
+                },
+            }
+
+    def notify_checkpoint_complete(self, checkpoint_id):
+        """Commit: publish the files of every checkpoint ``<= checkpoint_id``."""
+        with self._lock:
+            for c in sorted(c for c in self.pending if c <= checkpoint_id):
+                self._commit(self.pending[c], c)
+                del self.pending[c]
+
+    def restore_state(self, keyed, state, checkpoint_id):
+        """Recover to exactly what ``checkpoint_id`` covers (see the class docs)."""
+        name = self.ctx.operator_name
+        if keyed is not None and keyed.num_rows:
+            raise OperatorError(f"file sink {name!r} keeps no keyed state, but checkpoint "
+                                f"{checkpoint_id} holds {keyed.num_rows} keyed rows for it")
+        state = state or {}
+        unknown = sorted(set(state) - {"pending", "committed", "next_part"})
+        if unknown:
             raise OperatorError(
-                f"file sink {self.ctx.operator_name!r} received a batch with schema {batch.schema}; "
-                f"the files being written have {self.schema}"
+                f"file sink {name!r}: the state in checkpoint {checkpoint_id} has unknown keys {unknown}; "
+                "expected 'pending', 'committed', 'next_part'"
             )
-        self._count(batch)
-        offset = 0
-        while offset < batch.num_rows or (self._writer is None and not self.files):
-            if self._writer is None:
-                self._open_file()
-            room = batch.num_rows - offset
-            if self.rows_per_file is not None:
-                room = min(room, self.rows_per_file - self._rows_in_file)
-            if room:
-                self._writer.write_batch(batch.slice(offset, room))
-            offset += room
-            self._rows_in_file += room
-            if self.rows_per_file is not None and self._rows_in_file >= self.rows_per_file:
-                self._close_file()
-        return []
+        with self._lock:
+            if self._writer is not None or self.next_part or self.committed:
+                raise OperatorError(f"file sink {name!r}: restore_state must come before any batch")
+            committed = list(state.get("committed") or [])
+            pending = {int(c): list(names) for c, names in (state.get("pending") or {}).items()}
+            bad = [n for n in committed + [n for ns in pending.values() for n in ns]
+                   if not isinstance(n, str) or not self._own.match(n) or n.startswith(".")]
+            if bad:
+                raise OperatorError(
+                    f"file sink {name!r}: checkpoint {checkpoint_id} lists files {bad[:5]} that are not "
+                    f"part files of subtask {self.ctx.subtask_index} (part-{self.ctx.subtask_index}-NNNNN.{self.ext})"
+                )
+            self.committed = committed
+            self.next_part = int(state.get("next_part") or 0)
+            for c in sorted(pending):
+                if c <= checkpoint_id:
+                    self._commit(pending[c], c, recovering=True)
+                else:  # cannot be in a consistent checkpoint; treat as not covered
+                    log.warning("file sink %r: checkpoint %s lists files pending for later checkpoint %s; "
+                                "discarding them", name, checkpoint_id, c)
+            self._discard_uncovered(checkpoint_id)
+
+    def _discard_uncovered(self, checkpoint_id):
+        """Delete this subtask's files that checkpoint ``checkpoint_id`` does not cover."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.dir, allow_not_found=True))
+        keep = set(self.committed)
+        removed = []
+        for info in infos:
+            if info.type != pafs.FileType.File or not self._own.match(info.base_name):
+                continue
+            if info.base_name in keep:
+                continue
+            self.fs.delete_file(info.path)
+            removed.append(info.base_name)
+        if removed:
+            log.info("file sink %r[%d]: restored checkpoint %s; removed %d file(s) it does not cover: %s",
+                     self.ctx.operator_name, self.ctx.subtask_index, checkpoint_id, len(removed),
+                     ", ".join(sorted(removed)[:10]) + (" …" if len(removed) > 10 else ""))
+        missing = [n for n in self.committed if n not in {i.base_name for i in infos}]
+        if missing:
+            raise OperatorError(
+                f"file sink {self.ctx.operator_name!r}: checkpoint {checkpoint_id} covers part files "
+                f"{missing[:5]} that are no longer in {self.dir}; the output would miss their rows"
+            )
 
     def finish(self):
-        self._close_file()
-        return []
+        """End of input is final: commit every file, pending or not."""
+        with self._lock:
+            self._close_file()
+            for c in sorted(self.pending):
+                self._commit(self.pending.pop(c), c)
+            self._commit(self.closed, "end-of-input")
+            self.closed = []
+            return []
 
     def close(self):
-        # After a failure the last part may be incomplete; closing still releases the handle.
+        # After a failure the open part stays a staging file (restore deletes it).
         try:
-            self._close_file()
+            with self._lock:
+                if self._writer is not None:
+                    self._writer.close()
+                    self._stream.close()
+                    self._writer = self._stream = None
         except Exception:  # the task is already failing; keep its error, not this one
-            log.exception("file sink %r: closing %s failed", self.ctx.operator_name, self.files[-1:])
+            log.exception("file sink %r: closing part %s failed", self.ctx.operator_name, self._current)
 
     def summary(self):
         out = super().summary()
-        out["files"] = list(self.files)
+        out["files"] = self.files
+        if self.pending or self.closed:
+            out["uncommitted_files"] = sum(len(v) for v in self.pending.values()) + len(self.closed)
         return out
 
 

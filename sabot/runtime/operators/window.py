@@ -27,6 +27,7 @@ count int64, mean float64, sum float64 for floating columns else int64, min/max
 the column's type.
 """
 
+import base64
 import logging
 import math
 
@@ -34,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sabot._core import partition
 from sabot.errors import OperatorError
 from sabot.runtime.operators.base import Operator, register
 
@@ -46,6 +48,11 @@ _MERGE = {"count": "sum", "sum": "sum", "min": "min", "max": "max", "rows": "sum
 _WS = "__window_start"
 # Compact the pending partials once they hold this many rows more than the state.
 _COMPACT_ROWS = 1 << 18
+# The keyed snapshot: key-group column, and schema metadata carrying the rest.
+_KEY_GROUP = "_key_group"
+_META_WATERMARK = b"sabot.window.watermark"
+_META_SCHEMA = b"sabot.window.input_schema"
+_COUNTERS = ("late_records_dropped", "null_time_records_dropped")
 
 
 def _is_numeric(t):
@@ -231,8 +238,12 @@ class WindowOperator(Operator):
         if self.pending_rows > max(_COMPACT_ROWS, state_rows):
             self._compact()
 
-    def _compact(self):
-        """Merge the pending partials into the state (one group_by over all of them)."""
+    def _compact(self, force=False):
+        """Merge the pending partials into the state (one group_by over all of them).
+
+        ``force``: group even a single table (restored state may hold one window's
+        partials from several old subtasks).
+        """
         if not self.pending:
             return
         tables = ([self.state] if self.state is not None else []) + self.pending
@@ -240,7 +251,7 @@ class WindowOperator(Operator):
         merged = pa.concat_tables(tables)
         # One tumbling-window table is already one row per (keys, window); sliding
         # windows get several panes' rows per window even from a single batch.
-        if len(tables) > 1 or self.pane != self.size:
+        if force or len(tables) > 1 or self.pane != self.size:
             aggs = [(pname, _MERGE[kind]) for pname, _, kind in self.partials]
             grouped = merged.group_by(self.key_names + [_WS], use_threads=False).aggregate(aggs)
             merged = grouped.select(
@@ -319,6 +330,87 @@ class WindowOperator(Operator):
         count = fired.column(f"__p_{vi}_count")
         # mean over the non-null values; a window with none of them gives null.
         return pc.divide(total.cast(pa.float64()), pc.if_else(pc.equal(count, 0), None, count).cast(pa.float64()))
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def _state_columns(self):
+        return self.key_names + [_WS] + [p[0] for p in self.partials]
+
+    def snapshot_state(self, checkpoint_id):
+        """Open windows' partials as keyed state, watermark and counters as state.
+
+        The returned table is not touched afterwards (the operator replaces its state
+        table, it never mutates it), so it may be written while processing goes on.
+        """
+        self._compact()
+        schema_bytes = None if self.schema is None else self.schema.serialize().to_pybytes()
+        state = {
+            "watermark": self.watermark,
+            "input_schema": schema_bytes,
+            **{name: int(self.ctx.metrics.get(name, 0)) for name in _COUNTERS},
+        }
+        keyed = None
+        if self.state is not None and self.state.num_rows:
+            table = self.state.select(self._state_columns())
+            if self.key_names:
+                hashes = partition.hash_columns(table, self.key_names)
+                kg = pa.array(partition.key_groups(hashes, self.ctx.max_parallelism), type=pa.int32())
+            else:
+                first, _ = partition.key_group_range(
+                    self.ctx.subtask_index, self.ctx.max_parallelism, self.ctx.parallelism)
+                kg = pa.array(np.full(table.num_rows, first, dtype=np.int32))
+            keyed = table.append_column(pa.field(_KEY_GROUP, pa.int32(), nullable=False), kg)
+            meta = {_META_WATERMARK: b"" if self.watermark is None else str(self.watermark).encode()}
+            if schema_bytes is not None:
+                meta[_META_SCHEMA] = base64.b64encode(schema_bytes)
+            keyed = keyed.replace_schema_metadata(meta)
+        return {"keyed": keyed, "state": state}
+
+    def restore_state(self, keyed, state, checkpoint_id):
+        """Merge restored partials into this (fresh) operator; take watermark and counters.
+
+        ``keyed`` may hold the key groups of several old subtasks; ``state`` is this
+        subtask's own dict or None (a new subtask after a rescale): then the watermark
+        and input schema come from the keyed table's metadata.
+        """
+        name = self.ctx.operator_name
+        state = state or {}
+        meta = (keyed.schema.metadata or {}) if keyed is not None else {}
+        schema_bytes = state.get("input_schema")
+        if schema_bytes is None and _META_SCHEMA in meta:
+            schema_bytes = base64.b64decode(meta[_META_SCHEMA])
+        if schema_bytes is not None and self.schema is None:
+            self._bind(pa.ipc.read_schema(pa.py_buffer(schema_bytes)))
+        watermark = state.get("watermark")
+        if watermark is None and meta.get(_META_WATERMARK):
+            watermark = int(meta[_META_WATERMARK])
+        if watermark is not None and (self.watermark is None or int(watermark) > self.watermark):
+            self.watermark = int(watermark)
+        for counter in _COUNTERS:
+            self.ctx.metrics[counter] = self.ctx.metrics.get(counter, 0) + int(state.get(counter) or 0)
+        if keyed is None or keyed.num_rows == 0:
+            return
+        wanted = self._state_columns()
+        missing = [c for c in wanted if c not in keyed.column_names]
+        if missing:
+            raise OperatorError(
+                f"window {name!r}: checkpoint {checkpoint_id} holds window state without columns {missing}; "
+                f"expected {wanted + [_KEY_GROUP]} (was the window's key_by or aggregates changed?), "
+                f"available: {keyed.column_names}"
+            )
+        if self.schema is None:
+            raise OperatorError(
+                f"window {name!r}: checkpoint {checkpoint_id} holds window state but neither its state "
+                "dict nor the keyed table's metadata names the input schema"
+            )
+        restored = keyed.select(wanted).replace_schema_metadata(None)
+        if self.state is not None:
+            restored = restored.cast(self.state.schema)
+        self.pending.append(restored)
+        self.pending_rows += restored.num_rows
+        self._compact(force=True)
+        log.debug("window %r restored %d open (key, window) partials from checkpoint %s, watermark %s",
+                  name, self.state.num_rows, checkpoint_id, self.watermark)
 
     # -- introspection ---------------------------------------------------------------
 
