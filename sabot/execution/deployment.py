@@ -32,7 +32,8 @@ def _pairs(partitioning, upstream_tasks, downstream_tasks):
     return [(u, d) for u in range(len(upstream_tasks)) for d in range(len(downstream_tasks))]
 
 
-def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=None, checkpoint=None):
+def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=None, checkpoint=None,
+                                 assignments=None):
     """Return ``{task_id: tdd}`` for every live task of ``exec_graph``.
 
     Args:
@@ -45,8 +46,11 @@ def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=Non
             task reads its own key groups and subtask state from it.
         checkpoint: optional ``{"storage": uri, "retain": n}``: where tasks write
             their snapshots when a checkpoint barrier passes.
+        assignments: optional ``{operator_id: key-group table}`` for keyed operators
+            whose key groups were rebalanced away from the default ranges.
     """
     locations = locations or {}
+    assignments = {op: [int(x) for x in table] for op, table in (assignments or {}).items() if table is not None}
     operators = exec_graph.job_graph.operators
     tdds = {}
     for op_id, node in operators.items():
@@ -64,6 +68,7 @@ def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=Non
                 "outputs": [],
                 "restore": restore,
                 "checkpoint": checkpoint,
+                "assignment": assignments.get(op_id),
             }
     for edge in exec_graph.edges:
         partitioning = partitioning_name(edge.partitioning)
@@ -88,6 +93,7 @@ def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=Non
                     "key_by": key_by,
                     "max_parallelism": max_parallelism,
                     "targets": targets[u],
+                    "assignment": assignments.get(edge.downstream_operator_id) if partitioning == "hash" else None,
                 }
             )
         for d, task in enumerate(downs):
@@ -119,8 +125,9 @@ def build_rescale_messages(exec_graph, job_id, operator_id, plan, rescale_id, lo
     """
     locations = locations or {}
     old_ids, new_ids = plan["old_task_ids"], plan["new_task_ids"]
-    tdds = build_deployment_descriptors(exec_graph, job_id, locations, checkpoint=checkpoint)
     table = None if assignment is None else [int(x) for x in assignment]
+    tdds = build_deployment_descriptors(exec_graph, job_id, locations, checkpoint=checkpoint,
+                                        assignments={operator_id: table})
 
     def state_channel(old, new):
         return f"{job_id}/{rescale_id}/state/{old}->{new}"
@@ -129,7 +136,6 @@ def build_rescale_messages(exec_graph, job_id, operator_id, plan, rescale_id, lo
     for new in new_ids:
         tdd = tdds[new]
         tdd["rescale"] = {"rescale_id": rescale_id, "state_channel_ids": [state_channel(o, new) for o in old_ids]}
-        tdd["assignment"] = table
         deploy[new] = tdd
     handoff = {}
     for old in old_ids:
@@ -149,7 +155,6 @@ def build_rescale_messages(exec_graph, job_id, operator_id, plan, rescale_id, lo
     for edge in exec_graph.inputs_of(operator_id):
         for task in exec_graph.operator_tasks(edge.upstream_operator_id):
             output = next(o for o in tdds[task.task_id]["outputs"] if o["downstream_operator_id"] == operator_id)
-            output["assignment"] = table
             switch_output[task.task_id] = {
                 "type": "switch_output", "rescale_id": rescale_id,
                 "downstream_operator_id": operator_id, "output": output,

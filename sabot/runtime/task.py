@@ -46,6 +46,20 @@ class _Output:
         )
         if spec.get("assignment") is not None:
             self.partitioner.set_assignment(np.asarray(spec["assignment"], dtype=np.int32))
+        # Unkeyed REBALANCE edges route each batch to the channel with the most credit:
+        # a slow receiver grants less, so it simply gets less (Flink's round robin
+        # would keep feeding it and stall everyone behind it).
+        self.by_credit = spec["partitioning"] == "rebalance" and len(channels) > 1
+        self._next = 0
+
+    def pick_channel(self):
+        """The channel with the most credit; round robin among equals."""
+        n = len(self.channels)
+        start = self._next
+        best = max(range(n), key=lambda k: (self.channels[(start + k) % n].credit, -k))
+        index = (start + best) % n
+        self._next = (index + 1) % n
+        return index
 
 
 class Task:
@@ -165,7 +179,16 @@ class Task:
 
     def _metrics_snapshot(self):
         self._collect_channel_metrics()
-        return dict(self.metrics)
+        metrics = dict(self.metrics)
+        # rows routed per key group on each keyed output: auto-rebalance's load statistics
+        counts = {
+            out.spec["downstream_operator_id"]: out.partitioner.key_group_counts.tolist()
+            for out in self.outputs
+            if out.spec["partitioning"] == "hash"
+        }
+        if counts:
+            metrics["key_group_counts"] = counts
+        return metrics
 
     async def _run(self):
         try:
@@ -230,10 +253,17 @@ class Task:
             self.metrics["busy_seconds"] += time.perf_counter() - start
 
     def _route(self, batches):
-        """Partition output batches for every output edge (runs on the thread pool)."""
+        """Partition output batches for every output edge (runs on the thread pool).
+
+        Credit-routed edges get channel None here; the channel is picked at send time.
+        """
         routed = []
         for out_index, out in enumerate(self.outputs):
             for batch in batches:
+                if out.by_credit:
+                    if batch.num_rows:
+                        routed.append((out_index, None, batch))
+                    continue
                 for channel_index, part in out.partitioner.route(batch):
                     routed.append((out_index, channel_index, part))
         return routed
@@ -245,7 +275,10 @@ class Task:
         for out_index, channel_index, part in routed:
             self.metrics["rows_out"] += part.num_rows
             self.metrics["bytes_out"] += part.nbytes
-            await self.outputs[out_index].channels[channel_index].send(part)
+            out = self.outputs[out_index]
+            if channel_index is None:
+                channel_index = out.pick_channel()
+            await out.channels[channel_index].send(part)
 
     async def _broadcast(self, event):
         for out in self.outputs:
@@ -475,7 +508,7 @@ class Task:
         op_id = self.tdd["operator"]["operator_id"]
         keyed = None
         if checkpoint.keyed_handles(op_id):
-            assignment = spec.get("assignment")
+            assignment = self.tdd.get("assignment") or spec.get("assignment")
             if assignment is not None:
                 import numpy as np
 

@@ -75,3 +75,4 @@ def slow_add_value2(batch):
 
     time.sleep(0.002)
     return add_value2(batch)
+

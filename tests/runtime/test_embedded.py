@@ -187,3 +187,4 @@ def test_slow_sink_backpressures_source_with_bounded_memory():
     assert 0 < by_op["slow"]["metrics"]["peak_buffered_bytes"] <= credits * batch_bytes
     # ... so the source spent most of the sink's sleeping time waiting for credit
     assert by_op["src"]["metrics"]["backpressured_seconds"] > 0.3
+
