@@ -20,7 +20,7 @@ from sabot import Stream
 from sabot.runtime.generators import transactions
 
 NUM_ACCOUNTS = 10_000
-NUM_TRANSACTIONS = 2_000_000
+NUM_TRANSACTIONS = 20_000_000
 SUSPICIOUS_AMOUNT = 1_000.0
 RISKY_MERCHANTS = ["steam"]  # gift-card heavy: a classic cash-out route
 
