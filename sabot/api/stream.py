@@ -292,6 +292,11 @@ class Stream:
         emits the updated rows of the keys each batch touched.
         """
         keys = self._keys("aggregate")
+        if len(keys) != 1:
+            raise GraphValidationError(
+                f"aggregate after key_by{tuple(keys)}: keyed running aggregation takes exactly one key "
+                "column for now; combine the columns into one first (e.g. with a map), or use window()"
+            )
         specs = _aggregate_specs(aggregates)
         self._check_columns([c for c, _ in specs if c != "*"], "aggregate")
         if emit not in ("final", "updates"):

@@ -188,3 +188,8 @@ def test_slow_sink_backpressures_source_with_bounded_memory():
     # ... so the source spent most of the sink's sleeping time waiting for credit
     assert by_op["src"]["metrics"]["backpressured_seconds"] > 0.3
 
+
+
+def test_multi_column_aggregate_key_is_refused_at_build_time(data):
+    with pytest.raises(ValueError, match=r"exactly one key column"):
+        Stream.from_table(data).key_by("key", "ts").aggregate({"value": "sum"})
