@@ -5,13 +5,9 @@ run it in this process with ``.run()``, or on a cluster of worker processes with
 :class:`~sabot.cluster.local.LocalCluster` and the ``sabot`` command.
 """
 
-from sabot import _core
-
-_core.check()  # no silent pure-Python fallback: fail here with build instructions
-
-from sabot.api.stream import Stream, StreamSink  # noqa: E402
-from sabot.errors import JobFailed, OperatorError, SabotError  # noqa: E402
-from sabot.runtime.embedded import JobResult  # noqa: E402
+from sabot.api.stream import Stream, StreamSink
+from sabot.errors import JobFailed, OperatorError, SabotError
+from sabot.runtime.embedded import JobResult
 
 __version__ = "0.1.0"
 

@@ -184,6 +184,14 @@ class Stream:
         if self._node.operator_type != OperatorType.SOURCE:
             raise GraphValidationError("with_watermarks applies to a source")
         self._check_columns([time_column], "with_watermarks")
+        if self.schema is not None:
+            t = self.schema.field(time_column).type
+            if not (pa.types.is_integer(t) or pa.types.is_timestamp(t) or pa.types.is_date(t)
+                    or pa.types.is_duration(t)):
+                raise GraphValidationError(
+                    f"with_watermarks: time column {time_column!r} is {t}; expected an integer, timestamp, "
+                    "date or duration column (max_out_of_orderness is in its stored unit)"
+                )
         self._node.parameters["time_column"] = time_column
         self._node.parameters["max_out_of_orderness"] = int(max_out_of_orderness)
         return self

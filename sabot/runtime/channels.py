@@ -508,6 +508,7 @@ class DataServer:
         self._server = None
         self._address = None
         self._connections = set()  # live network protocols, both directions
+        self._released = set()  # ids released here: a late sender is refused, not left waiting
         self._stopped = False
 
     @property
@@ -541,6 +542,7 @@ class DataServer:
         """
         if not isinstance(channel_id, str) or not channel_id:
             raise ValueError(f"channel_id must be a non-empty str, got {channel_id!r}")
+        self._released.discard(channel_id)
         ch = self._channels.get(channel_id)
         if ch is None:
             ch = self._channels[channel_id] = InputChannel(channel_id, self.credits)
@@ -557,6 +559,10 @@ class DataServer:
         if ch is None:
             if self._stopped:
                 raise ChannelClosed(f"data server is stopped; cannot open channel {channel_id!r}", channel_id)
+            if channel_id in self._released:
+                raise ChannelClosed(
+                    f"channel {channel_id!r} was released on this data server (its reader is gone); "
+                    "a sender of a superseded attempt cannot reopen it", channel_id)
             ch = self._channels[channel_id] = InputChannel(channel_id, self.credits)
         return ch
 
@@ -595,6 +601,7 @@ class DataServer:
 
         Releasing an id that is not known is a no-op, so cleanup code may call it freely.
         """
+        self._released.add(channel_id)
         ch = self._channels.pop(channel_id, None)
         if ch is None:
             return
@@ -606,10 +613,14 @@ class DataServer:
     async def stop(self):
         """Stop listening, drop every connection and close every channel."""
         self._stopped = True
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        # drop connections before waiting: newer Pythons' wait_closed waits for them
+        for conn in list(self._connections):
+            conn.abort_connection()
+        if server is not None:
+            await server.wait_closed()
         for channel_id in list(self._channels):
             ch = self._channels.pop(channel_id)
             exc = ChannelClosed(f"channel {channel_id!r}: data server stopped", channel_id)

@@ -98,6 +98,7 @@ async def run_job_graph_async(job_graph, timeout=None, threads=None):
             )
         if not done:
             raise TimeoutError(f"job {job_graph.job_name!r} did not finish within {timeout} s")
+        await manager.notify_job_finished(job_id)
         statuses = manager.list_tasks()
         result = gather_results(job_id, job_graph, statuses, manager.result)
         result.duration_seconds = time.perf_counter() - start

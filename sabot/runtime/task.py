@@ -95,6 +95,7 @@ class Task:
             parallelism=tdd["parallelism"],
             max_parallelism=tdd.get("max_parallelism", 128),
             metrics=self.metrics,
+            checkpointing=bool(tdd.get("checkpoint")),
         )
         # Creating the operator imports user code: a bad reference fails the deploy.
         self.operator = create_operator(self.ctx)
@@ -114,6 +115,7 @@ class Task:
         self._aligning = None  # (barrier, channels that delivered it, start time)
         self._storage = None
         self._writes = []  # background checkpoint writes
+        self._retired_backpressure = 0.0  # of output channels a rescale replaced
         # live rescaling (ARCHITECTURE.md section 8)
         self._controls = collections.deque()  # control messages applied between batches
         self._gate = None
@@ -213,6 +215,7 @@ class Task:
             self._set_state("FINISHED")
         except asyncio.CancelledError:
             self._collect_channel_metrics()
+            self._abandon_writes()
             self._set_state("CANCELED")
             raise
         except Exception as exc:
@@ -221,7 +224,29 @@ class Task:
             )
             self.traceback = traceback.format_exc()
             log.error("task %s failed: %s", self.task_id, self.error)
+            await self._clean_up_after_failure()
             self._set_state("FAILED")
+
+    def _abandon_writes(self):
+        # a dead attempt must not acknowledge a checkpoint
+        for write in self._writes:
+            write.cancel()
+        self._writes = []
+
+    async def _clean_up_after_failure(self):
+        """Close the operator and end every output, so receivers fail fast instead of waiting."""
+        self._abandon_writes()
+        try:
+            await self._call(self.operator.close)
+        except Exception:
+            log.exception("task %s: closing operator %r after its failure failed", self.task_id, self.operator_name)
+        for out in self.outputs:
+            for ch in out.channels:
+                try:
+                    await asyncio.wait_for(ch.close(), 1.0)
+                except Exception:  # the peer may be gone already
+                    log.debug("task %s: closing %s after failure", self.task_id, ch, exc_info=True)
+        self._collect_channel_metrics()
 
     async def _open_outputs(self):
         for spec in self.tdd.get("outputs", []):
@@ -235,7 +260,7 @@ class Task:
             self.outputs.append(_Output(spec, channels))
 
     def _collect_channel_metrics(self):
-        self.metrics["backpressured_seconds"] = sum(
+        self.metrics["backpressured_seconds"] = self._retired_backpressure + sum(
             ch.metrics.get("backpressured_seconds", 0.0) for out in self.outputs for ch in out.channels
         )
         self.metrics["peak_buffered_bytes"] = max(
@@ -305,7 +330,10 @@ class Task:
             self.metrics["bytes_in"] += batch.nbytes
             await self._emit_routed(await self._call(self._route, [batch]))
             if time_column and batch.num_rows:
-                batch_max = pc.max(batch.column(time_column)).as_py()
+                column = batch.column(time_column)
+                if not pa.types.is_integer(column.type):
+                    column = column.cast(pa.int64())  # timestamps, dates, durations: their stored integer
+                batch_max = pc.max(column).as_py()
                 if batch_max is not None and (max_ts is None or batch_max > max_ts):
                     max_ts = batch_max
                     if watermark is None or max_ts - out_of_orderness > watermark:
@@ -498,7 +526,11 @@ class Task:
         )
 
     def notify_checkpoint_complete(self, checkpoint_id):
-        return self.operator.notify_checkpoint_complete(checkpoint_id)
+        """Publish what ``checkpoint_id`` covers; the sink's I/O runs on the thread pool."""
+        return asyncio.ensure_future(self._call(self.operator.notify_checkpoint_complete, checkpoint_id))
+
+    async def notify_job_finished(self):
+        await self._call(self.operator.notify_job_finished)
 
     def _restore(self):
         """Hand the operator its state from the checkpoint named in the TDD."""
@@ -510,8 +542,6 @@ class Task:
         if checkpoint.keyed_handles(op_id):
             assignment = self.tdd.get("assignment") or spec.get("assignment")
             if assignment is not None:
-                import numpy as np
-
                 mine = np.asarray(assignment, dtype=np.int32) == self.ctx.subtask_index
             else:
                 mine = partition.key_group_range(
@@ -568,6 +598,7 @@ class Task:
             raise ValueError(f"task {self.task_id} has no output to operator {target_op!r}")
         old = self.outputs[index]
         barrier = events.RescaleBarrier(message["rescale_id"], target_op, {})
+        self._retired_backpressure += sum(ch.metrics.get("backpressured_seconds", 0.0) for ch in old.channels)
         for ch in old.channels:
             await ch.send(barrier)
             await ch.send(events.EndOfStream())
@@ -629,7 +660,14 @@ class Task:
         if not all(i in arrived or finished[i] for i in range(len(self.inputs))):
             return False
         self.metrics["last_record_at"] = self.metrics.get("last_record_at") or time.time()
-        await asyncio.wait_for(self._handoff_ready.wait(), timeout=30)
+        timeout = float(self.tdd.get("handoff_timeout_s", 30.0))
+        try:
+            await asyncio.wait_for(self._handoff_ready.wait(), timeout=timeout)
+        except asyncio.TimeoutError:
+            raise OperatorError(
+                f"task {self.task_id}: the barrier of rescale {barrier.rescale_id} came on every input but "
+                f"no handoff message (where to send the state) arrived within {timeout:g} s"
+            ) from None
         await self._send_state(self._handoff)
         for out in self.outputs:
             for ch in out.channels:

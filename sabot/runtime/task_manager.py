@@ -32,6 +32,7 @@ class TaskManager:
         self.report_interval = report_interval
         self.tasks = {}
         self._reporter = None
+        self._commits = set()
 
     async def deploy(self, tdd):
         """Create and start the task a deployment descriptor describes."""
@@ -39,8 +40,14 @@ class TaskManager:
         if not task_id:
             raise ValueError("deployment descriptor has no 'task_id'")
         old = self.tasks.get(task_id)
+        attempt = tdd.get("attempt", 0)
         if old is not None and old.state not in TERMINAL_STATES:
             raise ValueError(f"task {task_id!r} is already running here (attempt {old.attempt})")
+        if old is not None and attempt <= old.attempt:
+            raise ValueError(
+                f"task {task_id!r}: attempt {attempt} is not newer than attempt {old.attempt} that ran here; "
+                "a superseded deployment is refused"
+            )
         task = Task(tdd, self.data_server, self.executor, on_update=self.on_update,
                     on_checkpoint=self.on_checkpoint)
         self.tasks[task_id] = task
@@ -49,36 +56,67 @@ class TaskManager:
             self._reporter = asyncio.ensure_future(self._report_loop())
         return task
 
-    async def cancel(self, task_id):
+    def _task(self, task_id, attempt):
+        """The task, or None for a message addressed to an older attempt (dropped)."""
         task = self.tasks.get(task_id)
         if task is None:
             raise KeyError(task_id)
-        await task.cancel()
+        if attempt is not None and attempt < task.attempt:
+            log.debug("message for attempt %s of %s dropped (attempt %s runs)", attempt, task_id, task.attempt)
+            return None
+        return task
 
-    def trigger_checkpoint(self, task_id, checkpoint_id, timestamp_ms):
+    async def cancel(self, task_id, attempt=None):
+        task = self._task(task_id, attempt)
+        if task is not None:
+            await task.cancel()
+
+    def trigger_checkpoint(self, task_id, checkpoint_id, timestamp_ms, attempt=None):
         """Start checkpoint ``checkpoint_id`` at a source task (it injects the barrier)."""
-        task = self.tasks.get(task_id)
-        if task is None:
-            raise KeyError(task_id)
-        task.trigger_checkpoint(checkpoint_id, timestamp_ms)
+        task = self._task(task_id, attempt)
+        if task is not None:
+            task.trigger_checkpoint(checkpoint_id, timestamp_ms)
 
-    def control(self, task_id, message):
+    def control(self, task_id, message, attempt=None):
         """Hand a control message (live rescaling) to a running task."""
-        task = self.tasks.get(task_id)
+        task = self._task(task_id, attempt)
         if task is None:
-            raise KeyError(task_id)
+            return
         if task.state in TERMINAL_STATES:
             raise ValueError(f"task {task_id!r} is {task.state}; it takes no control messages")
         task.control(message)
 
     def notify_checkpoint_complete(self, job_id, checkpoint_id):
-        """Tell every task of ``job_id`` here that ``checkpoint_id`` completed (sinks commit)."""
+        """Tell every task of ``job_id`` here that ``checkpoint_id`` completed (sinks commit).
+
+        Returns at once; the commits run on the thread pool (see :meth:`wait_commits`).
+        """
         for task in list(self.tasks.values()):
             if task.job_id == job_id and task.state not in ("FAILED", "CANCELED"):
-                try:
-                    task.notify_checkpoint_complete(checkpoint_id)
-                except Exception:
-                    log.exception("task %s failed to commit checkpoint %s", task.task_id, checkpoint_id)
+                future = task.notify_checkpoint_complete(checkpoint_id)
+                self._commits.add(future)
+                future.add_done_callback(self._commit_done(task, checkpoint_id))
+
+    def _commit_done(self, task, checkpoint_id):
+        def done(future):
+            self._commits.discard(future)
+            if not future.cancelled() and future.exception() is not None:
+                log.error("task %s failed to commit checkpoint %s: %s", task.task_id, checkpoint_id,
+                          future.exception())
+
+        return done
+
+    async def wait_commits(self):
+        """Wait for the checkpoint commits started so far."""
+        if self._commits:
+            await asyncio.gather(*list(self._commits), return_exceptions=True)
+
+    async def notify_job_finished(self, job_id):
+        """Every task of ``job_id`` finished: sinks publish what end of input left staged."""
+        await self.wait_commits()
+        for task in list(self.tasks.values()):
+            if task.job_id == job_id and task.state == "FINISHED":
+                await task.notify_job_finished()
 
     def list_tasks(self):
         pid = os.getpid()

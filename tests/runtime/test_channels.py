@@ -394,3 +394,26 @@ def test_gate_rejects_non_channels():
     InputGate([ch])
     with pytest.raises(ValueError, match="'z' is already read by another InputGate"):
         InputGate([ch])
+
+
+def test_sender_of_a_released_channel_is_refused_not_left_waiting():
+    import asyncio
+
+    import pytest
+
+    from sabot.runtime.channels import ChannelClosed, DataServer
+
+    async def scenario():
+        server = DataServer()
+        server.input_channel("gone")
+        server.release("gone")
+        with pytest.raises(ChannelClosed, match="was released"):
+            await server.output_channel("gone")
+        # registering the id again (a new reader) makes it usable again
+        reader = server.input_channel("gone")
+        out = await server.output_channel("gone")
+        await out.send(__import__("pyarrow").record_batch({"x": [1]}))
+        assert (await reader.recv()).num_rows == 1
+        await server.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))

@@ -193,3 +193,30 @@ def test_slow_sink_backpressures_source_with_bounded_memory():
 def test_multi_column_aggregate_key_is_refused_at_build_time(data):
     with pytest.raises(ValueError, match=r"exactly one key column"):
         Stream.from_table(data).key_by("key", "ts").aggregate({"value": "sum"})
+
+
+def test_event_time_window_on_a_timestamp_column():
+    n = 6000
+    rng = np.random.default_rng(5)
+    ms = np.sort(rng.integers(0, 60_000, n))
+    t = pa.table({"key": rng.integers(0, 5, n), "ts": pa.array(ms, pa.timestamp("ms")), "v": np.ones(n)})
+    out = run_stream(
+        Stream.from_table(t, batch_size=500).with_watermarks("ts", 0)
+        .key_by("key").window(10_000, {"v": "sum"}, time_column="ts"),
+        default_parallelism=2,
+    )
+    # independent reference: bucket by 10 s windows with numpy
+    starts = (ms // 10_000) * 10_000
+    keys = t["key"].to_numpy()
+    expected = {}
+    for k, s in zip(keys, starts):
+        expected[(int(k), int(s))] = expected.get((int(k), int(s)), 0) + 1.0
+    got = {(k, s): v for k, s, v in zip(out["key"].to_pylist(), out["window_start"].cast(pa.int64()).to_pylist(),
+                                        out["v_sum"].to_pylist())}
+    assert got == expected
+
+
+def test_watermarks_need_a_time_typed_column():
+    t = pa.table({"ts": ["a", "b"]})
+    with pytest.raises(ValueError, match="expected an integer, timestamp"):
+        Stream.from_table(t).with_watermarks("ts", 0)

@@ -31,6 +31,7 @@ class TaskContext:
     parallelism: int
     max_parallelism: int
     metrics: dict = field(default_factory=dict)
+    checkpointing: bool = False  # the job takes checkpoints (sinks then commit only on completion)
 
     @property
     def operator_name(self):
@@ -91,6 +92,9 @@ class Operator:
 
     def notify_checkpoint_complete(self, checkpoint_id):
         """Every task acknowledged ``checkpoint_id``: two-phase-commit sinks publish here."""
+
+    def notify_job_finished(self):
+        """Every task of the job finished: sinks publish what end of input left pending."""
 
     def summary(self):
         """A JSON-able summary reported with the task's final state (sinks)."""

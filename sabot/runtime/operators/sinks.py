@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 FILE_FORMATS = {"parquet": "parquet", "ipc": "arrow"}
 
+# pending key of files staged at end of input: later than any checkpoint, so no
+# checkpoint notification publishes them and no restore keeps them
+END_OF_INPUT = 1 << 62
+
 
 class _Sink(Operator):
     def __init__(self, ctx):
@@ -351,14 +355,32 @@ class FileSink(_Sink):
             )
 
     def finish(self):
-        """End of input is final: commit every file, pending or not."""
+        """End of input.
+
+        Without checkpoints, end of input is final: every file is published. With
+        checkpoints, another task of the job may still fail and the job restart
+        from a checkpoint, which would take published files back; so the files
+        stay staged until every task of the job finished (:meth:`notify_job_finished`).
+        """
         with self._lock:
             self._close_file()
+            if self.ctx.checkpointing:
+                self.pending.setdefault(END_OF_INPUT, []).extend(self.closed)
+                self.closed = []
+                return []
             for c in sorted(self.pending):
                 self._commit(self.pending.pop(c), c)
             self._commit(self.closed, "end-of-input")
             self.closed = []
             return []
+
+    def notify_job_finished(self):
+        """The whole job finished: publish everything still staged."""
+        with self._lock:
+            for c in sorted(self.pending):
+                self._commit(self.pending.pop(c), c)
+            self._commit(self.closed, "end-of-input")
+            self.closed = []
 
     def close(self):
         # After a failure the open part stays a staging file (restore deletes it).
