@@ -106,6 +106,23 @@ class SabotClient:
             job = job.to_dict()
         return self.request("POST", "/jobs/submit", job)["job_id"]
 
+    def submit_restored(self, job, restore_from):
+        """Submit a job that starts from the checkpoint ``restore_from`` names (a job id or
+        a checkpoint path); return the new job id."""
+        if hasattr(job, "to_job_graph"):
+            job = job.to_job_graph(shippable=True)
+        if hasattr(job, "to_dict"):
+            job = job.to_dict()
+        return self.request("POST", "/jobs/submit", {"job_graph": job, "restore_from": restore_from})["job_id"]
+
+    def trigger_checkpoint(self, job_id):
+        """Start a checkpoint of a running job now; return its id."""
+        return self.request("POST", f"/jobs/{_quote(job_id)}/checkpoints")["checkpoint_id"]
+
+    def checkpoints(self, job_id):
+        """The job's checkpoint history (``GET /jobs/{job_id}/checkpoints``)."""
+        return self.request("GET", f"/jobs/{_quote(job_id)}/checkpoints")
+
     def jobs(self):
         return self.request("GET", "/jobs")["jobs"]
 

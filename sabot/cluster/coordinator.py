@@ -24,10 +24,30 @@ waiting for workers that nobody is starting surprises users more than a clear
 error; set it to False on an elastic cluster where workers are still joining.
 With no worker registered at all, jobs wait (the cluster is starting up).
 
-Failure handling (this issue): a task failure, or the loss of a worker (its
-WebSocket drops or it misses heartbeats for ``heartbeat_timeout_s``), fails the
-job with the cause; its other tasks are canceled and its slots freed. Restarting
-from a checkpoint comes with the recovery issue.
+Checkpoints: every job gets a :class:`~sabot.cluster.checkpoints.CheckpointCoordinator`
+once it runs, and a storage location (``config["checkpoint_dir"]`` of the job, else
+``CoordinatorConfig.checkpoint_dir``, else a temp directory of this coordinator).
+``checkpoint_interval_ms`` of the JobGraph triggers checkpoints periodically;
+:meth:`ClusterCoordinator.trigger_checkpoint` (``POST /jobs/{id}/checkpoints``) on
+demand. Triggers go to the source tasks' workers over their WebSocket, acks come
+back the same way; when every task acked, the checkpoint is committed through
+:class:`~sabot.runtime.checkpoint_storage.CheckpointStorage` (metadata written last)
+and every worker of the job is told (two-phase-commit sinks publish). A checkpoint
+is aborted on timeout, on a decline and on a task failure; the next one goes on.
+
+Failure handling: a task failure (user exception, broken channel), or the loss of
+a worker (its WebSocket drops or it misses heartbeats for ``heartbeat_timeout_s``),
+restarts the affected pipelined region(s) (``exec_graph.pipelined_regions()``;
+the whole job when it is one region) from the latest completed checkpoint, after
+the delay of the job's restart strategy (``config["restart_strategy"]``, see
+:mod:`sabot.cluster.restart`; default 3 restarts 100 ms apart). Tasks that kept a
+slot on a live worker restart there; tasks of a lost worker get free slots of any
+live worker (waiting up to ``restart_slot_wait_s`` for a replacement to join). Each
+restarted task gets a new attempt number, so its channels are new and reports or
+acks of the old attempt are dropped. A job whose strategy is exhausted FAILS with
+the cause. ``submit_stream_job(graph, restore_from=...)`` starts a job from the
+last checkpoint of an earlier job (or a checkpoint directory), keyed operators
+possibly at another parallelism.
 
 Example:
     >>> coordinator = ClusterCoordinator(CoordinatorConfig(port=0))
@@ -44,6 +64,9 @@ import dataclasses
 import functools
 import io
 import logging
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -53,6 +76,8 @@ import pyarrow as pa
 from aiohttp import web
 
 from sabot.cluster import protocol
+from sabot.cluster.checkpoints import CheckpointCoordinator, InvalidCheckpointAck
+from sabot.cluster.restart import InvalidRestartStrategy, restart_strategy_from_config
 from sabot.cluster.protocol import BadRequest, Conflict, NodeInfo, NotFound, RegisterRequest
 from sabot.errors import (
     GraphValidationError,
@@ -65,6 +90,7 @@ from sabot.execution.deployment import build_deployment_descriptors
 from sabot.execution.job_graph import JobGraph
 from sabot.execution.slot_pool import SlotPool, SlotRequest
 from sabot.runtime import functions
+from sabot.runtime.checkpoint_storage import CheckpointStorage, CompletedCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +116,16 @@ class CoordinatorConfig:
             user code is installed only on the workers; a bad reference then
             fails the job at deploy time, naming it.
         deploy_timeout_s: how long a worker may take to accept a deployment.
+        checkpoint_dir: where checkpoints go (a directory or a pyarrow.fs URI) unless a
+            job's ``config["checkpoint_dir"]`` says otherwise; None: a temp directory
+            of this coordinator, deleted on stop.
+        checkpoint_timeout_s: a checkpoint not acknowledged by every task within this
+            time is aborted (a job's ``config["checkpoint_timeout_s"]`` overrides it).
+        checkpoint_retain: completed checkpoints kept per job.
+        restart_strategy: the restart strategy of jobs that name none (see
+            :mod:`sabot.cluster.restart`; None: 3 restarts, 100 ms apart).
+        restart_slot_wait_s: how long a restart waits for free slots (a replacement
+            worker may join) before the job FAILS; None: ``slot_wait_timeout_s``.
     """
 
     host: str = "127.0.0.1"
@@ -101,6 +137,11 @@ class CoordinatorConfig:
     refuse_oversized: bool = True
     check_imports: bool = True
     deploy_timeout_s: float = 30.0
+    checkpoint_dir: str = None
+    checkpoint_timeout_s: float = 10.0
+    checkpoint_retain: int = 3
+    restart_strategy: dict = None
+    restart_slot_wait_s: float = None
 
     @classmethod
     def coerce(cls, config):
@@ -122,6 +163,7 @@ class JobState(str, Enum):
     WAITING_FOR_SLOTS = "WAITING_FOR_SLOTS"
     DEPLOYING = "DEPLOYING"
     RUNNING = "RUNNING"
+    RESTARTING = "RESTARTING"
     CANCELING = "CANCELING"
     FINISHED = "FINISHED"
     CANCELED = "CANCELED"
@@ -155,6 +197,24 @@ class JobRecord:
         self.slots_needed = 0
         self.max_cpu = 0.0
         self.max_memory = 0
+        # checkpoints and recovery
+        self.storage = None  # CheckpointStorage
+        self.checkpoint_spec = None  # {"storage": uri, "retain": n} for the TDDs
+        self.checkpoints = None  # CheckpointCoordinator, once running
+        self.checkpoint_loop = None
+        self.commits = set()  # commit coroutines in flight
+        self.latest_checkpoint = None  # CompletedCheckpoint.to_dict() summary of the last commit
+        self.skipped_checkpoints = []  # why a restore passed over checkpoint directories
+        self.restart_strategy = None
+        self.failures = 0  # failures counted against the restart strategy
+        self.restarts = 0
+        self.restart_history = []
+        self.last_failure = None
+        self.restored_from = None  # {"checkpoint_id", "path", "job_id", "at"} of the last (re)start
+        self.initial_restore = None  # restore spec of a job submitted with restore_from
+        self.restarting_tasks = set()
+        self.restart_task = None
+        self.finishing = False  # every task finished; the workers are publishing staged output
 
     @property
     def terminal(self):
@@ -208,6 +268,9 @@ class ClusterCoordinator:
         self._started_at = None
         self._loop = None
         self._stopping = False
+        self._own_checkpoint_dir = None
+        self.checkpoint_root = self.config.checkpoint_dir
+        restart_strategy_from_config(self.config.restart_strategy)  # refuse a bad default early
         from sabot.cluster.http_api import CoordinatorMetrics
 
         self.metrics = CoordinatorMetrics(self)
@@ -227,6 +290,9 @@ class ClusterCoordinator:
 
         self._loop = asyncio.get_running_loop()
         self._started_at = self.clock()
+        if self.checkpoint_root is None:
+            self._own_checkpoint_dir = tempfile.mkdtemp(prefix="sabot-checkpoints-")
+            self.checkpoint_root = self._own_checkpoint_dir
         app = build_coordinator_app(self)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -262,6 +328,10 @@ class ClusterCoordinator:
         await self._session.close()
         await self._runner.cleanup()
         self._runner = None
+        if self._own_checkpoint_dir is not None:
+            shutil.rmtree(self._own_checkpoint_dir, ignore_errors=True)
+            self._own_checkpoint_dir = None
+            self.checkpoint_root = self.config.checkpoint_dir
         self._stopping = False
         log.info("coordinator %s stopped", self._url)
 
@@ -343,6 +413,8 @@ class ClusterCoordinator:
                     await ws.send_json({"type": protocol.HEARTBEAT_ACK})
                 elif kind == protocol.TASK_UPDATE:
                     self.on_task_update(node_id, message.get("update") or {})
+                elif kind == protocol.CHECKPOINT:
+                    self.on_checkpoint_message(node_id, message.get("message") or {})
                 elif kind == protocol.GOODBYE:
                     reason = "it shut down"
                     break
@@ -361,6 +433,10 @@ class ClusterCoordinator:
                 self.check_heartbeats()
             except Exception:
                 log.exception("heartbeat check failed")
+            for job in list(self.jobs.values()):
+                if job.checkpoints is not None and not job.terminal:
+                    for cid in job.checkpoints.check_timeouts():
+                        self._spawn(self._discard_checkpoint(job, cid))
 
     def check_heartbeats(self, now=None):
         """Declare lost every node silent for more than ``heartbeat_timeout_s``; return their ids."""
@@ -403,7 +479,12 @@ class ClusterCoordinator:
                     if task is not None and _task_state_name(task) not in TERMINAL_TASK_STATES:
                         task.failure_cause = cause
                         self._advance(task, "FAILED")
-                self._fail_job(job, f"job {job.job_id} failed: task {on_node[0]} ran on {cause}", task_id=on_node[0])
+                if self._stopping:
+                    self._fail_job(job, f"job {job.job_id} failed: task {on_node[0]} ran on {cause}",
+                                   task_id=on_node[0])
+                else:
+                    self._handle_failure(job, f"job {job.job_id}: task {on_node[0]} ran on {cause}",
+                                         task_ids=on_node)
 
     # -- task reports --------------------------------------------------------------------
 
@@ -426,15 +507,22 @@ class ClusterCoordinator:
         state = update.get("state")
         if job.terminal or job.state == JobState.CANCELING:
             return
+        if job.state == JobState.RESTARTING and task_id in job.restarting_tasks:
+            if state in ("FAILED", "CANCELED"):
+                self._advance(task, state)  # a task of the region being restarted stopping: expected
+            return
         if state == "FAILED":
             error = update.get("error") or ""
             task.failure_cause = error
             self._advance(task, "FAILED")
-            fail = functools.partial(
-                self._fail_job, job,
-                f"job {job.job_id} failed: task {task_id} ({task.operator_name}) on worker {node_id}: {error}",
-                traceback=update.get("traceback"), task_id=task_id,
-            )
+            attempt = task.attempt
+            message = f"job {job.job_id}: task {task_id} ({task.operator_name}) on worker {node_id} failed: {error}"
+
+            def fail():
+                if task.attempt != attempt or job.terminal or task_id in job.restarting_tasks:
+                    return  # already restarted (e.g. the lost worker was named as the cause)
+                self._handle_failure(job, message, task_ids=[task_id], traceback=update.get("traceback"))
+
             if "ChannelClosed" in error:
                 # A broken channel is usually the symptom of a peer worker dying; give its
                 # loss (WebSocket drop or missed heartbeats) the chance to be named as the cause.
@@ -443,14 +531,15 @@ class ClusterCoordinator:
                 fail()
         elif state == "CANCELED":
             self._advance(task, "CANCELED")
-            self._fail_job(job, f"job {job.job_id} failed: task {task_id} was canceled on worker {node_id} "
-                                "without the coordinator asking", task_id=task_id)
+            self._handle_failure(job, f"job {job.job_id}: task {task_id} was canceled on worker {node_id} "
+                                      "without the coordinator asking", task_ids=[task_id])
         elif state in ("RUNNING", "FINISHED"):
             self._advance(task, state)
-            if state == "FINISHED" and all(
+            if state == "FINISHED" and not job.finishing and all(
                 _task_state_name(t) == "FINISHED" for t in job.exec_graph.tasks.values()
             ):
-                self._end_job(job, JobState.FINISHED)
+                job.finishing = True
+                self._spawn(self._finish_job(job))
             elif state == "RUNNING" and job.state == JobState.DEPLOYING and all(
                 _task_state_name(t) in ("RUNNING", "FINISHED") for t in job.exec_graph.tasks.values()
             ):
@@ -540,11 +629,18 @@ class ClusterCoordinator:
             edge["downstream_id"] = rename[edge["downstream_id"]]
         return JobGraph.from_dict(data)
 
-    async def submit_stream_job(self, job_graph):
+    async def submit_stream_job(self, job_graph, restore_from=None):
         """Validate, plan, allocate slots for, deploy and start a job; return its id.
 
         Args:
             job_graph: a JobGraph, its ``to_dict()``, or a Stream (``to_job_graph()``).
+            restore_from: start from a checkpoint instead of the beginning: the id of
+                an earlier job of this coordinator (its latest completed checkpoint),
+                or the path/URI of a checkpoint directory (``.../<job>/chk-<n>``) or
+                of a job's checkpoint directory (its latest valid checkpoint). State
+                is matched to operators by id, else by name; keyed operators may run
+                at another parallelism (state is re-split by key group), sources,
+                sinks and other operator state must keep theirs.
 
         Returns once the job is RUNNING, or has FAILED during deployment, or waits
         for slots (``jobs[job_id].state`` says which).
@@ -554,6 +650,8 @@ class ClusterCoordinator:
                 message), an operator function that cannot be imported here, or a
                 job larger than the cluster (``refuse_oversized``).
             SlotRequestTooLarge: an operator asks for more cpu/memory than any slot has.
+            NotFound: ``restore_from`` names no known job and no checkpoint directory.
+            Conflict: ``restore_from`` names a job that has no completed checkpoint.
         """
         job_graph = self._parse_job_graph(job_graph)
         try:
@@ -561,10 +659,22 @@ class ClusterCoordinator:
         except GraphValidationError as exc:
             raise BadRequest(f"invalid job graph {getattr(job_graph, 'job_name', '?')!r}: {exc}") from exc
         self._check_functions(job_graph)
+        try:
+            strategy = restart_strategy_from_config(
+                job_graph.config.get("restart_strategy", self.config.restart_strategy))
+        except InvalidRestartStrategy as exc:
+            raise BadRequest(str(exc)) from exc
         job_graph = self._make_unique(job_graph)
         exec_graph = job_graph.to_execution_graph()
         job_id = job_graph.job_id
         job = JobRecord(job_id, job_graph, exec_graph, self.clock())
+        job.restart_strategy = strategy
+        root = job_graph.config.get("checkpoint_dir") or self.checkpoint_root
+        retain = int(job_graph.config.get("checkpoint_retain") or self.config.checkpoint_retain)
+        job.storage = await asyncio.to_thread(CheckpointStorage, root, retain)
+        job.checkpoint_spec = {"storage": job.storage.uri, "retain": retain}
+        if restore_from is not None:
+            job.initial_restore, job.restored_from = await self._resolve_restore(job, restore_from)
         job.slots_needed, job.max_cpu, job.max_memory = self._slot_demand(job)
         self._check_fits_cluster(job)
         self.jobs[job_id] = job
@@ -708,7 +818,8 @@ class ClusterCoordinator:
     async def _deploy(self, job):
         try:
             locations = {tid: self.nodes[nid].data_address for tid, nid in job.task_node.items()}
-            tdds = build_deployment_descriptors(job.exec_graph, job.job_id, locations)
+            tdds = build_deployment_descriptors(job.exec_graph, job.job_id, locations,
+                                                restore=job.initial_restore, checkpoint=job.checkpoint_spec)
             per_node = collections.defaultdict(list)
             for task_id, tdd in tdds.items():
                 per_node[job.task_node[task_id]].append(tdd)
@@ -747,12 +858,22 @@ class ClusterCoordinator:
         job.started_at = self.clock()
         self.metrics.submit_to_running.observe(job.started_at - job.submitted_at)
         log.info("job %s RUNNING (%.3f s after submit)", job.job_id, job.started_at - job.submitted_at)
+        self._start_checkpointing(job)
 
     def _end_job(self, job, state):
         job.state = state
         job.ended_at = self.clock()
         if job.wait_timer is not None:
             job.wait_timer.cancel()
+        if job.checkpoint_loop is not None:
+            job.checkpoint_loop.cancel()
+            job.checkpoint_loop = None
+        if job.checkpoints is not None:
+            for cid in job.checkpoints.abort_all(f"the job {state.value}"):
+                self._spawn(self._discard_checkpoint(job, cid))
+        if job.restart_task is not None and not job.restart_task.done() \
+                and job.restart_task is not asyncio.current_task():
+            job.restart_task.cancel()
         self._release_job_slots(job)
         job.done.set()
         log.info("job %s %s", job.job_id, state.value)
@@ -774,6 +895,33 @@ class ClusterCoordinator:
         if others:
             self._spawn(self._cancel_on_workers(job, others))
 
+    async def _finish_job(self, job):
+        """Every task finished: let each worker of the job publish the output its sinks kept
+        staged at end of input (two-phase commit), then the job is FINISHED."""
+        async def publish(node_id):
+            node = self.nodes.get(node_id)
+            if node is None:
+                raise ConnectionError(f"worker {node_id} is gone")
+            async with self._session.post(f"{node.url}/jobs/{job.job_id}/finished") as resp:
+                if resp.status >= 300:
+                    raise RuntimeError(f"worker {node_id}: HTTP {resp.status} {(await resp.text())[:300]}")
+
+        try:
+            if job.commits:
+                await asyncio.gather(*list(job.commits), return_exceptions=True)
+            results = await asyncio.gather(*(publish(n) for n in set(job.task_node.values())),
+                                           return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if job.terminal:
+                return
+            if errors:
+                self._fail_job(job, f"job {job.job_id} failed: publishing the output of its sinks failed: "
+                                    f"{type(errors[0]).__name__}: {errors[0]}")
+            else:
+                self._end_job(job, JobState.FINISHED)
+        finally:
+            job.finishing = False
+
     async def _cancel_on_workers(self, job, tasks):
         async def cancel_one(task_id, node_id):
             node = self.nodes.get(node_id)
@@ -787,6 +935,477 @@ class ClusterCoordinator:
                 log.warning("cancel of %s on %s failed: %s", task_id, node_id, exc)
 
         await asyncio.gather(*(cancel_one(t, n) for t, n in tasks))
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def _source_ids(self, job):
+        return [t.task_id for op_id, op in job.job_graph.operators.items() if _operator_type(op) == "source"
+                for t in job.exec_graph.operator_tasks(op_id)]
+
+    def _task_attempts(self, job):
+        return {tid: t.attempt for tid, t in job.exec_graph.tasks.items()}
+
+    def _start_checkpointing(self, job):
+        """Create the job's CheckpointCoordinator (once) and its periodic trigger."""
+        if job.checkpoints is None:
+            attempts = self._task_attempts(job)
+            sources = {tid: attempts[tid] for tid in self._source_ids(job)}
+            if not sources:
+                return
+            timeout = float(job.job_graph.config.get("checkpoint_timeout_s") or self.config.checkpoint_timeout_s)
+            job.checkpoints = CheckpointCoordinator(job.job_id, attempts, sources, timeout_s=timeout,
+                                                    clock=self.clock)
+        interval = job.job_graph.checkpoint_interval_ms
+        if interval and job.checkpoint_loop is None:
+            job.checkpoint_loop = self._spawn(self._checkpoint_loop(job, interval / 1000.0))
+
+    async def _checkpoint_loop(self, job, interval):
+        while not job.terminal:
+            await asyncio.sleep(interval)
+            if job.state != JobState.RUNNING or job.checkpoints is None:
+                continue
+            for cid in job.checkpoints.check_timeouts():
+                self._spawn(self._discard_checkpoint(job, cid))
+            if not job.checkpoints.can_trigger() or self._finished_sources(job):
+                continue  # one in progress, or a bounded job's input is over: no barrier can follow
+            try:
+                await self._trigger(job)
+            except Conflict as exc:
+                log.debug("job %s: periodic checkpoint skipped: %s", job.job_id, exc)
+            except Exception:
+                log.exception("job %s: triggering a checkpoint failed", job.job_id)
+
+    def _finished_sources(self, job):
+        return [tid for tid in self._source_ids(job)
+                if _task_state_name(job.exec_graph.tasks[tid]) == "FINISHED"]
+
+    async def trigger_checkpoint(self, job_id):
+        """Start a checkpoint of a RUNNING job now; return its id (it completes asynchronously,
+        see :meth:`checkpoints_view`).
+
+        Raises:
+            NotFound: unknown job.
+            Conflict: the job is not RUNNING, a source already reached the end of its
+                input, or a checkpoint is still in progress.
+        """
+        return await self._trigger(self.get_job(job_id))
+
+    async def _trigger(self, job):
+        if job.state != JobState.RUNNING or job.checkpoints is None:
+            raise Conflict(f"job {job.job_id} is {job.state.value}; checkpoints are taken while it is RUNNING")
+        done = self._finished_sources(job)
+        if done:
+            raise Conflict(f"job {job.job_id}: source task(s) {done} reached the end of their input; "
+                           "a checkpoint barrier can no longer pass them")
+        cc = job.checkpoints
+        for cid in cc.check_timeouts():
+            self._spawn(self._discard_checkpoint(job, cid))
+        if not cc.can_trigger():
+            (pending,) = cc.pending.values()
+            raise Conflict(f"job {job.job_id}: checkpoint {pending.checkpoint_id} is in progress "
+                           f"({len(pending.acks)}/{len(pending.expected)} acks); one checkpoint at a time")
+        pending = cc.trigger()
+        timestamp_ms = int(time.time() * 1000)
+        for task_id, attempt in pending.source_tasks.items():
+            node_id = job.task_node.get(task_id)
+            ws = self._sockets.get(node_id)
+            try:
+                if ws is None or ws.closed:
+                    raise ConnectionError(f"worker {node_id} is not connected")
+                await ws.send_json(protocol.trigger_checkpoint_message(
+                    job.job_id, task_id, attempt, pending.checkpoint_id, timestamp_ms))
+            except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+                if cc.abort(pending.checkpoint_id, f"cannot send the trigger to source {task_id}: {exc}"):
+                    self._spawn(self._discard_checkpoint(job, pending.checkpoint_id))
+                break
+        return pending.checkpoint_id
+
+    def on_checkpoint_message(self, node_id, message):
+        """Apply a task's checkpoint ack/decline (stale attempts and unknown jobs are dropped)."""
+        job = self.jobs.get(message.get("job_id"))
+        if job is None or job.checkpoints is None or job.terminal:
+            log.debug("checkpoint message for job %r dropped", message.get("job_id"))
+            return
+        task_id = message.get("task_id")
+        checkpoint_id = message.get("checkpoint_id")
+        attempt = message.get("attempt")
+        if job.task_node.get(task_id) != node_id:
+            log.debug("checkpoint message of task %r from worker %s, which does not host it: dropped",
+                      task_id, node_id)
+            return
+        cc = job.checkpoints
+        if message.get("type") == "checkpoint_ack":
+            try:
+                record = cc.acknowledge(checkpoint_id, task_id, attempt, message.get("stats"))
+            except InvalidCheckpointAck as exc:
+                log.error("job %s: %s", job.job_id, exc)
+                if cc.abort(checkpoint_id, str(exc)):
+                    self._spawn(self._discard_checkpoint(job, checkpoint_id))
+                return
+            if record is not None:
+                commit = self._spawn(self._commit_checkpoint(job, record))
+                job.commits.add(commit)
+                commit.add_done_callback(job.commits.discard)
+        elif message.get("type") == "checkpoint_declined":
+            if cc.decline(checkpoint_id, task_id, attempt, message.get("reason") or "no reason given"):
+                self._spawn(self._discard_checkpoint(job, checkpoint_id))
+        else:
+            log.warning("worker %s sent an unknown checkpoint message type %r", node_id, message.get("type"))
+
+    def _checkpoint_metadata(self, job):
+        return {
+            "job_name": job.job_graph.job_name,
+            "operators": {
+                op_id: {"name": op.name, "operator_type": _operator_type(op),
+                        "parallelism": len(job.exec_graph.operator_tasks(op_id)),
+                        "max_parallelism": op.max_parallelism}
+                for op_id, op in job.job_graph.operators.items()
+            },
+        }
+
+    async def _commit_checkpoint(self, job, record):
+        cid = record.checkpoint_id
+        try:
+            completed = await asyncio.to_thread(job.storage.commit, job.job_id, cid,
+                                                self._checkpoint_metadata(job), handles=record.handles)
+        except Exception as exc:
+            log.error("job %s: committing checkpoint %d failed: %s", job.job_id, cid, exc)
+            job.checkpoints.fail_completed(cid, f"commit failed: {type(exc).__name__}: {exc}")
+            await self._discard_checkpoint(job, cid)
+            return
+        job.latest_checkpoint = {"checkpoint_id": cid, "path": completed.path, "size_bytes": completed.size_bytes,
+                                 "timestamp": completed.timestamp}
+        message = protocol.checkpoint_complete_message(job.job_id, cid)
+        for node_id in set(job.task_node.values()):
+            ws = self._sockets.get(node_id)
+            if ws is None or ws.closed:
+                continue  # its tasks restart from this checkpoint, which commits their pending output
+            try:
+                await ws.send_json(message)
+            except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+                log.warning("job %s: telling worker %s that checkpoint %d completed failed: %s",
+                            job.job_id, node_id, cid, exc)
+
+    async def _discard_checkpoint(self, job, checkpoint_id):
+        try:
+            await asyncio.to_thread(job.storage.discard, job.job_id, checkpoint_id)
+        except Exception as exc:  # a late writer, or already committed: leave it
+            log.debug("job %s: discarding checkpoint %s: %s", job.job_id, checkpoint_id, exc)
+
+    def _checkpoint_summary(self, job):
+        cc = job.checkpoints
+        counts = cc.counts if cc is not None else None
+        if counts is not None:
+            counts = {k: v for k, v in counts.items() if k != "dropped_by_reason"}
+        return {"interval_ms": job.job_graph.checkpoint_interval_ms, "counts": counts,
+                "latest_completed": job.latest_checkpoint}
+
+    def checkpoints_view(self, job_id):
+        """``GET /jobs/{job_id}/checkpoints``: the job's checkpoint history and settings."""
+        job = self.get_job(job_id)
+        cc = job.checkpoints
+        return {
+            "job_id": job.job_id,
+            "state": job.state.value,
+            "storage": job.storage.uri if job.storage is not None else None,
+            "interval_ms": job.job_graph.checkpoint_interval_ms,
+            "timeout_s": cc.timeout_s if cc is not None else None,
+            "counts": cc.counts if cc is not None else None,
+            "history": cc.history() if cc is not None else [],
+            "latest_completed": job.latest_checkpoint,
+            "restored_from": job.restored_from,
+            "skipped": list(job.skipped_checkpoints),
+        }
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def _regions_of(self, job, task_ids):
+        """Operator ids of the pipelined regions holding ``task_ids``."""
+        ops = {job.exec_graph.tasks[t].operator_id for t in task_ids if t in job.exec_graph.tasks}
+        wanted = []
+        for region in job.exec_graph.pipelined_regions():
+            if ops.intersection(region):
+                wanted.extend(region)
+        return wanted or list(job.job_graph.operators)
+
+    def _handle_failure(self, job, message, task_ids=(), traceback=None):
+        """A task failed or its worker was lost: restart its region, or fail the job."""
+        if job.terminal or job.state in (JobState.CANCELING, JobState.WAITING_FOR_SLOTS):
+            return
+        task_ids = list(task_ids)
+        first = task_ids[0] if task_ids else None
+        job.last_failure = {"error": message, "task_id": first, "traceback": traceback, "time": time.time()}
+        if job.state == JobState.RESTARTING:
+            if not set(task_ids) - job.restarting_tasks:
+                return  # a task of the region being restarted: expected
+            log.warning("%s (while restarting; the restart is redone)", message)
+        job.failures += 1
+        delay = job.restart_strategy.next_delay(job.failures) if job.restart_strategy else None
+        if delay is None:
+            strategy = job.restart_strategy.to_dict() if job.restart_strategy else None
+            self._fail_job(job, f"{message} (restart strategy {strategy} exhausted after {job.restarts} "
+                                f"restart(s))", traceback=traceback, task_id=first)
+            return
+        ops = self._regions_of(job, task_ids)
+        previous = job.restart_task
+        if previous is not None and not previous.done():
+            previous.cancel()
+            ops = list(dict.fromkeys(ops + [t.operator_id for t in job.exec_graph.tasks.values()
+                                            if t.task_id in job.restarting_tasks]))
+        job.state = JobState.RESTARTING
+        job.restarting_tasks = {t.task_id for op in ops for t in job.exec_graph.operator_tasks(op)}
+        if job.checkpoints is not None:
+            for cid in job.checkpoints.abort_all(f"task failure: {message}"):
+                self._spawn(self._discard_checkpoint(job, cid))
+        log.warning("%s; restarting %d task(s) in %.3f s (failure %d, restart strategy %s)", message,
+                    len(job.restarting_tasks), delay, job.failures, job.restart_strategy.to_dict())
+        job.restart_task = self._spawn(self._restart(job, ops, delay, message, previous))
+
+    def _latest_checkpoint(self, job):
+        """Newest valid completed checkpoint (corrupt ones skipped, reasons kept), or None."""
+        latest = job.storage.latest(job.job_id)
+        skipped = [dataclasses.asdict(s) for s in job.storage.skipped]
+        return latest, skipped
+
+    async def _restart(self, job, ops, delay, cause, previous=None):
+        started = self.clock()
+        ids = {t.task_id for op in ops for t in job.exec_graph.operator_tasks(op)}
+        try:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            await job.deployed.wait()  # never race the first deployment
+            survivors = [(tid, nid) for tid, nid in job.task_node.items()
+                         if tid in ids and nid in self.nodes
+                         and _task_state_name(job.exec_graph.tasks[tid]) not in TERMINAL_TASK_STATES]
+            await self._cancel_on_workers(job, survivors)
+            for tid in ids:
+                task = job.exec_graph.tasks[tid]
+                if _task_state_name(task) not in TERMINAL_TASK_STATES:
+                    self._advance(task, "CANCELED")
+            await asyncio.sleep(delay)
+            if job.commits:
+                await asyncio.gather(*list(job.commits), return_exceptions=True)
+            checkpoint, skipped = await asyncio.to_thread(self._latest_checkpoint, job)
+            job.skipped_checkpoints = skipped
+            tasks = [job.exec_graph.tasks[tid] for tid in ids]
+            for task in tasks:
+                slot = job.slots.get(task.task_id)
+                if _task_state_name(task) == "FINISHED":
+                    # a finished task of the region must run again from the checkpoint too;
+                    # the task state machine has no FINISHED -> CREATED move (a restart of
+                    # a finished task exists only for region restarts), so pass CANCELED
+                    from sabot.execution.execution_graph import TaskState
+
+                    task.state = TaskState.CANCELED
+                task.transition("CREATED")
+                job.task_status.pop(task.task_id, None)
+                if slot is not None and job.task_node.get(task.task_id) in self.nodes:
+                    task.slot_id, task.node_id = slot.slot_id, slot.node_id
+                    self._advance(task, "SCHEDULED")
+                else:
+                    job.slots.pop(task.task_id, None)
+                    job.task_node.pop(task.task_id, None)
+            homeless = [t for t in tasks if t.task_id not in job.task_node]
+            await self._allocate_for_restart(job, homeless)
+            restore = None
+            if checkpoint is not None:
+                restore = {"storage": job.storage.uri, "checkpoint": checkpoint.to_dict(), "assignment": None}
+            elif job.initial_restore is not None:
+                restore = job.initial_restore  # nothing newer than what the job was submitted from
+            locations = {tid: self.nodes[nid].data_address for tid, nid in job.task_node.items() if nid in self.nodes}
+            tdds = build_deployment_descriptors(job.exec_graph, job.job_id, locations, restore=restore,
+                                                checkpoint=job.checkpoint_spec)
+            per_node = collections.defaultdict(list)
+            for tid in ids:
+                per_node[job.task_node[tid]].append(tdds[tid])
+                self._advance(job.exec_graph.tasks[tid], "DEPLOYING")
+            job.restarts += 1
+            job.restarting_tasks = set()
+            job.state = JobState.RUNNING
+            if job.started_at is None:
+                job.started_at = self.clock()
+            self._start_checkpointing(job)
+            if checkpoint is not None:
+                job.restored_from = {"job_id": job.job_id, "checkpoint_id": checkpoint.checkpoint_id,
+                                     "path": checkpoint.path, "at": time.time()}
+            entry = {"restart": job.restarts, "cause": cause, "tasks": len(ids),
+                     "checkpoint_id": checkpoint.checkpoint_id if checkpoint is not None else None,
+                     "skipped_checkpoints": [s["reason"] for s in skipped],
+                     "seconds": None, "time": time.time()}
+            job.restart_history.append(entry)
+            if job.checkpoints is not None:
+                attempts = self._task_attempts(job)
+                job.checkpoints.update_tasks(attempts, {t: attempts[t] for t in self._source_ids(job)},
+                                             reason="the job restarted")
+            results = await asyncio.gather(*(self._post_deploy(n, batch) for n, batch in per_node.items()),
+                                           return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            entry["seconds"] = round(self.clock() - started, 4)
+            if errors:
+                self._handle_failure(job, f"job {job.job_id}: redeploying after a failure failed: {errors[0]}",
+                                     task_ids=list(ids))
+                return
+            log.info("job %s restarted %d task(s) from %s in %.3f s (restart %d)", job.job_id, len(ids),
+                     f"checkpoint {checkpoint.checkpoint_id}" if checkpoint is not None else "the beginning",
+                     entry["seconds"], job.restarts)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("restarting job %s failed", job.job_id)
+            if not job.terminal:
+                self._fail_job(job, f"{cause}; restarting failed: {type(exc).__name__}: {exc}")
+
+    async def _allocate_for_restart(self, job, tasks):
+        """Give ``tasks`` free slots on live workers, waiting for a worker to join if needed."""
+        if not tasks:
+            return
+        wait = self.config.restart_slot_wait_s
+        if wait is None:
+            wait = self.config.slot_wait_timeout_s
+        deadline = self.clock() + wait
+        while True:
+            if self._place(job, tasks):
+                return
+            if self.clock() > deadline:
+                raise SlotsExhausted(
+                    f"no free slots for {len(tasks)} task(s) of job {job.job_id} within {wait:g} s "
+                    f"(cluster: {self.slot_pool.free_slots} free of {self.slot_pool.total_slots} slots on "
+                    f"{len(self.nodes)} workers)")
+            await asyncio.sleep(0.02)
+
+    def _place(self, job, tasks):
+        """All-or-nothing slot requests for ``tasks`` (subtask i prefers the i-th freest worker)."""
+        fitting = self._fitting_nodes(job)
+        free = {n.node_id: self.slot_pool.get_free_slots(n.node_id) for n in fitting}
+        if not free:
+            return False
+        plan = []
+        for _ in range(len(tasks)):
+            node_id = max(free, key=lambda n: free[n])
+            plan.append(node_id)
+            free[node_id] -= 1
+        taken = []
+        for task in tasks:
+            op = job.job_graph.operators[task.operator_id]
+            group = getattr(op, "sharing_group", None)
+            request = SlotRequest(
+                task_id=task.task_id, operator_id=task.operator_id,
+                cpu_cores=float(op.cpu_cores or 0), memory_mb=int(op.memory_mb or 0),
+                sharing_group=f"{job.job_id}/{group}" if group else job.job_id,
+                preferred_node=plan[task.subtask_index % len(plan)],
+            )
+            try:
+                slot = self.slot_pool.request_slot(request)
+            except (SlotRequestTooLarge, ValueError):
+                slot = None
+            if slot is None:
+                self.slot_pool.cancel_request(task.task_id)
+                for tid in taken:
+                    self._release_task_slot(job, tid)
+                    job.task_node.pop(tid, None)
+                return False
+            taken.append(task.task_id)
+            job.slots[task.task_id] = slot
+            job.task_node[task.task_id] = slot.node_id
+            task.slot_id, task.node_id = slot.slot_id, slot.node_id
+            self.nodes[slot.node_id].task_ids.add(task.task_id)
+            self._advance(task, "SCHEDULED")
+        return True
+
+    # -- restore at submit -----------------------------------------------------------------
+
+    async def _resolve_restore(self, job, restore_from):
+        """(restore spec for the TDDs, restored_from info) of ``restore_from`` for ``job``."""
+        if not isinstance(restore_from, str) or not restore_from:
+            raise BadRequest(f"restore_from must be a job id or a checkpoint path, got {restore_from!r}")
+        old = self.jobs.get(restore_from)
+        if old is not None:
+            if old.storage is None:
+                raise Conflict(f"job {restore_from} has no checkpoint storage")
+            storage, old_job_id, wanted = old.storage, old.job_id, None
+        else:
+            path = restore_from.rstrip("/")
+            base = path.rsplit("/", 1)[-1]
+            if base.startswith("chk-") and base[4:].isdigit():
+                wanted = int(base[4:])
+                path = path.rsplit("/", 1)[0]
+            else:
+                wanted = None
+            if "/" not in path:
+                raise NotFound(f"restore_from {restore_from!r} is neither a job of this coordinator "
+                               f"(known: {sorted(self.jobs)[-10:]}) nor a checkpoint directory")
+            root, old_job_id = path.rsplit("/", 1)
+            if "://" not in root and not os.path.isdir(path):
+                raise NotFound(f"restore_from {restore_from!r}: no checkpoint directory {path}")
+            storage = await asyncio.to_thread(CheckpointStorage, root)
+        found = await asyncio.to_thread(storage.list_completed, old_job_id)
+        skipped = [dataclasses.asdict(s) for s in storage.skipped]
+        if wanted is not None:
+            found = [c for c in found if c.checkpoint_id == wanted]
+            if not found:
+                reasons = [s["reason"] for s in skipped if s["checkpoint_id"] == wanted]
+                raise NotFound(f"restore_from {restore_from!r}: checkpoint {wanted} of job {old_job_id} is not a "
+                               f"valid completed checkpoint" + (f" ({reasons[0]})" if reasons else ""))
+        if not found:
+            raise Conflict(f"restore_from {restore_from!r}: job {old_job_id} has no completed checkpoint in "
+                           f"{storage.uri}" + (f"; skipped: {[s['reason'] for s in skipped]}" if skipped else ""))
+        checkpoint = found[0]
+        job.skipped_checkpoints = skipped
+        checkpoint = self._map_checkpoint(job, checkpoint)
+        spec = {"storage": storage.uri, "checkpoint": checkpoint.to_dict(), "assignment": None}
+        info = {"job_id": old_job_id, "checkpoint_id": checkpoint.checkpoint_id, "path": checkpoint.path,
+                "at": time.time()}
+        log.info("job %s starts from checkpoint %d of job %s (%s)", job.job_id, checkpoint.checkpoint_id,
+                 old_job_id, checkpoint.path)
+        return spec, info
+
+    def _map_checkpoint(self, job, checkpoint):
+        """Rename the checkpoint's operator ids to ``job``'s and check the parallelism rules."""
+        old_ops = (checkpoint.metadata or {}).get("operators") or {}
+        new_ops = job.job_graph.operators
+        by_name = collections.defaultdict(list)
+        for op_id, op in new_ops.items():
+            by_name[op.name].append(op_id)
+        rename = {}
+        for old_id in checkpoint.operator_ids():
+            if old_id in new_ops:
+                rename[old_id] = old_id
+                continue
+            name = (old_ops.get(old_id) or {}).get("name")
+            matches = by_name.get(name, [])
+            if len(matches) != 1:
+                raise BadRequest(
+                    f"restore: checkpoint {checkpoint.checkpoint_id} holds state of operator {old_id!r} "
+                    f"(name {name!r}), which matches {len(matches)} operators of the new job "
+                    f"(ids {sorted(new_ops)}); keep operator ids or unique names")
+            rename[old_id] = matches[0]
+        for old_id, new_id in rename.items():
+            op = new_ops[new_id]
+            new_par = len(job.exec_graph.operator_tasks(new_id))
+            keyed = checkpoint.keyed_handles(old_id)
+            operator_state = checkpoint.operator_handles(old_id)
+            old_meta = old_ops.get(old_id) or {}
+            old_par = old_meta.get("parallelism")
+            if old_par is None and operator_state:
+                old_par = max(h["subtask_index"] for h in operator_state) + 1
+            if keyed and keyed[0]["max_parallelism"] != op.max_parallelism:
+                raise BadRequest(
+                    f"restore: operator {op.name!r} has max_parallelism {op.max_parallelism} but its keyed state "
+                    f"in checkpoint {checkpoint.checkpoint_id} was cut into {keyed[0]['max_parallelism']} key "
+                    f"groups; keep max_parallelism")
+            if operator_state and old_par is not None and old_par != new_par:
+                kind = _operator_type(op)
+                raise BadRequest(
+                    f"restore: operator {op.name!r} ({kind}) ran at parallelism {old_par} in checkpoint "
+                    f"{checkpoint.checkpoint_id} and keeps per-subtask state (source offsets, sink files), "
+                    f"so it must keep that parallelism; the new job asks for {new_par}. Only keyed operators "
+                    f"can change parallelism on restore")
+        if all(k == v for k, v in rename.items()):
+            return checkpoint
+        handles = [dict(h, operator_id=rename.get(h["operator_id"], h["operator_id"])) for h in checkpoint.handles]
+        return CompletedCheckpoint(job_id=checkpoint.job_id, checkpoint_id=checkpoint.checkpoint_id,
+                                   path=checkpoint.path, timestamp=checkpoint.timestamp,
+                                   metadata=checkpoint.metadata, size_bytes=checkpoint.size_bytes, handles=handles)
 
     def get_job(self, job_id):
         job = self.jobs.get(job_id)
@@ -813,6 +1432,10 @@ class ClusterCoordinator:
             job.state = JobState.CANCELING
             await job.deployed.wait()
         job.state = JobState.CANCELING
+        restart = job.restart_task
+        if restart is not None and not restart.done():
+            restart.cancel()
+            await asyncio.gather(restart, return_exceptions=True)
         running = [(tid, nid) for tid, nid in job.task_node.items()
                    if _task_state_name(job.exec_graph.tasks[tid]) not in TERMINAL_TASK_STATES]
         await self._cancel_on_workers(job, running)
@@ -937,6 +1560,12 @@ class ClusterCoordinator:
             })
         info["operators"] = operators
         info["tasks"] = tasks
+        info["restarts"] = job.restarts
+        info["restart_strategy"] = job.restart_strategy.to_dict() if job.restart_strategy else None
+        info["last_failure"] = job.last_failure
+        info["restart_history"] = job.restart_history[-20:]
+        info["restored_from"] = job.restored_from
+        info["checkpoints"] = self._checkpoint_summary(job)
         info["metrics"] = _jsonable(job.exec_graph.get_metrics_summary())
         return info
 

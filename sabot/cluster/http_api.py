@@ -208,7 +208,15 @@ def _routes(c):
 
     async def submit(request):
         body = await read_json(request, "job submission")
-        job_id = await c.submit_stream_job(body)
+        restore_from = request.query.get("restore_from")
+        if isinstance(body, dict) and "job_graph" in body and "operators" not in body:
+            unknown = sorted(set(body) - {"job_graph", "restore_from"})
+            if unknown:
+                raise BadRequest(f"job submission: unknown field(s) {unknown}; expected 'job_graph' and "
+                                 "optionally 'restore_from' (or a plain JobGraph.to_dict())")
+            restore_from = body.get("restore_from") or restore_from
+            body = body["job_graph"]
+        job_id = await c.submit_stream_job(body, restore_from=restore_from)
         job = c.jobs[job_id]
         return web.json_response({"job_id": job_id, "state": job.state.value, "failure": job.failure}, status=201)
 
@@ -221,6 +229,15 @@ def _routes(c):
     async def cancel(request):
         state = await c.cancel_job(request.match_info["job_id"])
         return web.json_response({"job_id": request.match_info["job_id"], "state": state})
+
+    async def trigger_checkpoint(request):
+        checkpoint_id = await c.trigger_checkpoint(request.match_info["job_id"])
+        return web.json_response({"job_id": request.match_info["job_id"], "checkpoint_id": checkpoint_id},
+                                 status=202)
+
+    async def checkpoints(request):
+        return web.json_response(json.loads(json.dumps(c.checkpoints_view(request.match_info["job_id"]),
+                                                       default=str)))
 
     async def result(request):
         res = await c.job_result(request.match_info["job_id"])
@@ -264,15 +281,26 @@ def _routes(c):
         ("GET", "/overview", overview, "Cluster overview: workers, slots, jobs by state", [], None, {"200": "overview"}),
         ("GET", "/nodes", nodes, "Registered workers (and recently lost ones)", [], None, {"200": "nodes"}),
         ("GET", "/slots", slots, "Slot pool status and every slot", [], None, {"200": "slot pool status"}),
-        ("POST", "/jobs/submit", submit, "Submit a job (body: JobGraph.to_dict())", [],
-         {"type": "object", "description": "JobGraph.to_dict()", "required": ["operators"]},
+        ("POST", "/jobs/submit", submit, "Submit a job (body: JobGraph.to_dict(), or {\"job_graph\": ..., "
+         "\"restore_from\": job id or checkpoint path} to start from a checkpoint)",
+         [{"name": "restore_from", "in": "query", "required": False, "schema": {"type": "string"},
+           "description": "start from the latest checkpoint of this job id, or from this checkpoint directory"}],
+         {"type": "object", "description": "JobGraph.to_dict(), or {job_graph, restore_from}"},
          {"201": "accepted: job id and state", "400": "malformed JSON, not a job graph, invalid graph, "
-          "unimportable function or a job larger than the cluster"}),
+          "unimportable function, a job larger than the cluster, or a checkpoint that does not fit the job",
+          "404": "restore_from names no job and no checkpoint", "409": "restore_from job has no checkpoint"}),
         ("GET", "/jobs", list_jobs, "All jobs with their states", [], None, {"200": "jobs"}),
         ("GET", "/jobs/{job_id}", get_job, "A job: state, operators with parallelism and rates, tasks "
          "with state/node/slot/metrics, metrics summary", [_JOB_ID], None, job_ok),
         ("POST", "/jobs/{job_id}/cancel", cancel, "Cancel a job; frees its slots", [_JOB_ID], None,
          {"200": "canceled", "404": "unknown job", "409": "the job already ended"}),
+        ("POST", "/jobs/{job_id}/checkpoints", trigger_checkpoint, "Trigger a checkpoint now; returns its id "
+         "(it completes asynchronously: see GET)", [_JOB_ID], None,
+         {"202": "triggered: checkpoint id", "404": "unknown job",
+          "409": "the job is not RUNNING, its input ended, or a checkpoint is in progress"}),
+        ("GET", "/jobs/{job_id}/checkpoints", checkpoints, "Checkpoint history (id, state, trigger time, "
+         "duration, size, alignment), counts, latest completed, restored-from and skipped corrupt "
+         "checkpoints", [_JOB_ID], None, {"200": "checkpoints", "404": "unknown job"}),
         ("GET", "/jobs/{job_id}/result", result, "Result of a finished job: sink summaries and collected "
          "table shapes", [_JOB_ID], None,
          {"200": "result", "404": "unknown job", "409": "job not finished, failed or canceled"}),

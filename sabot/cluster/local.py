@@ -328,6 +328,21 @@ class LocalCluster:
         self.wait(job_id, timeout)
         return self.result(job_id)
 
+    def submit_restored(self, job, restore_from):
+        """Submit a job starting from a checkpoint (an earlier job id or a checkpoint path)."""
+        return self.call(self.coordinator.submit_stream_job(job, restore_from=restore_from))
+
+    def trigger_checkpoint(self, job_id):
+        """Trigger a checkpoint of a running job now; return its id."""
+        return self.call(self.coordinator.trigger_checkpoint(job_id))
+
+    def checkpoints(self, job_id):
+        """The job's checkpoint history (the GET /jobs/{id}/checkpoints document)."""
+        async def view():
+            return self.coordinator.checkpoints_view(job_id)
+
+        return self.call(view())
+
     async def submit_async(self, job):
         return await self.call_async(self.coordinator.submit_stream_job(job))
 

@@ -13,10 +13,19 @@ A worker joins in two steps:
    - ``{"type": "task_update", "update": {...}}`` with the task status dict the
      runtime's TaskManager reports (task_id, job_id, attempt, state, error,
      traceback, metrics, summary, total_rows);
+   - ``{"type": "checkpoint", "message": {...}}`` with a task's checkpoint
+     acknowledgement or decline (``type`` ``checkpoint_ack`` / ``checkpoint_declined``,
+     job_id, task_id, attempt, checkpoint_id, stats, reason);
    - ``{"type": "goodbye"}`` before a clean shutdown.
 
    The coordinator sends ``{"type": "heartbeat_ack"}`` back for each heartbeat
-   (so the worker notices a hung coordinator too).
+   (so the worker notices a hung coordinator too), and over the same socket:
+
+   - ``{"type": "trigger_checkpoint", "job_id", "task_id", "attempt", "checkpoint_id",
+     "timestamp_ms"}``: the source task injects that barrier (a task that is not
+     there, or has another attempt, declines);
+   - ``{"type": "checkpoint_complete", "job_id", "checkpoint_id"}``: the checkpoint is
+     committed; the job's tasks here publish what it covers (two-phase-commit sinks).
 
 Control calls go the other way over plain HTTP to the worker's own server:
 ``POST /tasks/deploy`` (body: a task deployment descriptor), ``POST
@@ -82,6 +91,12 @@ HEARTBEAT = "heartbeat"
 HEARTBEAT_ACK = "heartbeat_ack"
 TASK_UPDATE = "task_update"
 GOODBYE = "goodbye"
+#: worker -> coordinator: a task's checkpoint ack or decline (``{"type", "message": {...}}``)
+CHECKPOINT = "checkpoint"
+#: coordinator -> worker: a source task injects barrier ``checkpoint_id``
+TRIGGER_CHECKPOINT = "trigger_checkpoint"
+#: coordinator -> worker: checkpoint ``checkpoint_id`` of ``job_id`` is committed (sinks publish)
+CHECKPOINT_COMPLETE = "checkpoint_complete"
 
 TOKEN_ENV = "SABOT_TOKEN"
 
@@ -242,3 +257,16 @@ def heartbeat_message(sent_at):
 
 def task_update_message(update):
     return {"type": TASK_UPDATE, "update": update}
+
+
+def checkpoint_message(message):
+    return {"type": CHECKPOINT, "message": message}
+
+
+def trigger_checkpoint_message(job_id, task_id, attempt, checkpoint_id, timestamp_ms):
+    return {"type": TRIGGER_CHECKPOINT, "job_id": job_id, "task_id": task_id, "attempt": attempt,
+            "checkpoint_id": checkpoint_id, "timestamp_ms": timestamp_ms}
+
+
+def checkpoint_complete_message(job_id, checkpoint_id):
+    return {"type": CHECKPOINT_COMPLETE, "job_id": job_id, "checkpoint_id": checkpoint_id}

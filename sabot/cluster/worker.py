@@ -7,6 +7,8 @@ channels from other workers connect there) and a small aiohttp control server:
   them (the coordinator sends one list per worker). Operator code is imported
   here; a reference that cannot be imported is a 400 naming it, and the tasks of
   that request that were already started are canceled again.
+- ``POST /jobs/{job_id}/finished``: every task of the job finished; its sinks
+  publish the output that end of input left staged (answers once they have).
 - ``POST /tasks/{task_id}/cancel``, ``GET /tasks`` (every task with its state and
   metrics; the worker's pid and node id), ``GET /tasks/{task_id}/result`` (the
   table a collect sink gathered, as an Arrow IPC stream; 204 if none), ``GET /health``.
@@ -110,7 +112,8 @@ class Worker:
         self._outbox = asyncio.Queue()
         self.data_server = DataServer(host=self.host)
         await self.data_server.start(self.data_port)
-        self.task_manager = TaskManager(self.data_server, on_update=self._on_task_update, threads=self.threads)
+        self.task_manager = TaskManager(self.data_server, on_update=self._on_task_update, threads=self.threads,
+                                        on_checkpoint=self._on_checkpoint)
         app = web.Application(middlewares=[error_middleware, auth_middleware(self.token)],
                               client_max_size=256 * 1024 * 1024)
         app.router.add_get("/health", self._health)
@@ -118,6 +121,7 @@ class Worker:
         app.router.add_get("/tasks", self._list_tasks)
         app.router.add_post("/tasks/{task_id}/cancel", self._cancel)
         app.router.add_get("/tasks/{task_id}/result", self._result)
+        app.router.add_post("/jobs/{job_id}/finished", self._job_finished)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -175,6 +179,38 @@ class Worker:
         if self._outbox is not None and not self._closed.is_set():
             self._outbox.put_nowait(protocol.task_update_message(status))
 
+    def _on_checkpoint(self, message):
+        if self._outbox is not None and not self._closed.is_set():
+            self._outbox.put_nowait(protocol.checkpoint_message(message))
+
+    def _decline(self, message, reason):
+        self._on_checkpoint({
+            "type": "checkpoint_declined", "job_id": message.get("job_id"), "task_id": message.get("task_id"),
+            "attempt": message.get("attempt"), "checkpoint_id": message.get("checkpoint_id"),
+            "stats": None, "reason": reason,
+        })
+
+    def _on_coordinator_message(self, message):
+        """Handle a checkpoint trigger or completion sent over the WebSocket."""
+        kind = message.get("type")
+        if kind == protocol.TRIGGER_CHECKPOINT:
+            task_id = message.get("task_id")
+            task = self.task_manager.tasks.get(task_id)
+            if task is None or task.attempt != message.get("attempt"):
+                have = "no such task" if task is None else f"attempt {task.attempt} runs here"
+                self._decline(message, f"worker {self.node_id}: task {task_id!r} attempt "
+                                       f"{message.get('attempt')} is not here ({have})")
+                return
+            try:
+                self.task_manager.trigger_checkpoint(task_id, message["checkpoint_id"],
+                                                     message.get("timestamp_ms") or 0)
+            except (KeyError, ValueError) as exc:
+                self._decline(message, f"worker {self.node_id}: {exc}")
+        elif kind == protocol.CHECKPOINT_COMPLETE:
+            self.task_manager.notify_checkpoint_complete(message["job_id"], message["checkpoint_id"])
+        elif kind != protocol.HEARTBEAT_ACK:
+            log.warning("worker %s: unknown message type %r from the coordinator", self.node_id, kind)
+
     async def _send_loop(self):
         try:
             next_beat = 0.0
@@ -212,6 +248,17 @@ class Worker:
                 if msg.type == aiohttp.WSMsgType.ERROR:
                     reason = f"the connection to the coordinator failed: {self._ws.exception()}"
                     break
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    try:
+                        message = json.loads(msg.data)
+                    except ValueError:
+                        log.warning("worker %s: malformed message from the coordinator: %.200s",
+                                    self.node_id, msg.data)
+                        continue
+                    try:
+                        self._on_coordinator_message(message)
+                    except Exception:  # one bad message must not drop the connection
+                        log.exception("worker %s: handling %r failed", self.node_id, message.get("type"))
         finally:
             self._close(reason)
 
@@ -328,6 +375,12 @@ class Worker:
                 if not attempt.done():
                     attempt.cancel()
         return task.state
+
+    async def _job_finished(self, request):
+        """Every task of the job finished: two-phase-commit sinks publish what end of input staged."""
+        job_id = request.match_info["job_id"]
+        await self.task_manager.notify_job_finished(job_id)
+        return web.json_response({"job_id": job_id, "node_id": self.node_id})
 
     async def _list_tasks(self, request):
         tasks = json.loads(json.dumps(self.task_manager.list_tasks(), default=str))

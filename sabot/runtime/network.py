@@ -262,14 +262,17 @@ class ReceiverProtocol(_FrameProtocol):
         try:
             self._write_frame(ERROR, message.encode("utf-8")[: _SMALL_FRAME_LIMIT])
         finally:
-            if transport.can_write_eof():
-                transport.write_eof()
-                self._eof_sent = True
-                self._abort_timer = self._loop.call_later(
-                    REFUSE_LINGER_SECONDS, transport.abort
-                )
-            else:
-                transport.close()
+            try:
+                if transport.can_write_eof():
+                    transport.write_eof()
+                    self._eof_sent = True
+                    self._abort_timer = self._loop.call_later(
+                        REFUSE_LINGER_SECONDS, transport.abort
+                    )
+                else:
+                    transport.close()
+            except OSError:  # the peer is already gone (e.g. ENOTCONN): nothing left to tell it
+                transport.abort()
 
     # -- InputChannel sender interface ------------------------------------------------
 
@@ -415,8 +418,9 @@ class NetworkOutputChannel(OutputChannel):
             else:
                 transport.close()
         try:
-            await asyncio.wait_for(asyncio.shield(protocol.closed), self.close_timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.close_timeout):
+                await asyncio.shield(protocol.closed)
+        except TimeoutError:
             log.warning("channel %r: %s did not take our last frames within %.1f s; aborting",
                         self.channel_id, self.peer, self.close_timeout)
             transport.abort()
@@ -441,13 +445,15 @@ async def connect(server, channel_id, host, port, timeout=10.0):
     while True:
         remaining = deadline - loop.time()
         try:
-            transport, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: SenderProtocol(channel), host, port),
-                max(remaining, 0.001),
-            )
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel
+            # that arrives as the connection completes (Task.cancel then hangs, and the
+            # new connection leaks); asyncio.timeout re-raises it and only converts its
+            # own expiry into TimeoutError.
+            async with asyncio.timeout(max(remaining, 0.001)):
+                transport, protocol = await loop.create_connection(lambda: SenderProtocol(channel), host, port)
             break
-        except (OSError, asyncio.TimeoutError) as exc:
-            if isinstance(exc, OSError) and not _refused(exc):
+        except (OSError, TimeoutError) as exc:
+            if not isinstance(exc, TimeoutError) and not _refused(exc):
                 raise ChannelClosed(
                     f"channel {channel_id!r}: cannot connect to data server {host}:{port}: {exc}", channel_id
                 ) from exc

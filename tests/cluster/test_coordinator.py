@@ -76,10 +76,10 @@ def reference_counts(table):
     return out.select(["key", "value_count", "value_sum"])
 
 
-def unbounded_job(user_module, parallelism=2, name="endless"):
+def unbounded_job(user_module, parallelism=2, name="endless", **config):
     stream = (Stream.from_generator(f"{user_module}:slow_rows", total_rows=None, batch_size=100)
               .map(f"{user_module}:slow_identity").collect(name="out"))
-    return stream.to_job_graph(name, default_parallelism=parallelism, shippable=True)
+    return stream.to_job_graph(name, default_parallelism=parallelism, shippable=True, **config)
 
 
 # -- jobs ----------------------------------------------------------------------------------
@@ -388,7 +388,7 @@ def test_missed_heartbeats_mark_node_lost(arun):
 def test_dropped_worker_connection_is_detected_fast_and_fails_its_job(arun, user_module):
     async def body():
         async with cluster(workers=2, slots=2) as (c, workers):
-            job_id = await c.submit_stream_job(unbounded_job(user_module, 2))
+            job_id = await c.submit_stream_job(unbounded_job(user_module, 2, restart_strategy={"type": "none"}))
             await until(lambda: c.jobs[job_id].state.value == "RUNNING", what="RUNNING")
             victim = workers[1]
             # drop the connection without a goodbye, as a killed process would

@@ -35,10 +35,10 @@ def reference_counts(table):
     return out.select(["key", "value_count", "value_sum"])
 
 
-def unbounded_job(user_module, parallelism):
+def unbounded_job(user_module, parallelism, **config):
     stream = (Stream.from_generator(f"{user_module}:slow_rows", total_rows=None, batch_size=100)
               .map(f"{user_module}:slow_identity").collect(name="out"))
-    return stream.to_job_graph("endless", default_parallelism=parallelism, shippable=True)
+    return stream.to_job_graph("endless", default_parallelism=parallelism, shippable=True, **config)
 
 
 def get_json(url):
@@ -142,7 +142,7 @@ def test_second_job_while_one_runs_and_cancel_frees_slots(local_cluster, user_mo
 def test_killed_worker_is_detected_within_a_second(user_module, pid_alive):
     with LocalCluster(workers=2, slots_per_worker=1) as cluster:
         client = cluster.client()
-        job_id = cluster.submit(unbounded_job(user_module, 2))
+        job_id = cluster.submit(unbounded_job(user_module, 2, restart_strategy={"type": "none"}))
         wait_state(client, job_id, "RUNNING")
         node_ids = set(cluster.coordinator.nodes)
         start = time.monotonic()
