@@ -272,8 +272,10 @@ class ClusterCoordinator:
         self.checkpoint_root = self.config.checkpoint_dir
         restart_strategy_from_config(self.config.restart_strategy)  # refuse a bad default early
         from sabot.cluster.http_api import CoordinatorMetrics
+        from sabot.cluster.rescaling import Rescaler
 
         self.metrics = CoordinatorMetrics(self)
+        self.rescaler = Rescaler(self)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -494,6 +496,8 @@ class ClusterCoordinator:
         if job is None:
             log.debug("update for unknown job %r dropped", update.get("job_id"))
             return
+        if self.rescaler.on_task_update(job, node_id, update):
+            return  # an old task of a live rescale handing its state over
         task_id = update.get("task_id")
         task = job.exec_graph.tasks.get(task_id)
         if task is None or update.get("attempt") != task.attempt or job.task_node.get(task_id) != node_id:
@@ -819,7 +823,8 @@ class ClusterCoordinator:
         try:
             locations = {tid: self.nodes[nid].data_address for tid, nid in job.task_node.items()}
             tdds = build_deployment_descriptors(job.exec_graph, job.job_id, locations,
-                                                restore=job.initial_restore, checkpoint=job.checkpoint_spec)
+                                                restore=job.initial_restore, checkpoint=job.checkpoint_spec,
+                                                assignments=self.rescaler.assignments.get(job.job_id))
             per_node = collections.defaultdict(list)
             for task_id, tdd in tdds.items():
                 per_node[job.task_node[task_id]].append(tdd)
@@ -874,6 +879,7 @@ class ClusterCoordinator:
         if job.restart_task is not None and not job.restart_task.done() \
                 and job.restart_task is not asyncio.current_task():
             job.restart_task.cancel()
+        self.rescaler.job_ended(job)
         self._release_job_slots(job)
         job.done.set()
         log.info("job %s %s", job.job_id, state.value)
@@ -884,9 +890,9 @@ class ClusterCoordinator:
         job.failure = {"error": message, "traceback": traceback, "task_id": task_id,
                        "type": (error_type or JobFailed).__name__}
         others = [(tid, nid) for tid, nid in job.task_node.items()
-                  if tid != task_id and _task_state_name(job.exec_graph.tasks[tid]) not in TERMINAL_TASK_STATES]
+                  if tid != task_id and _task_state_name(job.exec_graph.get_task(tid)) not in TERMINAL_TASK_STATES]
         for tid, _ in others:
-            self._advance(job.exec_graph.tasks[tid], "CANCELED")
+            self._advance(job.exec_graph.get_task(tid), "CANCELED")
         for tid, task in job.exec_graph.tasks.items():
             if _task_state_name(task) not in TERMINAL_TASK_STATES and tid not in job.task_node:
                 self._advance(task, "CANCELED")
@@ -993,6 +999,8 @@ class ClusterCoordinator:
     async def _trigger(self, job):
         if job.state != JobState.RUNNING or job.checkpoints is None:
             raise Conflict(f"job {job.job_id} is {job.state.value}; checkpoints are taken while it is RUNNING")
+        if job.job_id in self.rescaler.active:
+            raise Conflict(f"job {job.job_id} is rescaling; the next checkpoint waits until it is done")
         done = self._finished_sources(job)
         if done:
             raise Conflict(f"job {job.job_id}: source task(s) {done} reached the end of their input; "
@@ -1119,6 +1127,44 @@ class ClusterCoordinator:
 
     # -- recovery ------------------------------------------------------------------------
 
+    def tasks_changed(self, job):
+        """The job's task set changed (live rescale): checkpoints in flight cannot complete."""
+        if job.checkpoints is not None:
+            attempts = self._task_attempts(job)
+            for cid in job.checkpoints.update_tasks(attempts, {t: attempts[t] for t in self._source_ids(job)},
+                                                    reason="the job was rescaled"):
+                self._spawn(self._discard_checkpoint(job, cid))
+
+    def task_failed(self, job, task_id, message, traceback=None):
+        """A failure outside the usual task reports (e.g. during a live rescale)."""
+        self._handle_failure(job, message, task_ids=[task_id] if task_id else [], traceback=traceback)
+
+    # -- live rescaling and auto-rebalance (see sabot.cluster.rescaling) -----------------
+
+    async def rescale_operator(self, job_id, operator_id, new_parallelism):
+        """Rescale one operator of a running job, live; returns the seed's plan dict.
+
+        The plan (``status``, ``old_parallelism``, ``new_parallelism``,
+        ``old_task_ids``, ``new_task_ids``, ``requires_state_redistribution``, plus
+        ``rescale_id``) comes back at once; the move goes on while the job runs and
+        ``GET /jobs/{job_id}`` shows its progress and timing.
+
+        Raises:
+            NotFound: unknown job or operator.
+            BadRequest: a bad parallelism, or a source or sink.
+            Conflict: the job is not RUNNING, another rescale goes on, or there are
+                not enough slots (the job keeps its parallelism).
+        """
+        return await self.rescaler.rescale(job_id, operator_id, new_parallelism)
+
+    async def enable_auto_rebalance(self, job_id, interval_seconds=60.0, imbalance_threshold=0.3):
+        """Every ``interval_seconds``, move key groups of keyed operators whose measured
+        imbalance ((max - mean) / mean of the tasks' rows) exceeds ``imbalance_threshold``."""
+        return self.rescaler.enable_auto_rebalance(job_id, interval_seconds, imbalance_threshold)
+
+    async def disable_auto_rebalance(self, job_id):
+        return self.rescaler.disable_auto_rebalance(job_id)
+
     def _regions_of(self, job, task_ids):
         """Operator ids of the pipelined regions holding ``task_ids``."""
         ops = {job.exec_graph.tasks[t].operator_id for t in task_ids if t in job.exec_graph.tasks}
@@ -1135,6 +1181,7 @@ class ClusterCoordinator:
         task_ids = list(task_ids)
         first = task_ids[0] if task_ids else None
         job.last_failure = {"error": message, "task_id": first, "traceback": traceback, "time": time.time()}
+        self.rescaler.abort(job, message)
         if job.state == JobState.RESTARTING:
             if not set(task_ids) - job.restarting_tasks:
                 return  # a task of the region being restarted: expected
@@ -1214,7 +1261,8 @@ class ClusterCoordinator:
                 restore = job.initial_restore  # nothing newer than what the job was submitted from
             locations = {tid: self.nodes[nid].data_address for tid, nid in job.task_node.items() if nid in self.nodes}
             tdds = build_deployment_descriptors(job.exec_graph, job.job_id, locations, restore=restore,
-                                                checkpoint=job.checkpoint_spec)
+                                                checkpoint=job.checkpoint_spec,
+                                                assignments=self.rescaler.assignments.get(job.job_id))
             per_node = collections.defaultdict(list)
             for tid in ids:
                 per_node[job.task_node[tid]].append(tdds[tid])
@@ -1437,7 +1485,7 @@ class ClusterCoordinator:
             restart.cancel()
             await asyncio.gather(restart, return_exceptions=True)
         running = [(tid, nid) for tid, nid in job.task_node.items()
-                   if _task_state_name(job.exec_graph.tasks[tid]) not in TERMINAL_TASK_STATES]
+                   if _task_state_name(job.exec_graph.get_task(tid)) not in TERMINAL_TASK_STATES]
         await self._cancel_on_workers(job, running)
         for task in job.exec_graph.tasks.values():
             if _task_state_name(task) not in TERMINAL_TASK_STATES:
@@ -1566,6 +1614,7 @@ class ClusterCoordinator:
         info["restart_history"] = job.restart_history[-20:]
         info["restored_from"] = job.restored_from
         info["checkpoints"] = self._checkpoint_summary(job)
+        info.update(_jsonable(self.rescaler.details(job)))
         info["metrics"] = _jsonable(job.exec_graph.get_metrics_summary())
         return info
 

@@ -235,6 +235,28 @@ def _routes(c):
         return web.json_response({"job_id": request.match_info["job_id"], "checkpoint_id": checkpoint_id},
                                  status=202)
 
+    async def rescale(request):
+        body = await read_json(request, "rescale request")
+        if not isinstance(body, dict) or "operator_id" not in body or "new_parallelism" not in body:
+            raise BadRequest('POST /jobs/{job_id}/rescale expects {"operator_id": str, "new_parallelism": int}')
+        plan = await c.rescale_operator(request.match_info["job_id"], body["operator_id"], body["new_parallelism"])
+        return web.json_response(plan, status=202)
+
+    async def auto_rebalance(request):
+        body = await read_json(request, "auto-rebalance request")
+        if not isinstance(body, dict):
+            raise BadRequest('POST /jobs/{job_id}/auto-rebalance expects {"interval_seconds": number, '
+                             '"imbalance_threshold": number} or {"enabled": false}')
+        job_id = request.match_info["job_id"]
+        if body.get("enabled", True) is False:
+            return web.json_response(await c.disable_auto_rebalance(job_id))
+        unknown = sorted(set(body) - {"interval_seconds", "imbalance_threshold", "enabled"})
+        if unknown:
+            raise BadRequest(f"unknown field(s) {unknown}; expected interval_seconds, imbalance_threshold, enabled")
+        settings = await c.enable_auto_rebalance(job_id, body.get("interval_seconds", 60.0),
+                                                 body.get("imbalance_threshold", 0.3))
+        return web.json_response(settings)
+
     async def checkpoints(request):
         return web.json_response(json.loads(json.dumps(c.checkpoints_view(request.match_info["job_id"]),
                                                        default=str)))
@@ -294,6 +316,20 @@ def _routes(c):
          "with state/node/slot/metrics, metrics summary", [_JOB_ID], None, job_ok),
         ("POST", "/jobs/{job_id}/cancel", cancel, "Cancel a job; frees its slots", [_JOB_ID], None,
          {"200": "canceled", "404": "unknown job", "409": "the job already ended"}),
+        ("POST", "/jobs/{job_id}/rescale", rescale, "Rescale one operator live: new tasks get slots, keyed "
+         "state moves to them by key group, nothing else stops. Returns the plan at once; GET /jobs/{job_id} "
+         "shows progress and timing", [_JOB_ID],
+         {"type": "object", "required": ["operator_id", "new_parallelism"],
+          "properties": {"operator_id": {"type": "string"}, "new_parallelism": {"type": "integer", "minimum": 1}}},
+         {"202": "rescaling: the seed's plan dict plus rescale_id", "400": "bad body, parallelism, or a source/sink",
+          "404": "unknown job or operator",
+          "409": "job not RUNNING, another rescale in progress, or not enough slots (the job keeps its parallelism)"}),
+        ("POST", "/jobs/{job_id}/auto-rebalance", auto_rebalance, "Enable (or, with enabled=false, disable) "
+         "automatic rebalancing of keyed operators' key groups", [_JOB_ID],
+         {"type": "object", "properties": {"interval_seconds": {"type": "number", "exclusiveMinimum": 0},
+                                           "imbalance_threshold": {"type": "number", "exclusiveMinimum": 0},
+                                           "enabled": {"type": "boolean"}}},
+         {"200": "the auto-rebalance settings", "400": "bad body", "404": "unknown job", "409": "the job ended"}),
         ("POST", "/jobs/{job_id}/checkpoints", trigger_checkpoint, "Trigger a checkpoint now; returns its id "
          "(it completes asynchronously: see GET)", [_JOB_ID], None,
          {"202": "triggered: checkpoint id", "404": "unknown job",

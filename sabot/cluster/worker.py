@@ -120,6 +120,7 @@ class Worker:
         app.router.add_post("/tasks/deploy", self._deploy)
         app.router.add_get("/tasks", self._list_tasks)
         app.router.add_post("/tasks/{task_id}/cancel", self._cancel)
+        app.router.add_post("/tasks/{task_id}/control", self._control)
         app.router.add_get("/tasks/{task_id}/result", self._result)
         app.router.add_post("/jobs/{job_id}/finished", self._job_finished)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -349,6 +350,22 @@ class Worker:
         self._known(task_id)
         state = await self.cancel_task(task_id)
         return web.json_response({"task_id": task_id, "state": state})
+
+    async def _control(self, request):
+        """A live-rescale control message for a running task (see sabot.runtime.task)."""
+        task_id = request.match_info["task_id"]
+        self._known(task_id)
+        message = await read_json(request, "control message")
+        if not isinstance(message, dict) or "type" not in message:
+            raise BadRequest("POST /tasks/{task_id}/control expects a JSON object with a 'type'")
+        task = self.task_manager.tasks[task_id]
+        if task.state in TERMINAL_STATES:
+            raise protocol.Conflict(f"task {task_id} on worker {self.node_id} is {task.state}")
+        try:
+            self.task_manager.control(task_id, message, attempt=message.get("attempt"))
+        except (ValueError, KeyError) as exc:
+            raise BadRequest(f"task {task_id}: {exc}") from None
+        return web.json_response({"task_id": task_id, "accepted": message["type"]})
 
     async def cancel_task(self, task_id, timeout=10.0):
         """Cancel a task and wait until it has stopped; return its final state.

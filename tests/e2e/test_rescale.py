@@ -1,0 +1,167 @@
+"""Live rescaling and auto-rebalancing on real worker processes (issue 7)."""
+
+import time
+
+import pytest
+
+from sabot.cluster.client import ApiError
+from sabot.cluster.local import LocalCluster
+from sabot.testing import assert_tables_equal
+
+from rescale_jobs import keyed_count_job, reference
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = LocalCluster(workers=3, slots_per_worker=2, coordinator_config={"slot_wait_timeout_s": 20})
+    pids = []
+    try:
+        c.start()
+        pids = list(c.worker_pids)
+        yield c
+    finally:
+        c.close()
+        import os
+
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            raise AssertionError(f"worker {pid} still running after close")
+
+
+def operator_id(detail, name):
+    return next(op["operator_id"] for op in detail["operators"] if op["name"] == name)
+
+
+def source_rows(detail):
+    return sum(t["rows_processed"] for t in detail["tasks"] if t["operator_name"] == "source")
+
+
+def wait_rescale(client, job_id, rescale_id, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        detail = client.job(job_id)
+        record = next((r for r in detail["rescales"] if r["rescale_id"] == rescale_id), None)
+        if record and record["state"] != "IN_PROGRESS":
+            return detail, record
+        assert detail["state"] == "RUNNING", f"job left RUNNING during the rescale: {detail['state']} {detail.get('failure')}"
+        assert time.monotonic() < deadline, f"rescale {rescale_id} did not complete: {record}"
+        time.sleep(0.02)
+
+
+def test_rescale_aggregate_2_4_1_3_while_data_flows(cluster):
+    total, keys = 600_000, 5000
+    client = cluster.client()
+    job_id = cluster.submit(keyed_count_job(total, keys, agg_parallelism=2))
+    deadline = time.monotonic() + 20
+    while client.job(job_id)["state"] != "RUNNING" or source_rows(client.job(job_id)) == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    agg = operator_id(client.job(job_id), "aggregate")
+    seen = []
+    for new_parallelism in (4, 1, 3):
+        time.sleep(0.3)
+        before = source_rows(client.job(job_id))
+        plan = client.request("POST", f"/jobs/{job_id}/rescale",
+                              {"operator_id": agg, "new_parallelism": new_parallelism})
+        assert plan["status"] == "rescaling" and plan["new_parallelism"] == new_parallelism
+        assert len(plan["new_task_ids"]) == new_parallelism
+        detail, record = wait_rescale(client, job_id, plan["rescale_id"])
+        assert record["state"] == "COMPLETED", record
+        assert record["state_rows_moved"] > 0
+        assert record["total_ms"] is not None and record["total_ms"] > 0
+        # the source kept producing across the rescale (workers report every 0.5 s)
+        time.sleep(0.6)
+        assert source_rows(client.job(job_id)) > before
+        ops = {op["name"]: op["parallelism"] for op in detail["operators"]}
+        assert ops["aggregate"] == new_parallelism
+        seen.append((record["old_parallelism"], record["new_parallelism"]))
+    assert seen == [(2, 4), (4, 1), (1, 3)]
+    assert cluster.wait(job_id, 60) == "FINISHED"
+    assert_tables_equal(cluster.result(job_id).table("sink"), reference(total, keys), sort_by=["key"])
+
+
+def test_rescale_without_slots_is_refused_and_result_stays_exact(cluster):
+    total, keys = 200_000, 1000
+    client = cluster.client()
+    job_id = cluster.submit(keyed_count_job(total, keys, agg_parallelism=2))
+    deadline = time.monotonic() + 20
+    while client.job(job_id)["state"] != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    agg = operator_id(client.job(job_id), "aggregate")
+    with pytest.raises(ApiError) as info:
+        client.request("POST", f"/jobs/{job_id}/rescale", {"operator_id": agg, "new_parallelism": 50})
+    assert info.value.status == 409
+    assert "keeps running at parallelism 2" in str(info.value)
+    for bad, status in (({"operator_id": agg}, 400), ({"operator_id": "nope", "new_parallelism": 2}, 404),
+                        ({"operator_id": agg, "new_parallelism": 0}, 400)):
+        with pytest.raises(ApiError) as info:
+            client.request("POST", f"/jobs/{job_id}/rescale", bad)
+        assert info.value.status == status, (bad, info.value)
+    assert cluster.wait(job_id, 60) == "FINISHED"
+    assert_tables_equal(cluster.result(job_id).table("sink"), reference(total, keys), sort_by=["key"])
+
+
+def test_auto_rebalance_evens_out_zipf_skew(cluster):
+    total, keys = 1_500_000, 100_000
+    client = cluster.client()
+    job_id = cluster.submit(keyed_count_job(total, keys, agg_parallelism=4, zipf=True, name="zipf"))
+    deadline = time.monotonic() + 20
+    while client.job(job_id)["state"] != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    threshold = 0.3
+    client.request("POST", f"/jobs/{job_id}/auto-rebalance",
+                   {"interval_seconds": 1.0, "imbalance_threshold": threshold})
+    deadline = time.monotonic() + 30
+    rebalances = []
+    while True:
+        detail = client.job(job_id)
+        assert detail["state"] == "RUNNING", (detail["state"], detail.get("failure"))
+        rebalances = [r for r in detail["rescales"] if r["kind"] == "rebalance"]
+        measured = detail["auto_rebalance"]["imbalance"].get("aggregate")
+        if rebalances and rebalances[-1]["state"] == "COMPLETED" and rebalances[-1]["imbalance_after"] is not None:
+            break
+        assert time.monotonic() < deadline, f"no completed rebalance: {detail['auto_rebalance']} {rebalances}"
+        time.sleep(0.05)
+    first = rebalances[0]
+    assert first["imbalance_before"] > threshold
+    assert first["new_parallelism"] == first["old_parallelism"] == 4
+    assert rebalances[-1]["imbalance_after"] < threshold, rebalances
+    print("rebalances:", [(r["imbalance_before"], r["imbalance_predicted"], r["imbalance_after"], r["pause_ms"]) for r in rebalances])
+    assert cluster.wait(job_id, 90) == "FINISHED"
+    assert_tables_equal(cluster.result(job_id).table("sink"), reference(total, keys, zipf=True), sort_by=["key"])
+
+
+def test_seed_api_verbatim_against_a_real_cluster(cluster):
+    """The seed's calls, as written in its design note, on the coordinator of a real cluster."""
+    total, keys = 300_000, 2000
+    coordinator = cluster.coordinator
+    job_graph = keyed_count_job(total, keys, agg_parallelism=2, name="seed")
+
+    async def seed():
+        job_id = await coordinator.submit_stream_job(job_graph)
+        exec_graph = coordinator.active_jobs[job_id]
+        while exec_graph.get_metrics_summary()["running_tasks"] < len(exec_graph.tasks):
+            import asyncio
+
+            await asyncio.sleep(0.02)
+        agg = next(op for op, node in exec_graph.job_graph.operators.items() if node.name == "aggregate")
+        rescale_plan = await coordinator.rescale_operator(job_id=job_id, operator_id=agg, new_parallelism=3)
+        await coordinator.enable_auto_rebalance(job_id=job_id, interval_seconds=60, imbalance_threshold=0.3)
+        metrics = exec_graph.get_metrics_summary()
+        return job_id, rescale_plan, metrics
+
+    job_id, plan, metrics = cluster.call(seed(), timeout=60)
+    assert {"status", "old_parallelism", "new_parallelism", "old_task_ids", "new_task_ids",
+            "requires_state_redistribution"} <= set(plan)
+    assert plan["old_parallelism"] == 2 and plan["new_parallelism"] == 3
+    assert plan["requires_state_redistribution"] is True
+    assert metrics["running_tasks"] >= 1 and metrics["uptime_seconds"] > 0
+    assert cluster.wait(job_id, 60) == "FINISHED"
+    assert_tables_equal(cluster.result(job_id).table("sink"), reference(total, keys), sort_by=["key"])
