@@ -915,8 +915,8 @@ class ClusterCoordinator:
         try:
             if job.commits:
                 await asyncio.gather(*list(job.commits), return_exceptions=True)
-            results = await asyncio.gather(*(publish(n) for n in set(job.task_node.values())),
-                                           return_exceptions=True)
+            nodes = {job.task_node[t] for t in job.exec_graph.tasks if t in job.task_node}
+            results = await asyncio.gather(*(publish(n) for n in nodes), return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
             if job.terminal:
                 return

@@ -256,8 +256,8 @@ class Rescaler:
             for step in ("handoff", "add_inputs", "switch_output"):
                 await asyncio.gather(*(self._control(job, task_id, msg) for task_id, msg in msgs[step].items()))
         except Exception as exc:
-            log.exception("rescale %s of job %s failed", record.rescale_id, job.job_id)
-            self._finish(job, record, error=f"{type(exc).__name__}: {exc}")
+            log.warning("rescale %s of job %s failed: %s", record.rescale_id, job.job_id, exc)
+            self.abort(job, f"{type(exc).__name__}: {exc}")
             coordinator.task_failed(
                 job, None, f"rescale {record.rescale_id} of {record.operator_name!r} failed: {exc}"
             )
@@ -302,7 +302,7 @@ class Rescaler:
             self._maybe_complete(job, record)
         elif state in ("FAILED", "CANCELED"):
             error = update.get("error") or f"task {task_id} was {state} during the rescale"
-            self._finish(job, record, error=error)
+            self.abort(job, error)
             self.coordinator.task_failed(job, task_id, f"old task {task_id} of rescale {record.rescale_id}: {error}",
                                          traceback=update.get("traceback"))
         return True
