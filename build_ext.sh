@@ -5,4 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 python -m pip install --quiet "cython>=3.0.8,<4" "numpy>=1.26,<3" "setuptools>=68" 2>/dev/null || true
-python setup.py build_ext --inplace "$@"
+if [ "${SABOT_DEBUG:-}" = "1" ]; then
+  # switching between debug and optimised builds must recompile everything
+  python setup.py build_ext --inplace --force "$@"
+else
+  python setup.py build_ext --inplace "$@"
+fi

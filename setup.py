@@ -14,7 +14,9 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("SABOT_DEBUG", "") == "1"
 
-compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
+# -pthread: the partition kernel runs its scatter on a few threads of its own
+compile_args = (["-O0", "-g"] if DEBUG else ["-O3"]) + ["-pthread"]
+link_args = ["-pthread"]
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 if DEBUG:
     macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
@@ -32,6 +34,7 @@ extensions = [
         include_dirs=[numpy.get_include()],
         define_macros=macros,
         extra_compile_args=compile_args,
+        extra_link_args=link_args,
     )
     for path in sources
 ]
@@ -51,6 +54,7 @@ setup(
         extensions,
         compiler_directives=directives,
         annotate=DEBUG,
+        force=DEBUG,  # a debug build must not reuse C generated without line tracing
         nthreads=os.cpu_count() or 1,
     ),
 )

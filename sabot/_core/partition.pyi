@@ -12,6 +12,9 @@ NULL_HASH: int
 MAX_MAX_PARALLELISM: int
 MAX_PARTITIONS: int
 DEFAULT_MAX_PARALLELISM: int
+STAGED_MIN_ROWS: int
+PARALLEL_MIN_ROWS: int
+AUTO_MAX_THREADS: int
 
 class KeyColumnError(SabotError, ValueError): ...
 class UnsupportedKeyType(SabotError, TypeError): ...
@@ -40,7 +43,7 @@ def partition_ids(
     assignment: _Assignment | None = ...,
     max_parallelism: int = ...,
 ) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.int64]]: ...
-def scatter(batch: pa.RecordBatch | pa.Table, pids: npt.NDArray[np.uint16], num_partitions: int) -> list[pa.RecordBatch]: ...
+def scatter(batch: pa.RecordBatch | pa.Table, pids: npt.NDArray[np.uint16] | npt.NDArray[np.uint8], num_partitions: int) -> list[pa.RecordBatch]: ...
 @overload
 def repartition(
     batch: pa.RecordBatch | pa.Table,
@@ -50,6 +53,7 @@ def repartition(
     assignment: _Assignment | None = ...,
     max_parallelism: int = ...,
     key_group_counts: Literal[False] = ...,
+    num_threads: int | None = ...,
 ) -> list[pa.RecordBatch]: ...
 @overload
 def repartition(
@@ -60,6 +64,7 @@ def repartition(
     assignment: _Assignment | None = ...,
     max_parallelism: int = ...,
     key_group_counts: Literal[True],
+    num_threads: int | None = ...,
 ) -> tuple[list[pa.RecordBatch], npt.NDArray[np.int64]]: ...
 def split_state_table(
     table: pa.Table | pa.RecordBatch,

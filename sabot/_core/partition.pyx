@@ -8,13 +8,19 @@ range of key groups ``g`` with ``g * p // max_parallelism == i``. An explicit
 key-group -> subtask table (``assignment``) replaces the ranges after a rebalance.
 
 ``repartition`` computes partition ids (hash -> key group -> table lookup, counting
-rows per key group on the way), turns the counts into partition offsets and scatters
-every column in one sequential pass, so each output keeps input order. All loops run
-without the GIL over pointers into the Arrow buffers (offsets and validity bitmaps
-respected); nested columns go through ``Array.take`` with the computed permutation.
+rows per key group on the way; 1-byte ids when P <= 256), turns the counts into
+partition offsets and scatters every column in one sequential pass, so each output
+keeps input order. Fixed-width columns of one width go through per-partition 64-byte
+staging lines together (software write combining, non-temporal flushes). Large
+batches split their rows over a few threads (``num_threads``): each thread hashes
+and scatters a contiguous row range, its rows of partition p landing right after
+those of the threads before it, so order is kept. All loops run without the GIL over
+pointers into the Arrow buffers (offsets and validity bitmaps respected); nested
+columns go through ``Array.take`` with the computed permutation.
 """
 
 import logging
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -26,8 +32,8 @@ from libc.stdlib cimport calloc, free, malloc
 
 from sabot.errors import SabotError
 
-include "hash.pxi"
 include "scatter.pxi"
+include "hash.pxi"
 
 log = logging.getLogger(__name__)
 
@@ -373,11 +379,142 @@ def _partition_table(num_partitions, assignment, max_parallelism):
 
 # --------------------------------------------------------------------------- scatter
 
+#: Below this many rows a batch is scattered with plain stores: the staging lines
+#: cost P * 64 bytes of setup and flushing per column group.
+STAGED_MIN_ROWS = 4096
+#: repartition's default uses one thread per this many rows (at most AUTO_MAX_THREADS);
+#: smaller batches (every streaming batch) stay on the calling thread.
+PARALLEL_MIN_ROWS = 1 << 19
+AUTO_MAX_THREADS = 2
+
+
 cdef inline int64_t _round8(int64_t x) noexcept nogil:
     return (x + 7) & ~(<int64_t>7)
 
 
-cdef object _validity_outputs(object col, const uint16_t* pids, int64_t n,
+cdef inline const void* _pid_ptr(object pids):
+    """Address of a contiguous uint8/uint16 partition-id array (1- or 2-byte ids)."""
+    return <const void*><uintptr_t>pids.ctypes.data
+
+
+cdef void _bits_any(const void* pids, int pb, int64_t n, const uint8_t* src, int64_t src_off,
+                    uint8_t* dst, int64_t* cur, int64_t* ones) noexcept nogil:
+    if pb == 1:
+        _scatter_bits(<const uint8_t*>pids, n, src, src_off, dst, cur, ones)
+    else:
+        _scatter_bits(<const uint16_t*>pids, n, src, src_off, dst, cur, ones)
+
+
+cdef void _fixed_plain(const void* pids, int pb, int64_t r0, int64_t r1, const uint8_t* src,
+                       int w, uint8_t* dst, int64_t* cur) noexcept nogil:
+    if pb == 1:
+        _scatter_fixed(<const uint8_t*>pids, r0, r1, src, w, dst, cur)
+    else:
+        _scatter_fixed(<const uint16_t*>pids, r0, r1, src, w, dst, cur)
+
+
+cdef struct _FixedJob:
+    # one thread's share of the fixed-width columns: rows [r0, r1), all columns
+    int pid_bytes
+    const void* pids
+    int64_t r0
+    int64_t r1
+    int P
+    int ncols
+    const int32_t* widths       # bytes per value, columns sorted so equal widths are adjacent
+    const void** srcs           # first value of each column (array offset applied)
+    void** dsts                 # each column's output data buffer
+    const int64_t* start        # this thread's first slot of every partition (P)
+    int64_t* cur                # scratch cursors (P)
+    bint staged
+
+
+cdef void _fixed_job(void* arg) noexcept nogil:
+    """Scatter rows [r0, r1) of every fixed-width column of the job: columns of one
+    width go through the staging lines together, up to SABOT_WC_MAX_COLS at a time."""
+    cdef _FixedJob* j = <_FixedJob*>arg
+    cdef int c = 0, g, k, w
+    cdef size_t cb = <size_t>j.P * sizeof(int64_t)
+    while c < j.ncols:
+        w = j.widths[c]
+        g = 1
+        while c + g < j.ncols and g < SABOT_WC_MAX_COLS and j.widths[c + g] == w:
+            g += 1
+        memcpy(j.cur, j.start, cb)
+        if not (j.staged and (w == 8 or w == 4 or w == 2 or w == 1) and
+                sabot_scatter_wc(j.pid_bytes, j.pids, j.r0, j.r1, w, g,
+                                 &j.srcs[c], &j.dsts[c], j.cur, j.P) == 0):
+            for k in range(c, c + g):
+                memcpy(j.cur, j.start, cb)
+                _fixed_plain(j.pids, j.pid_bytes, j.r0, j.r1, <const uint8_t*>j.srcs[k],
+                             j.widths[k], <uint8_t*>j.dsts[k], j.cur)
+        c += g
+
+
+cdef list _scatter_fixed_columns(list cols, object pids, int64_t total, object tstart,
+                                 object bounds):
+    """New data buffers of the fixed-width (non-bool) columns ``cols``, rows placed at
+    the partition slots; thread t of ``len(bounds) - 1`` takes rows
+    [bounds[t], bounds[t+1]) starting at slots tstart[t]."""
+    cdef int k = len(cols), i, t
+    cdef int nt = len(bounds) - 1
+    cdef int P = tstart.shape[1]
+    cdef int64_t n = bounds[nt]
+    if k == 0:
+        return []
+    order = sorted(range(k), key=lambda i: cols[i].type.bit_width)
+    widths = np.empty(k, dtype=np.int32)
+    srcs = np.empty(k, dtype=np.uintp)
+    dsts = np.empty(k, dtype=np.uintp)
+    out = [None] * k
+    for i, ci in enumerate(order):
+        col = cols[ci]
+        w = col.type.bit_width // 8
+        data = pa.allocate_buffer(max(total * w, 1))
+        out[ci] = data
+        widths[i] = w
+        srcs[i] = _address(col.buffers()[1]) + col.offset * w
+        dsts[i] = data.address
+    starts = np.ascontiguousarray(tstart, dtype=np.int64)
+    curs = np.empty((nt, P), dtype=np.int64)
+    cdef int32_t[::1] wv = widths
+    cdef uintptr_t[::1] sv = srcs
+    cdef uintptr_t[::1] dv = dsts
+    cdef int64_t[:, ::1] stv = starts
+    cdef int64_t[:, ::1] cuv = curs
+    cdef _FixedJob* jobs = <_FixedJob*>calloc(nt, sizeof(_FixedJob))
+    cdef void** args = <void**>calloc(nt, sizeof(void*))
+    if jobs == NULL or args == NULL:
+        free(jobs)
+        free(args)
+        raise MemoryError()
+    for t in range(nt):
+        jobs[t].pid_bytes = pids.itemsize
+        jobs[t].pids = _pid_ptr(pids)
+        jobs[t].r0 = bounds[t]
+        jobs[t].r1 = bounds[t + 1]
+        jobs[t].P = P
+        jobs[t].ncols = k
+        jobs[t].widths = &wv[0]
+        jobs[t].srcs = <const void**>&sv[0]
+        jobs[t].dsts = <void**>&dv[0]
+        jobs[t].start = &stv[t, 0]
+        jobs[t].cur = &cuv[t, 0]
+        jobs[t].staged = n >= STAGED_MIN_ROWS
+        args[t] = &jobs[t]
+    try:
+        with nogil:
+            if nt == 1:
+                _fixed_job(args[0])
+            else:
+                sabot_run_parallel(_fixed_job, args, nt)
+    finally:
+        free(jobs)
+        free(args)
+    return out
+
+
+cdef object _validity_outputs(object col, object pids, int64_t n,
                               int64_t[::1] pstart, int64_t[::1] counts, int P):
     """Per-partition (validity buffer or None, null_count) of col."""
     cdef int64_t p, total = 0
@@ -389,13 +526,15 @@ cdef object _validity_outputs(object col, const uint16_t* pids, int64_t n,
     cdef uint8_t* dst = <uint8_t*><uint64_t>vbuf.address
     cdef const uint8_t* src = <const uint8_t*><uint64_t>col.buffers()[0].address
     cdef int64_t off = col.offset
+    cdef const void* pp = _pid_ptr(pids)
+    cdef int pb = pids.itemsize
     cur = np.array(pstart, dtype=np.int64)
     ones = np.zeros(P, dtype=np.int64)
     cdef int64_t[::1] cv = cur
     cdef int64_t[::1] onv = ones
     with nogil:
         memset(dst, 0, total // 8 if total else 1)
-        _scatter_bits(pids, n, src, off, dst, &cv[0], &onv[0])
+        _bits_any(pp, pb, n, src, off, dst, &cv[0], &onv[0])
     out = []
     for p in range(P):
         nulls = counts[p] - onv[p]
@@ -412,19 +551,29 @@ cdef bint _is_fixed_width(object t):
             pa.types.is_decimal(t) or pa.types.is_fixed_size_binary(t))
 
 
-cdef list _scatter_column(object col, const uint16_t* pids, int64_t n, int64_t[::1] pstart,
+cdef list _fixed_pieces(object col, object data, object validity, int64_t[::1] pstart,
+                        int64_t[::1] counts, int P):
+    cdef object t = col.type
+    cdef int w = t.bit_width // 8
+    return [pa.Array.from_buffers(t, counts[p],
+                                  [validity[p][0], data.slice(pstart[p] * w, counts[p] * w)],
+                                  null_count=validity[p][1])
+            for p in range(P)]
+
+
+cdef list _scatter_column(object col, object pids, int64_t n, int64_t[::1] pstart,
                           int64_t[::1] counts, int P, object take_rows):
-    """The P pieces of one column."""
+    """The P pieces of one column (fixed-width columns of a batch normally go through
+    _scatter_fixed_columns together; this handles them one at a time, e.g. dictionary
+    indices)."""
     cdef object t = col.type
     cdef int64_t p, coff, total = 0
-    cdef int w
     cdef const uint8_t* src
     cdef uint8_t* dst
     cdef int64_t[::1] cv
-    cdef int64_t[::1] dcv
     cdef int64_t[::1] nbv
-    cdef int64_t[::1] dsv
-    cdef int64_t[::1] osv
+    cdef const void* pp = _pid_ptr(pids)
+    cdef int pb = pids.itemsize
     for p in range(P):
         total += _round8(counts[p])
     if pa.types.is_null(t):
@@ -433,40 +582,29 @@ cdef list _scatter_column(object col, const uint16_t* pids, int64_t n, int64_t[:
         pieces = _scatter_column(col.indices, pids, n, pstart, counts, P, take_rows)
         return [pa.DictionaryArray.from_arrays(ix, col.dictionary, safe=False, ordered=t.ordered)
                 for ix in pieces]
-    if pa.types.is_boolean(t) or _is_fixed_width(t):
+    if pa.types.is_boolean(t):
         validity = _validity_outputs(col, pids, n, pstart, counts, P)
         bufs = col.buffers()
         cur = np.array(pstart, dtype=np.int64)
         cv = cur
-        if pa.types.is_boolean(t):
-            data = pa.allocate_buffer(max(total // 8, 1))
-            dst = <uint8_t*><uint64_t>data.address
-            src = <const uint8_t*>_address(bufs[1])
-            coff = col.offset
-            ones = np.zeros(P, dtype=np.int64)
-            nbv = ones
-            with nogil:
-                memset(dst, 0, total // 8 if total else 1)
-                if n:
-                    _scatter_bits(pids, n, src, coff, dst, &cv[0], &nbv[0])
-            return [pa.Array.from_buffers(t, counts[p],
-                                          [validity[p][0], data.slice(pstart[p] // 8, (counts[p] + 7) // 8)],
-                                          null_count=validity[p][1])
-                    for p in range(P)]
-        w = t.bit_width // 8
-        data = pa.allocate_buffer(max(total * w, 1))
+        data = pa.allocate_buffer(max(total // 8, 1))
         dst = <uint8_t*><uint64_t>data.address
+        src = <const uint8_t*>_address(bufs[1])
         coff = col.offset
-        src = <const uint8_t*>_address(bufs[1]) + coff * w
+        ones = np.zeros(P, dtype=np.int64)
+        nbv = ones
         with nogil:
-            # many partitions: staging lines keep the P output streams cache friendly
-            if n and not (w == 8 and P >= 16 and n >= 65536 and
-                          _scatter_fixed8_wc(pids, n, <const uint64_t*>src, <uint64_t*>dst, &cv[0], P) == 0):
-                _scatter_fixed(pids, n, src, w, dst, &cv[0])
+            memset(dst, 0, total // 8 if total else 1)
+            if n:
+                _bits_any(pp, pb, n, src, coff, dst, &cv[0], &nbv[0])
         return [pa.Array.from_buffers(t, counts[p],
-                                      [validity[p][0], data.slice(pstart[p] * w, counts[p] * w)],
+                                      [validity[p][0], data.slice(pstart[p] // 8, (counts[p] + 7) // 8)],
                                       null_count=validity[p][1])
                 for p in range(P)]
+    if _is_fixed_width(t):
+        validity = _validity_outputs(col, pids, n, pstart, counts, P)
+        data = _scatter_fixed_columns([col], pids, total, np.asarray(pstart)[None, :], [0, n])[0]
+        return _fixed_pieces(col, data, validity, pstart, counts, P)
     if (pa.types.is_string(t) or pa.types.is_binary(t) or
             pa.types.is_large_string(t) or pa.types.is_large_binary(t)):
         return _scatter_var_column(col, pids, n, pstart, counts, P)
@@ -477,7 +615,7 @@ cdef list _scatter_column(object col, const uint16_t* pids, int64_t n, int64_t[:
     return [taken.slice(starts[p], counts[p]) for p in range(P)]
 
 
-cdef list _scatter_var_column(object col, const uint16_t* pids, int64_t n, int64_t[::1] pstart,
+cdef list _scatter_var_column(object col, object pids, int64_t n, int64_t[::1] pstart,
                               int64_t[::1] counts, int P):
     cdef object t = col.type
     cdef bint large = pa.types.is_large_string(t) or pa.types.is_large_binary(t)
@@ -485,20 +623,27 @@ cdef list _scatter_var_column(object col, const uint16_t* pids, int64_t n, int64
     cdef int64_t p, k
     cdef int64_t total_bytes = 0
     cdef int64_t total_offs = 0
+    cdef const void* pp = _pid_ptr(pids)
+    cdef bint small = pids.itemsize == 1
     validity = _validity_outputs(col, pids, n, pstart, counts, P)
     bufs = col.buffers()
     cdef int64_t coff = col.offset
     cdef const uint8_t* soffs = <const uint8_t*>_address(bufs[1]) + coff * ow
     cdef const uint8_t* sdata = <const uint8_t*>_address(bufs[2])
+    cdef int64_t slen = bufs[2].size if bufs[2] is not None else 0
     nbytes = np.zeros(P, dtype=np.int64)
     cdef int64_t[::1] nbv = nbytes
     # pass 1: bytes per partition
     with nogil:
         if n:
-            if large:
-                _var_sizes[int64_t](pids, n, <const int64_t*>soffs, &nbv[0])
+            if large and small:
+                _var_sizes(<const uint8_t*>pp, n, <const int64_t*>soffs, &nbv[0])
+            elif large:
+                _var_sizes(<const uint16_t*>pp, n, <const int64_t*>soffs, &nbv[0])
+            elif small:
+                _var_sizes(<const uint8_t*>pp, n, <const int32_t*>soffs, &nbv[0])
             else:
-                _var_sizes[int32_t](pids, n, <const int32_t*>soffs, &nbv[0])
+                _var_sizes(<const uint16_t*>pp, n, <const int32_t*>soffs, &nbv[0])
     dstart = np.zeros(P, dtype=np.int64)
     ostart = np.zeros(P, dtype=np.int64)
     cdef int64_t[::1] dsv = dstart
@@ -506,7 +651,9 @@ cdef list _scatter_var_column(object col, const uint16_t* pids, int64_t n, int64
     for p in range(P):
         dsv[p] = total_bytes
         osv[p] = total_offs
-        total_bytes += _round8(nbv[p])
+        # 16 bytes of slack per partition: _scatter_var copies short values as two
+        # 8-byte words that may run past the value's end
+        total_bytes += _round8(nbv[p]) + 16
         total_offs += counts[p] + 1
     data = pa.allocate_buffer(max(total_bytes, 1))
     offs = pa.allocate_buffer(total_offs * ow)
@@ -524,12 +671,18 @@ cdef list _scatter_var_column(object col, const uint16_t* pids, int64_t n, int64
             else:
                 (<int32_t*>doffs)[osv[p]] = 0
         if n:
-            if large:
-                _scatter_var[int64_t](pids, n, <const int64_t*>soffs, sdata, <int64_t*>doffs,
-                                      ddata, &cv[0], &dcv[0], &dsv[0])
+            if large and small:
+                _scatter_var(<const uint8_t*>pp, n, <const int64_t*>soffs, sdata, slen,
+                             <int64_t*>doffs, ddata, &cv[0], &dcv[0], &dsv[0])
+            elif large:
+                _scatter_var(<const uint16_t*>pp, n, <const int64_t*>soffs, sdata, slen,
+                             <int64_t*>doffs, ddata, &cv[0], &dcv[0], &dsv[0])
+            elif small:
+                _scatter_var(<const uint8_t*>pp, n, <const int32_t*>soffs, sdata, slen,
+                             <int32_t*>doffs, ddata, &cv[0], &dcv[0], &dsv[0])
             else:
-                _scatter_var[int32_t](pids, n, <const int32_t*>soffs, sdata, <int32_t*>doffs,
-                                      ddata, &cv[0], &dcv[0], &dsv[0])
+                _scatter_var(<const uint16_t*>pp, n, <const int32_t*>soffs, sdata, slen,
+                             <int32_t*>doffs, ddata, &cv[0], &dcv[0], &dsv[0])
     return [pa.Array.from_buffers(t, counts[p],
                                   [validity[p][0], offs.slice(osv[p] * ow, (counts[p] + 1) * ow),
                                    data.slice(dsv[p], nbv[p])],
@@ -537,19 +690,28 @@ cdef list _scatter_var_column(object col, const uint16_t* pids, int64_t n, int64
             for p in range(P)]
 
 
-cdef list _scatter_batch(object batch, object pids, object counts):
-    """Split batch by pids (uint16, one per row) into len(counts) batches, order kept."""
+cdef list _scatter_batch(object batch, object pids, object counts, object tcounts=None,
+                         object bounds=None):
+    """Split batch by pids (uint8 or uint16, one per row) into len(counts) batches,
+    order kept. With per-thread partition counts ``tcounts`` (threads x P) of the row
+    ranges [bounds[t], bounds[t+1]), the fixed-width columns are scattered by
+    len(bounds) - 1 threads, thread t writing its rows of partition p right after
+    those of threads < t."""
     cdef int P = len(counts)
     cdef int64_t n = batch.num_rows
     cdef int64_t p, acc = 0
-    cdef const uint16_t[::1] pv = pids
-    cdef const uint16_t* pp = &pv[0] if n else NULL
     cdef int64_t[::1] cnt = counts
     pstart = np.zeros(P, dtype=np.int64)
     cdef int64_t[::1] psv = pstart
     for p in range(P):
         psv[p] = acc
         acc += _round8(cnt[p])
+    if tcounts is None or len(bounds) <= 2:
+        bounds = [0, n]
+        tstart = pstart[None, :]
+    else:
+        tc = np.asarray(tcounts, dtype=np.int64)
+        tstart = pstart[None, :] + np.cumsum(tc, axis=0) - tc
     cache = []
 
     def take_rows():
@@ -563,20 +725,33 @@ cdef list _scatter_batch(object batch, object pids, object counts):
             cache.append((pa.array(idx), starts))
         return cache[0]
 
-    columns = [_scatter_column(_as_array(batch.column(i)), pp, n, psv, cnt, P, take_rows)
-               for i in range(batch.num_columns)]
+    arrays = [_as_array(batch.column(i)) for i in range(batch.num_columns)]
+    columns = [None] * len(arrays)
+    fixed = [i for i, a in enumerate(arrays) if _is_fixed_width(a.type)]
+    # all fixed-width columns in one (possibly parallel) staged pass
+    datas = _scatter_fixed_columns([arrays[i] for i in fixed], pids, acc, tstart, bounds)
+    for i, data in zip(fixed, datas):
+        validity = _validity_outputs(arrays[i], pids, n, psv, cnt, P)
+        columns[i] = _fixed_pieces(arrays[i], data, validity, psv, cnt, P)
+    for i, a in enumerate(arrays):
+        if columns[i] is None:
+            columns[i] = _scatter_column(a, pids, n, psv, cnt, P, take_rows)
     schema = batch.schema
     return [pa.RecordBatch.from_arrays([c[p] for c in columns], schema=schema) for p in range(P)]
 
 
 def _fill_rows(pids, idx, cur):
-    cdef const uint16_t[::1] pv = pids
+    cdef const void* pp = _pid_ptr(pids)
     cdef int64_t[::1] iv = idx
     cdef int64_t[::1] cv = cur
     cdef int64_t n = len(pids)
+    cdef bint small = pids.itemsize == 1
     if n:
         with nogil:
-            _scatter_rows(&pv[0], n, &iv[0], &cv[0])
+            if small:
+                _scatter_rows(<const uint8_t*>pp, n, &iv[0], &cv[0])
+            else:
+                _scatter_rows(<const uint16_t*>pp, n, &iv[0], &cv[0])
 
 
 def _as_batch(batch):
@@ -598,40 +773,102 @@ def partition_ids(batch, key_columns, num_partitions=None, *, assignment=None,
     The first half of ``repartition``; exposed for callers that route rows themselves.
     """
     table, P = _partition_table(num_partitions, assignment, max_parallelism)
-    pids, kgc = _compute_pids(batch, key_columns, table, max_parallelism)
+    pids, kgc, _, _ = _compute_pids(batch, key_columns, table, max_parallelism, 2, 1)
     return pids, kgc
 
 
-cdef tuple _compute_pids(object data, object key_columns, object table, int64_t mp):
+cdef struct _PidJob:
+    # one thread's share of pass 1: hash rows [r0, r1), map to partition ids, count
+    const ColSpec* cols
+    int ncols
+    int64_t r0
+    int64_t r1
+    uint64_t mp
+    const uint16_t* table
+    void* pids
+    int pid_bytes
+    int64_t* kgc                # this thread's rows per key group (mp entries)
+
+
+cdef void _pid_job(void* arg) noexcept nogil:
+    cdef _PidJob* j = <_PidJob*>arg
+    cdef uint64_t scratch[2048]
+    cdef int64_t i = j.r0, chunk
+    # hash a block into L1-resident scratch, then map it to partition ids: the
+    # row hashes are never written to memory
+    while i < j.r1:
+        chunk = j.r1 - i
+        if chunk > 2048:
+            chunk = 2048
+        hash_range(j.cols, j.ncols, i, i + chunk, scratch)
+        if j.pid_bytes == 1:
+            _pids_from_hashes(scratch, chunk, j.mp, j.table, <uint8_t*>j.pids + i, j.kgc)
+        else:
+            _pids_from_hashes(scratch, chunk, j.mp, j.table, <uint16_t*>j.pids + i, j.kgc)
+        i += chunk
+
+
+cdef tuple _compute_pids(object data, object key_columns, object table, int64_t mp,
+                         int pid_bytes, int nt):
+    """(pids, rows per key group, rows per key group per thread (nt x mp), row bounds
+    of the nt threads); pids are uint8 when pid_bytes is 1, else uint16."""
     arrays, names = _resolve_key_arrays(data, key_columns)
     cdef HashPlan plan = HashPlan(arrays, names)
     cdef int64_t n = plan.num_rows
-    pids = np.empty(n, dtype=np.uint16)
-    kgc = np.zeros(mp, dtype=np.int64)
-    cdef uint16_t[::1] pv = pids
-    cdef int64_t[::1] kv = kgc
+    cdef int t
+    if n < nt:
+        nt = 1
+    pids = np.empty(n, dtype=np.uint8 if pid_bytes == 1 else np.uint16)
+    tkgc = np.zeros((nt, mp), dtype=np.int64)
+    bounds = [n * t // nt for t in range(nt + 1)]
+    cdef int64_t[:, ::1] kv = tkgc
     cdef const uint16_t[::1] tv = table
-    cdef uint64_t scratch[2048]
-    cdef int64_t i = 0, chunk
-    # hash a block into L1-resident scratch, then map it to partition ids: the
-    # row hashes are never written to memory
-    with nogil:
-        while i < n:
-            chunk = n - i
-            if chunk > 2048:
-                chunk = 2048
-            hash_range(plan.cols, plan.num_columns, i, i + chunk, scratch)
-            partition_ids_range(scratch, chunk, <uint64_t>mp, &tv[0], &pv[i], &kv[0])
-            i += chunk
-    return pids, kgc
+    cdef _PidJob* jobs = <_PidJob*>calloc(nt, sizeof(_PidJob))
+    cdef void** args = <void**>calloc(nt, sizeof(void*))
+    if jobs == NULL or args == NULL:
+        free(jobs)
+        free(args)
+        raise MemoryError()
+    for t in range(nt):
+        jobs[t].cols = plan.cols
+        jobs[t].ncols = plan.num_columns
+        jobs[t].r0 = bounds[t]
+        jobs[t].r1 = bounds[t + 1]
+        jobs[t].mp = <uint64_t>mp
+        jobs[t].table = &tv[0]
+        jobs[t].pids = <void*><uintptr_t>pids.ctypes.data
+        jobs[t].pid_bytes = pid_bytes
+        jobs[t].kgc = &kv[t, 0]
+        args[t] = &jobs[t]
+    try:
+        with nogil:
+            if nt == 1:
+                _pid_job(args[0])
+            else:
+                sabot_run_parallel(_pid_job, args, nt)
+    finally:
+        free(jobs)
+        free(args)
+    return pids, tkgc.sum(axis=0) if nt > 1 else tkgc[0], tkgc, bounds
 
 
 def _partition_counts(kgc, table, P):
     return np.bincount(table.astype(np.int64), weights=kgc, minlength=P).astype(np.int64)
 
 
+def _auto_threads(int64_t n, num_threads):
+    if num_threads is None:
+        return int(max(1, min(AUTO_MAX_THREADS, os.cpu_count() or 1, n // PARALLEL_MIN_ROWS)))
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
+        raise TypeError(f"num_threads must be an int or None, got {num_threads!r}")
+    if not 1 <= num_threads <= SABOT_MAX_THREADS:
+        raise ValueError(f"num_threads must be in 1..{SABOT_MAX_THREADS} (or None), got {num_threads}")
+    return int(num_threads)
+
+
 def repartition(batch, key_columns, num_partitions=None, *, assignment=None,
-                max_parallelism=DEFAULT_MAX_PARALLELISM, key_group_counts=False):
+                max_parallelism=DEFAULT_MAX_PARALLELISM, key_group_counts=False,
+                num_threads=None):
     """Split ``batch`` by key into partitions, keeping input order within each.
 
     Row ``r`` goes to ``subtask_for_key_group(key_group(hash(r)), max_parallelism,
@@ -645,6 +882,10 @@ def repartition(batch, key_columns, num_partitions=None, *, assignment=None,
         assignment: int array of length max_parallelism, key group -> partition.
         max_parallelism: number of key groups.
         key_group_counts: also return rows per key group (int64[max_parallelism]).
+        num_threads: threads for hashing and the fixed-width columns (1..16); None
+            picks one per ``PARALLEL_MIN_ROWS`` rows, at most ``AUTO_MAX_THREADS``, so
+            ordinary streaming batches stay on the calling thread. The result does
+            not depend on it.
 
     Returns:
         ``list[pyarrow.RecordBatch]`` (one per partition, same schema, possibly empty),
@@ -654,9 +895,15 @@ def repartition(batch, key_columns, num_partitions=None, *, assignment=None,
     if key_columns is None:
         raise ValueError("repartition needs key_columns (the column name(s) to hash)")
     table, P = _partition_table(num_partitions, assignment, max_parallelism)
-    pids, kgc = _compute_pids(batch, key_columns, table, max_parallelism)
+    nt = _auto_threads(batch.num_rows, num_threads)
+    pids, kgc, tkgc, bounds = _compute_pids(batch, key_columns, table, max_parallelism,
+                                            1 if P <= 256 else 2, nt)
     counts = _partition_counts(kgc, table, P)
-    out = _scatter_batch(batch, pids, counts)
+    if len(bounds) > 2:
+        tcounts = np.stack([_partition_counts(k, table, P) for k in tkgc])
+        out = _scatter_batch(batch, pids, counts, tcounts, bounds)
+    else:
+        out = _scatter_batch(batch, pids, counts)
     return (out, kgc) if key_group_counts else out
 
 
@@ -725,8 +972,8 @@ def scatter(batch, pids, num_partitions):
     if not 1 <= p <= MAX_PARTITIONS:
         raise ValueError(f"num_partitions must be in 1..{MAX_PARTITIONS}, got {num_partitions}")
     ids = np.ascontiguousarray(pids)
-    if ids.dtype != np.uint16 or ids.ndim != 1:
-        raise TypeError(f"pids must be a 1-D uint16 array, got dtype {ids.dtype} shape {ids.shape}")
+    if ids.dtype not in (np.uint8, np.uint16) or ids.ndim != 1:
+        raise TypeError(f"pids must be a 1-D uint16 (or uint8) array, got dtype {ids.dtype} shape {ids.shape}")
     if len(ids) != batch.num_rows:
         raise ValueError(f"pids has {len(ids)} entries for a batch of {batch.num_rows} rows")
     counts = np.bincount(ids, minlength=p).astype(np.int64)

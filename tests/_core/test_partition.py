@@ -205,6 +205,79 @@ def test_repartition_property(vals, strs, num_partitions, offset):
         assert got.to_pylist() == exp.to_pylist()
 
 
+def staged_batch(n, seed):
+    """Enough rows for the staged (write-combining) scatter, every value width."""
+    rng = np.random.default_rng(seed)
+    k = rng.integers(-(2**40), 2**40, n)
+    return pa.record_batch({
+        "k": pa.array(k, mask=rng.random(n) < 0.05),
+        "i8": pa.array(rng.integers(-100, 100, n).astype(np.int8)),
+        "i16": pa.array(rng.integers(-3000, 3000, n).astype(np.int16), mask=rng.random(n) < 0.1),
+        "i32": pa.array(rng.integers(-(2**31), 2**31 - 1, n).astype(np.int32)),
+        "f32": pa.array(rng.random(n).astype(np.float32)),
+        "f64": pa.array(rng.random(n), mask=rng.random(n) < 0.1),
+        "ts": pa.array(rng.integers(0, 10**12, n), pa.timestamp("ms")),
+        "u64": pa.array(rng.integers(0, 2**63, n, dtype=np.uint64)),
+        "fsb": pa.array([bytes([x % 256, 7, x // 256 % 256]) for x in range(n)], pa.binary(3)),
+        "b": pa.array(rng.random(n) < 0.5, mask=rng.random(n) < 0.1),
+        "s": pa.array([None if x % 11 == 0 else "v" * (x % 23) + str(x) for x in range(n)]),
+        "d": pa.array([["x", "yy", None][x % 3] for x in range(n)]).dictionary_encode(),
+        "row": pa.array(np.arange(n)),
+    })
+
+
+@pytest.mark.parametrize("num_threads", [1, 2, 3])
+@pytest.mark.parametrize("num_partitions,max_parallelism", [(3, 128), (64, 128), (300, 512)])
+def test_repartition_staged_threads_widths_nulls_slices(num_threads, num_partitions, max_parallelism):
+    # 1-byte partition ids for P <= 256, 2-byte above; threads split the rows, so the
+    # threads' runs of one partition meet mid cache line; the slice starts mid line too
+    batch = staged_batch(30_011, seed=num_partitions).slice(13, 30_000)
+    out, counts = partition.repartition(batch, "k", num_partitions, max_parallelism=max_parallelism,
+                                        num_threads=num_threads, key_group_counts=True)
+    pids, kgs = ref_pids([batch.column("k")], num_partitions, max_parallelism=max_parallelism)
+    assert counts.tolist() == np.bincount(kgs, minlength=max_parallelism).tolist()
+    # the expected split: a stable sort of the rows by reference partition id
+    order = np.argsort(np.asarray(pids), kind="stable")
+    taken = batch.take(pa.array(order))
+    sizes = np.bincount(pids, minlength=num_partitions)
+    start = 0
+    assert len(out) == num_partitions
+    for p, got in enumerate(out):
+        got.validate(full=True)
+        assert got.equals(taken.slice(start, sizes[p])), f"partition {p}"
+        start += sizes[p]
+
+
+def test_repartition_threads_do_not_change_result():
+    batch = staged_batch(50_000, seed=9)
+    one = partition.repartition(batch, ["k", "s"], 16, num_threads=1)
+    for nt in (2, 4):
+        many = partition.repartition(batch, ["k", "s"], 16, num_threads=nt)
+        assert all(a.equals(b) for a, b in zip(one, many))
+
+
+def test_repartition_num_threads_bad_input():
+    batch = staged_batch(10, seed=1)
+    with pytest.raises(ValueError, match="num_threads"):
+        partition.repartition(batch, "k", 2, num_threads=0)
+    with pytest.raises(TypeError, match="num_threads"):
+        partition.repartition(batch, "k", 2, num_threads=1.5)
+
+
+def test_scatter_short_strings_at_buffer_end():
+    # short values are copied as two 8-byte words: the last values of the source
+    # buffer (fewer than 16 readable bytes after them) must take the exact path
+    n = 5000
+    vals = [("ab" * (x % 9))[: x % 17] for x in range(n)]
+    batch = pa.record_batch({"s": pa.array(vals), "ls": pa.array(vals, pa.large_string())})
+    pids = (np.arange(n) * 7919 % 5).astype(np.uint8)
+    parts = partition.scatter(batch, pids, 5)
+    for p, got in enumerate(parts):
+        got.validate(full=True)
+        exp = [v for v, q in zip(vals, pids) if q == p]
+        assert got.column("s").to_pylist() == exp and got.column("ls").to_pylist() == exp
+
+
 # --------------------------------------------------------------------------- state splitting
 
 def test_split_state_table_ranges_and_assignment():
