@@ -68,14 +68,19 @@ def canonical(table, sort_by=None):
     return table.sort_by([(k, "ascending") for k in sortable]).combine_chunks()
 
 
-def assert_tables_equal(actual, expected, *, sort_by=None, check_order=False, rel_tol=1e-9):
+def assert_tables_equal(actual, expected, *, sort_by=None, check_order=False, check_types=True, rel_tol=1e-9):
     """Assert two tables hold the same rows (as multisets unless ``check_order``).
 
-    Floating-point columns are compared with a relative tolerance, since a
-    parallel sum adds in a different order than a serial one.
+    Column names and (with ``check_types``) types must match. Floating-point
+    columns are compared with a relative tolerance, since a parallel sum adds in
+    a different order than a serial one; a null never equals a NaN.
     """
     if actual.schema.names != expected.schema.names:
         raise AssertionError(f"columns differ: {actual.schema.names} != {expected.schema.names}")
+    if check_types and actual.schema.types != expected.schema.types:
+        diff = [(n, str(a), str(e)) for n, a, e in zip(expected.schema.names, actual.schema.types,
+                                                        expected.schema.types) if a != e]
+        raise AssertionError(f"column types differ (name, actual, expected): {diff}")
     if actual.num_rows != expected.num_rows:
         raise AssertionError(f"row counts differ: {actual.num_rows} != {expected.num_rows}")
     if not check_order:
@@ -88,12 +93,22 @@ def assert_tables_equal(actual, expected, *, sort_by=None, check_order=False, re
         if pa.types.is_floating(e.type):
             import numpy as np
 
-            av = a.to_numpy(zero_copy_only=False).astype("float64")
-            ev = e.to_numpy(zero_copy_only=False).astype("float64")
+            a_null = a.is_null().to_numpy(zero_copy_only=False)
+            e_null = e.is_null().to_numpy(zero_copy_only=False)
+            if not np.array_equal(a_null, e_null):
+                bad = int(np.argmax(a_null != e_null))
+                raise AssertionError(f"column {name!r} differs at row {bad}: null in one table only")
+            av = a.fill_null(0.0).to_numpy(zero_copy_only=False).astype("float64")
+            ev = e.fill_null(0.0).to_numpy(zero_copy_only=False).astype("float64")
             if not np.allclose(av, ev, rtol=rel_tol, atol=0.0, equal_nan=True):
                 bad = int(np.argmax(~np.isclose(av, ev, rtol=rel_tol, atol=0.0, equal_nan=True)))
                 raise AssertionError(f"column {name!r} differs at row {bad}: {av[bad]!r} != {ev[bad]!r}")
-        elif not a.cast(e.type).equals(e):
+            continue
+        if a.type != e.type:
+            a = a.cast(e.type)
+        if not a.equals(e):
             al, el = a.to_pylist(), e.to_pylist()
-            bad = next(i for i, (x, y) in enumerate(zip(al, el)) if x != y)
+            bad = next((i for i, (x, y) in enumerate(zip(al, el)) if x != y), None)
+            if bad is None:
+                raise AssertionError(f"column {name!r} differs ({a.type} vs {e.type}) though its values compare equal")
             raise AssertionError(f"column {name!r} differs at row {bad}: {al[bad]!r} != {el[bad]!r}")
