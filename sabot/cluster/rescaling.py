@@ -13,6 +13,12 @@ The coordinator owns one :class:`Rescaler`. A rescale of operator X:
    records the timing: total time, and the pause of X (its last record processed
    by the old tasks to its first record processed by the new ones).
 
+A source (table or generator) moves its units instead of state: the new source
+tasks are deployed held, the old ones pause between two units and answer their
+next unit, the highest is the frontier F; the old tasks emit their units below F
+and finish, the new tasks emit the units from F on (exactly once in total). Only
+the source pauses, for that round trip.
+
 Nothing else stops. Auto-rebalance is the same move at the same parallelism with
 a new key-group table, planned from the per-key-group load that the upstream
 tasks' hash partitioners measure (:func:`sabot.execution.rebalance.plan_assignment`).
@@ -28,13 +34,16 @@ import numpy as np
 
 from sabot._core import partition
 from sabot.cluster.protocol import BadRequest, Conflict, NotFound
-from sabot.execution.deployment import build_rescale_messages
+from sabot.execution.deployment import build_rescale_messages, build_source_resume_messages, source_frontier
 from sabot.execution.rebalance import imbalance, plan_assignment
 from sabot.execution.slot_pool import SlotRequest
 
 log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
+
+#: source kinds whose units can move between subtasks during a live rescale
+RESCALABLE_SOURCE_KINDS = ("table", "generator")
 
 
 def _op_type(node):
@@ -61,6 +70,7 @@ class RescaleRecord:
         self.imbalance_predicted = None
         self.imbalance_after = None
         self.moved_key_groups = None
+        self.frontier = None  # a source rescale: first unit left to the new tasks
         self.done = asyncio.Event()
 
     @property
@@ -95,6 +105,9 @@ class RescaleRecord:
             "imbalance_predicted": self.imbalance_predicted,
             "imbalance_after": self.imbalance_after,
             "moved_key_groups": self.moved_key_groups,
+            "frontier": self.frontier,
+            "source_paused_ms": max((m["source_paused_ms"] for m in self.old_done.values()
+                                     if m.get("source_paused_ms") is not None), default=None),
         }
 
 
@@ -146,12 +159,23 @@ class Rescaler:
             known = ", ".join(f"{i} ({o.name})" for i, o in ops.items())
             raise NotFound(f"job {job.job_id} has no operator {operator_id!r}; operators: {known}")
         node = ops[operator_id]
-        if _op_type(node) in ("source", "sink"):
+        if _op_type(node) == "sink":
             raise BadRequest(
-                f"operator {node.name!r} is a {_op_type(node)}: live rescaling of sources and sinks is "
-                "not supported yet (their offsets and committed output would have to move); rescale "
-                "the operators between them"
+                f"operator {node.name!r} is a sink: live rescaling of sinks is not supported yet (their "
+                "committed output would have to move); rescale the operators before it"
             )
+        if _op_type(node) == "source":
+            kind = (node.parameters or {}).get("kind")
+            if kind == "dataset":
+                raise BadRequest(
+                    f"operator {node.name!r} reads files: rescaling a file source is not supported yet; "
+                    "table and generator sources can be rescaled"
+                )
+            if kind not in RESCALABLE_SOURCE_KINDS:
+                raise BadRequest(
+                    f"source {node.name!r} of kind {kind!r} cannot be rescaled live; rescalable source "
+                    f"kinds: {', '.join(RESCALABLE_SOURCE_KINDS)}"
+                )
         if isinstance(new_parallelism, bool) or not isinstance(new_parallelism, int):
             raise BadRequest(f"new_parallelism must be an int, got {new_parallelism!r}")
         if not 1 <= new_parallelism <= node.max_parallelism:
@@ -245,12 +269,16 @@ class Rescaler:
             msgs = build_rescale_messages(
                 job.exec_graph, job.job_id, record.operator_id, record.plan, record.rescale_id,
                 locations=locations, checkpoint=job.checkpoint_spec, assignment=assignment,
+                assignments=self.assignments.get(job.job_id),
             )
             per_node = {}
             for task_id, tdd in msgs["deploy"].items():
                 per_node.setdefault(job.task_node[task_id], []).append(tdd)
                 coordinator._advance(job.exec_graph.tasks[task_id], "DEPLOYING")
             await asyncio.gather(*(coordinator._post_deploy(n, tdds) for n, tdds in per_node.items()))
+            if "source_pause" in msgs:
+                await self._carry_out_source(job, record, msgs)
+                return
             # order matters: old tasks must know their targets and downstream tasks their
             # new inputs before any upstream task switches
             for step in ("handoff", "add_inputs", "switch_output"):
@@ -262,17 +290,40 @@ class Rescaler:
                 job, None, f"rescale {record.rescale_id} of {record.operator_name!r} failed: {exc}"
             )
 
+    async def _carry_out_source(self, job, record, msgs):
+        """A source: new tasks are deployed held; pause the old ones, agree a frontier, resume.
+
+        The downstream tasks first learn the new channels (read only after every old
+        one ended). Each old task stops between two units and answers its next unit;
+        the highest is the frontier F. Old tasks then emit their units below F and
+        finish; the new tasks emit the units from F on.
+        """
+        await asyncio.gather(*(self._control(job, task_id, msg) for task_id, msg in msgs["add_inputs"].items()))
+        answers = await asyncio.gather(
+            *(self._control(job, task_id, msg) for task_id, msg in msgs["source_pause"].items())
+        )
+        replies = [a.get("reply") for a in answers]
+        if any(r is None or "next_unit" not in r for r in replies):
+            raise RuntimeError(f"a paused source task answered without its next unit: {answers}")
+        record.frontier = source_frontier(replies)
+        resume = build_source_resume_messages(record.plan, record.rescale_id, record.frontier)
+        await asyncio.gather(*(self._control(job, task_id, msg)
+                               for step in ("source_finish", "source_start")
+                               for task_id, msg in resume[step].items()))
+
     async def _control(self, job, task_id, message):
+        """POST a control message to the task's worker; returns the worker's JSON answer."""
         coordinator = self.coordinator
         node = coordinator.nodes.get(job.task_node.get(task_id))
         if node is None:
             raise ConnectionError(f"the worker of task {task_id} is gone")
         try:
             async with coordinator._session.post(f"{node.url}/tasks/{task_id}/control", json=message) as resp:
+                body = await resp.json(content_type=None)
                 if resp.status >= 300:
-                    body = await resp.json(content_type=None)
                     raise RuntimeError(f"worker {node.node_id} refused {message['type']} for {task_id} "
                                        f"(HTTP {resp.status}): {(body or {}).get('error')}")
+                return body or {}
         except aiohttp.ClientError as exc:
             raise ConnectionError(f"cannot reach worker {node.node_id}: {exc}") from exc
 

@@ -9,6 +9,9 @@ channels from other workers connect there) and a small aiohttp control server:
   that request that were already started are canceled again.
 - ``POST /jobs/{job_id}/finished``: every task of the job finished; its sinks
   publish the output that end of input left staged (answers once they have).
+- ``POST /tasks/{task_id}/control``: a live-rescale control message for a running
+  task; a ``source_pause`` is answered once the source stopped between two units
+  (``{"reply": {"next_unit", ...}}``; 504 if it does not within ``timeout_s``).
 - ``POST /tasks/{task_id}/cancel``, ``GET /tasks`` (every task with its state and
   metrics; the worker's pid and node id), ``GET /tasks/{task_id}/result`` (the
   table a collect sink gathered, as an Arrow IPC stream; 204 if none), ``GET /health``.
@@ -46,6 +49,15 @@ from sabot.runtime.task_manager import TaskManager
 log = logging.getLogger(__name__)
 
 __all__ = ["Worker"]
+
+#: how long a control route waits for a task's reply (source_pause) unless the message says
+CONTROL_REPLY_TIMEOUT_S = 10.0
+
+
+class ControlTimeout(protocol.ClusterError, TimeoutError):
+    """A task did not answer a control message that expects a reply in time."""
+
+    status = 504
 
 
 class Worker:
@@ -362,10 +374,22 @@ class Worker:
         if task.state in TERMINAL_STATES:
             raise protocol.Conflict(f"task {task_id} on worker {self.node_id} is {task.state}")
         try:
-            self.task_manager.control(task_id, message, attempt=message.get("attempt"))
+            reply = self.task_manager.control(task_id, message, attempt=message.get("attempt"))
         except (ValueError, KeyError) as exc:
             raise BadRequest(f"task {task_id}: {exc}") from None
-        return web.json_response({"task_id": task_id, "accepted": message["type"]})
+        answer = {"task_id": task_id, "accepted": message["type"]}
+        if reply is not None:  # a source_pause: answer once the source stopped between two units
+            timeout = float(message.get("timeout_s") or CONTROL_REPLY_TIMEOUT_S)
+            try:
+                answer["reply"] = await asyncio.wait_for(asyncio.shield(reply), timeout)
+            except asyncio.TimeoutError:
+                raise ControlTimeout(
+                    f"task {task_id} on worker {self.node_id} did not answer {message['type']} within "
+                    f"{timeout:g} s (state {task.state})"
+                ) from None
+            except ValueError as exc:
+                raise protocol.Conflict(f"task {task_id}: {exc}") from None
+        return web.json_response(answer)
 
     async def cancel_task(self, task_id, timeout=10.0):
         """Cancel a task and wait until it has stopped; return its final state.

@@ -108,7 +108,7 @@ def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=Non
 
 
 def build_rescale_messages(exec_graph, job_id, operator_id, plan, rescale_id, locations=None, checkpoint=None,
-                           assignment=None):
+                           assignment=None, assignments=None):
     """What each task needs to carry out a live rescale (ARCHITECTURE.md section 8).
 
     Call after ``exec_graph.rescale_operator`` (``plan`` is what it returned), with
@@ -122,12 +122,22 @@ def build_rescale_messages(exec_graph, job_id, operator_id, plan, rescale_id, lo
         ``handoff``: ``{old_task_id: message}``: where each old task sends its state,
         ``add_inputs``: ``{downstream_task_id: message}``: channels from the new tasks,
         ``switch_output``: ``{upstream_task_id: message}``: the new output routing.
+
+    For a source operator there is no state and no upstream: the new tasks are
+    deployed held (``rescale.source_hold``), ``handoff`` and ``switch_output`` are
+    empty, and ``source_pause`` (``{old_task_id: message}``) asks each old task for
+    its next unit; :func:`build_source_resume_messages` then gives the frontier.
+    ``assignments`` are the key-group tables of other operators (the new tasks'
+    outputs route by them).
     """
     locations = locations or {}
     old_ids, new_ids = plan["old_task_ids"], plan["new_task_ids"]
     table = None if assignment is None else [int(x) for x in assignment]
-    tdds = build_deployment_descriptors(exec_graph, job_id, locations, checkpoint=checkpoint,
-                                        assignments={operator_id: table})
+    tables = dict(assignments or {})
+    tables[operator_id] = table
+    tdds = build_deployment_descriptors(exec_graph, job_id, locations, checkpoint=checkpoint, assignments=tables)
+    if partitioning_name(exec_graph.job_graph.operators[operator_id].operator_type) == "source":
+        return _source_rescale_messages(exec_graph, tdds, operator_id, old_ids, new_ids, rescale_id)
 
     def state_channel(old, new):
         return f"{job_id}/{rescale_id}/state/{old}->{new}"
@@ -160,3 +170,57 @@ def build_rescale_messages(exec_graph, job_id, operator_id, plan, rescale_id, lo
                 "downstream_operator_id": operator_id, "output": output,
             }
     return {"deploy": deploy, "handoff": handoff, "add_inputs": add_inputs, "switch_output": switch_output}
+
+
+def _add_inputs(exec_graph, tdds, operator_id, rescale_id):
+    add_inputs = {}
+    for edge in exec_graph.outputs_of(operator_id):
+        for task in exec_graph.operator_tasks(edge.downstream_operator_id):
+            gate = next(g for g in tdds[task.task_id]["inputs"] if g["upstream_operator_id"] == operator_id)
+            add_inputs[task.task_id] = {
+                "type": "add_inputs", "rescale_id": rescale_id,
+                "upstream_operator_id": operator_id, "channel_ids": gate["channel_ids"],
+            }
+    return add_inputs
+
+
+def _source_rescale_messages(exec_graph, tdds, operator_id, old_ids, new_ids, rescale_id):
+    deploy = {}
+    for new in new_ids:
+        tdd = tdds[new]
+        tdd["rescale"] = {"rescale_id": rescale_id, "source_hold": True}
+        deploy[new] = tdd
+    return {
+        "deploy": deploy,
+        "handoff": {},
+        "add_inputs": _add_inputs(exec_graph, tdds, operator_id, rescale_id),
+        "switch_output": {},
+        "source_pause": {old: {"type": "source_pause", "rescale_id": rescale_id} for old in old_ids},
+    }
+
+
+def source_frontier(replies):
+    """The frontier of a source rescale: the highest next unit the paused old tasks answered."""
+    units = [r["next_unit"] for r in replies]
+    if not units:
+        raise ValueError("a source rescale needs the reply of at least one old source task")
+    return max(units)
+
+
+def build_source_resume_messages(plan, rescale_id, frontier):
+    """After the old source tasks paused: ``{"source_finish": {old_task_id: message},
+    "source_start": {new_task_id: message}}``.
+
+    Old task ``i`` emits its units below ``frontier`` and finishes; new task ``j`` of
+    ``P'`` emits units ``frontier + j + n * P'``. Together every unit once.
+    """
+    new_ids = plan["new_task_ids"]
+    return {
+        "source_finish": {old: {"type": "source_finish", "rescale_id": rescale_id, "frontier": int(frontier)}
+                          for old in plan["old_task_ids"]},
+        "source_start": {
+            new: {"type": "source_start", "rescale_id": rescale_id,
+                  "epoch": {"start": int(frontier), "stride": len(new_ids), "offset": j}}
+            for j, new in enumerate(new_ids)
+        },
+    }

@@ -30,6 +30,7 @@ from sabot.runtime.partitioner import make_partitioner
 log = logging.getLogger(__name__)
 
 TERMINAL_STATES = ("FINISHED", "FAILED", "CANCELED")
+SOURCE_CONTROLS = ("source_pause", "source_finish", "source_start")
 
 
 class _Output:
@@ -124,6 +125,13 @@ class Task:
         self._rescaling = None  # (barrier, channels that delivered it)
         self._waiting_channels = []  # (upstream operator id, new channel indices) kept blocked
         rescale = tdd.get("rescale") or {}
+        # a source rescale: new source tasks wait for their epoch, old ones pause and finish
+        self._source_hold = bool(rescale.get("source_hold"))
+        self._source_start = asyncio.Event()
+        self._pause_reply = None  # future answering a source_pause (the next unit)
+        self._source_frontier = None
+        self._source_finish = asyncio.Event()
+        self._source_handed_off = False
         self.state_inputs = [data_server.input_channel(cid) for cid in rescale.get("state_channel_ids", [])]
         self.input_ids += [cid for cid in rescale.get("state_channel_ids", [])]
 
@@ -176,7 +184,7 @@ class Task:
             "metrics": self._metrics_snapshot(),
             "summary": self.operator.summary() if self.state == "FINISHED" else None,
             "total_rows": self.operator.total_rows if self.operator.is_source else None,
-            "handed_off": self._handoff is not None and self.state == "FINISHED",
+            "handed_off": (self._handoff is not None or self._source_handed_off) and self.state == "FINISHED",
         }
 
     def _metrics_snapshot(self):
@@ -201,6 +209,8 @@ class Task:
                 await self._call(self._restore)
             if self.state_inputs:
                 await self._receive_handoff()
+            if self._source_hold:
+                await self._wait_source_start()
             if self.operator.is_source:
                 await self._run_source()
             else:
@@ -319,13 +329,15 @@ class Task:
         max_ts = None
         watermark = None
         while True:
-            while self._triggers:
+            # checkpoints and a rescale pause happen between two units, never inside one
+            while self._triggers and self.operator.at_unit_boundary:
                 await self._checkpoint(self._triggers.popleft(), alignment_ms=0.0)
             if self._controls:
                 await self._apply_controls()
             batch = await self._call(next, iterator, done)
             if batch is done:
                 break
+            self._note_record()
             self.metrics["rows_in"] += batch.num_rows
             self.metrics["bytes_in"] += batch.nbytes
             await self._emit_routed(await self._call(self._route, [batch]))
@@ -340,6 +352,10 @@ class Task:
                         watermark = max_ts - out_of_orderness
                         await self._broadcast(events.Watermark(watermark))
         self._source_done = True
+        for message in self._controls:  # a pause that came too late: the input has ended
+            if message["type"] == "source_pause" and not message["reply"].done():
+                message["reply"].set_exception(ValueError(
+                    f"source task {self.task_id} reached the end of its input; it cannot be paused"))
         while self._triggers:  # no barrier can follow the end of the data
             self._report_checkpoint("declined", self._triggers.popleft().checkpoint_id,
                                     reason=f"source {self.task_id} reached the end of its input")
@@ -380,8 +396,10 @@ class Task:
             elif isinstance(item, events.EndOfStream):
                 finished[channel] = True
                 self._remaining -= 1
-                self._release_waiting_channels()
+                # align first: channels released now carry no barrier of a checkpoint
+                # that began before they were added
                 await self._maybe_aligned(gate, finished)
+                self._release_waiting_channels()
                 if await self._maybe_handoff(gate, finished):
                     return
             elif isinstance(item, events.CheckpointBarrier):
@@ -443,7 +461,8 @@ class Task:
         if self._aligning is None:
             return
         barrier, arrived, started = self._aligning
-        if not all(i in arrived or finished[i] for i in range(len(self.inputs))):
+        waiting = {i for _, indices in self._waiting_channels for i in indices}
+        if not all(i in arrived or finished[i] or i in waiting for i in range(len(self.inputs))):
             return
         self._aligning = None
         await self._checkpoint(barrier, alignment_ms=(time.perf_counter() - started) * 1e3)
@@ -549,7 +568,11 @@ class Task:
                 )
             keyed = storage.read_keyed_state(checkpoint, op_id, mine)
         states = storage.read_operator_state(checkpoint, op_id) if checkpoint.operator_handles(op_id) else {}
-        self.operator.restore_state(keyed, states.get(self.ctx.subtask_index), checkpoint.checkpoint_id)
+        if self.operator.is_source:
+            # a source may come back at another parallelism (e.g. a failure during its rescale)
+            self.operator.restore_subtask_states(states, checkpoint.checkpoint_id)
+        else:
+            self.operator.restore_state(keyed, states.get(self.ctx.subtask_index), checkpoint.checkpoint_id)
 
     # -- live rescaling ----------------------------------------------------------------
     #
@@ -565,30 +588,128 @@ class Task:
     #    finishes without emitting final results. Nothing else stops.
 
     def control(self, message):
-        """Queue a control message; it is applied between two batches."""
+        """Queue a control message; it is applied between two batches.
+
+        Returns None, except for ``source_pause``: a future that resolves to
+        ``{"task_id", "next_unit", "position"}`` once the source stopped between two units.
+        """
         kind = message.get("type")
         if kind == "handoff":
             self._handoff = message
             self._handoff_ready.set()
-            return
+            return None
+        if kind in SOURCE_CONTROLS:
+            return self._source_control(message)
         if kind == "add_inputs":
             # register at once so the new upstream tasks can connect right away
             message = dict(message)
             message["channels"] = [self.data_server.input_channel(cid) for cid in message["channel_ids"]]
             self.input_ids += list(message["channel_ids"])
         elif kind != "switch_output":
-            raise ValueError(f"unknown control message type {kind!r}; expected handoff, add_inputs or switch_output")
+            raise ValueError(
+                f"unknown control message type {kind!r}; expected handoff, add_inputs, switch_output, "
+                f"{', '.join(SOURCE_CONTROLS)}"
+            )
         self._controls.append(message)
         if self._gate is not None:
             self._gate.signal()
+        return None
 
     async def _apply_controls(self):
         while self._controls:
             message = self._controls.popleft()
             if message["type"] == "switch_output":
                 await self._switch_output(message)
+            elif message["type"] == "source_pause":
+                if not self.operator.at_unit_boundary:
+                    self._controls.appendleft(message)  # pause after the unit being emitted
+                    return
+                await self._pause_source(message)
             else:
                 self._add_inputs(message)
+
+    # A source rescale (see sabot.cluster.rescaling): the new source tasks are deployed
+    # held (``rescale.source_hold``): outputs open, nothing emitted. Each old source task
+    # gets ``source_pause``, stops between two units and answers its next unit; the
+    # coordinator takes the highest as the frontier F and sends ``source_finish {frontier:
+    # F}``: the old task emits its units below F, ends its outputs and finishes as handed
+    # off. ``source_start {epoch}`` lets each new task emit the units from F on.
+
+    def _source_control(self, message):
+        kind = message["type"]
+        if not self.operator.is_source:
+            raise ValueError(f"task {self.task_id} is not a source; {kind} is for source tasks")
+        if not self.operator.rescalable:
+            raise ValueError(f"task {self.task_id}: {self.operator._not_rescalable()}")
+        if kind == "source_start":
+            if not self._source_hold:
+                raise ValueError(f"task {self.task_id} was not deployed held; source_start is for the new "
+                                 "tasks of a source rescale")
+            if self._source_start.is_set():
+                raise ValueError(f"task {self.task_id} was already started")
+            try:
+                self.operator.set_epoch(message.get("epoch"))  # the task waits; nothing reads yet
+            except OperatorError as exc:
+                raise ValueError(str(exc)) from None
+            self._source_start.set()
+            return None
+        if kind == "source_pause":
+            if self._source_hold and not self._source_start.is_set():
+                raise ValueError(f"task {self.task_id} is held (never started); it cannot be paused")
+            if self._source_done:
+                raise ValueError(f"source task {self.task_id} reached the end of its input; it cannot be paused")
+            if self._pause_reply is not None:
+                raise ValueError(f"source task {self.task_id} is already paused for a rescale")
+            message = dict(message, reply=asyncio.get_running_loop().create_future())
+            self._pause_reply = message["reply"]
+            self._controls.append(message)
+            return message["reply"]
+        # source_finish
+        frontier = message.get("frontier")
+        if self._pause_reply is None:
+            raise ValueError(f"source task {self.task_id} got source_finish without a source_pause before it")
+        if self._source_finish.is_set():
+            raise ValueError(f"source task {self.task_id} already got source_finish")
+        if isinstance(frontier, bool) or not isinstance(frontier, int) or frontier < 0:
+            raise ValueError(f"source_finish needs 'frontier', an integer >= 0; got {frontier!r}")
+        self._source_frontier = frontier
+        self._source_finish.set()
+        return None
+
+    def _control_timeout(self):
+        return float(self.tdd.get("handoff_timeout_s", 30.0))
+
+    async def _wait_source_start(self):
+        timeout = self._control_timeout()
+        try:
+            await asyncio.wait_for(self._source_start.wait(), timeout=timeout)
+        except asyncio.TimeoutError:
+            raise OperatorError(
+                f"source task {self.task_id} was deployed held for rescale "
+                f"{(self.tdd.get('rescale') or {}).get('rescale_id')} but no source_start (its epoch) "
+                f"arrived within {timeout:g} s"
+            ) from None
+        self.metrics["source_epoch"] = self.operator.epoch
+
+    async def _pause_source(self, message):
+        """Stop between two units, answer the next unit, wait for the frontier, go on below it."""
+        started = time.perf_counter()
+        reply = message["reply"]
+        if not reply.done():
+            reply.set_result({"task_id": self.task_id, "next_unit": self.operator.next_unit,
+                              "position": self.operator.position})
+        timeout = self._control_timeout()
+        try:
+            await asyncio.wait_for(self._source_finish.wait(), timeout=timeout)
+        except asyncio.TimeoutError:
+            raise OperatorError(
+                f"source task {self.task_id} paused for rescale {message.get('rescale_id')} but no "
+                f"source_finish (the frontier) arrived within {timeout:g} s"
+            ) from None
+        self.operator.set_limit(self._source_frontier)
+        self._source_handed_off = True
+        self.metrics["source_paused_ms"] = (time.perf_counter() - started) * 1e3
+        self.metrics["source_frontier"] = self._source_frontier
 
     async def _switch_output(self, message):
         """Route an output edge to the new tasks of a rescaled operator."""

@@ -78,13 +78,17 @@ class TaskManager:
             task.trigger_checkpoint(checkpoint_id, timestamp_ms)
 
     def control(self, task_id, message, attempt=None):
-        """Hand a control message (live rescaling) to a running task."""
+        """Hand a control message (live rescaling) to a running task.
+
+        Returns None, or for a ``source_pause`` an asyncio future that resolves to the
+        source's reply ``{"task_id", "next_unit", "position"}`` (see :meth:`Task.control`).
+        """
         task = self._task(task_id, attempt)
         if task is None:
-            return
+            return None
         if task.state in TERMINAL_STATES:
             raise ValueError(f"task {task_id!r} is {task.state}; it takes no control messages")
-        task.control(message)
+        return task.control(message)
 
     def notify_checkpoint_complete(self, job_id, checkpoint_id):
         """Tell every task of ``job_id`` here that ``checkpoint_id`` completed (sinks commit).

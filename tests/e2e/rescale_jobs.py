@@ -36,3 +36,13 @@ def reference(total_rows, num_keys, zipf=False, batch_size=65536):
     table = table.append_column("value2", pc.multiply(table.column("value"), 2.0))
     out = table.group_by("key").aggregate([("value2", "count"), ("value2", "sum")])
     return out.select(["key", "value2_count", "value2_sum"])
+
+
+def dataset_job(path, name="file-source"):
+    """Files read through a dataset source, slowed down by the map (a file source cannot be rescaled)."""
+    stream = (
+        Stream.from_dataset(path, format="parquet", batch_size=1024, name="source").parallelism(1)
+        .map(slow_add_value2, name="map").parallelism(2)
+        .collect(name="sink").parallelism(1)
+    )
+    return stream.to_job_graph(name, default_parallelism=2, shippable=True)

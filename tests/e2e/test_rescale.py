@@ -197,3 +197,62 @@ def test_failure_during_a_rescale_falls_back_to_the_last_checkpoint(tmp_path):
         ops = {op["name"]: op["parallelism"] for op in detail["operators"]}
         assert ops["aggregate"] == 3
         assert_tables_equal(c.result(job_id).table("sink"), reference(total, keys), sort_by=["key"])
+
+
+def test_rescale_source_1_3_2_while_data_flows(cluster):
+    """The generator source moves its units live: 1 -> 3 -> 2 tasks, the result stays exact."""
+    total, keys = 600_000, 3000
+    client = cluster.client()
+    job_id = cluster.submit(keyed_count_job(total, keys, agg_parallelism=2, name="source-rescale"))
+    deadline = time.monotonic() + 20
+    while client.job(job_id)["state"] != "RUNNING" or source_rows(client.job(job_id)) == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    source = operator_id(client.job(job_id), "source")
+    records = []
+    for new_parallelism in (3, 2):
+        time.sleep(0.3)
+        plan = client.request("POST", f"/jobs/{job_id}/rescale",
+                              {"operator_id": source, "new_parallelism": new_parallelism})
+        assert plan["status"] == "rescaling" and len(plan["new_task_ids"]) == new_parallelism
+        assert plan["requires_state_redistribution"] is False
+        detail, record = wait_rescale(client, job_id, plan["rescale_id"])
+        assert record["state"] == "COMPLETED", record
+        assert record["frontier"] is not None and record["frontier"] > 0
+        assert record["source_paused_ms"] is not None and record["old_tasks_finished"] == len(plan["old_task_ids"])
+        ops = {op["name"]: op["parallelism"] for op in detail["operators"]}
+        assert ops["source"] == new_parallelism
+        records.append(record)
+    assert records[1]["frontier"] >= records[0]["frontier"]
+    assert cluster.wait(job_id, 60) == "FINISHED"
+    assert_tables_equal(cluster.result(job_id).table("sink"), reference(total, keys), sort_by=["key"])
+    final = client.job(job_id)
+    print("source rescales:", [(r["old_parallelism"], r["new_parallelism"], r["pause_ms"], r["source_paused_ms"],
+                                r["total_ms"]) for r in final["rescales"]])
+
+
+def test_rescale_of_a_file_source_is_refused(cluster, tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rescale_jobs import dataset_job
+    from sabot.runtime.generators import keyed_records
+
+    for i in range(4):
+        pq.write_table(pa.Table.from_batches([keyed_records(i * 25_000, 25_000, num_keys=100)]),
+                       tmp_path / f"part-{i}.parquet")
+    client = cluster.client()
+    job_id = cluster.submit(dataset_job(str(tmp_path)))
+    deadline = time.monotonic() + 20
+    while client.job(job_id)["state"] != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    source = operator_id(client.job(job_id), "source")
+    with pytest.raises(ApiError) as info:
+        client.request("POST", f"/jobs/{job_id}/rescale", {"operator_id": source, "new_parallelism": 2})
+    assert info.value.status == 400
+    assert "rescaling a file source is not supported yet" in str(info.value)
+    assert cluster.wait(job_id, 60) == "FINISHED"
+    ts = np.sort(cluster.result(job_id).table("sink")["ts"].to_numpy())
+    assert np.array_equal(ts, np.arange(100_000))

@@ -153,9 +153,52 @@ class SourceOperator(Operator):
         if state and state.get("position") is not None:
             self.seek(state["position"])
 
+    def restore_subtask_states(self, states, checkpoint_id):
+        """Restore from ``{subtask_index: state}`` of every subtask of a checkpoint.
+
+        By default subtask ``i`` takes state ``i``; sources that can change their
+        parallelism (table, generator) redistribute what is left instead.
+        """
+        if states and self.ctx.subtask_index in states:
+            self.restore_state(None, states[self.ctx.subtask_index], checkpoint_id)
+
     @property
     def total_rows(self):
         return None
+
+    # -- live rescaling (ARCHITECTURE.md section 8) ----------------------------------
+    #
+    # A rescalable source numbers its units globally. The old subtasks pause at a unit
+    # boundary and report ``next_unit``; the coordinator takes the highest as the
+    # frontier F; each old subtask then emits its units below F (``set_limit``) and
+    # ends, and the new subtasks emit the units from F on (``set_epoch``).
+
+    #: whether this source supports a live rescale (set_epoch, set_limit, next_unit)
+    rescalable = False
+
+    def _not_rescalable(self):
+        return OperatorError(
+            f"source {self.ctx.operator_name!r} ({type(self).__name__}) cannot be rescaled live; "
+            "only table and generator sources can"
+        )
+
+    @property
+    def at_unit_boundary(self):
+        """True between two units (the only place a source pauses or takes a checkpoint)."""
+        return True
+
+    @property
+    def next_unit(self):
+        """The first (global) unit this subtask has not started emitting."""
+        raise self._not_rescalable()
+
+    def set_limit(self, frontier):
+        """From now on emit only units below ``frontier``, then end."""
+        raise self._not_rescalable()
+
+    def set_epoch(self, epoch):
+        """Emit the unit sequence ``epoch`` describes (a new subtask of a source rescale)."""
+        raise self._not_rescalable()
 
 
 def register(operator_type, kind=None):

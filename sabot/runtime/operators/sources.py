@@ -6,6 +6,11 @@ coordination (subtask ``i`` takes units ``i, i + P, i + 2P, …``), reports a
 ``seek`` (or the ``start_position`` parameter) so that a restored job replays
 exactly the rows after it. A position is JSON-able.
 
+The table and generator sources can also be rescaled live: their units follow an
+*epoch* (``{start, stride, offset}``, see :class:`_CountingSource`) that a rescale
+replaces for the new subtasks, and their checkpointed state is ``{"position",
+"epoch"}``, so a restore after the rescale (at any parallelism) continues exactly.
+
 Parameter formats (``parameters["kind"]``):
 
 * ``"table"``: ``{"data": base64 Arrow IPC, "batch_size": int | None}``; unit =
@@ -46,14 +51,104 @@ def _positive_int(ctx, params, name, default):
 
 
 class _CountingSource(SourceOperator):
-    """A source whose position is the number of units this subtask has emitted."""
+    """A source whose position is the number of units this subtask has emitted.
+
+    The units of a subtask follow its *epoch*: first the explicit ``pending`` units
+    (left over by a restore at another parallelism), then ``start + offset + n *
+    stride`` for ``n = 0, 1, …``. The default epoch ``{start: 0, stride: P, offset:
+    i}`` gives subtask ``i`` units ``i, i + P, …``. A live rescale gives the new
+    subtasks epochs that begin at a frontier every old subtask stops before.
+    """
+
+    rescalable = True
+    #: keys of an epoch dict
+    EPOCH_KEYS = ("start", "stride", "offset", "pending")
 
     def __init__(self, ctx):
         super().__init__(ctx)
         self._emitted = 0
+        self._partial = False  # some (not all) batches of the next unit were emitted
+        self._limit = None  # units >= limit belong to other subtasks (a source rescale)
+        self._epoch = self.default_epoch()
         start = self.params.get("start_position")
-        if start is not None:
+        if isinstance(start, dict):
+            self.restore_state(None, start, None)
+        elif start is not None:
             self.seek(start)
+
+    # -- epochs ------------------------------------------------------------------
+
+    def default_epoch(self):
+        return {"start": 0, "stride": self.ctx.parallelism, "offset": self.ctx.subtask_index, "pending": []}
+
+    @property
+    def epoch(self):
+        """This subtask's epoch (a JSON-able dict; ``pending`` omitted when empty)."""
+        epoch = {k: self._epoch[k] for k in ("start", "stride", "offset")}
+        if self._epoch["pending"]:
+            epoch["pending"] = list(self._epoch["pending"])
+        return epoch
+
+    def set_epoch(self, epoch):
+        """Take the unit sequence ``epoch`` describes, from its beginning (position 0)."""
+        name = self.ctx.operator_name
+        expected = ("an epoch {'start': int >= 0, 'stride': int >= 1, 'offset': int in [0, stride), "
+                    "'pending': optional increasing list of units below start}")
+        if not isinstance(epoch, dict) or not {"start", "stride", "offset"} <= set(epoch) \
+                or set(epoch) - set(self.EPOCH_KEYS):
+            raise OperatorError(f"source {name!r}: expected {expected}, got {epoch!r}")
+        values = [epoch["start"], epoch["stride"], epoch["offset"]]
+        pending = epoch.get("pending") or []
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in values + list(pending))
+        if not ints or not isinstance(pending, (list, tuple)) or values[0] < 0 or values[1] < 1 \
+                or not 0 <= values[2] < values[1]:
+            raise OperatorError(f"source {name!r}: expected {expected}, got {epoch!r}")
+        if any(a >= b for a, b in zip(pending, pending[1:])) or (pending and (pending[0] < 0 or pending[-1] >= values[0])):
+            raise OperatorError(
+                f"source {name!r}: the pending units of an epoch must increase, be >= 0 and lie below "
+                f"its start {values[0]}; got {list(pending)!r}"
+            )
+        self._epoch = {"start": values[0], "stride": values[1], "offset": values[2], "pending": list(pending)}
+        self._emitted = 0
+        self._partial = False
+
+    def _unit_at(self, n):
+        """The global unit number of this subtask's ``n``-th unit."""
+        pending = self._epoch["pending"]
+        if n < len(pending):
+            return pending[n]
+        e = self._epoch
+        return e["start"] + e["offset"] + (n - len(pending)) * e["stride"]
+
+    @property
+    def num_units(self):
+        """Units of the whole source (all subtasks), None if unbounded."""
+        raise NotImplementedError  # every counting source defines it
+
+    @property
+    def next_unit(self):
+        """The first unit this subtask has not started emitting (global number)."""
+        return self._unit_at(self._emitted + (1 if self._partial else 0))
+
+    @property
+    def at_unit_boundary(self):
+        return not self._partial
+
+    def set_limit(self, frontier):
+        """Emit only units below ``frontier`` from now on (an old subtask of a source rescale)."""
+        if isinstance(frontier, bool) or not isinstance(frontier, int) or frontier < 0:
+            raise OperatorError(
+                f"source {self.ctx.operator_name!r}: the frontier of a rescale must be an integer >= 0, "
+                f"got {frontier!r}"
+            )
+        if self._partial and frontier <= self._unit_at(self._emitted):
+            raise OperatorError(
+                f"source {self.ctx.operator_name!r}: frontier {frontier} lies below unit "
+                f"{self._unit_at(self._emitted)} that this subtask already started"
+            )
+        self._limit = frontier
+
+    # -- positions ---------------------------------------------------------------
 
     @property
     def position(self):
@@ -67,18 +162,84 @@ class _CountingSource(SourceOperator):
                 f"(units already emitted by this subtask), got {position!r}"
             )
         self._emitted = position
+        self._partial = False
+
+    def snapshot_state(self, checkpoint_id):
+        return {"keyed": None, "state": {"position": self._emitted, "epoch": self.epoch}}
+
+    def restore_state(self, keyed, state, checkpoint_id):
+        """``state`` is ``{"position": int, "epoch": {...}}`` (or without epoch: the default one)."""
+        if not state:
+            return
+        if state.get("epoch") is not None:
+            self.set_epoch(state["epoch"])
+        if state.get("position") is not None:
+            self.seek(state["position"])
+
+    def restore_subtask_states(self, states, checkpoint_id):
+        """Restore from the states of every subtask of a checkpoint (``{subtask_index: state}``).
+
+        At the parallelism the checkpoint was taken at, subtask ``i`` continues state
+        ``i``. At another one the units nobody emitted yet are shared out again: the
+        frontier ``F`` is the highest next unit of any old subtask; the units below it
+        still due go round robin to the new subtasks as ``pending`` and the units from
+        ``F`` on are split by a new stride, so every unit is emitted exactly once.
+        """
+        states = {int(k): v for k, v in (states or {}).items()}
+        if not states:
+            return
+        if set(states) == set(range(self.ctx.parallelism)):
+            self.restore_state(None, states[self.ctx.subtask_index], checkpoint_id)
+            return
+        old_parallelism = len(states)
+        if set(states) != set(range(old_parallelism)):
+            raise OperatorError(
+                f"source {self.ctx.operator_name!r}: the checkpoint holds the state of subtasks "
+                f"{sorted(states)}; expected subtasks 0..{old_parallelism - 1}"
+            )
+        sequences = []
+        for index, state in sorted(states.items()):
+            epoch = (state or {}).get("epoch") or {"start": 0, "stride": old_parallelism, "offset": index}
+            position = (state or {}).get("position") or 0
+            pending = list(epoch.get("pending") or [])
+            done_stride = max(0, position - len(pending))
+            next_stride = epoch["start"] + epoch["offset"] + done_stride * epoch["stride"]
+            sequences.append((pending[position:], next_stride, epoch["stride"]))
+        frontier = max(s[1] for s in sequences)
+        total = self.num_units
+        due = []
+        for pending, next_stride, stride in sequences:
+            due += pending
+            due += range(next_stride, frontier, stride)
+        due = sorted(u for u in due if total is None or u < total)
+        p, j = self.ctx.parallelism, self.ctx.subtask_index
+        self.set_epoch({"start": frontier, "stride": p, "offset": j, "pending": due[j::p]})
+        log.info("source %s subtask %d of %d restored from %d subtasks: frontier %d, %d pending unit(s)",
+                 self.ctx.operator_name, j, p, old_parallelism, frontier, len(due[j::p]))
+
+    # -- reading -----------------------------------------------------------------
 
     def _unit_indexes(self, num_units):
-        """Global unit numbers owned by this subtask, from the current position on."""
-        start = self.ctx.subtask_index + self._emitted * self.ctx.parallelism
-        if num_units is None:
-            def unbounded():
-                unit = start
-                while True:
-                    yield unit
-                    unit += self.ctx.parallelism
-            return unbounded()
-        return range(start, num_units, self.ctx.parallelism)
+        """Global unit numbers owned by this subtask, from the current position on.
+
+        Lazy: the read loop counts each unit in ``_emitted`` as it emits it, and a
+        limit set between two units (a source rescale) ends the sequence there.
+        """
+        while True:
+            unit = self._unit_at(self._emitted)
+            if (num_units is not None and unit >= num_units) or (self._limit is not None and unit >= self._limit):
+                return
+            yield unit
+
+    def _all_units(self, num_units):
+        """Every unit of this subtask's epoch (bounded sources), emitted or not."""
+        n = 0
+        while True:
+            unit = self._unit_at(n)
+            if unit >= num_units or (self._limit is not None and unit >= self._limit):
+                return
+            yield unit
+            n += 1
 
 
 @register("source", kind="table")
@@ -106,17 +267,19 @@ class TableSource(_CountingSource):
         self.num_slices = -(-self.table.num_rows // self.batch_size)
 
     @property
+    def num_units(self):
+        return self.num_slices
+
+    @property
     def total_rows(self):
-        rows = 0
-        for k in range(self.ctx.subtask_index, self.num_slices, self.ctx.parallelism):
-            rows += min(self.batch_size, self.table.num_rows - k * self.batch_size)
-        return rows
+        return sum(min(self.batch_size, self.table.num_rows - k * self.batch_size)
+                   for k in self._all_units(self.num_slices))
 
     def read(self):
         if self.table.num_rows == 0:
-            # An empty table still has a schema: subtask 0 sends one empty batch so
-            # that a collecting sink returns an empty table rather than nothing.
-            if self.ctx.subtask_index == 0 and self._emitted == 0:
+            # An empty table still has a schema: the subtask owning unit 0 sends one empty
+            # batch so that a collecting sink returns an empty table rather than nothing.
+            if self._unit_at(0) == 0 and self._emitted == 0:
                 self._emitted = 1
                 yield pa.RecordBatch.from_pylist([], schema=self.table.schema)
             return
@@ -128,6 +291,9 @@ class TableSource(_CountingSource):
             for j, batch in enumerate(batches):
                 if j == len(batches) - 1:
                     self._emitted += 1
+                    self._partial = False
+                else:
+                    self._partial = True
                 yield batch
             if not batches:
                 self._emitted += 1
@@ -166,13 +332,14 @@ class GeneratorSource(_CountingSource):
         return None if self.total is None else -(-self.total // self.batch_size)
 
     @property
+    def num_units(self):
+        return self.num_batches
+
+    @property
     def total_rows(self):
         if self.total is None:
             return None
-        rows = 0
-        for b in range(self.ctx.subtask_index, self.num_batches, self.ctx.parallelism):
-            rows += min(self.batch_size, self.total - b * self.batch_size)
-        return rows
+        return sum(min(self.batch_size, self.total - b * self.batch_size) for b in self._all_units(self.num_batches))
 
     def read(self):
         for b in self._unit_indexes(self.num_batches):

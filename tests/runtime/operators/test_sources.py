@@ -332,3 +332,131 @@ def test_dataset_source_bad_input(tmp_path):
     op = make_source({"kind": "dataset", "path": str(d), "format": "parquet"}, 1, 2)
     with pytest.raises(OperatorError, match="fragment % 2 == 1"):
         op.seek([0, 0])
+
+
+# -- epochs: live rescaling and restores at another parallelism -----------------------------
+
+
+def _rows(batches, column):
+    return [v for b in batches for v in b.column(column).to_pylist()]
+
+
+def _counting_params(kind, n, batch_size):
+    if kind == "table":
+        return {"kind": "table", "data": encode_table(sample_table(n)), "batch_size": batch_size}
+    return {"kind": "generator", "function": GEN, "total_rows": n, "batch_size": batch_size, "parameters": {}}
+
+
+COLUMN = {"table": "id", "generator": "ts"}
+
+
+@pytest.mark.parametrize("kind", ["table", "generator"])
+def test_default_epoch_snapshot_and_restore(kind):
+    params = _counting_params(kind, 100, 7)
+    op = make_source(params, 1, 3)
+    assert op.epoch == {"start": 0, "stride": 3, "offset": 1}
+    head = list(itertools.islice(op.read(), 2))
+    assert op.next_unit == 7  # units 1, 4 done: 7 is next
+    state = op.snapshot_state(1)["state"]
+    assert state == {"position": 2, "epoch": {"start": 0, "stride": 3, "offset": 1}}
+    again = make_source(params, 1, 3)
+    again.restore_state(None, state, 1)
+    rest = read_all(again)
+    expected = [r for u in range(1, 15, 3) for r in range(u * 7, min(u * 7 + 7, 100))]
+    assert _rows(head + rest, COLUMN[kind]) == expected
+    # a plain-int position (older checkpoints) still restores
+    plain = make_source(params, 1, 3)
+    plain.restore_state(None, {"position": 2}, 1)
+    assert _rows(read_all(plain), COLUMN[kind]) == _rows(rest, COLUMN[kind])
+
+
+@pytest.mark.parametrize("kind", ["table", "generator"])
+@pytest.mark.parametrize("old_p,new_p,reads", [(1, 3, [5]), (3, 2, [2, 0, 4]), (2, 4, [9, 1]), (4, 1, [0, 3, 3, 1])])
+def test_live_rescale_protocol_emits_every_unit_once(kind, old_p, new_p, reads):
+    """Pause old subtasks at different points, frontier = max next unit, old finish below it."""
+    n, batch_size = 203, 5  # 41 units
+    params = _counting_params(kind, n, batch_size)
+    column = COLUMN[kind]
+    old = [make_source(params, i, old_p) for i in range(old_p)]
+    iters = [op.read() for op in old]
+    emitted = []
+    for it, k in zip(iters, reads):
+        emitted += _rows(list(itertools.islice(it, k)), column)
+    frontier = max(op.next_unit for op in old)
+    for op, it in zip(old, iters):
+        op.set_limit(frontier)
+        emitted += _rows(list(it), column)  # the same generator goes on, below the frontier
+    assert all(r < frontier * batch_size for r in emitted)
+    for j in range(new_p):
+        op = make_source(params, j, new_p)
+        op.set_epoch({"start": frontier, "stride": new_p, "offset": j})
+        assert op.total_rows == len([r for r in range(frontier * batch_size, n)
+                                     if (r // batch_size - frontier) % new_p == j])
+        emitted += _rows(read_all(op), column)
+    assert sorted(emitted) == list(range(n))
+
+
+@pytest.mark.parametrize("kind", ["table", "generator"])
+@pytest.mark.parametrize("old_p,new_p,reads", [(3, 2, [4, 0, 7]), (1, 3, [6]), (2, 5, [1, 8]), (2, 2, [3, 1])])
+def test_restore_at_another_parallelism_emits_the_rest_once(kind, old_p, new_p, reads):
+    n, batch_size = 157, 4  # 40 units
+    params = _counting_params(kind, n, batch_size)
+    column = COLUMN[kind]
+    emitted, states = [], {}
+    for i, k in enumerate(reads):
+        op = make_source(params, i, old_p)
+        emitted += _rows(list(itertools.islice(op.read(), k)), column)
+        states[i] = op.snapshot_state(1)["state"]
+    for j in range(new_p):
+        op = make_source(params, j, new_p)
+        op.restore_subtask_states(states, 1)
+        emitted += _rows(read_all(op), column)
+    assert sorted(emitted) == list(range(n))
+    # and once more: a checkpoint taken after the restore carries the new epochs
+    second = {}
+    for j in range(new_p):
+        op = make_source(params, j, new_p)
+        op.restore_subtask_states(states, 1)
+        list(itertools.islice(op.read(), 1))
+        second[j] = op.snapshot_state(2)["state"]
+    for j in range(new_p):
+        op = make_source(params, j, new_p)
+        op.restore_subtask_states(second, 2)
+        assert op.epoch == second[j]["epoch"]
+
+
+def test_table_source_pause_waits_for_the_unit_being_emitted():
+    # a slice that spans two chunks comes out as two batches: after the first one the
+    # source is inside a unit, and the next unit is the one after it
+    table = pa.concat_tables([sample_table(10).slice(0, 5), sample_table(10).slice(5, 5)])
+    op = make_source({"kind": "table", "data": encode_table(table), "batch_size": 4})
+    it = op.read()
+    first = next(it)
+    assert first.num_rows == 4 and op.at_unit_boundary and op.next_unit == 1
+    second = next(it)  # rows 4 of slice [4, 8)
+    assert second.num_rows == 1 and not op.at_unit_boundary and op.next_unit == 2
+    with pytest.raises(OperatorError, match="already started"):
+        op.set_limit(1)
+    op.set_limit(2)
+    assert _rows([first, second] + list(it), "id") == list(range(8))
+
+
+def test_bad_epochs_are_refused():
+    op = make_source(_counting_params("generator", 10, 2), 0, 2)
+    for bad in ({"start": 0, "stride": 0, "offset": 0}, {"start": 0, "stride": 2, "offset": 2},
+                {"start": -1, "stride": 2, "offset": 0}, {"stride": 2, "offset": 0}, "epoch",
+                {"start": 4, "stride": 2, "offset": 0, "extra": 1}):
+        with pytest.raises(OperatorError, match="epoch"):
+            op.set_epoch(bad)
+    with pytest.raises(OperatorError, match="pending units"):
+        op.set_epoch({"start": 4, "stride": 2, "offset": 0, "pending": [3, 1]})
+    with pytest.raises(OperatorError, match="frontier"):
+        op.set_limit(-1)
+
+
+def test_dataset_source_cannot_be_rescaled(tmp_path):
+    pq.write_table(sample_table(10), tmp_path / "a.parquet")
+    op = make_source({"kind": "dataset", "path": str(tmp_path), "format": "parquet"})
+    assert not op.rescalable
+    with pytest.raises(OperatorError, match="cannot be rescaled"):
+        op.set_epoch({"start": 0, "stride": 1, "offset": 0})
