@@ -118,7 +118,7 @@ class AutoRebalance:
         self.interval_seconds = interval_seconds
         self.imbalance_threshold = imbalance_threshold
         self.task = None
-        self.samples = {}  # operator id -> {upstream task id: cumulative rows per key group}
+        self.samples = {}  # operator id -> {upstream task id: (cumulative rows per key group, report time)}
         self.last_imbalance = {}  # operator id -> imbalance measured over the last interval
         self.checks = 0
 
@@ -455,12 +455,15 @@ class Rescaler:
                 yield op_id, node
 
     def measure(self, job, auto, op_id):
-        """Rows per key group routed to ``op_id`` since the last sample (None on the first).
+        """Rows per second per key group routed to ``op_id`` since the last sample.
 
         The upstream tasks' hash partitioners count the rows they route per key group
-        (cumulative, reported with their metrics); the difference between two samples
-        is the load of each key group over the interval, and through the key-group
-        table the load of each task of the operator.
+        (cumulative, reported with their metrics and the time of the report). Each
+        upstream task's difference between two reports, divided by the time between
+        them, is its rate per key group; the operator's load is their sum (so tasks
+        whose reports are not aligned in time still add up correctly). Returns None
+        when there is no earlier sample, or an upstream task restarted, was rescaled
+        or has not reported since.
         """
         exec_graph = job.exec_graph
         previous = auto.samples.get(op_id)
@@ -469,18 +472,18 @@ class Rescaler:
             for task in exec_graph.operator_tasks(edge.upstream_operator_id):
                 metrics = (job.task_status.get(task.task_id) or {}).get("metrics") or {}
                 counts = (metrics.get("key_group_counts") or {}).get(op_id)
-                if counts is not None:
-                    now[task.task_id] = np.asarray(counts, dtype=np.int64)
+                if counts is not None and metrics.get("sampled_at") is not None:
+                    now[task.task_id] = (np.asarray(counts, dtype=np.int64), float(metrics["sampled_at"]))
         auto.samples[op_id] = now
         if previous is None or not now:
             return None
-        kg = np.zeros(job.job_graph.operators[op_id].max_parallelism, dtype=np.int64)
-        for task_id, counts in now.items():
+        rates = np.zeros(job.job_graph.operators[op_id].max_parallelism, dtype=np.float64)
+        for task_id, (counts, at) in now.items():
             before = previous.get(task_id)
-            if before is None or before.shape != counts.shape or np.any(counts < before):
-                return None  # an upstream task restarted or was rescaled: sample again
-            kg += counts - before
-        return kg
+            if before is None or before[0].shape != counts.shape or np.any(counts < before[0]) or at <= before[1]:
+                return None
+            rates += (counts - before[0]) / (at - before[1])
+        return rates
 
     def _assignment(self, job, op_id):
         current = self.assignments.get(job.job_id, {}).get(op_id)

@@ -198,6 +198,7 @@ class Task:
         }
         if counts:
             metrics["key_group_counts"] = counts
+        metrics["sampled_at"] = time.time()  # turns cumulative counts into rates
         return metrics
 
     async def _run(self):
