@@ -61,7 +61,6 @@ Example:
 import asyncio
 import collections
 import dataclasses
-import functools
 import io
 import logging
 import os
@@ -846,15 +845,20 @@ class ClusterCoordinator:
             job.deployed.set()
 
     async def _post_deploy(self, node_id, tdds):
+        return await self.post_to_worker(node_id, "/tasks/deploy", tdds, "the deployment")
+
+    async def post_to_worker(self, node_id, path, body, what):
+        """POST JSON to a worker; its JSON answer, or an error naming the worker and ``what``."""
         node = self.nodes.get(node_id)
         if node is None:
             raise ConnectionError(f"worker {node_id} is gone")
         try:
-            async with self._session.post(f"{node.url}/tasks/deploy", json=tdds) as resp:
-                body = await resp.json(content_type=None)
+            async with self._session.post(f"{node.url}{path}", json=body) as resp:
+                answer = await resp.json(content_type=None)
                 if resp.status >= 300:
-                    raise RuntimeError(f"worker {node_id} refused the deployment (HTTP {resp.status}): "
-                                       f"{(body or {}).get('error')}")
+                    raise RuntimeError(f"worker {node_id} refused {what} (HTTP {resp.status}): "
+                                       f"{(answer or {}).get('error')}")
+                return answer or {}
         except aiohttp.ClientError as exc:
             raise ConnectionError(f"cannot reach worker {node_id} at {node.url}: {exc}") from exc
 

@@ -29,7 +29,6 @@ import itertools
 import logging
 import time
 
-import aiohttp
 import numpy as np
 
 from sabot._core import partition
@@ -313,19 +312,9 @@ class Rescaler:
 
     async def _control(self, job, task_id, message):
         """POST a control message to the task's worker; returns the worker's JSON answer."""
-        coordinator = self.coordinator
-        node = coordinator.nodes.get(job.task_node.get(task_id))
-        if node is None:
-            raise ConnectionError(f"the worker of task {task_id} is gone")
-        try:
-            async with coordinator._session.post(f"{node.url}/tasks/{task_id}/control", json=message) as resp:
-                body = await resp.json(content_type=None)
-                if resp.status >= 300:
-                    raise RuntimeError(f"worker {node.node_id} refused {message['type']} for {task_id} "
-                                       f"(HTTP {resp.status}): {(body or {}).get('error')}")
-                return body or {}
-        except aiohttp.ClientError as exc:
-            raise ConnectionError(f"cannot reach worker {node.node_id}: {exc}") from exc
+        return await self.coordinator.post_to_worker(
+            job.task_node.get(task_id), f"/tasks/{task_id}/control", message, f"{message['type']} for {task_id}"
+        )
 
     # -- reports from the workers --------------------------------------------------------
 

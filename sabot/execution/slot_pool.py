@@ -51,7 +51,7 @@ import numbers
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional
 
 from sabot._core.slots import SlotTable
 from sabot.errors import SabotError, SlotRequestTooLarge, SlotsExhausted, UnknownNode
