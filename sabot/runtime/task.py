@@ -63,6 +63,27 @@ class _Output:
         return index
 
 
+class _Retired:
+    """What status reports need of an ended operator, without its state."""
+
+    def __init__(self, operator):
+        self.is_source = operator.is_source
+        self.total_rows = operator.total_rows if operator.is_source else None
+        self._summary = operator.summary()
+
+    def summary(self):
+        return self._summary
+
+    def result(self):
+        return None
+
+    def notify_checkpoint_complete(self, checkpoint_id):
+        pass
+
+    def notify_job_finished(self):
+        pass
+
+
 class Task:
     """One deployed subtask. Built from a task deployment descriptor (TDD)."""
 
@@ -117,6 +138,7 @@ class Task:
         self._storage = None
         self._writes = []  # background checkpoint writes
         self._retired_backpressure = 0.0  # of output channels a rescale replaced
+        self._metrics_final = False  # the task ended: its channel figures are final
         # live rescaling (ARCHITECTURE.md section 8)
         self._controls = collections.deque()  # control messages applied between batches
         self._gate = None
@@ -169,6 +191,20 @@ class Task:
                 self.on_update(self.status())
             except Exception:  # a reporting failure must not kill the task
                 log.exception("task update callback failed for %s", self.task_id)
+        if state in TERMINAL_STATES:
+            self._retire()
+
+    def _retire(self):
+        """Let go of what an ended task no longer needs (a worker keeps its status).
+
+        Sinks stay whole: a collect sink's table is fetched later and a file sink
+        still publishes when its checkpoint or the job completes.
+        """
+        self._collect_channel_metrics()
+        self._metrics_final = True
+        self.inputs, self.outputs, self.state_inputs, self._gate = [], [], [], None
+        if self.tdd["operator"]["operator_type"] != "sink" and not isinstance(self.operator, _Retired):
+            self.operator = _Retired(self.operator)
 
     def status(self):
         return {
@@ -188,7 +224,8 @@ class Task:
         }
 
     def _metrics_snapshot(self):
-        self._collect_channel_metrics()
+        if not self._metrics_final:
+            self._collect_channel_metrics()
         metrics = dict(self.metrics)
         # rows routed per key group on each keyed output: auto-rebalance's load statistics
         counts = {
