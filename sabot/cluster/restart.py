@@ -17,6 +17,7 @@ Example:
     (0.05, 0.05, None)
 """
 
+import abc
 import logging
 import math
 
@@ -44,19 +45,20 @@ def _number(config, name, default, minimum, what, integer=False):
     return value
 
 
-class RestartStrategy:
+class RestartStrategy(abc.ABC):
     """Decides whether the ``n``-th failure (1-based) is restarted and after how long."""
 
     type = None
     attempts = 0
 
+    @abc.abstractmethod
     def next_delay(self, failure_number):
         """Seconds to wait before restarting after failure ``failure_number`` (1 = first),
         or None when the strategy gives up."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def to_dict(self):
-        raise NotImplementedError
+        """The strategy as JSON (as a job config gives it)."""
 
 
 class NoRestart(RestartStrategy):

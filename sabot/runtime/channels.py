@@ -30,6 +30,7 @@ DataServer carrying Arrow IPC (see :mod:`sabot.runtime.network`)::
     assert (await inbox.recv()) is batch
 """
 
+import abc
 import asyncio
 import collections
 import logging
@@ -351,7 +352,7 @@ class InputGate:
 # --------------------------------------------------------------------------- output side
 
 
-class OutputChannel:
+class OutputChannel(abc.ABC):
     """The sending end of one channel; obtained from :meth:`DataServer.output_channel`.
 
     Attributes:
@@ -454,15 +455,17 @@ class OutputChannel:
 
     # -- implemented by the transports -----------------------------------------------
 
+    @abc.abstractmethod
     def _send_batch(self, batch):
-        raise NotImplementedError
+        """Hand one batch to the transport (a credit was taken)."""
 
+    @abc.abstractmethod
     def _send_event(self, event):
-        raise NotImplementedError
+        """Hand one control event to the transport, in order with the batches."""
 
+    @abc.abstractmethod
     async def close(self):
         """Close the channel; the receiver gets what was sent, then ChannelClosed. Idempotent."""
-        raise NotImplementedError
 
 
 class LocalOutputChannel(OutputChannel):

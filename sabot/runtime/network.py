@@ -154,11 +154,11 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _frame(self, kind, body):
-        raise NotImplementedError
+    def _frame(self, kind, body):  # each side's protocol handles its own frames
+        raise TypeError(f"{type(self).__name__} must handle frames itself")
 
     def _protocol_error(self, exc):
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must handle protocol errors itself")
 
 
 # --------------------------------------------------------------------------- receiver

@@ -13,6 +13,7 @@ implementation per edge partitioning of the execution graph:
 Only non-empty batches are routed. The kernels are ``sabot._core.partition``.
 """
 
+import abc
 import logging
 import threading
 
@@ -49,7 +50,7 @@ def _check_batch(batch):
         raise TypeError(f"route() takes a pyarrow.RecordBatch, got {type(batch).__name__}")
 
 
-class Partitioner:
+class Partitioner(abc.ABC):
     """Routes each batch of an output edge to downstream channels.
 
     Attributes:
@@ -58,6 +59,7 @@ class Partitioner:
 
     num_partitions: int
 
+    @abc.abstractmethod
     def route(self, batch):
         """Split or copy ``batch`` over channels.
 
@@ -65,7 +67,6 @@ class Partitioner:
             list of ``(channel_index, pyarrow.RecordBatch)``, each batch non-empty,
             in channel order for one input batch.
         """
-        raise NotImplementedError
 
     def __repr__(self):
         return f"{type(self).__name__}(num_partitions={self.num_partitions})"

@@ -137,7 +137,7 @@ class SourceOperator(Operator):
     is_source = True
 
     def read(self):
-        raise NotImplementedError  # abstract: every concrete source defines read()
+        raise TypeError(f"source {type(self).__name__} does not define read()")
 
     @property
     def position(self):

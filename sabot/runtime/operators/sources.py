@@ -123,7 +123,7 @@ class _CountingSource(SourceOperator):
     @property
     def num_units(self):
         """Units of the whole source (all subtasks), None if unbounded."""
-        raise NotImplementedError  # every counting source defines it
+        raise TypeError(f"counting source {type(self).__name__} does not define num_units")
 
     @property
     def next_unit(self):
