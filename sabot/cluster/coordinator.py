@@ -1241,14 +1241,7 @@ class ClusterCoordinator:
             tasks = [job.exec_graph.tasks[tid] for tid in ids]
             for task in tasks:
                 slot = job.slots.get(task.task_id)
-                if _task_state_name(task) == "FINISHED":
-                    # a finished task of the region must run again from the checkpoint too;
-                    # the task state machine has no FINISHED -> CREATED move (a restart of
-                    # a finished task exists only for region restarts), so pass CANCELED
-                    from sabot.execution.execution_graph import TaskState
-
-                    task.state = TaskState.CANCELED
-                task.transition("CREATED")
+                task.transition("CREATED")  # a finished task of the region runs again too
                 job.task_status.pop(task.task_id, None)
                 if slot is not None and job.task_node.get(task.task_id) in self.nodes:
                     task.slot_id, task.node_id = slot.slot_id, slot.node_id

@@ -76,9 +76,11 @@ class TaskState(str, Enum):
 
 
 _S = TaskState
-#: Allowed lifecycle moves. Entering CREATED again is a restart (attempt + 1);
-#: RECONCILING -> SCHEDULED is a redeploy (attempt + 1); RECONCILING -> RUNNING is
-#: a task found still running after a coordinator failover (same attempt).
+#: Allowed lifecycle moves. Entering CREATED again is a restart (attempt + 1) —
+#: also from FINISHED, when a failure elsewhere in its pipelined region restarts a
+#: task that had already finished; RECONCILING -> SCHEDULED is a redeploy
+#: (attempt + 1); RECONCILING -> RUNNING is a task found still running after a
+#: coordinator failover (same attempt).
 ALLOWED_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     _S.CREATED: frozenset({_S.SCHEDULED, _S.CANCELED, _S.FAILED}),
     _S.SCHEDULED: frozenset({_S.DEPLOYING, _S.CANCELING, _S.CANCELED, _S.FAILED}),
@@ -88,10 +90,10 @@ ALLOWED_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     _S.CANCELED: frozenset({_S.CREATED}),
     _S.FAILED: frozenset({_S.RECONCILING, _S.CREATED}),
     _S.RECONCILING: frozenset({_S.SCHEDULED, _S.RUNNING, _S.CANCELING, _S.FAILED, _S.CREATED}),
-    _S.FINISHED: frozenset(),
+    _S.FINISHED: frozenset({_S.CREATED}),
 }
 #: Moves that start a new attempt of the task.
-_NEW_ATTEMPT = frozenset({(_S.FAILED, _S.CREATED), (_S.CANCELED, _S.CREATED),
+_NEW_ATTEMPT = frozenset({(_S.FAILED, _S.CREATED), (_S.CANCELED, _S.CREATED), (_S.FINISHED, _S.CREATED),
                           (_S.RECONCILING, _S.CREATED), (_S.RECONCILING, _S.SCHEDULED)})
 _ORDERED_STATES = tuple(TaskState)
 

@@ -114,8 +114,10 @@ def test_illegal_examples_and_unknown_state():
     with pytest.raises(IllegalStateTransition, match="from CREATED to RUNNING; allowed from CREATED: SCHEDULED"):
         t.transition(TaskState.RUNNING)
     t.state = TaskState.FINISHED
-    with pytest.raises(IllegalStateTransition, match="terminal"):
+    with pytest.raises(IllegalStateTransition, match="from FINISHED to RUNNING; allowed from FINISHED: CREATED"):
         t.transition("running")
+    t.transition("CREATED")  # a region restart runs a finished task again: a new attempt
+    assert t.attempt == 1 and t.state is TaskState.CREATED
     with pytest.raises(ValueError, match="unknown task state 'zombie'"):
         t.transition("zombie")
 
