@@ -18,6 +18,29 @@ cdef struct _Slot:
     int64_t gid
 
 
+# Packed multi-column keys (keypack.pxi): pack_keys / unpack_keys turn several key
+# columns into one binary column of canonical bytes and back. One struct per key
+# column describes its Arrow buffers to the nogil kernels.
+cdef struct _PackCol:
+    int kind                  # _PK_FIXED / _PK_BOOL / _PK_VAR32 / _PK_VAR64 / _PK_NULL
+    int64_t width             # value bytes of fixed-width and boolean columns
+    int64_t offset            # element offset of the array (also the validity bit offset)
+    const uint8_t* validity   # NULL: no nulls
+    const uint8_t* data       # values / offsets / boolean bitmap
+    const uint8_t* vdata      # variable-width bytes
+
+
+cdef struct _UnpackCol:
+    int kind
+    int64_t width
+    bint large                # 64-bit offsets for variable-width output
+    int64_t total             # variable width: bytes of values (counted by the scan)
+    int64_t nulls
+    uint8_t* validity         # zeroed bitmap; a bit is set per valid row
+    uint8_t* data             # fixed values / offsets / boolean bitmap
+    uint8_t* vdata
+
+
 cdef class _ColumnState:
     """Partial aggregates of one value column, one entry per group."""
     cdef readonly str name

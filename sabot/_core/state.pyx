@@ -11,6 +11,10 @@ State is kept *per key group* (Flink's design): every group remembers the key gr
 its key hashes to, so a snapshot, a restore or a hand-off during live rescaling can
 cut the table by key-group ranges without looking at keys again.
 
+Several key columns are stored as one byte string per key: :func:`pack_keys` packs
+them into a binary column of canonical bytes (keypack.pxi), :func:`unpack_keys`
+restores the columns from it.
+
 The caller supplies the 64-bit key hashes and key groups (``sabot._core.partition``
 computes them). The table is correct for any hash function, however bad, provided
 the same key always comes with the same hash; a weak hash only costs speed.
@@ -34,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "KeyedAggregateTable",
+    "pack_keys",
+    "unpack_keys",
+    "check_key_types",
     "AGGREGATE_FUNCTIONS",
     "StateInputError",
     "UnsupportedStateType",
@@ -377,8 +384,10 @@ cdef class KeyedAggregateTable:
         key_type: Arrow type of the key column. Integer types (signed and unsigned, any
             width), timestamp/date/time/duration, and ``string`` / ``large_string`` /
             ``binary`` / ``large_binary`` are supported (string and large_string are
-            interchangeable in updates, as are binary and large_binary). Multi-column
-            and other key types raise :class:`UnsupportedStateType`.
+            interchangeable in updates, as are binary and large_binary). Other key
+            types raise :class:`UnsupportedStateType`; several key columns (or
+            boolean, dictionary, fixed-size-binary keys) are packed into one binary
+            column with :func:`pack_keys` and unpacked with :func:`unpack_keys`.
         aggregates: ``(column, function)`` pairs, function one of ``count``, ``sum``,
             ``min``, ``max``, ``mean``. ``(None, "count")`` or ``("*", "count")``
             counts rows; ``(col, "count")`` counts the non-null values of ``col``.
@@ -431,7 +440,8 @@ cdef class KeyedAggregateTable:
                 raise UnsupportedStateType(
                     f"unsupported key type {key_type}: keyed state takes integer, "
                     f"temporal, string, large_string, binary or large_binary keys "
-                    f"(multi-column keys are not supported; hash them into one column)"
+                    f"(for several key columns or other key types, key the table on "
+                    f"large_binary and pack the columns with pack_keys)"
                 )
             self._var_width = False
         self.key_type = key_type
@@ -1322,3 +1332,6 @@ cdef class KeyedAggregateTable:
         snap = self.snapshot(key_groups)
         self.remove_key_groups(key_groups)
         return snap
+
+
+include "keypack.pxi"

@@ -26,10 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from sabot.errors import GraphValidationError
+from sabot.errors import GraphValidationError, UnsupportedStateType
 from sabot.execution.job_graph import JobGraph, OperatorType, StreamOperatorNode
 from sabot.runtime import functions
 from sabot.runtime.embedded import run_coroutine, run_job_graph_async
+from sabot.runtime.operators.aggregate import check_key_fields
 from sabot.runtime.operators.base import encode_schema, encode_table
 from sabot.runtime.operators.transforms import encode_expression
 
@@ -296,20 +297,36 @@ class Stream:
     def aggregate(self, aggregates, *, emit="final", name=None):
         """Running keyed aggregation: ``{"col": ["count", "sum", "min", "max", "mean"]}``.
 
-        ``emit="final"`` emits one row per key when the input ends; ``"updates"``
-        emits the updated rows of the keys each batch touched.
+        Keyed by the ``key_by`` column(s), one or several (integer, temporal, boolean,
+        string, binary or dictionary columns; not floating point). The output has the
+        key columns, with their input names and types, then one column per aggregate
+        (``"<col>_<fn>"``, ``"count"`` for ``"*"``). ``emit="final"`` emits one row per
+        key when the input ends; ``"updates"`` emits the updated rows of the keys each
+        batch touched.
+
+        Example:
+            >>> Stream.from_table(t).key_by("region", "day").aggregate({"amount": ["sum"]})  # doctest: +SKIP
         """
         keys = self._keys("aggregate")
-        if len(keys) != 1:
-            raise GraphValidationError(
-                f"aggregate after key_by{tuple(keys)}: keyed running aggregation takes exactly one key "
-                "column for now; combine the columns into one first (e.g. with a map), or use window()"
-            )
         specs = _aggregate_specs(aggregates)
         self._check_columns([c for c, _ in specs if c != "*"], "aggregate")
         if emit not in ("final", "updates"):
             raise ValueError(f"emit must be 'final' or 'updates', got {emit!r}")
+        if self.schema is not None:
+            try:
+                check_key_fields([self.schema.field(k) for k in keys], f"aggregate after key_by{tuple(keys)}")
+            except UnsupportedStateType as exc:
+                raise GraphValidationError(str(exc)) from None
+        # output: the key columns (names and types as in the input), then the aggregates
         schema = _aggregate_output_schema(self.schema, keys, specs)
+        names = list(keys) + ["count" if c == "*" else f"{c}_{fn}" for c, fn in specs]
+        clash = sorted({n for n in names if names.count(n) > 1})
+        if clash:
+            raise GraphValidationError(
+                f"aggregate after key_by{tuple(keys)}: output column(s) {clash} would appear twice "
+                f"(key columns {list(keys)}, aggregates {[n for n in names[len(keys):]]}); rename "
+                "a key column first"
+            )
         return self._then(OperatorType.AGGREGATE, name, schema, key_by=keys, stateful=True,
                           parameters={"aggregates": specs, "emit": emit})
 

@@ -558,3 +558,200 @@ def test_updates_on_separate_tables_run_in_parallel_threads():
     assert not errors and not any(th.is_alive() for th in threads)
     for t, (keys, values) in zip(tables, data):
         assert_same(table_as_dict(t.result()), arrow_reference(keys, values))
+
+
+# ---------------------------------------------------------------- packed multi-column keys
+
+import struct  # noqa: E402  (used only by the packed-key tests below)
+
+from sabot._core.state import check_key_types, pack_keys, unpack_keys  # noqa: E402
+
+
+def python_pack(arrays):
+    """Pure-Python encoder of the documented packed-key layout (independent reference)."""
+    fmt = {8: "<b", 16: "<h", 32: "<i", 64: "<q"}
+    out = []
+    for i in range(len(arrays[0])):
+        row = b""
+        for arr in arrays:
+            t = arr.type
+            if pa.types.is_dictionary(t):
+                t = t.value_type
+            v = arr[i].as_py() if not pa.types.is_temporal(t) else arr[i].cast(
+                pa.int64() if t.bit_width == 64 else pa.int32()).as_py()
+            if pa.types.is_null(t):
+                row += b"\0"
+                continue
+            row += b"\1" if v is not None else b"\0"
+            if pa.types.is_boolean(t):
+                row += bytes([1 if v else 0])
+            elif pa.types.is_fixed_size_binary(t):
+                row += v if v is not None else bytes(t.byte_width)
+            elif pa.types.is_integer(t) or pa.types.is_temporal(t):
+                f = fmt[t.bit_width]
+                if pa.types.is_unsigned_integer(t):
+                    f = f.upper()
+                row += struct.pack(f, v if v is not None else 0)
+            else:
+                b = b"" if v is None else (v.encode() if isinstance(v, str) else v)
+                row += struct.pack("<I", len(b)) + b
+        out.append(row)
+    return out
+
+
+def test_pack_bytes_follow_the_documented_layout():
+    rng = np.random.default_rng(21)
+    n = 300
+
+    def mask():
+        return rng.random(n) < 0.2
+
+    arrays = [
+        pa.array(rng.integers(-128, 127, n), pa.int8(), mask=mask()),
+        pa.array(rng.integers(0, 65535, n), pa.uint16(), mask=mask()),
+        pa.array(rng.integers(-2**62, 2**62, n), pa.int64(), mask=mask()),
+        pa.array(rng.integers(0, 10**12, n), pa.int64(), mask=mask()).cast(pa.timestamp("ms")),
+        pa.array(rng.integers(0, 20000, n).astype(np.int32), mask=mask()).cast(pa.date32()),
+        pa.array(rng.random(n) < 0.5, mask=mask()),
+        pa.array([bytes(rng.integers(0, 256, 3).astype(np.uint8)) for _ in range(n)],
+                 pa.binary(3), mask=mask()),
+        pa.array([("é" * int(k)) for k in rng.integers(0, 4, n)], pa.string(), mask=mask()),
+        pa.array([b"\0" * int(k) for k in rng.integers(0, 4, n)], pa.large_binary(), mask=mask()),
+        pa.nulls(n),
+    ]
+    # slices with different offsets per column
+    arrays = [a.slice(k % 5, n - 10) for k, a in enumerate(arrays)]
+    packed = pack_keys(arrays)
+    assert packed.type == pa.large_binary() and packed.null_count == 0
+    assert packed.to_pylist() == python_pack(arrays)
+    back = unpack_keys(packed, [a.type for a in arrays])
+    for a, b in zip(arrays, back):
+        assert b.type == a.type
+        assert b.to_pylist() == a.to_pylist()
+
+
+key_rows = st.lists(
+    st.tuples(
+        st.one_of(st.none(), st.integers(-2**31, 2**31 - 1)),
+        st.one_of(st.none(), st.text(max_size=6)),
+        st.one_of(st.none(), st.booleans()),
+        st.one_of(st.none(), st.integers(-10**5, 10**5)),
+        st.one_of(st.none(), st.binary(max_size=5)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=key_rows, start=st.integers(0, 8), cut=st.integers(0, 8), large=st.booleans())
+def test_pack_unpack_round_trip_with_slices_and_nulls(rows, start, cut, large):
+    types = [pa.int32(), pa.large_string() if large else pa.string(), pa.bool_(), pa.date32(),
+             pa.large_binary() if large else pa.binary()]
+    # padding rows around the slice, so offsets into the parents are not zero
+    pad = [(7, "pad", True, 1, b"p")] * 8
+    full = pad[:start] + rows + pad[:cut]
+    arrays = [pa.array([r[c] for r in full], type=t).slice(start, len(rows)) for c, t in enumerate(types)]
+    packed = pack_keys(arrays)
+    assert len(packed) == len(rows)
+    # canonical: equal key tuples <=> equal bytes
+    by_bytes = {}
+    for r, b in zip(rows, packed.to_pylist()):
+        by_bytes.setdefault(b, set()).add(r)
+    assert all(len(v) == 1 for v in by_bytes.values())
+    assert len(by_bytes) == len(set(rows))
+    # a sliced packed column unpacks too
+    if len(rows) > 2:
+        sub = unpack_keys(packed.slice(1, len(rows) - 2), types)
+        assert [a.to_pylist() for a in sub] == [a.slice(1, len(rows) - 2).to_pylist() for a in arrays]
+    back = unpack_keys(packed, types)
+    assert [a.to_pylist() for a in back] == [a.to_pylist() for a in arrays]
+    assert [a.type for a in back] == types
+    # 32-bit offsets in the packed input are fine as well
+    assert [a.to_pylist() for a in unpack_keys(packed.cast(pa.binary()), types)] == [
+        a.to_pylist() for a in arrays]
+
+
+def test_equivalent_encodings_pack_the_same_bytes():
+    words = pa.array(["b", None, "a", "b", ""])
+    ints = pa.array([1, 2, None, 1, 3], pa.int16())
+    want = pack_keys([words, ints])
+    assert pack_keys([words.cast(pa.large_string()), ints]).equals(want)
+    assert pack_keys([words.cast(pa.string_view()), ints]).equals(want)
+    assert pack_keys([words.dictionary_encode(), ints]).equals(want)
+    assert pack_keys([pa.chunked_array([words[:2], words[2:]]), ints]).equals(want)
+    assert pack_keys(pa.record_batch([words, ints], names=["w", "i"])).equals(want)
+    # a dictionary column comes back as a dictionary column of the same type
+    dict_type = pa.dictionary(pa.int8(), pa.string())
+    back = unpack_keys(want, [dict_type, pa.int16()])
+    assert back[0].type == dict_type and back[0].to_pylist() == words.to_pylist()
+
+
+def test_pack_and_unpack_errors_say_what_was_wrong():
+    with pytest.raises(UnsupportedStateType, match=r"key column 1.*floating-point"):
+        pack_keys([pa.array([1]), pa.array([1.5])])
+    with pytest.raises(UnsupportedStateType, match=r"'x'.*floating-point"):
+        check_key_types([pa.int64(), pa.float32()], ["k", "x"])
+    with pytest.raises(UnsupportedStateType, match=r"unsupported key type list"):
+        pack_keys([pa.array([[1]])])
+    with pytest.raises(StateInputError, match=r"same length; column 0 has 2 rows, column 1 has 1"):
+        pack_keys([pa.array([1, 2]), pa.array(["a"])])
+    with pytest.raises(StateInputError, match=r"at least one key column"):
+        pack_keys([])
+    with pytest.raises(StateInputError, match=r"wrap it in a list"):
+        pack_keys(pa.array([1, 2]))
+    packed = pack_keys([pa.array([1, 2], pa.int32()), pa.array(["a", "bc"])])
+    with pytest.raises(StateInputError, match=r"row 0 .*bytes are left"):
+        unpack_keys(packed, [pa.int32()])
+    with pytest.raises(StateInputError, match=r"row 0 .*ends before"):
+        unpack_keys(packed, [pa.int64(), pa.string()])
+    with pytest.raises(StateInputError, match=r"validity byte"):
+        unpack_keys(pa.array([b"\x05\0\0\0\0"]), [pa.int32()])
+    with pytest.raises(StateInputError, match=r"1 nulls"):
+        unpack_keys(pa.array([None], pa.binary()), [pa.int32()])
+    with pytest.raises(StateInputError, match=r"binary or large_binary.*got string"):
+        unpack_keys(pa.array(["x"]), [pa.int32()])
+
+
+def test_empty_and_all_null_columns_pack():
+    assert len(pack_keys([pa.array([], pa.int64()), pa.array([], pa.string())])) == 0
+    assert [len(a) for a in unpack_keys(pa.array([], pa.large_binary()), [pa.int64(), pa.string()])] == [0, 0]
+    nulls = pa.nulls(4, pa.int32())
+    packed = pack_keys([nulls, pa.nulls(4, pa.string())])
+    assert packed.to_pylist() == [b"\0\0\0\0\0" + b"\0\0\0\0\0"] * 4
+    back = unpack_keys(packed, [pa.int32(), pa.string()])
+    assert [a.null_count for a in back] == [4, 4]
+
+
+def test_packed_keys_in_the_table_match_group_by_and_survive_split_and_merge():
+    from sabot._core import partition
+
+    rng = np.random.default_rng(17)
+    n = 20_000
+    a = pa.array(rng.integers(0, 30, n), pa.int64(), mask=rng.random(n) < 0.05)
+    b = pa.array(np.array(["p", "q", "rr", ""], dtype=object)[rng.integers(0, 4, n)],
+                 pa.large_string(), mask=rng.random(n) < 0.05)
+    c = pa.array(rng.integers(0, 5, n).astype(np.int32), mask=rng.random(n) < 0.05).cast(pa.date32())
+    v = pa.array(rng.normal(size=n), mask=rng.random(n) < 0.1)
+    src = pa.table({"a": a, "b": b, "c": c, "v": v})
+    t = KeyedAggregateTable(pa.large_binary(), ALL_AGGS, MAXP, key_name="packed")
+    for batch in src.to_batches(max_chunksize=1500):
+        h = partition.hash_columns(batch, ["a", "b", "c"])
+        t.update(pack_keys([batch["a"], batch["b"], batch["c"]]), h,
+                 partition.key_groups(h, MAXP), {"v": batch["v"]})
+
+    def as_table(res):
+        keys = unpack_keys(res["packed"], [pa.int64(), pa.large_string(), pa.date32()])
+        return pa.table(dict(zip(["a", "b", "c"], keys))).append_column("sum_v", res["sum_v"]).append_column(
+            "count", res["count"]).append_column("max_v", res["max_v"])
+
+    ref = src.group_by(["a", "b", "c"], use_threads=False).aggregate(
+        [("v", "sum"), ([], "count_all"), ("v", "max")]).rename_columns(["a", "b", "c", "sum_v", "count", "max_v"])
+    from sabot.testing import assert_tables_equal
+
+    assert_tables_equal(as_table(t.result()), ref, sort_by=["a", "b", "c"])
+    # split by key groups into 3 parts, merge at parallelism 2 and back into one
+    parts = partition.split_state_table(t.snapshot(), 3, max_parallelism=MAXP)
+    merged = KeyedAggregateTable(pa.large_binary(), ALL_AGGS, MAXP, key_name="packed")
+    for p in parts:
+        merged.merge(p)
+    assert_tables_equal(as_table(merged.result()), ref, sort_by=["a", "b", "c"])

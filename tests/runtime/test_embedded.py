@@ -190,9 +190,29 @@ def test_slow_sink_backpressures_source_with_bounded_memory():
 
 
 
-def test_multi_column_aggregate_key_is_refused_at_build_time(data):
-    with pytest.raises(ValueError, match=r"exactly one key column"):
-        Stream.from_table(data).key_by("key", "ts").aggregate({"value": "sum"})
+@pytest.mark.parametrize("parallelism", [1, 2, 4])
+def test_multi_column_aggregate_key_equals_group_by(data, parallelism):
+    # two key columns: the int64 key and a string bucket derived from ts
+    bucket = pc.cast(pc.bit_wise_and(data["ts"], 7), pa.string())
+    t = data.append_column("bucket", bucket)
+    out = run_stream(
+        Stream.from_table(t, batch_size=4000).key_by("key", "bucket").aggregate({"value": ["count", "sum", "max"]}),
+        default_parallelism=parallelism,
+    )
+    ref = t.group_by(["key", "bucket"], use_threads=False).aggregate(
+        [("value", "count"), ("value", "sum"), ("value", "max")])
+    assert_tables_equal(out, ref.select(["key", "bucket", "value_count", "value_sum", "value_max"]),
+                        sort_by=["key", "bucket"])
+
+
+def test_multi_column_aggregate_output_schema_is_keys_then_aggregates(data):
+    stream = Stream.from_table(data).key_by("key", "ts").aggregate({"value": ["sum", "mean"], "*": "count"})
+    assert stream.schema == pa.schema([data.schema.field("key"), data.schema.field("ts"),
+                                       pa.field("value_sum", pa.float64()), pa.field("value_mean", pa.float64()),
+                                       pa.field("count", pa.int64())])
+    out = run_stream(stream, default_parallelism=2)
+    assert out.schema.names == stream.schema.names
+    assert out.schema.types == stream.schema.types
 
 
 def test_event_time_window_on_a_timestamp_column():
