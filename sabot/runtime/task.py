@@ -714,19 +714,20 @@ class Task:
         self._source_finish.set()
         return None
 
-    def _control_timeout(self):
-        return float(self.tdd.get("handoff_timeout_s", 30.0))
+    async def _await_control(self, event, what):
+        """Wait for the control message that sets ``event``; a clear error if it never comes."""
+        timeout = float(self.tdd.get("handoff_timeout_s", 30.0))
+        try:
+            await asyncio.wait_for(event.wait(), timeout=timeout)
+        except asyncio.TimeoutError:
+            raise OperatorError(f"task {self.task_id}: {what} arrived within {timeout:g} s") from None
 
     async def _wait_source_start(self):
-        timeout = self._control_timeout()
-        try:
-            await asyncio.wait_for(self._source_start.wait(), timeout=timeout)
-        except asyncio.TimeoutError:
-            raise OperatorError(
-                f"source task {self.task_id} was deployed held for rescale "
-                f"{(self.tdd.get('rescale') or {}).get('rescale_id')} but no source_start (its epoch) "
-                f"arrived within {timeout:g} s"
-            ) from None
+        await self._await_control(
+            self._source_start,
+            f"was deployed held for rescale {(self.tdd.get('rescale') or {}).get('rescale_id')} but no "
+            "source_start (its epoch)",
+        )
         self.metrics["source_epoch"] = self.operator.epoch
 
     async def _pause_source(self, message):
@@ -736,14 +737,10 @@ class Task:
         if not reply.done():
             reply.set_result({"task_id": self.task_id, "next_unit": self.operator.next_unit,
                               "position": self.operator.position})
-        timeout = self._control_timeout()
-        try:
-            await asyncio.wait_for(self._source_finish.wait(), timeout=timeout)
-        except asyncio.TimeoutError:
-            raise OperatorError(
-                f"source task {self.task_id} paused for rescale {message.get('rescale_id')} but no "
-                f"source_finish (the frontier) arrived within {timeout:g} s"
-            ) from None
+        await self._await_control(
+            self._source_finish,
+            f"paused for rescale {message.get('rescale_id')} but no source_finish (the frontier)",
+        )
         self.operator.set_limit(self._source_frontier)
         self._source_handed_off = True
         self.metrics["source_paused_ms"] = (time.perf_counter() - started) * 1e3
@@ -819,14 +816,11 @@ class Task:
         if not all(i in arrived or finished[i] for i in range(len(self.inputs))):
             return False
         self.metrics["last_record_at"] = self.metrics.get("last_record_at") or time.time()
-        timeout = float(self.tdd.get("handoff_timeout_s", 30.0))
-        try:
-            await asyncio.wait_for(self._handoff_ready.wait(), timeout=timeout)
-        except asyncio.TimeoutError:
-            raise OperatorError(
-                f"task {self.task_id}: the barrier of rescale {barrier.rescale_id} came on every input but "
-                f"no handoff message (where to send the state) arrived within {timeout:g} s"
-            ) from None
+        await self._await_control(
+            self._handoff_ready,
+            f"the barrier of rescale {barrier.rescale_id} came on every input but no handoff message "
+            "(where to send the state)",
+        )
         await self._send_state(self._handoff)
         for out in self.outputs:
             for ch in out.channels:
