@@ -73,9 +73,12 @@ def checkpoint_of(cluster, keys):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a few seconds)")
+    parser.add_argument("--rows", type=int, default=150_000_000,
+                        help="rows per throughput run (enough for several 1 s checkpoints)")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    rows = 3_000_000 if args.quick else 40_000_000
-    repeats = 1 if args.quick else 2
+    rows = 3_000_000 if args.quick else args.rows
+    repeats = 1 if args.quick else args.repeats
     sizes = [10_000, 100_000] if args.quick else [100_000, 1_000_000]
     with tempfile.TemporaryDirectory() as tmp, \
             LocalCluster(workers=1, slots_per_worker=2, coordinator_config={"checkpoint_dir": tmp}) as cluster:
