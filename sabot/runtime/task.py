@@ -139,6 +139,7 @@ class Task:
         self._writes = []  # background checkpoint writes
         self._retired_backpressure = 0.0  # of output channels a rescale replaced
         self._metrics_final = False  # the task ended: its channel figures are final
+        self._current_watermark = None  # event time: the minimum over the live inputs
         # live rescaling (ARCHITECTURE.md section 8)
         self._controls = collections.deque()  # control messages applied between batches
         self._gate = None
@@ -406,7 +407,6 @@ class Task:
         gate = self._gate = InputGate(self.inputs)
         self._watermarks = [None] * len(self.inputs)
         self._finished = [False] * len(self.inputs)
-        current_watermark = None
         self._remaining = len(self.inputs)
         if self._controls:
             gate.signal()
@@ -453,8 +453,8 @@ class Task:
             live = [w for w, f in zip(self._watermarks, finished) if not f]
             if live and None not in live:
                 new_watermark = min(live)
-                if current_watermark is None or new_watermark > current_watermark:
-                    current_watermark = new_watermark
+                if self._current_watermark is None or new_watermark > self._current_watermark:
+                    self._current_watermark = new_watermark
                     routed = await self._call(
                         self._process_and_route, self.operator.on_watermark, new_watermark
                     )
@@ -852,25 +852,35 @@ class Task:
                 for batch in part.to_batches():
                     await ch.send(batch)
                 moved += part.num_rows
+            if self._current_watermark is not None:
+                # the new owner must not take records as on time that were late here
+                await ch.send(events.Watermark(self._current_watermark))
             await ch.send(events.EndOfStream())
             await ch.close()
         self.metrics["state_rows_handed_off"] = moved
 
     async def _receive_handoff(self):
         """A new task of a rescaled operator: install the state of its key groups first."""
-        batches = []
+        batches, watermarks = [], []
         started = time.perf_counter()
         for ch in self.state_inputs:
             while True:
                 item = await ch.recv()
                 if isinstance(item, events.EndOfStream):
                     break
-                if isinstance(item, pa.RecordBatch) and item.num_rows:
+                if isinstance(item, events.Watermark):
+                    watermarks.append(item.timestamp)
+                elif isinstance(item, pa.RecordBatch) and item.num_rows:
                     batches.append(item)
         if batches:
             table = pa.Table.from_batches(batches)
             await self._call(self.operator.restore_state, table, None, 0)
             self.metrics["state_rows_received"] = table.num_rows
+        if watermarks and len(watermarks) == len(self.state_inputs):
+            # event time goes on where the old tasks were (all aligned at the barrier)
+            self._current_watermark = min(watermarks)
+            routed = await self._call(self._process_and_route, self.operator.on_watermark, self._current_watermark)
+            await self._emit_routed(routed)
         self.metrics["state_install_ms"] = (time.perf_counter() - started) * 1e3
 
     def _note_record(self):
