@@ -483,6 +483,11 @@ class CheckpointCoordinator:
             excess -= 1
 
     @property
+    def next_id(self) -> int:
+        """The id the next triggered checkpoint gets."""
+        return self._next_id
+
+    @property
     def pending(self) -> dict[int, PendingCheckpoint]:
         """Checkpoints in progress by id (do not mutate)."""
         return dict(self._pending)

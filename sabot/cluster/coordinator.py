@@ -1003,7 +1003,7 @@ class ClusterCoordinator:
     async def _trigger(self, job):
         if job.state != JobState.RUNNING or job.checkpoints is None:
             raise Conflict(f"job {job.job_id} is {job.state.value}; checkpoints are taken while it is RUNNING")
-        if job.job_id in self.rescaler.active:
+        if self.rescaler.blocks_checkpoints(job):
             raise Conflict(f"job {job.job_id} is rescaling; the next checkpoint waits until it is done")
         done = self._finished_sources(job)
         if done:

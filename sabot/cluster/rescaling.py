@@ -140,6 +140,7 @@ class Rescaler:
         self.active = {}  # job id -> RescaleRecord in progress
         self.assignments = {}  # job id -> {operator id: key-group table}
         self.auto = {}  # job id -> AutoRebalance
+        self.preparing = set()  # job ids waiting for a checkpoint in flight before a rescale
 
     # -- checks ------------------------------------------------------------------------
 
@@ -193,7 +194,7 @@ class Rescaler:
     def _capacity(self, job, node):
         """Slots a new task of ``node`` could use: the job's own slots, or free ones that fit."""
         pool = self.coordinator.slot_pool
-        own = {slot.slot_id for slot in job.slots.values()}
+        own = {slot.slot_id for slot in job.slots.values() if slot.sharing_group == job.job_id}
         free = 0
         for n in self.coordinator.nodes.values():
             if n.cpu_cores_per_slot >= float(node.cpu_cores or 0) and n.memory_mb_per_slot >= int(node.memory_mb or 0):
@@ -209,6 +210,8 @@ class Rescaler:
         """
         job = self.coordinator.get_job(job_id)
         node = self._check(job, operator_id, new_parallelism)
+        await self._quiesce_checkpoints(job)
+        node = self._check(job, operator_id, new_parallelism)  # the job may have moved on meanwhile
         capacity = self._capacity(job, node)
         if new_parallelism > capacity:
             raise Conflict(
@@ -235,6 +238,30 @@ class Rescaler:
         self.coordinator.tasks_changed(job)
         self.coordinator._spawn(self._carry_out(job, record, assignment))
         return dict(plan, rescale_id=rescale_id)
+
+    async def _quiesce_checkpoints(self, job):
+        """Let a checkpoint in flight finish first: its barriers must not meet a rescale.
+
+        A checkpoint completes only once every task acknowledged, that is once its
+        barriers have passed every task; no new one is triggered meanwhile.
+        """
+        cc = job.checkpoints
+        if cc is None or not cc.pending:
+            return
+        self.preparing.add(job.job_id)
+        try:
+            deadline = asyncio.get_running_loop().time() + float(cc.timeout_s) + 1.0
+            while cc.pending and not job.terminal:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise Conflict(f"job {job.job_id}: checkpoint(s) {sorted(cc.pending)} still in progress; "
+                                   "retry the rescale when they are done")
+                await asyncio.sleep(0.01)
+        finally:
+            self.preparing.discard(job.job_id)
+
+    def blocks_checkpoints(self, job):
+        """No checkpoint is triggered while a rescale of the job is prepared or carried out."""
+        return job.job_id in self.active or job.job_id in self.preparing
 
     def _allocate(self, job, node, plan, rescale_id):
         coordinator = self.coordinator
@@ -269,6 +296,7 @@ class Rescaler:
                 job.exec_graph, job.job_id, record.operator_id, record.plan, record.rescale_id,
                 locations=locations, checkpoint=job.checkpoint_spec, assignment=assignment,
                 assignments=self.assignments.get(job.job_id),
+                min_checkpoint_id=job.checkpoints.next_id if job.checkpoints is not None else 0,
             )
             per_node = {}
             for task_id, tdd in msgs["deploy"].items():
@@ -281,8 +309,12 @@ class Rescaler:
             # order matters: old tasks must know their targets and downstream tasks their
             # new inputs before any upstream task switches
             for step in ("handoff", "add_inputs", "switch_output"):
+                if self.active.get(job.job_id) is not record:
+                    return  # given up meanwhile (a failure and restart): send nothing more
                 await asyncio.gather(*(self._control(job, task_id, msg) for task_id, msg in msgs[step].items()))
         except Exception as exc:
+            if self.active.get(job.job_id) is not record:
+                return  # this rescale was already given up; the job has moved on
             log.warning("rescale %s of job %s failed: %s", record.rescale_id, job.job_id, exc)
             self.abort(job, f"{type(exc).__name__}: {exc}")
             coordinator.task_failed(
@@ -304,6 +336,8 @@ class Rescaler:
         replies = [a.get("reply") for a in answers]
         if any(r is None or "next_unit" not in r for r in replies):
             raise RuntimeError(f"a paused source task answered without its next unit: {answers}")
+        if self.active.get(job.job_id) is not record:
+            return
         record.frontier = source_frontier(replies)
         resume = build_source_resume_messages(record.plan, record.rescale_id, record.frontier)
         await asyncio.gather(*(self._control(job, task_id, msg)
@@ -340,8 +374,12 @@ class Rescaler:
             self.coordinator._release_task_slot(job, task_id)
             job.task_node.pop(task_id, None)
             self._maybe_complete(job, record)
-        elif state in ("FAILED", "CANCELED"):
-            error = update.get("error") or f"task {task_id} was {state} during the rescale"
+        elif state in ("FAILED", "CANCELED") or state == "FINISHED":
+            # FINISHED without a handoff: its input ended before the barrier came, so it
+            # emitted its results itself while new tasks wait for state that never comes
+            error = update.get("error") or (
+                f"task {task_id} ended before it could hand its state over" if state == "FINISHED"
+                else f"task {task_id} was {state} during the rescale")
             self.abort(job, error)
             self.coordinator.task_failed(job, task_id, f"old task {task_id} of rescale {record.rescale_id}: {error}",
                                          traceback=update.get("traceback"))
@@ -379,10 +417,15 @@ class Rescaler:
             self.coordinator._spawn(self.coordinator._cancel_on_workers(job, stale))
 
     def job_ended(self, job):
-        """The job ended (or restarts from a checkpoint): no rescale goes on."""
+        """The job ended: no rescale goes on."""
         record = self.active.get(job.job_id)
         if record is not None:
-            self._finish(job, record, error=f"the job became {job.state.value} during the rescale")
+            if job.state.value == "FINISHED":
+                # every live (new) task finished: the move took effect, whatever old
+                # task reports are still on their way
+                self._finish(job, record)
+            else:
+                self._finish(job, record, error=f"the job became {job.state.value} during the rescale")
         auto = self.auto.pop(job.job_id, None)
         if auto is not None and auto.task is not None:
             auto.task.cancel()

@@ -108,13 +108,16 @@ def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=Non
 
 
 def build_rescale_messages(exec_graph, job_id, operator_id, plan, rescale_id, locations=None, checkpoint=None,
-                           assignment=None, assignments=None):
+                           assignment=None, assignments=None, min_checkpoint_id=0):
     """What each task needs to carry out a live rescale (ARCHITECTURE.md section 8).
 
     Call after ``exec_graph.rescale_operator`` (``plan`` is what it returned), with
     ``locations`` covering the new tasks too. ``assignment`` is an explicit key-group
     table for the operator's new tasks (auto-rebalance); None means the default
     contiguous ranges.
+
+    ``min_checkpoint_id``: the first checkpoint the new tasks take part in; barriers of
+    older checkpoints (still travelling when the rescale starts) are not awaited by them.
 
     Returns a dict with:
         ``deploy``: ``{task_id: tdd}`` of the new tasks (each reads a state channel
@@ -146,6 +149,7 @@ def build_rescale_messages(exec_graph, job_id, operator_id, plan, rescale_id, lo
     for new in new_ids:
         tdd = tdds[new]
         tdd["rescale"] = {"rescale_id": rescale_id, "state_channel_ids": [state_channel(o, new) for o in old_ids]}
+        tdd["min_checkpoint_id"] = min_checkpoint_id  # older barriers may still be in flight
         deploy[new] = tdd
     handoff = {}
     for old in old_ids:

@@ -140,6 +140,8 @@ class Task:
         self._retired_backpressure = 0.0  # of output channels a rescale replaced
         self._metrics_final = False  # the task ended: its channel figures are final
         self._current_watermark = None  # event time: the minimum over the live inputs
+        self._handed_off = False  # this (old) task sent its state to the new owners
+        self._takes_controls = True  # until its input loop ended
         # live rescaling (ARCHITECTURE.md section 8)
         self._controls = collections.deque()  # control messages applied between batches
         self._gate = None
@@ -221,7 +223,7 @@ class Task:
             "metrics": self._metrics_snapshot(),
             "summary": self.operator.summary() if self.state == "FINISHED" else None,
             "total_rows": self.operator.total_rows if self.operator.is_source else None,
-            "handed_off": (self._handoff is not None or self._source_handed_off) and self.state == "FINISHED",
+            "handed_off": (self._handed_off or self._source_handed_off) and self.state == "FINISHED",
         }
 
     def _metrics_snapshot(self):
@@ -462,7 +464,18 @@ class Task:
                     await self._broadcast(events.Watermark(new_watermark))
         await self._finish_operator()
 
+    def _stop_taking_controls(self):
+        """The input loop ended: a control queued now would never be applied, so refuse it."""
+        self._takes_controls = False
+        while self._controls:
+            message = self._controls.popleft()
+            reply = message.get("reply")
+            if reply is not None and not reply.done():
+                reply.set_exception(ValueError(f"task {self.task_id} reached the end of its input"))
+            log.warning("task %s ended before applying control %s", self.task_id, message.get("type"))
+
     async def _finish_operator(self):
+        self._stop_taking_controls()
         await self._emit_routed(await self._call(self._process_and_route, self.operator.finish))
         await self._broadcast(events.EndOfStream())
 
@@ -478,6 +491,10 @@ class Task:
         self._triggers.append(events.CheckpointBarrier(checkpoint_id, timestamp_ms))
 
     async def _on_barrier(self, gate, channel, barrier, finished):
+        if barrier.checkpoint_id < self.tdd.get("min_checkpoint_id", 0):
+            # a checkpoint that began before this task existed (it joined in a live
+            # rescale): that checkpoint cannot include it, so its barrier is not awaited
+            return
         if self._aligning is not None:
             current = self._aligning[0].checkpoint_id
             if barrier.checkpoint_id < current:
@@ -500,7 +517,10 @@ class Task:
             return
         barrier, arrived, started = self._aligning
         waiting = {i for _, indices in self._waiting_channels for i in indices}
-        if not all(i in arrived or finished[i] or i in waiting for i in range(len(self.inputs))):
+        # a channel that delivered a rescale barrier carries nothing more before its end:
+        # it cannot deliver this checkpoint's barrier, so it does not hold the alignment up
+        rescaled = self._rescaling[1] if self._rescaling is not None else ()
+        if not all(i in arrived or finished[i] or i in waiting or i in rescaled for i in range(len(self.inputs))):
             return
         self._aligning = None
         await self._checkpoint(barrier, alignment_ms=(time.perf_counter() - started) * 1e3)
@@ -632,6 +652,8 @@ class Task:
         ``{"task_id", "next_unit", "position"}`` once the source stopped between two units.
         """
         kind = message.get("type")
+        if not self._takes_controls:
+            raise ValueError(f"task {self.task_id} reached the end of its input; it takes no {kind} any more")
         if kind == "handoff":
             self._handoff = message
             self._handoff_ready.set()
@@ -806,6 +828,7 @@ class Task:
             )
         self._rescaling[1].add(channel)
         gate.block(channel)
+        await self._maybe_aligned(gate, finished)  # a checkpoint in flight may now align
         return await self._maybe_handoff(gate, finished)
 
     async def _maybe_handoff(self, gate, finished):
@@ -821,7 +844,9 @@ class Task:
             f"the barrier of rescale {barrier.rescale_id} came on every input but no handoff message "
             "(where to send the state)",
         )
+        self._stop_taking_controls()
         await self._send_state(self._handoff)
+        self._handed_off = True
         for out in self.outputs:
             for ch in out.channels:
                 await ch.send(events.EndOfStream())
@@ -863,9 +888,15 @@ class Task:
         """A new task of a rescaled operator: install the state of its key groups first."""
         batches, watermarks = [], []
         started = time.perf_counter()
+        timeout = float(self.tdd.get("handoff_timeout_s", 30.0))
         for ch in self.state_inputs:
             while True:
-                item = await ch.recv()
+                try:
+                    item = await asyncio.wait_for(ch.recv(), timeout)
+                except asyncio.TimeoutError:
+                    raise OperatorError(
+                        f"task {self.task_id}: no state from the old tasks on {ch.channel_id} within {timeout:g} s"
+                    ) from None
                 if isinstance(item, events.EndOfStream):
                     break
                 if isinstance(item, events.Watermark):

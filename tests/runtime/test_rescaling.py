@@ -72,10 +72,15 @@ async def run_with_rescales(job, steps, delay=0.08):
             assert source["state"] == "RUNNING", "the source ended before the rescale; slow the job down"
             rows_before = source["metrics"]["rows_in"]
             plans.append(await rescale(manager, exec_graph, job, op_name, parallelism, n, assignment))
-            await asyncio.sleep(0.02)
-            source = [t for t in manager.list_tasks() if t["operator_name"] == "source"][0]
             # the source kept producing through the rescale (never paused or restarted)
-            assert source["metrics"]["rows_in"] >= rows_before
+            deadline = asyncio.get_running_loop().time() + 5
+            while True:
+                source = [t for t in manager.list_tasks() if t["operator_name"] == "source"][0]
+                if source["metrics"]["rows_in"] > rows_before or source["state"] == "FINISHED":
+                    break
+                assert asyncio.get_running_loop().time() < deadline, "the source stopped during the rescale"
+                await asyncio.sleep(0.005)
+            assert source["attempt"] == 0
         await asyncio.wait_for(manager.wait(), 60)
         assert not failures, failures[0]["error"]
         statuses = manager.list_tasks()
@@ -327,3 +332,52 @@ def test_rescale_event_time_window_keeps_exact_result():
     assert got.keys() == expected.keys()
     for key, (c, t) in expected.items():
         assert got[key][0] == c and abs(got[key][1] - t) <= 1e-9 * max(1.0, abs(t)), key
+
+
+def test_rescale_while_a_checkpoint_barrier_is_in_flight():
+    """A checkpoint's barriers still travelling when a rescale starts must neither hang
+    the old tasks' alignment nor the handoff; one upstream task switches late."""
+    from sabot.runtime.checkpoint_storage import CheckpointStorage
+    import tempfile
+
+    job = job_graph(2)
+
+    async def scenario(tmp):
+        server = DataServer()
+        failures, acks = [], []
+        manager = TaskManager(server, on_update=lambda s: s["state"] == "FAILED" and failures.append(s),
+                              on_checkpoint=acks.append)
+        exec_graph = job.to_execution_graph()
+        spec = {"storage": CheckpointStorage(tmp).uri, "retain": 3}
+        try:
+            for tdd in build_deployment_descriptors(exec_graph, job.job_id, checkpoint=spec).values():
+                await manager.deploy(tdd)
+            await asyncio.sleep(0.08)
+            source = next(t for t in manager.list_tasks() if t["operator_name"] == "source")
+            manager.trigger_checkpoint(source["task_id"], 1, 0)
+            op_id = next(op for op, node in job.operators.items() if node.name == "aggregate")
+            plan = exec_graph.rescale_operator(op_id, 3)
+            msgs = build_rescale_messages(exec_graph, job.job_id, op_id, plan, "r-inflight", checkpoint=spec,
+                                          min_checkpoint_id=2)
+            for tdd in msgs["deploy"].values():
+                await manager.deploy(tdd)
+            for step in ("handoff", "add_inputs"):
+                for task_id, msg in msgs[step].items():
+                    manager.control(task_id, msg)
+            switches = sorted(msgs["switch_output"].items())
+            manager.control(*switches[1])  # one map task switches at once ...
+            await asyncio.sleep(0.3)
+            manager.control(*switches[0])  # ... the other one late
+            await asyncio.wait_for(manager.wait(), 60)
+            assert not failures, failures[0]["error"]
+            statuses = manager.list_tasks()
+            return statuses, gather_results(job.job_id, job, statuses, manager.result)
+        finally:
+            await manager.shutdown()
+            await server.stop()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        statuses, result = asyncio.run(asyncio.wait_for(scenario(tmp), 90))
+    assert_tables_equal(result.table("sink"), expected(), sort_by=["key"])
+    aggs = [s for s in statuses if s["operator_name"] == "aggregate"]
+    assert sum(s["handed_off"] for s in aggs) == 2
