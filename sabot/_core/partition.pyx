@@ -504,10 +504,7 @@ cdef list _scatter_fixed_columns(list cols, object pids, int64_t total, object t
         args[t] = &jobs[t]
     try:
         with nogil:
-            if nt == 1:
-                _fixed_job(args[0])
-            else:
-                sabot_run_parallel(_fixed_job, args, nt)
+            sabot_run_parallel(_fixed_job, args, nt)  # nt == 1 runs on this thread, no thread started
     finally:
         free(jobs)
         free(args)
@@ -842,10 +839,7 @@ cdef tuple _compute_pids(object data, object key_columns, object table, int64_t 
         args[t] = &jobs[t]
     try:
         with nogil:
-            if nt == 1:
-                _pid_job(args[0])
-            else:
-                sabot_run_parallel(_pid_job, args, nt)
+            sabot_run_parallel(_pid_job, args, nt)  # nt == 1 runs on this thread, no thread started
     finally:
         free(jobs)
         free(args)
