@@ -155,9 +155,9 @@ def imbalance(loads):
     """
     w = _check_loads(loads, "loads")
     total = float(w.sum())
-    if total <= 0.0:
-        return 0.0
     mean = total / len(w)
+    if not mean > 0.0:  # all zero, or so close that the mean underflows (denormal loads)
+        return 0.0
     return max(0.0, (float(w.max()) - mean) / mean)
 
 
@@ -210,9 +210,9 @@ def lower_bound_imbalance(key_group_loads, parallelism):
     p = _check_parallelism(parallelism)
     w = _check_loads(key_group_loads)
     total = float(w.sum())
-    if total <= 0.0:
-        return 0.0
     mean = total / p
+    if not mean > 0.0:  # all zero, or so close that the mean underflows (denormal loads)
+        return 0.0
     return max(0.0, (_lower_bound_max(w, p) - mean) / mean)
 
 
@@ -602,7 +602,7 @@ def plan_assignment(key_group_loads, current_assignment, parallelism, *,
                      len(plan.moves), 100 * plan.moved_load_fraction)
         return plan
 
-    if p == 1 or total <= 0.0:
+    if p == 1 or not total / p > 0.0:  # one task, or no load (the mean may underflow)
         return result(current.copy())
 
     eps = 1e-12 * total

@@ -392,3 +392,12 @@ def test_property_idempotent_enough(inst):
     second = plan_assignment(loads, first.assignment, p)
     check_plan(second, loads, first.assignment, p)
     assert second.task_loads_after.max() <= first.task_loads_after.max() + 1e-9 * max(1.0, loads.sum())
+
+
+def test_denormal_loads_count_as_no_load():
+    # Found by hypothesis: a total of 5e-324 over 2 tasks has a mean that underflows to 0.
+    loads = np.array([5e-324])
+    assert imbalance(np.array([5e-324, 0.0])) == 0.0
+    plan = plan_assignment(loads, np.array([0], dtype=np.int32), 2)
+    check_plan(plan, loads, np.array([0], dtype=np.int32), 2)
+    assert not plan.changed
