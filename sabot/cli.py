@@ -213,7 +213,13 @@ def cmd_coordinator(args):
 
 
 def cmd_worker(args):
+    from sabot.cluster.local import check_expected_package
     from sabot.cluster.worker import Worker
+
+    try:
+        check_expected_package()
+    except RuntimeError as exc:
+        return _fail(str(exc))
 
     async def main():
         worker = Worker(args.coordinator, num_slots=args.slots, cpu_cores_per_slot=args.cpu_per_slot,

@@ -3,8 +3,10 @@
 The coordinator runs in a background thread of this process, on its own event
 loop (uvloop when available), so :attr:`LocalCluster.coordinator` is the real
 object (its ``active_jobs``, ``slot_pool``...) and results come back without a
-copy. The workers are separate ``python -m sabot.cli worker`` processes on
-127.0.0.1 with free ports, each in its own process group. Every process is
+copy. The workers are separate ``python -P -m sabot.cli worker`` processes on
+127.0.0.1 with free ports, each in its own process group. They import exactly the
+Sabot this process imported (see :func:`worker_command`), whatever the current
+directory holds. Every process is
 cleaned up on exit, after errors too (and by an ``atexit`` hook if the cluster
 was never closed).
 
@@ -28,11 +30,50 @@ import tempfile
 import threading
 import time
 
+import sabot
 from sabot.cluster.coordinator import ClusterCoordinator, CoordinatorConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LocalCluster"]
+
+
+#: set for worker processes: the directory of the ``sabot`` package they must import
+EXPECTED_PACKAGE_ENV = "SABOT_EXPECTED_PACKAGE"
+
+
+def worker_command():
+    """The argv prefix that starts a worker process running this process's Sabot.
+
+    ``-P`` (Python 3.11+) keeps the current directory off ``sys.path``: started from a
+    source checkout, ``-m`` would otherwise import the unbuilt ``./sabot`` tree instead
+    of the installed package. The package's own root goes first on ``PYTHONPATH``
+    (:func:`worker_environment`).
+    """
+    return [sys.executable, "-P", "-m", "sabot.cli", "worker"]
+
+
+def worker_environment(extra_paths=(), base=None):
+    """The environment of a worker process: this process's import path, Sabot's root first."""
+    env = dict(os.environ if base is None else base)
+    package_dir = os.path.dirname(os.path.abspath(sabot.__file__))
+    paths = [os.path.dirname(package_dir)] + list(extra_paths) + [p or os.getcwd() for p in sys.path]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+    env[EXPECTED_PACKAGE_ENV] = package_dir
+    return env
+
+
+def check_expected_package():
+    """In a worker process: refuse to run a Sabot other than the one the parent imported."""
+    expected = os.environ.get(EXPECTED_PACKAGE_ENV)
+    actual = os.path.dirname(os.path.abspath(sabot.__file__))
+    if expected and os.path.realpath(expected) != os.path.realpath(actual):
+        raise RuntimeError(
+            f"this worker imported sabot from {actual}, but the process that started it uses {expected}; "
+            "start workers with sabot.cluster.local.worker_command() and worker_environment()"
+        )
 
 
 def _new_loop():
@@ -162,11 +203,7 @@ class LocalCluster:
     # -- workers ---------------------------------------------------------------------------
 
     def _worker_env(self):
-        env = dict(os.environ)
-        paths = self.python_path + [p or os.getcwd() for p in sys.path]
-        if env.get("PYTHONPATH"):
-            paths.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+        env = worker_environment(self.python_path)
         if self.token:
             env["SABOT_TOKEN"] = self.token
         return env
@@ -174,8 +211,7 @@ class LocalCluster:
     def _spawn_worker(self):
         index = len(self._procs)
         node_id = f"local-{index}"
-        cmd = [
-            sys.executable, "-m", "sabot.cli", "worker",
+        cmd = worker_command() + [
             "--coordinator", self.coordinator.url,
             "--slots", str(self.slots_per_worker),
             "--cpu-per-slot", str(self.cpu_cores_per_slot),

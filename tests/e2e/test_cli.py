@@ -88,6 +88,32 @@ def test_run_a_file_on_a_local_cluster(tmp_path, pid_alive):
         assert got[k][0] == count and got[k][1] == pytest.approx(total, rel=1e-5)
 
 
+def test_workers_import_the_parents_sabot_whatever_the_current_directory(tmp_path):
+    # A newcomer runs the README's command from a source checkout: ./sabot is there but
+    # unbuilt. Here a decoy package stands in for it; workers must not import it.
+    (tmp_path / "sabot").mkdir()
+    (tmp_path / "sabot" / "__init__.py").write_text("raise ImportError('the decoy ./sabot was imported')\n")
+    (tmp_path / "my_job.py").write_text(JOB_FILE)
+    sabot_command = os.path.join(os.path.dirname(sys.executable), "sabot")
+    assert os.path.exists(sabot_command), "the sabot console script is installed next to this python"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sabot_command, "run", "my_job.py", "--workers", "2", "--parallelism", "2"],
+                          capture_output=True, text=True, timeout=90, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "decoy" not in proc.stderr
+    rows = _parse_table(proc.stdout, "totals")
+    assert sorted(int(r["key"]) for r in rows) == [0, 1, 2, 3, 4]
+    assert all(int(r["value_count"]) == 200 for r in rows)
+
+
+def test_a_worker_refuses_another_sabot_than_its_parents(tmp_path):
+    env = dict(os.environ, SABOT_EXPECTED_PACKAGE=str(tmp_path / "elsewhere" / "sabot"))
+    proc = subprocess.run([sys.executable, "-m", "sabot.cli", "worker", "--coordinator", "http://127.0.0.1:9"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2
+    assert "elsewhere" in proc.stderr and "imported sabot from" in proc.stderr
+
+
 def test_run_reports_a_failing_job(tmp_path):
     path = tmp_path / "bad_job.py"
     path.write_text(JOB_FILE.replace("return batch.set_column", "raise KeyError('no such thing')\n    return batch.set_column"))
