@@ -26,7 +26,7 @@ import uvloop
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sabot.runtime import events  # noqa: E402
-from sabot.runtime.channels import DataServer  # noqa: E402
+from sabot.runtime.data_server import DataServer  # noqa: E402
 
 ROWS = 64 * 1024
 POOL = 16  # distinct batches cycled through, so the data set need not be held in memory

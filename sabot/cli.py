@@ -27,11 +27,9 @@ DEFAULT_COORDINATOR = "http://127.0.0.1:8081"
 
 
 def _run_loop(coro):
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+    from sabot._loop import run
+
+    return run(coro)
 
 
 def _setup_logging(verbose, quiet=False):

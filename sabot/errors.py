@@ -54,3 +54,34 @@ class StateInputError(SabotError, ValueError):
 
 class UnsupportedStateType(SabotError, TypeError):
     """A key or value column has an Arrow type the keyed-state table cannot hold."""
+
+
+# -- control plane: what a request asked for, against what the cluster holds ---------------
+#
+# Domain code raises these; only the HTTP layer (sabot.cluster.web) turns them into
+# status codes (400, 404, 409, 504).
+
+
+class InvalidRequest(SabotError, ValueError):
+    """A request (a job, a rescale, a setting) is malformed or out of range; the message says
+    what was wrong and what was expected."""
+
+
+class NotFound(SabotError, LookupError):
+    """An unknown job, operator, task, node, sink or checkpoint."""
+
+    def __str__(self):  # LookupError subclasses would repr() a KeyError-like message
+        return str(self.args[0]) if self.args else ""
+
+
+class Conflict(SabotError, RuntimeError):
+    """The request is valid but clashes with the current state (cancel of a finished job,
+    a rescale while another runs, not enough free slots)."""
+
+
+class InsecureBinding(InvalidRequest):
+    """A server was asked to bind a non-loopback address without a secret."""
+
+
+class ControlTimeout(SabotError, TimeoutError):
+    """A task did not answer a control message that expects a reply in time."""

@@ -7,112 +7,19 @@ the OpenAPI document (``GET /openapi.json``) are built from, so they cannot
 drift apart.
 """
 
-import hmac
-import io
 import json
 import logging
 import time
 
-import pyarrow as pa
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from sabot.cluster.protocol import BadRequest, ClusterError, NotFound, Unauthorized
-from sabot.errors import GraphValidationError, JobFailed, SlotRequestTooLarge, SlotsExhausted, UnknownNode
+from sabot.cluster.web import arrow_response, auth_middleware, error_middleware, read_json
+from sabot.errors import InvalidRequest as BadRequest
+from sabot.errors import NotFound
 
 log = logging.getLogger(__name__)
-
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
-
-
-# -- middleware shared by coordinator and worker -----------------------------------------
-
-
-def status_of(exc):
-    """The HTTP status a raised exception maps to."""
-    if isinstance(exc, ClusterError):
-        return exc.status
-    if isinstance(exc, (GraphValidationError, SlotRequestTooLarge)):
-        return 400
-    if isinstance(exc, JobFailed):
-        return 409
-    if isinstance(exc, (UnknownNode, KeyError, LookupError)):
-        return 404
-    if isinstance(exc, SlotsExhausted):
-        return 503
-    if isinstance(exc, (ValueError, TypeError)):
-        return 400
-    return 500
-
-
-def error_response(status, message):
-    return web.json_response({"error": message}, status=status)
-
-
-@web.middleware
-async def error_middleware(request, handler):
-    """Turn every failure into ``{"error": ...}``; unknown routes and methods included."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if exc.status == 404:
-            message = f"no route {request.method} {request.path}; see GET /openapi.json"
-        elif exc.status == 405:
-            message = f"method {request.method} is not allowed on {request.path}"
-        else:
-            message = exc.text or exc.reason
-            if exc.text and exc.text.startswith("{"):
-                return web.Response(status=exc.status, text=exc.text, content_type="application/json")
-        return error_response(exc.status, message)
-    except Exception as exc:
-        status = status_of(exc)
-        message = str(exc) or type(exc).__name__
-        if isinstance(exc, KeyError) and not isinstance(exc, ClusterError) and exc.args:
-            message = str(exc.args[0])
-        if status >= 500:
-            log.exception("%s %s failed", request.method, request.path)
-            message = f"internal error: {type(exc).__name__}: {message}"
-        return error_response(status, message)
-
-
-def auth_middleware(token):
-    """Require ``Authorization: Bearer <token>`` on every request when a token is set."""
-
-    @web.middleware
-    async def check(request, handler):
-        if token:
-            header = request.headers.get("Authorization", "")
-            given = header[7:] if header.startswith("Bearer ") else ""
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                raise Unauthorized(
-                    "missing or wrong token: send 'Authorization: Bearer <token>' (the --token / SABOT_TOKEN "
-                    "this server was started with)"
-                )
-        return await handler(request)
-
-    return check
-
-
-async def read_json(request, what="request body"):
-    """The request's JSON body, or BadRequest naming the problem."""
-    raw = await request.read()
-    if not raw:
-        raise BadRequest(f"the {what} is empty; expected JSON")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"malformed JSON in the {what}: {exc}") from None
-
-
-def arrow_response(table):
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return web.Response(body=sink.getvalue(), content_type=ARROW_STREAM)
-
 
 # -- metrics -----------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ import threading
 import time
 
 import sabot
+from sabot import _loop
 from sabot.cluster.coordinator import ClusterCoordinator, CoordinatorConfig
 
 log = logging.getLogger(__name__)
@@ -74,14 +75,6 @@ def check_expected_package():
             f"this worker imported sabot from {actual}, but the process that started it uses {expected}; "
             "start workers with sabot.cluster.local.worker_command() and worker_environment()"
         )
-
-
-def _new_loop():
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 class LocalCluster:
@@ -138,7 +131,7 @@ class LocalCluster:
         atexit.register(self._kill_all)
         try:
             self._log_dir = tempfile.TemporaryDirectory(prefix="sabot-local-")
-            self._loop = _new_loop()
+            self._loop = _loop.new_event_loop()
             self._thread = threading.Thread(target=self._run_loop, name="sabot-coordinator", daemon=True)
             self._thread.start()
             self.coordinator = ClusterCoordinator(self._config)

@@ -41,48 +41,18 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 
-from sabot.errors import SabotError
+from sabot.errors import Conflict, InsecureBinding, InvalidRequest, NotFound, SabotError  # noqa: F401
 
-# -- errors --------------------------------------------------------------------------
+# -- errors ---------------------------------------------------------------------------
+#
+# The control plane raises the domain errors of sabot.errors; only sabot.cluster.web maps
+# them to HTTP status codes. These names are kept for code written against them.
+
+BadRequest = InvalidRequest
 
 
 class ClusterError(SabotError, RuntimeError):
-    """Base class of control-plane errors; ``status`` is the HTTP status it maps to."""
-
-    status = 500
-
-
-class BadRequest(ClusterError, ValueError):
-    """The request body or its parameters are not what the route expects."""
-
-    status = 400
-
-
-class Unauthorized(ClusterError, PermissionError):
-    """A request without the configured token (or with a wrong one)."""
-
-    status = 401
-
-
-class NotFound(ClusterError, LookupError):
-    """An unknown job, task, node or route."""
-
-    status = 404
-
-    def __str__(self):
-        return str(self.args[0]) if self.args else ""
-
-
-class Conflict(ClusterError):
-    """The request is valid but clashes with the current state (e.g. cancel of a finished job)."""
-
-    status = 409
-
-
-class InsecureBinding(ClusterError, ValueError):
-    """A server was asked to bind a non-loopback address without a token."""
-
-    status = 400
+    """A control-plane operation failed for a reason that is not the caller's (HTTP 500)."""
 
 
 # -- message kinds ---------------------------------------------------------------------

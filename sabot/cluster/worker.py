@@ -1,6 +1,6 @@
 """Worker: a process that offers task slots to a coordinator and runs the tasks it is sent.
 
-A worker starts the runtime's :class:`~sabot.runtime.channels.DataServer` (task
+A worker starts the runtime's :class:`~sabot.runtime.data_server.DataServer` (task
 channels from other workers connect there) and a small aiohttp control server:
 
 - ``POST /tasks/deploy``: body a task deployment descriptor, or a JSON list of
@@ -40,9 +40,9 @@ import aiohttp
 from aiohttp import web
 
 from sabot.cluster import protocol
-from sabot.cluster.http_api import arrow_response, auth_middleware, error_middleware, read_json
-from sabot.cluster.protocol import BadRequest, NotFound
-from sabot.runtime.channels import DataServer
+from sabot.cluster.web import arrow_response, auth_middleware, error_middleware, read_json
+from sabot.errors import Conflict, ControlTimeout, InvalidRequest, NotFound
+from sabot.runtime.data_server import DataServer
 from sabot.runtime.task import TERMINAL_STATES
 from sabot.runtime.task_manager import TaskManager
 
@@ -52,12 +52,6 @@ __all__ = ["Worker"]
 
 #: how long a control route waits for a task's reply (source_pause) unless the message says
 CONTROL_REPLY_TIMEOUT_S = 10.0
-
-
-class ControlTimeout(protocol.ClusterError, TimeoutError):
-    """A task did not answer a control message that expects a reply in time."""
-
-    status = 504
 
 
 class Worker:
@@ -336,18 +330,18 @@ class Worker:
         body = await read_json(request, "deployment")
         tdds = body if isinstance(body, list) else [body]
         if not tdds or not all(isinstance(t, dict) for t in tdds):
-            raise BadRequest("POST /tasks/deploy expects a task deployment descriptor (a JSON object) or a list of them")
+            raise InvalidRequest("POST /tasks/deploy expects a task deployment descriptor (a JSON object) or a list of them")
         deployed = []
         for tdd in tdds:
             try:
                 for key in ("job_id", "task_id", "operator", "subtask_index", "parallelism"):
                     if key not in tdd:
-                        raise BadRequest(f"the deployment descriptor has no {key!r}")
+                        raise InvalidRequest(f"the deployment descriptor has no {key!r}")
                 await self.task_manager.deploy(tdd)
             except Exception as exc:
                 for task_id in deployed:
                     await self.cancel_task(task_id)
-                raise BadRequest(
+                raise InvalidRequest(
                     f"worker {self.node_id} cannot deploy task {tdd.get('task_id')!r}: {type(exc).__name__}: {exc}"
                 ) from exc
             deployed.append(tdd["task_id"])
@@ -369,14 +363,14 @@ class Worker:
         self._known(task_id)
         message = await read_json(request, "control message")
         if not isinstance(message, dict) or "type" not in message:
-            raise BadRequest("POST /tasks/{task_id}/control expects a JSON object with a 'type'")
+            raise InvalidRequest("POST /tasks/{task_id}/control expects a JSON object with a 'type'")
         task = self.task_manager.tasks[task_id]
         if task.state in TERMINAL_STATES:
-            raise protocol.Conflict(f"task {task_id} on worker {self.node_id} is {task.state}")
+            raise Conflict(f"task {task_id} on worker {self.node_id} is {task.state}")
         try:
             reply = self.task_manager.control(task_id, message, attempt=message.get("attempt"))
         except (ValueError, KeyError) as exc:
-            raise BadRequest(f"task {task_id}: {exc}") from None
+            raise InvalidRequest(f"task {task_id}: {exc}") from None
         answer = {"task_id": task_id, "accepted": message["type"]}
         if reply is not None:  # a source_pause: answer once the source stopped between two units
             timeout = float(message.get("timeout_s") or CONTROL_REPLY_TIMEOUT_S)
@@ -388,7 +382,7 @@ class Worker:
                     f"{timeout:g} s (state {task.state})"
                 ) from None
             except ValueError as exc:
-                raise protocol.Conflict(f"task {task_id}: {exc}") from None
+                raise Conflict(f"task {task_id}: {exc}") from None
         return web.json_response(answer)
 
     async def cancel_task(self, task_id, timeout=10.0):

@@ -16,7 +16,7 @@ Everything runs on one asyncio event loop (uvloop or the default loop); nothing
 here uses threads. A channel has exactly one writer coroutine and one reader
 (either :meth:`InputChannel.recv` or an :class:`InputGate`, not both).
 
-The :class:`DataServer` of a process hands out both ends. A channel whose sender
+The :class:`~sabot.runtime.data_server.DataServer` of a process hands out both ends. A channel whose sender
 and receiver live in the same process is an in-process queue (batches are passed
 by reference, never copied); otherwise it is a TCP connection to the receiver's
 DataServer carrying Arrow IPC (see :mod:`sabot.runtime.network`)::
@@ -130,6 +130,11 @@ class InputChannel:
         return self._closed
 
     @property
+    def registered(self) -> bool:
+        """True once the receiving task registered the channel (senders get credit then)."""
+        return self._registered
+
+    @property
     def buffered_batches(self) -> int:
         """Batches (not events) arrived and not yet taken out."""
         return sum(1 for _, nbytes in self._buffer if nbytes >= 0)
@@ -171,7 +176,7 @@ class InputChannel:
             self._finished = True
         return item
 
-    def _deliver(self, item):
+    def deliver(self, item):
         """Append a batch or an event (called by the sender side; never blocks)."""
         if self._closed:
             raise ChannelClosed(f"channel {self.channel_id!r} is closed; cannot deliver {type(item).__name__}",
@@ -190,7 +195,7 @@ class InputChannel:
             self._buffer.append((item, -1))
         self._wake()
 
-    def _close(self, exc):
+    def close_with(self, exc):
         """No more items will arrive; ``exc`` (a ChannelClosed) is raised after the drain."""
         if self._closed:
             return
@@ -205,7 +210,8 @@ class InputChannel:
         if self._listener is not None:
             self._listener()
 
-    def _attach_sender(self, sender):
+    def attach_sender(self, sender):
+        """Connect the sending end (local channel or network protocol); it gets the credit."""
         if self._sender is not None:
             raise DuplicateChannel(
                 f"channel {self.channel_id!r} already has a sender; a channel has exactly one"
@@ -216,7 +222,8 @@ class InputChannel:
         if self._registered:
             sender.grant(self.credits)
 
-    def _register(self):
+    def register(self):
+        """The receiving task registered the channel: grant the sender its credit."""
         self._registered = True
         if self._sender is not None and not self._closed:
             sender_credit = self.credits - self.buffered_batches
@@ -476,161 +483,15 @@ class LocalOutputChannel(OutputChannel):
         self._target = target
 
     def _send_batch(self, batch):
-        self._target._deliver(batch)
+        self._target.deliver(batch)
 
     def _send_event(self, event):
-        self._target._deliver(event)
+        self._target.deliver(event)
 
     async def close(self):
         if self._closed:
             return
         self._closed = True
-        self._target._close(
+        self._target.close_with(
             ChannelClosed(f"channel {self.channel_id!r} was closed by its sender", self.channel_id)
         )
-
-
-# --------------------------------------------------------------------------- the server
-
-
-class DataServer:
-    """One per process: registers receiving ends and opens sending ends of channels.
-
-    Args:
-        host: interface the TCP listener binds to and the host part of :attr:`address`.
-        credits: buffers each receiving channel grants its sender.
-        connect_timeout: how long :meth:`output_channel` keeps retrying a refused
-            TCP connection (the receiving worker may still be starting).
-    """
-
-    def __init__(self, host="127.0.0.1", credits=8, *, connect_timeout=10.0):
-        self.host = host
-        self.credits = _check_credits(credits)
-        self.connect_timeout = float(connect_timeout)
-        self._channels = {}  # channel_id -> InputChannel (registered or awaiting registration)
-        self._server = None
-        self._address = None
-        self._connections = set()  # live network protocols, both directions
-        self._released = set()  # ids released here: a late sender is refused, not left waiting
-        self._stopped = False
-
-    @property
-    def address(self):
-        """``(host, port)`` the TCP listener is bound to, or None before :meth:`start`."""
-        return self._address
-
-    async def start(self, port=0):
-        """Listen for TCP data connections on ``(host, port)``; port 0 picks a free one."""
-        from sabot.runtime import network
-
-        if self._server is not None:
-            raise RuntimeError(f"data server already listening on {self._address}")
-        self._stopped = False
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: network.ReceiverProtocol(self), self.host, port
-        )
-        sockname = self._server.sockets[0].getsockname()
-        self._address = (self.host, sockname[1])
-        log.info("data server listening on %s:%d", *self._address)
-        return self._address
-
-    def input_channel(self, channel_id) -> InputChannel:
-        """Register the receiving end of ``channel_id`` and return it.
-
-        A sender may already be connected (it then gets its credits now).
-
-        Raises:
-            DuplicateChannel: ``channel_id`` is already registered here.
-        """
-        if not isinstance(channel_id, str) or not channel_id:
-            raise ValueError(f"channel_id must be a non-empty str, got {channel_id!r}")
-        self._released.discard(channel_id)
-        ch = self._channels.get(channel_id)
-        if ch is None:
-            ch = self._channels[channel_id] = InputChannel(channel_id, self.credits)
-        elif ch._registered:
-            raise DuplicateChannel(
-                f"channel {channel_id!r} is already registered on this data server; release it first"
-            )
-        ch._register()
-        return ch
-
-    def _channel_for_sender(self, channel_id):
-        """The InputChannel a sender attaches to, created (unregistered) if needed."""
-        ch = self._channels.get(channel_id)
-        if ch is None:
-            if self._stopped:
-                raise ChannelClosed(f"data server is stopped; cannot open channel {channel_id!r}", channel_id)
-            if channel_id in self._released:
-                raise ChannelClosed(
-                    f"channel {channel_id!r} was released on this data server (its reader is gone); "
-                    "a sender of a superseded attempt cannot reopen it", channel_id)
-            ch = self._channels[channel_id] = InputChannel(channel_id, self.credits)
-        return ch
-
-    def _is_local(self, host, port):
-        if host is None:
-            return True
-        return self._address is not None and (host, port) == self._address
-
-    async def output_channel(self, channel_id, host=None, port=None) -> OutputChannel:
-        """Open the sending end of ``channel_id``.
-
-        ``host`` None (or our own address) gives an in-process channel to our own
-        ``input_channel(channel_id)``, which may be registered before or after;
-        otherwise a TCP connection to the DataServer at ``(host, port)``.
-
-        Raises:
-            DuplicateChannel: the channel already has a sender.
-            ConnectionError: the remote data server could not be reached within
-                ``connect_timeout`` seconds.
-        """
-        if not isinstance(channel_id, str) or not channel_id:
-            raise ValueError(f"channel_id must be a non-empty str, got {channel_id!r}")
-        if self._is_local(host, port):
-            target = self._channel_for_sender(channel_id)
-            out = LocalOutputChannel(channel_id, target)
-            target._attach_sender(out)
-            return out
-        if not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"a remote channel needs host and a TCP port, got host={host!r} port={port!r}")
-        from sabot.runtime import network
-
-        return await network.connect(self, channel_id, host, port, timeout=self.connect_timeout)
-
-    def release(self, channel_id):
-        """Unregister ``channel_id``: its reader and its sender get ChannelClosed.
-
-        Releasing an id that is not known is a no-op, so cleanup code may call it freely.
-        """
-        self._released.add(channel_id)
-        ch = self._channels.pop(channel_id, None)
-        if ch is None:
-            return
-        exc = ChannelClosed(f"channel {channel_id!r} was released on this data server", channel_id)
-        ch._close(exc)
-        if ch._sender is not None:
-            ch._sender.abort(exc)
-
-    async def stop(self):
-        """Stop listening, drop every connection and close every channel."""
-        self._stopped = True
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        # drop connections before waiting: newer Pythons' wait_closed waits for them
-        for conn in list(self._connections):
-            conn.abort_connection()
-        if server is not None:
-            await server.wait_closed()
-        for channel_id in list(self._channels):
-            ch = self._channels.pop(channel_id)
-            exc = ChannelClosed(f"channel {channel_id!r}: data server stopped", channel_id)
-            ch._close(exc)
-            if ch._sender is not None:
-                ch._sender.abort(exc)
-        for conn in list(self._connections):
-            conn.abort_connection()
-        self._connections.clear()
-        self._address = None

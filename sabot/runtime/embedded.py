@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from sabot import _loop
 from sabot.errors import JobFailed
 from sabot.execution.deployment import build_deployment_descriptors
-from sabot.runtime.channels import DataServer
+from sabot.runtime.data_server import DataServer
 from sabot.runtime.task_manager import TaskManager
 
 
@@ -124,8 +125,4 @@ def run_coroutine(coro):
             "an event loop is already running in this thread; use 'await stream.run_async()' "
             "(or run_job_graph_async) instead of the blocking run()"
         )
-    try:
-        import uvloop
-    except ImportError:  # uvloop is not available on Windows
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+    return _loop.run(coro)

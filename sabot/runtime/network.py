@@ -192,7 +192,7 @@ class ReceiverProtocol(_FrameProtocol):
         self.transport = transport
         self._loop = asyncio.get_running_loop()
         self.peer = transport.get_extra_info("peername")
-        self.server._connections.add(self)
+        self.server.connections.add(self)
 
     def _describe(self):
         peer = f"{self.peer[0]}:{self.peer[1]}" if self.peer else "unknown peer"
@@ -207,8 +207,8 @@ class ReceiverProtocol(_FrameProtocol):
                 self.channel_id = body.to_pybytes().decode("utf-8")
             except UnicodeDecodeError:
                 raise ChannelProtocolError("HELLO frame does not hold a UTF-8 channel id") from None
-            ch = self.server._channel_for_sender(self.channel_id)
-            ch._attach_sender(self)
+            ch = self.server.channel_for_sender(self.channel_id)
+            ch.attach_sender(self)
             self.channel = ch
             return
         if kind == BATCH or kind == STREAM:
@@ -223,15 +223,15 @@ class ReceiverProtocol(_FrameProtocol):
             self._outstanding -= 1
             self.batches += 1
             self.wire_bytes += body.size
-            ch._deliver(batch)
+            ch.deliver(batch)
             ch.metrics["wire_bytes_received"] = self.wire_bytes
         elif kind == SCHEMA:
             self.schema = pa.ipc.read_schema(body)
         elif kind == EVENT:
-            ch._deliver(events.from_dict(json.loads(body.to_pybytes())))
+            ch.deliver(events.from_dict(json.loads(body.to_pybytes())))
         elif kind == CLOSE:
             self._done = True
-            ch._close(ChannelClosed(f"{self._describe()} was closed by its sender", self.channel_id))
+            ch.close_with(ChannelClosed(f"{self._describe()} was closed by its sender", self.channel_id))
             self.transport.close()
         else:
             raise ChannelProtocolError(f"{self._describe()}: unexpected {KIND_NAMES[kind]} frame from a sender")
@@ -246,7 +246,7 @@ class ReceiverProtocol(_FrameProtocol):
         log.warning("dropping data connection: %s", err)
         if self.channel is not None and self.channel._sender is self:
             self._done = True
-            self.channel._close(err)
+            self.channel.close_with(err)
         self._refuse(str(err))
 
     def _refuse(self, message):
@@ -294,13 +294,13 @@ class ReceiverProtocol(_FrameProtocol):
         self._refuse(str(exc))
 
     def connection_lost(self, exc):
-        self.server._connections.discard(self)
+        self.server.connections.discard(self)
         if self._abort_timer is not None:
             self._abort_timer.cancel()
         ch = self.channel
         if ch is not None and not self._done:
             reason = f": {exc}" if exc else ""
-            ch._close(
+            ch.close_with(
                 ChannelClosed(
                     f"{self._describe()}: connection lost mid-stream after {self.batches} batches "
                     f"(no CLOSE frame){reason}",
@@ -349,7 +349,7 @@ class SenderProtocol(_FrameProtocol):
         self.transport.abort()
 
     def connection_lost(self, exc):
-        self.channel._server._connections.discard(self)
+        self.channel._server.connections.discard(self)
         if not self.channel._closed:
             reason = f": {exc}" if exc else ""
             self.channel.abort(
@@ -466,6 +466,6 @@ async def connect(server, channel_id, host, port, timeout=10.0):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
     channel._protocol = protocol
-    server._connections.add(protocol)
+    server.connections.add(protocol)
     protocol._write_frame(HELLO, channel_id.encode("utf-8"))
     return channel

@@ -14,7 +14,7 @@ class TaskManager:
     """Deploys, runs, cancels and reports the tasks of this process.
 
     Args:
-        data_server: the process's :class:`~sabot.runtime.channels.DataServer`.
+        data_server: the process's :class:`~sabot.runtime.data_server.DataServer`.
         on_update: called on the loop thread with a task status dict on every
             state change and every ``report_interval`` seconds while tasks run.
         on_checkpoint: called on the loop thread with a task's checkpoint

@@ -12,7 +12,8 @@ import pytest
 import uvloop
 
 from sabot.runtime import events
-from sabot.runtime.channels import DataServer, InputGate
+from sabot.runtime.channels import InputGate
+from sabot.runtime.data_server import DataServer
 
 pytestmark = pytest.mark.timeout(60)
 

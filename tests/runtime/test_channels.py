@@ -10,9 +10,9 @@ import uvloop
 
 from sabot.errors import SabotError
 from sabot.runtime import events
+from sabot.runtime.data_server import DataServer
 from sabot.runtime.channels import (
     ChannelClosed,
-    DataServer,
     DuplicateChannel,
     InputChannel,
     InputGate,
@@ -401,7 +401,8 @@ def test_sender_of_a_released_channel_is_refused_not_left_waiting():
 
     import pytest
 
-    from sabot.runtime.channels import ChannelClosed, DataServer
+    from sabot.runtime.channels import ChannelClosed
+    from sabot.runtime.data_server import DataServer
 
     async def scenario():
         server = DataServer()

@@ -13,7 +13,7 @@ import pytest
 
 from sabot import Stream
 from sabot.execution.deployment import build_deployment_descriptors
-from sabot.runtime.channels import DataServer
+from sabot.runtime.data_server import DataServer
 from sabot.runtime.checkpoint_storage import CheckpointStorage
 from sabot.runtime.embedded import gather_results
 from sabot.runtime.generators import keyed_records

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from sabot.runtime import events
-from sabot.runtime.channels import DataServer
+from sabot.runtime.data_server import DataServer
 from sabot.runtime.task import _Output
 
 

@@ -173,7 +173,7 @@ def test_job_graph_round_trips_and_runs_from_json():
 
 
 def test_slow_sink_backpressures_source_with_bounded_memory():
-    from sabot.runtime.channels import DataServer
+    from sabot.runtime.data_server import DataServer
 
     credits = DataServer().credits
     batch_rows = 10_000

@@ -295,7 +295,7 @@ def add_second_key(batch):
 
 def test_live_rescale_of_a_multi_key_aggregate_keeps_exact_result():
     from sabot.execution.deployment import build_deployment_descriptors, build_rescale_messages
-    from sabot.runtime.channels import DataServer
+    from sabot.runtime.data_server import DataServer
     from sabot.runtime.embedded import gather_results
     from sabot.runtime.generators import keyed_records
     from sabot.runtime.task_manager import TaskManager

@@ -10,7 +10,8 @@ import pytest
 import uvloop
 
 from sabot.runtime import events, network
-from sabot.runtime.channels import ChannelClosed, ChannelProtocolError, DataServer, LocalOutputChannel
+from sabot.runtime.channels import ChannelClosed, ChannelProtocolError, LocalOutputChannel
+from sabot.runtime.data_server import DataServer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,7 +18,7 @@ from sabot._core import partition
 from sabot.execution.deployment import (
     build_deployment_descriptors, build_rescale_messages, build_source_resume_messages, source_frontier,
 )
-from sabot.runtime.channels import DataServer
+from sabot.runtime.data_server import DataServer
 from sabot.runtime.embedded import gather_results
 from sabot.runtime.generators import keyed_records
 from sabot.runtime.task_manager import TaskManager

@@ -1,0 +1,162 @@
+"""DataServer: one per process; registers receiving ends and opens sending ends of channels.
+
+Channels whose two ends live in this process are in-process queues
+(:class:`~sabot.runtime.channels.LocalOutputChannel`); others are TCP connections to
+the receiving process's DataServer (:mod:`sabot.runtime.network`).
+"""
+
+import asyncio
+import logging
+
+from sabot.runtime import network
+from sabot.runtime.channels import (
+    ChannelClosed,
+    DuplicateChannel,
+    InputChannel,
+    LocalOutputChannel,
+    OutputChannel,
+    _check_credits,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DataServer"]
+
+
+class DataServer:
+    """One per process: registers receiving ends and opens sending ends of channels.
+
+    Args:
+        host: interface the TCP listener binds to and the host part of :attr:`address`.
+        credits: buffers each receiving channel grants its sender.
+        connect_timeout: how long :meth:`output_channel` keeps retrying a refused
+            TCP connection (the receiving worker may still be starting).
+    """
+
+    def __init__(self, host="127.0.0.1", credits=8, *, connect_timeout=10.0):
+        self.host = host
+        self.credits = _check_credits(credits)
+        self.connect_timeout = float(connect_timeout)
+        self._channels = {}  # channel_id -> InputChannel (registered or awaiting registration)
+        self._server = None
+        self._address = None
+        self.connections = set()  # live network protocols, both directions
+        self._released = set()  # ids released here: a late sender is refused, not left waiting
+        self._stopped = False
+
+    @property
+    def address(self):
+        """``(host, port)`` the TCP listener is bound to, or None before :meth:`start`."""
+        return self._address
+
+    async def start(self, port=0):
+        """Listen for TCP data connections on ``(host, port)``; port 0 picks a free one."""
+        if self._server is not None:
+            raise RuntimeError(f"data server already listening on {self._address}")
+        self._stopped = False
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: network.ReceiverProtocol(self), self.host, port
+        )
+        sockname = self._server.sockets[0].getsockname()
+        self._address = (self.host, sockname[1])
+        log.info("data server listening on %s:%d", *self._address)
+        return self._address
+
+    def input_channel(self, channel_id) -> InputChannel:
+        """Register the receiving end of ``channel_id`` and return it.
+
+        A sender may already be connected (it then gets its credits now).
+
+        Raises:
+            DuplicateChannel: ``channel_id`` is already registered here.
+        """
+        if not isinstance(channel_id, str) or not channel_id:
+            raise ValueError(f"channel_id must be a non-empty str, got {channel_id!r}")
+        self._released.discard(channel_id)
+        ch = self._channels.get(channel_id)
+        if ch is None:
+            ch = self._channels[channel_id] = InputChannel(channel_id, self.credits)
+        elif ch.registered:
+            raise DuplicateChannel(
+                f"channel {channel_id!r} is already registered on this data server; release it first"
+            )
+        ch.register()
+        return ch
+
+    def channel_for_sender(self, channel_id):
+        """The InputChannel a sender attaches to, created (unregistered) if needed."""
+        ch = self._channels.get(channel_id)
+        if ch is None:
+            if self._stopped:
+                raise ChannelClosed(f"data server is stopped; cannot open channel {channel_id!r}", channel_id)
+            if channel_id in self._released:
+                raise ChannelClosed(
+                    f"channel {channel_id!r} was released on this data server (its reader is gone); "
+                    "a sender of a superseded attempt cannot reopen it", channel_id)
+            ch = self._channels[channel_id] = InputChannel(channel_id, self.credits)
+        return ch
+
+    def _is_local(self, host, port):
+        if host is None:
+            return True
+        return self._address is not None and (host, port) == self._address
+
+    async def output_channel(self, channel_id, host=None, port=None) -> OutputChannel:
+        """Open the sending end of ``channel_id``.
+
+        ``host`` None (or our own address) gives an in-process channel to our own
+        ``input_channel(channel_id)``, which may be registered before or after;
+        otherwise a TCP connection to the DataServer at ``(host, port)``.
+
+        Raises:
+            DuplicateChannel: the channel already has a sender.
+            ConnectionError: the remote data server could not be reached within
+                ``connect_timeout`` seconds.
+        """
+        if not isinstance(channel_id, str) or not channel_id:
+            raise ValueError(f"channel_id must be a non-empty str, got {channel_id!r}")
+        if self._is_local(host, port):
+            target = self.channel_for_sender(channel_id)
+            out = LocalOutputChannel(channel_id, target)
+            target.attach_sender(out)
+            return out
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"a remote channel needs host and a TCP port, got host={host!r} port={port!r}")
+        return await network.connect(self, channel_id, host, port, timeout=self.connect_timeout)
+
+    def release(self, channel_id):
+        """Unregister ``channel_id``: its reader and its sender get ChannelClosed.
+
+        Releasing an id that is not known is a no-op, so cleanup code may call it freely.
+        """
+        self._released.add(channel_id)
+        ch = self._channels.pop(channel_id, None)
+        if ch is None:
+            return
+        exc = ChannelClosed(f"channel {channel_id!r} was released on this data server", channel_id)
+        ch.close_with(exc)
+        if ch._sender is not None:
+            ch._sender.abort(exc)
+
+    async def stop(self):
+        """Stop listening, drop every connection and close every channel."""
+        self._stopped = True
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        # drop connections before waiting: newer Pythons' wait_closed waits for them
+        for conn in list(self.connections):
+            conn.abort_connection()
+        if server is not None:
+            await server.wait_closed()
+        for channel_id in list(self._channels):
+            ch = self._channels.pop(channel_id)
+            exc = ChannelClosed(f"channel {channel_id!r}: data server stopped", channel_id)
+            ch.close_with(exc)
+            if ch._sender is not None:
+                ch._sender.abort(exc)
+        for conn in list(self.connections):
+            conn.abort_connection()
+        self.connections.clear()
+        self._address = None
