@@ -27,6 +27,10 @@ Rules the pool enforces:
   slot) is placed at once. The asker can ``await pool.wait_for_slot(request,
   timeout=...)`` or pass a ``callback``, called exactly once with the Slot when
   the request is placed (at once or later).
+* **All or nothing.** ``request_slots(requests)`` / ``wait_for_slots`` place a set of
+  requests (the tasks of a job, of a restarted region, of a rescaled operator)
+  together or not at all: one queue entry, placed when every request fits, so two
+  half-placed jobs never hold slots the other waits for (gang scheduling).
 * **Node loss.** ``unregister_node`` frees everything on the node and returns the
   requests that lost their slot, so the coordinator can fail / restart them.
 
@@ -206,15 +210,25 @@ class SlotRequest:
 
 
 class _Pending:
-    """A queued request with whoever waits for it."""
+    """A queued request, or a set of requests placed all or nothing, with whoever waits for it."""
 
-    __slots__ = ("request", "callbacks", "waiters", "cancelled")
+    __slots__ = ("requests", "bulk", "callbacks", "waiters", "cancelled")
 
-    def __init__(self, request: SlotRequest, callbacks: List[Callable[[Slot], Any]]):
-        self.request = request
+    def __init__(self, requests: List[SlotRequest], callbacks: List[Callable[[Any], Any]], bulk: bool = False):
+        self.requests = requests
+        self.bulk = bulk
         self.callbacks = callbacks
         self.waiters: List[asyncio.Future] = []
         self.cancelled = False
+
+    @property
+    def request(self) -> SlotRequest:
+        return self.requests[0]
+
+    def describe(self) -> str:
+        if not self.bulk:
+            return self.request.describe()
+        return f"{len(self.requests)} tasks placed together (first: {self.request.describe()})"
 
 
 class _Node:
@@ -375,24 +389,57 @@ class SlotPool:
             raise ValueError(f"request_slot: task {task_id!r} already has a queued request")
         self._check_fits(request)
         callbacks = [c for c in (request.callback, callback) if c is not None]
-        pending = _Pending(request, callbacks)
+        pending = _Pending([request], callbacks)
+        slots = self._place_or_queue(pending)
+        return None if slots is None else slots[0]
+
+    def request_slots(
+        self, requests: List[SlotRequest], callback: Optional[Callable[[List[Slot]], Any]] = None
+    ) -> Optional[List[Slot]]:
+        """Place every request of ``requests`` now, or queue them as one entry and return None.
+
+        All or nothing: either every request gets a slot (returned in request order) or
+        none does and the set waits, in FIFO order with every other request, until all
+        of them fit together. ``callback`` is called once with the list of slots.
+
+        Raises:
+            SlotRequestTooLarge: a request is larger than every registered slot.
+            ValueError: empty, a task twice, or a task that already holds or awaits a slot.
+        """
+        requests = list(requests)
+        if not requests or not all(isinstance(r, SlotRequest) for r in requests):
+            raise ValueError("request_slots expects a non-empty list of SlotRequests")
+        seen = set()
+        for request in requests:
+            task_id = request.task_id
+            if task_id in seen:
+                raise ValueError(f"request_slots: task {task_id!r} appears twice")
+            seen.add(task_id)
+            if task_id in self._task_slot:
+                raise ValueError(f"request_slots: task {task_id!r} already holds slot "
+                                 f"{self._task_slot[task_id].slot_id!r}; release it first")
+            if task_id in self._pending:
+                raise ValueError(f"request_slots: task {task_id!r} already has a queued request")
+            self._check_fits(request)
+        return self._place_or_queue(_Pending(requests, [callback] if callback else [], bulk=True))
+
+    def _place_or_queue(self, pending: _Pending) -> Optional[List[Slot]]:
         if not self._pending:
-            slot = self._try_place(request)
-        elif request.sharing_group is not None:
-            # joining a live shared slot takes nothing from those queued ahead
-            slot = self._try_place(request, join_only=True)
+            slots = self._try_place_all(pending.requests)
+        elif all(r.sharing_group is not None for r in pending.requests):
+            # joining live shared slots takes nothing from those queued ahead
+            slots = self._try_place_all(pending.requests, join_only=True)
         else:
-            slot = None
-        if slot is not None:
-            self._notify(pending, slot)
-            return slot
+            slots = None
+        if slots is not None:
+            self._notify(pending, slots)
+            return slots
         self._queue.append(pending)
-        self._pending[task_id] = pending
-        if request.sharing_group is not None:
-            self._group_pending[request.sharing_group] = (
-                self._group_pending.get(request.sharing_group, 0) + 1
-            )
-        logger.debug("queued %s (%d pending)", request.describe(), len(self._pending))
+        for request in pending.requests:
+            self._pending[request.task_id] = pending
+            if request.sharing_group is not None:
+                self._group_pending[request.sharing_group] = self._group_pending.get(request.sharing_group, 0) + 1
+        logger.debug("queued %s (%d pending)", pending.describe(), len(self._pending))
         return None
 
     async def wait_for_slot(self, request: SlotRequest, timeout: Optional[float] = None) -> Slot:
@@ -422,18 +469,48 @@ class SlotPool:
             if slot is not None:
                 return slot
             pending = self._pending[task_id]
-        elif pending.request is not request:
+        elif pending.request is not request or pending.bulk:
             raise ValueError(
                 f"wait_for_slot: another request for task {task_id!r} is queued; "
                 f"wait for that one"
             )
+        slots = await self._wait(pending, timeout)
+        return slots[0]
+
+    async def wait_for_slots(self, requests: List[SlotRequest], timeout: Optional[float] = None) -> List[Slot]:
+        """Place ``requests`` all or nothing (:meth:`request_slots`), waiting while they are queued.
+
+        ``requests`` may be a set already submitted with :meth:`request_slots` (the same
+        list of request objects): then this waits for that queue entry.
+
+        Raises:
+            SlotsExhausted: not all placed within ``timeout`` (the set is withdrawn and
+                nothing is held), or the request was cancelled.
+        """
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or timeout < 0
+        ):
+            raise ValueError(f"wait_for_slots: timeout must be None or a number >= 0, got {timeout!r}")
+        requests = list(requests)
+        queued = self._pending.get(requests[0].task_id) if requests else None
+        if queued is not None and queued.bulk and queued.requests == requests:
+            return await self._wait(queued, timeout)  # submitted with request_slots before
+        if requests and all(self._task_request.get(r.task_id) is r for r in requests):
+            return [self._task_slot[r.task_id] for r in requests]  # already placed
+        slots = self.request_slots(requests)
+        if slots is not None:
+            return slots
+        return await self._wait(self._pending[requests[0].task_id], timeout)
+
+    async def _wait(self, pending: _Pending, timeout: Optional[float]) -> List[Slot]:
         future = asyncio.get_running_loop().create_future()
         pending.waiters.append(future)
+        first = pending.request.task_id
         try:
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             raise SlotsExhausted(
-                f"no slot for {request.describe()} within {timeout:g} s; pool: "
+                f"no slot for {pending.describe()} within {timeout:g} s; pool: "
                 f"{self._status_text()}"
             ) from None
         finally:
@@ -442,7 +519,7 @@ class SlotPool:
             if (
                 not pending.waiters
                 and not pending.cancelled
-                and self._pending.get(task_id) is pending
+                and self._pending.get(first) is pending
                 and (future.cancelled() or not future.done())
             ):
                 self._withdraw(pending)
@@ -459,7 +536,7 @@ class SlotPool:
         for future in pending.waiters:
             if not future.done():
                 future.set_exception(
-                    SlotsExhausted(f"the slot request of {pending.request.describe()} was cancelled")
+                    SlotsExhausted(f"the slot request of {pending.describe()} was cancelled")
                 )
         return True
 
@@ -567,7 +644,7 @@ class SlotPool:
 
     def get_pending_requests(self) -> List[SlotRequest]:
         """Queued requests, in the order they will be served."""
-        return [p.request for p in self._queue if not p.cancelled]
+        return [r for p in self._queue if not p.cancelled for r in p.requests]
 
     @property
     def nodes(self) -> List[str]:
@@ -715,25 +792,42 @@ class SlotPool:
             del self._groups[group]
             del self._group_ops[group]
 
+    def _try_place_all(self, requests: List[SlotRequest], join_only: bool = False) -> Optional[List[Slot]]:
+        """Place every request, or none (the ones placed are taken back)."""
+        placed: List[Slot] = []
+        for request in requests:
+            slot = self._try_place(request, join_only)
+            if slot is None:
+                for earlier in requests[: len(placed)]:
+                    self._drop_task(earlier.task_id)
+                return None
+            placed.append(slot)
+        return placed
+
+    def _unqueue(self, pending: _Pending) -> None:
+        """Forget the pending bookkeeping of a queue entry (placed or withdrawn)."""
+        for request in pending.requests:
+            del self._pending[request.task_id]
+            group = request.sharing_group
+            if group is not None:
+                left = self._group_pending[group] - 1
+                if left:
+                    self._group_pending[group] = left
+                else:
+                    del self._group_pending[group]
+
     def _withdraw(self, pending: _Pending) -> None:
         """Take a request out of the queue (lazily: the deque entry is skipped later)."""
-        request = pending.request
         pending.cancelled = True
-        del self._pending[request.task_id]
-        group = request.sharing_group
-        if group is not None:
-            left = self._group_pending[group] - 1
-            if left:
-                self._group_pending[group] = left
-            else:
-                del self._group_pending[group]
-                self._maybe_forget_group(group)
+        self._unqueue(pending)
+        for group in {r.sharing_group for r in pending.requests if r.sharing_group is not None}:
+            self._maybe_forget_group(group)
         self._cancelled_in_queue += 1
         if self._cancelled_in_queue > 64 and self._cancelled_in_queue > len(self._pending):
             # compact so that withdrawn entries never dominate the deque
             self._queue = deque(p for p in self._queue if not p.cancelled)
             self._cancelled_in_queue = 0
-        logger.debug("withdrew the slot request of %s", request.describe())
+        logger.debug("withdrew the slot request of %s", pending.describe())
 
     def _serve_queue(self) -> None:
         """Place queued requests from the head until the head cannot be placed.
@@ -752,33 +846,26 @@ class SlotPool:
                     queue.popleft()
                     self._cancelled_in_queue -= 1
                     continue
-                request = pending.request
-                slot = self._try_place(request)
-                if slot is None:
+                slots = self._try_place_all(pending.requests)
+                if slots is None:
                     break
                 queue.popleft()
-                del self._pending[request.task_id]
-                group = request.sharing_group
-                if group is not None:
-                    left = self._group_pending[group] - 1
-                    if left:
-                        self._group_pending[group] = left
-                    else:
-                        del self._group_pending[group]
-                self._notify(pending, slot)
+                self._unqueue(pending)
+                self._notify(pending, slots)
                 queue = self._queue  # a callback may have compacted the queue
         finally:
             self._serving = False
 
-    def _notify(self, pending: _Pending, slot: Slot) -> None:
+    def _notify(self, pending: _Pending, slots: List[Slot]) -> None:
         for future in pending.waiters:
             if not future.done():
-                future.set_result(slot)
+                future.set_result(slots)
+        result = slots if pending.bulk else slots[0]
         for callback in pending.callbacks:
             try:
-                callback(slot)
+                callback(result)
             except Exception:
                 logger.exception(
                     "slot callback for %s raised; the slot stays allocated",
-                    pending.request.describe(),
+                    pending.describe(),
                 )

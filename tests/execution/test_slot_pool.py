@@ -551,3 +551,77 @@ def test_random_operations_keep_pool_consistent(seed):
         fifo_model = [t for t in fifo_model if t in live]
         assert [r.task_id for r in pool.get_pending_requests()] == fifo_model
         check_accounting(pool)
+
+
+# ------------------------------------------------------------------ all or nothing
+
+
+def reqs(prefix, n, op="op", group=None):
+    return [SlotRequest(task_id=f"{prefix}{i}", operator_id=op, sharing_group=group) for i in range(n)]
+
+
+def test_request_slots_places_all_or_queues_all():
+    pool = SlotPool()
+    pool.register_node("n1", num_slots=3)
+    placed = pool.request_slots(reqs("a", 2))
+    assert [s.node_id for s in placed] == ["n1", "n1"] and pool.free_slots == 1
+    assert pool.request_slots(reqs("b", 2)) is None  # 1 free slot: nothing is taken
+    assert pool.free_slots == 1 and pool.pending_requests == 2
+    assert [r.task_id for r in pool.get_pending_requests()] == ["b0", "b1"]
+    pool.release_task("a0")  # now 2 free: the set is placed together
+    assert pool.pending_requests == 0 and pool.free_slots == 0
+    assert {pool.get_task_slot(t).node_id for t in ("b0", "b1")} == {"n1"}
+
+
+def test_a_waiting_set_is_not_overtaken_and_holds_nothing():
+    pool = SlotPool()
+    pool.register_node("n1", num_slots=2)
+    pool.request_slot(SlotRequest(task_id="x", operator_id="op"))
+    assert pool.request_slots(reqs("big", 2)) is None
+    assert pool.request_slot(SlotRequest(task_id="small", operator_id="op")) is None  # FIFO: waits behind
+    assert pool.free_slots == 1
+    pool.release_task("x")
+    assert pool.get_task_slot("big0") and pool.get_task_slot("big1") and pool.get_task_slot("small") is None
+
+
+def test_a_set_in_one_sharing_group_shares_slots():
+    pool = SlotPool()
+    pool.register_node("n1", num_slots=2)
+    group = reqs("src", 2, op="src", group="job") + reqs("map", 2, op="map", group="job")
+    slots = pool.request_slots(group)
+    assert len({s.slot_id for s in slots}) == 2 and pool.free_slots == 0
+
+
+def test_wait_for_slots_times_out_and_withdraws_the_whole_set(arun):
+    async def scenario():
+        pool = SlotPool()
+        pool.register_node("n1", num_slots=1)
+        with pytest.raises(SlotsExhausted, match="2 tasks placed together"):
+            await pool.wait_for_slots(reqs("t", 2), timeout=0.05)
+        assert pool.pending_requests == 0 and pool.free_slots == 1
+        waiting = asyncio.ensure_future(pool.wait_for_slots(reqs("u", 2), timeout=5))
+        await asyncio.sleep(0)
+        pool.register_node("n2", num_slots=1)  # a worker joins: the set fits now
+        slots = await waiting
+        assert {s.node_id for s in slots} == {"n1", "n2"}
+        cancelled = asyncio.ensure_future(pool.wait_for_slots(reqs("v", 1), timeout=5))
+        await asyncio.sleep(0)
+        assert pool.cancel_request("v0")
+        with pytest.raises(SlotsExhausted, match="cancelled"):
+            await cancelled
+
+    arun(scenario())
+
+
+def test_request_slots_refuses_bad_sets():
+    pool = SlotPool()
+    pool.register_node("n1", num_slots=2, cpu_cores_per_slot=1.0)
+    with pytest.raises(ValueError, match="appears twice"):
+        pool.request_slots(reqs("t", 1) + reqs("t", 1))
+    with pytest.raises(SlotRequestTooLarge):
+        pool.request_slots([SlotRequest(task_id="huge", operator_id="op", cpu_cores=8.0)])
+    pool.request_slots(reqs("held", 1))
+    with pytest.raises(ValueError, match="already holds"):
+        pool.request_slots(reqs("held", 1))
+    with pytest.raises(ValueError, match="non-empty"):
+        pool.request_slots([])
