@@ -1,4 +1,14 @@
-"""What users need to test their own Sabot jobs.
+"""What users need to test their own Sabot jobs, and Sabot its control plane.
+
+Jobs: :func:`run_stream`, :func:`run_graph`, :func:`testing_source` and
+:func:`assert_tables_equal` (multiset comparison with a float tolerance).
+
+Control plane, in-process and deterministic: :class:`ManualClock` (time moves only
+when the test says), :class:`TestingWorkerGateway` (a fake of the workers that
+records what the coordinator asks) and :class:`TestingCluster`, a coordinator with
+fake workers on a manual clock, where the test plays the workers' part. For real
+workers without processes: :func:`in_process_cluster`; for real processes:
+:class:`sabot.cluster.local.LocalCluster`.
 
 Example:
     >>> import pyarrow as pa
@@ -8,25 +18,44 @@ Example:
     >>> assert_tables_equal(out, pa.table({"x": [1, 2, 3]}))
 """
 
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+
 import pyarrow as pa
 
+from sabot.api.stream import Stream, StreamSink
+from sabot.cluster import protocol
+from sabot.cluster.clock import Clock
+from sabot.cluster.coordinator import ClusterCoordinator
+from sabot.cluster.gateway import WorkerGateway, WorkerUnreachable
+from sabot.cluster.protocol import RegisterRequest
+from sabot.cluster.worker import Worker
+from sabot.execution.execution_graph import TaskState
+from sabot.execution.ids import AttemptId
+from sabot.execution.messages import CheckpointAck, TaskUpdate
 from sabot.runtime.embedded import JobResult, run_job_graph, run_job_graph_async
 
 __all__ = [
     "JobResult",
+    "ManualClock",
+    "TestingCluster",
+    "TestingWorkerGateway",
     "assert_tables_equal",
     "canonical",
+    "in_process_cluster",
     "run_graph",
     "run_graph_async",
     "run_stream",
     "testing_source",
+    "until",
 ]
 
 
 def testing_source(rows_or_table, *, batch_size=None, parallelism=None, name=None):
     """A bounded source from a table, a RecordBatch, or a dict of columns."""
-    from sabot.api.stream import Stream
-
     table = rows_or_table
     if isinstance(table, dict):
         table = pa.table(table)
@@ -42,8 +71,6 @@ def run_stream(stream, *, default_parallelism=1, timeout=60):
     A stream that already ends in a sink is run as it is and its only collect
     sink's table is returned.
     """
-    from sabot.api.stream import StreamSink
-
     if not isinstance(stream, StreamSink):
         stream = stream.collect()
     return stream.run(default_parallelism=default_parallelism, timeout=timeout).table()
@@ -112,3 +139,282 @@ def assert_tables_equal(actual, expected, *, sort_by=None, check_order=False, ch
             if bad is None:
                 raise AssertionError(f"column {name!r} differs ({a.type} vs {e.type}) though its values compare equal")
             raise AssertionError(f"column {name!r} differs at row {bad}: {al[bad]!r} != {el[bad]!r}")
+
+
+# -- control plane ---------------------------------------------------------------------------
+
+
+async def until(predicate, timeout=10.0, what="condition", interval=0.01):
+    """Wait (real time) until ``predicate()`` is true; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def settle(rounds=50):
+    """Let every coroutine that can run without waiting on I/O or time run (in-process tests)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+class _Timer:
+    __slots__ = ("at", "seq", "callback", "args", "cancelled")
+
+    def __init__(self, at, seq, callback, args):
+        self.at, self.seq, self.callback, self.args, self.cancelled = at, seq, callback, args, False
+
+    def __lt__(self, other):
+        return (self.at, self.seq) < (other.at, other.seq)
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class ManualClock(Clock):
+    """A clock that moves only when the test calls :meth:`advance` (Flink's
+    ManuallyTriggeredScheduledExecutor idea): sleeps and timers fire in time order.
+
+    Example:
+        >>> clock = ManualClock()
+        >>> fired = []
+        >>> _ = clock.call_later(2.0, fired.append, "two")
+        >>> asyncio.run(clock.advance(1.0)); fired
+        []
+        >>> asyncio.run(clock.advance(1.0)); fired
+        ['two']
+    """
+
+    def __init__(self, start=1000.0, wall_start=1_700_000_000.0):
+        self._now = float(start)
+        self._wall_offset = wall_start - start
+        self._timers = []
+        self._seq = itertools.count()
+
+    def now(self):
+        return self._now
+
+    def wall(self):
+        return self._wall_offset + self._now
+
+    def call_later(self, delay, callback, *args):
+        timer = _Timer(self._now + max(0.0, float(delay)), next(self._seq), callback, args)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    async def sleep(self, seconds):
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        future = asyncio.get_running_loop().create_future()
+        timer = self.call_later(seconds, lambda: future.done() or future.set_result(None))
+        try:
+            await future
+        finally:
+            timer.cancel()
+
+    @property
+    def pending_timers(self):
+        return sum(1 for t in self._timers if not t.cancelled)
+
+    async def advance(self, seconds, *, rounds=50):
+        """Move time forward by ``seconds``, firing due timers in order and letting the
+        coroutines they wake run (and schedule more) before the next one."""
+        target = self._now + seconds
+        await settle(rounds)
+        while self._timers and self._timers[0].at <= target:
+            timer = heapq.heappop(self._timers)
+            if timer.cancelled:
+                continue
+            self._now = max(self._now, timer.at)
+            timer.callback(*timer.args)
+            await settle(rounds)
+        self._now = target
+        await settle(rounds)
+
+
+class TestingWorkerGateway(WorkerGateway):
+    """A fake of the workers: records every call the coordinator makes and answers at once.
+
+    Attributes:
+        deployed: ``[(node_id, TaskDeploymentDescriptor)]`` in order.
+        controls: ``[(node_id, control message)]``.
+        canceled: ``[(node_id, task_id)]``.
+        finished_jobs: ``[(node_id, job_id)]`` (``POST /jobs/{id}/finished``).
+        sent: ``[(node_id, record)]`` pushed over the connection (checkpoint triggers, completions).
+        results: ``{task_id: pyarrow.Table}`` a collect sink returns.
+        refuse_deploy: ``{node_id: exception}`` to raise on a deployment there.
+        control_replies: ``{task_id: reply}`` answered to a control message (e.g. a source pause).
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self):
+        self.connected = set()
+        self.deployed = []
+        self.controls = []
+        self.canceled = []
+        self.finished_jobs = []
+        self.sent = []
+        self.results = {}
+        self.refuse_deploy = {}
+        self.control_replies = {}
+
+    def _check(self, node_id):
+        if node_id not in self.connected:
+            raise WorkerUnreachable(f"worker {node_id} is gone")
+
+    async def deploy(self, node_id, tdds):
+        self._check(node_id)
+        if node_id in self.refuse_deploy:
+            raise self.refuse_deploy[node_id]
+        self.deployed += [(node_id, t) for t in tdds]
+
+    async def control(self, node_id, message):
+        self._check(node_id)
+        self.controls.append((node_id, message))
+        reply = self.control_replies.get(message.attempt_id.task_id)
+        return {"task_id": message.attempt_id.task_id, "accepted": message.TYPE,
+                **({"reply": reply} if reply is not None else {})}
+
+    async def cancel(self, node_id, task_id):
+        if node_id in self.connected:
+            self.canceled.append((node_id, task_id))
+
+    async def job_finished(self, node_id, job_id):
+        self._check(node_id)
+        self.finished_jobs.append((node_id, job_id))
+
+    async def fetch_result(self, node_id, task_id):
+        self._check(node_id)
+        return self.results.get(task_id)
+
+    async def send(self, node_id, message):
+        self._check(node_id)
+        self.sent.append((node_id, message))
+
+    def is_connected(self, node_id):
+        return node_id in self.connected
+
+    def latest(self, task_id):
+        """The latest descriptor deployed for ``task_id``."""
+        for _, tdd in reversed(self.deployed):
+            if tdd.task_id == task_id:
+                return tdd
+        raise KeyError(f"task {task_id!r} was never deployed")
+
+
+class TestingCluster:
+    """A coordinator with fake workers on a :class:`ManualClock`: the test plays the workers.
+
+    Every step is deterministic: no sockets, no processes, no threads (storage I/O runs
+    inline), and time moves only with :meth:`advance`.
+
+    Example:
+        >>> async def scenario():                                  # doctest: +SKIP
+        ...     async with TestingCluster() as tc:
+        ...         tc.add_worker("w1", slots=2)
+        ...         job_id = await tc.coordinator.submit_stream_job(graph)
+        ...         tc.report_all(job_id, "RUNNING")
+        ...         tc.kill_worker("w1")
+        ...         await tc.advance(0.2)
+    """
+
+    __test__ = False
+
+    def __init__(self, config=None, **settings):
+        async def inline(fn, *args, **kwargs):
+            return fn(*args, **kwargs)
+
+        self.clock = ManualClock()
+        self.gateway = TestingWorkerGateway()
+        self.coordinator = ClusterCoordinator(dict(config or {}, **settings), clock=self.clock,
+                                              gateway=self.gateway, run_io=inline)
+
+    async def __aenter__(self):
+        await self.coordinator.start(serve_http=False)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.coordinator.stop()
+
+    def add_worker(self, node_id, slots=2, cpu_cores_per_slot=1.0, memory_mb_per_slot=1024, port=None):
+        """Register (and connect) a fake worker."""
+        port = port or 20000 + len(self.gateway.connected) * 2 + len(self.coordinator.registry.lost) * 2
+        self.coordinator.register_worker(RegisterRequest(
+            node_id, "127.0.0.1", port, "127.0.0.1", port + 1, slots, cpu_cores_per_slot, memory_mb_per_slot, 1))
+        self.gateway.connected.add(node_id)
+        self.coordinator.registry.connected(node_id)
+
+    def kill_worker(self, node_id, reason="its connection closed"):
+        """The worker's connection drops (kill -9)."""
+        self.gateway.connected.discard(node_id)
+        self.coordinator.on_worker_gone(node_id, reason, left=False)
+
+    def silence_worker(self, node_id):
+        """The worker stops talking (SIGSTOP, partition): only heartbeats time it out."""
+        self.gateway.connected.discard(node_id)
+
+    def heartbeat(self, *node_ids):
+        for node_id in node_ids or list(self.gateway.connected):
+            self.coordinator.on_worker_message(node_id, protocol.heartbeat_message(self.clock.wall()))
+
+    def job(self, job_id):
+        return self.coordinator.jobs[job_id]
+
+    def report(self, job_id, task_id, state, *, error=None, error_type=None, metrics=None, handed_off=False,
+               attempt=None, node_id=None, summary=None):
+        """The task's worker reports ``state`` for its current attempt (or ``attempt``)."""
+        job = self.job(job_id)
+        task = job.exec_graph.get_task(task_id)
+        node_id = node_id or task.node_id
+        update = TaskUpdate(job_id, AttemptId(task_id, task.attempt if attempt is None else attempt),
+                            task.operator_id, task.operator_name, task.subtask_index, TaskState(state), error=error,
+                            error_type=error_type, metrics=dict(metrics or {}), handed_off=handed_off,
+                            summary=summary)
+        self.coordinator.on_worker_message(node_id, protocol.task_update_message(update.to_dict()))
+
+    def report_all(self, job_id, state, **kwargs):
+        """Every live task of the job reports ``state``."""
+        for task_id in list(self.job(job_id).exec_graph.tasks):
+            self.report(job_id, task_id, state, **kwargs)
+
+    def acknowledge(self, job_id, checkpoint_id, task_ids=None, stats=None):
+        """Tasks acknowledge a checkpoint (default: every live task, with no state)."""
+        job = self.job(job_id)
+        for task_id in task_ids or list(job.exec_graph.tasks):
+            task = job.exec_graph.tasks[task_id]
+            ack = CheckpointAck(job_id, task.attempt_id, checkpoint_id, dict(stats or {"handles": []}))
+            self.coordinator.on_worker_message(task.node_id, protocol.checkpoint_message(ack.to_dict()))
+
+    async def advance(self, seconds):
+        """Move time forward; connected fake workers send a heartbeat every heartbeat interval
+        (a silenced one does not)."""
+        step = self.coordinator.config.heartbeat_interval_s
+        left = seconds
+        while left > 1e-12:
+            self.heartbeat()
+            chunk = min(step, left)
+            await self.clock.advance(chunk)
+            left -= chunk
+
+    async def settle(self):
+        await settle()
+
+
+@contextlib.asynccontextmanager
+async def in_process_cluster(workers=2, slots=2, token=None, **config):
+    """A real coordinator and ``workers`` real workers (HTTP, WebSocket, data plane on 127.0.0.1)
+    in this process and event loop; yields ``(coordinator, [Worker])``."""
+    coordinator = ClusterCoordinator(dict(port=0, token=token, **config))
+    await coordinator.start()
+    started = []
+    try:
+        for _ in range(workers):
+            started.append(await Worker(coordinator.url, num_slots=slots, token=token).start())
+        yield coordinator, started
+    finally:
+        for worker in started:
+            await worker.stop()
+        await coordinator.stop()

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from sabot.cluster import protocol
 from sabot.errors import JobFailed, SabotError
+from sabot.runtime.embedded import JobResult
 
 __all__ = ["ApiError", "SabotClient"]
 
@@ -148,8 +149,6 @@ class SabotClient:
 
         Raises JobFailed for a failed job, ApiError (409) for one not finished.
         """
-        from sabot.runtime.embedded import JobResult
-
         try:
             info = self.request("GET", f"/jobs/{_quote(job_id)}/result")
         except ApiError as exc:

@@ -2,9 +2,9 @@
 
 Every response is JSON except ``GET /metrics`` (Prometheus text) and the Arrow
 result stream. Every error, unknown routes included, is ``{"error": "..."}``
-with a 4xx/5xx status. :data:`ROUTES` is the single table both the router and
-the OpenAPI document (``GET /openapi.json``) are built from, so they cannot
-drift apart.
+with a 4xx/5xx status (:mod:`sabot.cluster.web` maps domain errors to status
+codes). The route table of :func:`_routes` is the single source of both the router
+and the OpenAPI document (``GET /openapi.json``), so they cannot drift apart.
 """
 
 import json
@@ -15,9 +15,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from sabot.cluster.job import JobState
 from sabot.cluster.web import arrow_response, auth_middleware, error_middleware, read_json
-from sabot.errors import InvalidRequest as BadRequest
-from sabot.errors import NotFound
+from sabot.errors import InvalidRequest, NotFound
+from sabot.execution.execution_graph import TaskState
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,6 @@ class _StateCollector:
         counts = {}
         for job in c.jobs.values():
             counts[job.state.value] = counts.get(job.state.value, 0) + 1
-        from sabot.cluster.coordinator import JobState
-
         for state in JobState:
             jobs.add_metric([state.value], counts.get(state.value, 0))
         yield jobs
@@ -54,7 +53,7 @@ class _StateCollector:
             labels = [job.job_id, job.job_graph.job_name]
             rows.add_metric(labels, sum(t.rows_processed for t in job.exec_graph.tasks.values()))
             tasks.add_metric(labels, sum(1 for t in job.exec_graph.tasks.values()
-                                         if getattr(t.state, "name", t.state) == "RUNNING"))
+                                         if t.state == TaskState.RUNNING))
         yield rows
         yield tasks
 
@@ -119,7 +118,7 @@ def _routes(c):
         if isinstance(body, dict) and "job_graph" in body and "operators" not in body:
             unknown = sorted(set(body) - {"job_graph", "restore_from"})
             if unknown:
-                raise BadRequest(f"job submission: unknown field(s) {unknown}; expected 'job_graph' and "
+                raise InvalidRequest(f"job submission: unknown field(s) {unknown}; expected 'job_graph' and "
                                  "optionally 'restore_from' (or a plain JobGraph.to_dict())")
             restore_from = body.get("restore_from") or restore_from
             body = body["job_graph"]
@@ -145,21 +144,21 @@ def _routes(c):
     async def rescale(request):
         body = await read_json(request, "rescale request")
         if not isinstance(body, dict) or "operator_id" not in body or "new_parallelism" not in body:
-            raise BadRequest('POST /jobs/{job_id}/rescale expects {"operator_id": str, "new_parallelism": int}')
+            raise InvalidRequest('POST /jobs/{job_id}/rescale expects {"operator_id": str, "new_parallelism": int}')
         plan = await c.rescale_operator(request.match_info["job_id"], body["operator_id"], body["new_parallelism"])
         return web.json_response(plan, status=202)
 
     async def auto_rebalance(request):
         body = await read_json(request, "auto-rebalance request")
         if not isinstance(body, dict):
-            raise BadRequest('POST /jobs/{job_id}/auto-rebalance expects {"interval_seconds": number, '
+            raise InvalidRequest('POST /jobs/{job_id}/auto-rebalance expects {"interval_seconds": number, '
                              '"imbalance_threshold": number} or {"enabled": false}')
         job_id = request.match_info["job_id"]
         if body.get("enabled", True) is False:
             return web.json_response(await c.disable_auto_rebalance(job_id))
         unknown = sorted(set(body) - {"interval_seconds", "imbalance_threshold", "enabled"})
         if unknown:
-            raise BadRequest(f"unknown field(s) {unknown}; expected interval_seconds, imbalance_threshold, enabled")
+            raise InvalidRequest(f"unknown field(s) {unknown}; expected interval_seconds, imbalance_threshold, enabled")
         settings = await c.enable_auto_rebalance(job_id, body.get("interval_seconds", 60.0),
                                                  body.get("imbalance_threshold", 0.3))
         return web.json_response(settings)

@@ -32,6 +32,7 @@ import time
 
 import sabot
 from sabot import _loop
+from sabot.cluster.client import SabotClient
 from sabot.cluster.coordinator import ClusterCoordinator, CoordinatorConfig
 
 log = logging.getLogger(__name__)
@@ -325,8 +326,6 @@ class LocalCluster:
         return self.coordinator.url
 
     def client(self):
-        from sabot.cluster.client import SabotClient
-
         return SabotClient(self.url, token=self.token)
 
     def submit(self, job):

@@ -10,26 +10,25 @@ A worker joins in two steps:
    worker keeps open. Over it the worker sends JSON messages:
 
    - ``{"type": "heartbeat", "sent_at": <unix seconds>}`` every ``heartbeat_interval_s``;
-   - ``{"type": "task_update", "update": {...}}`` with the task status dict the
-     runtime's TaskManager reports (task_id, job_id, attempt, state, error,
-     traceback, metrics, summary, total_rows);
-   - ``{"type": "checkpoint", "message": {...}}`` with a task's checkpoint
-     acknowledgement or decline (``type`` ``checkpoint_ack`` / ``checkpoint_declined``,
-     job_id, task_id, attempt, checkpoint_id, stats, reason);
+   - ``{"type": "task_update", "update": TaskUpdate.to_dict()}`` with a task
+     attempt's report (:class:`~sabot.execution.messages.TaskUpdate`);
+   - ``{"type": "checkpoint", "message": ...}`` with a task's
+     :class:`~sabot.execution.messages.CheckpointAck` or ``CheckpointDecline``;
    - ``{"type": "goodbye"}`` before a clean shutdown.
 
    The coordinator sends ``{"type": "heartbeat_ack"}`` back for each heartbeat
-   (so the worker notices a hung coordinator too), and over the same socket:
-
-   - ``{"type": "trigger_checkpoint", "job_id", "task_id", "attempt", "checkpoint_id",
-     "timestamp_ms"}``: the source task injects that barrier (a task that is not
-     there, or has another attempt, declines);
-   - ``{"type": "checkpoint_complete", "job_id", "checkpoint_id"}``: the checkpoint is
-     committed; the job's tasks here publish what it covers (two-phase-commit sinks).
+   (so the worker notices a hung coordinator too), and over the same socket the
+   records :class:`~sabot.execution.messages.TriggerCheckpoint` (a source task
+   injects that barrier; a task that is not there, or runs another attempt,
+   declines) and :class:`~sabot.execution.messages.CheckpointComplete` (the job's
+   tasks here publish what the checkpoint covers: two-phase-commit sinks).
 
 Control calls go the other way over plain HTTP to the worker's own server:
-``POST /tasks/deploy`` (body: a task deployment descriptor), ``POST
-/tasks/{task_id}/cancel``, ``GET /tasks``, ``GET /tasks/{task_id}/result``
+``POST /tasks/deploy`` (body: a list of
+:class:`~sabot.execution.deployment.TaskDeploymentDescriptor` dicts), ``POST
+/tasks/{task_id}/control`` (a live-rescale control message), ``POST
+/tasks/{task_id}/cancel``, ``POST /jobs/{job_id}/finished`` (the job's sinks publish
+what end of input left staged), ``GET /tasks``, ``GET /tasks/{task_id}/result``
 (Arrow IPC stream), ``GET /health``.
 
 When a token is configured every request and the WebSocket carry
@@ -39,7 +38,7 @@ When a token is configured every request and the WebSocket carry
 import ipaddress
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from sabot.errors import Conflict, InsecureBinding, InvalidRequest, NotFound, SabotError  # noqa: F401
 
@@ -63,10 +62,6 @@ TASK_UPDATE = "task_update"
 GOODBYE = "goodbye"
 #: worker -> coordinator: a task's checkpoint ack or decline (``{"type", "message": {...}}``)
 CHECKPOINT = "checkpoint"
-#: coordinator -> worker: a source task injects barrier ``checkpoint_id``
-TRIGGER_CHECKPOINT = "trigger_checkpoint"
-#: coordinator -> worker: checkpoint ``checkpoint_id`` of ``job_id`` is committed (sinks publish)
-CHECKPOINT_COMPLETE = "checkpoint_complete"
 
 TOKEN_ENV = "SABOT_TOKEN"
 
@@ -191,11 +186,9 @@ class NodeInfo:
     cpu_cores_per_slot: float
     memory_mb_per_slot: int
     pid: int
-    registered_at: float
     last_heartbeat: float
     state: str = "REGISTERED"  # REGISTERED -> CONNECTED -> LOST | LEFT
     lost_reason: str = None
-    task_ids: set = field(default_factory=set)
 
     @property
     def url(self):
@@ -216,7 +209,6 @@ class NodeInfo:
             "cpu_cores_per_slot": self.cpu_cores_per_slot,
             "memory_mb_per_slot": self.memory_mb_per_slot,
             "seconds_since_heartbeat": round(max(0.0, now - self.last_heartbeat), 4),
-            "running_tasks": len(self.task_ids),
             "lost_reason": self.lost_reason,
         }
 
@@ -232,11 +224,3 @@ def task_update_message(update):
 def checkpoint_message(message):
     return {"type": CHECKPOINT, "message": message}
 
-
-def trigger_checkpoint_message(job_id, task_id, attempt, checkpoint_id, timestamp_ms):
-    return {"type": TRIGGER_CHECKPOINT, "job_id": job_id, "task_id": task_id, "attempt": attempt,
-            "checkpoint_id": checkpoint_id, "timestamp_ms": timestamp_ms}
-
-
-def checkpoint_complete_message(job_id, checkpoint_id):
-    return {"type": CHECKPOINT_COMPLETE, "job_id": job_id, "checkpoint_id": checkpoint_id}

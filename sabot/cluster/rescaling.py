@@ -1,58 +1,58 @@
 """Live rescaling and automatic rebalancing of a running job (ARCHITECTURE.md section 8).
 
-The coordinator owns one :class:`Rescaler`. A rescale of operator X:
+A rescale of operator X:
 
-1. checks the job can take it (RUNNING, no other rescale, slots for the new tasks:
-   if not, it is refused and the job keeps its parallelism);
+1. checks the job can take it (RUNNING, no other rescale, no checkpoint in flight,
+   slots for the new tasks; if not, it is refused and the job keeps its parallelism);
 2. changes the plan (``ExecutionGraph.rescale_operator``), gives every new task a
-   slot and deploys it on its worker, where it waits for state;
+   slot in X's sharing group and deploys it, where it waits for state;
 3. tells every old X task where each key group goes, every downstream task which
-   new channels to read after the old ones end, and finally every upstream task
-   to send a rescale barrier and route to the new tasks from the next batch on;
+   new channels to read after the old ones end, and finally every upstream task to
+   send a rescale barrier and route to the new tasks from the next batch on;
 4. watches the old tasks hand their state over and finish, frees their slots and
-   records the timing: total time, and the pause of X (its last record processed
-   by the old tasks to its first record processed by the new ones).
+   records the timing: total time, and the pause of X (its last record processed by
+   the old tasks to its first record processed by the new ones).
 
-A source (table or generator) moves its units instead of state: the new source
-tasks are deployed held, the old ones pause between two units and answer their
-next unit, the highest is the frontier F; the old tasks emit their units below F
-and finish, the new tasks emit the units from F on (exactly once in total). Only
-the source pauses, for that round trip.
+A source (table or generator) moves its units instead of state: the new source tasks
+are deployed held, the old ones pause between two units and answer their next unit,
+the highest is the frontier F; the old tasks emit their units below F and finish, the
+new tasks emit the units from F on (exactly once in total). Only the source pauses.
 
-Nothing else stops. Auto-rebalance is the same move at the same parallelism with
-a new key-group table, planned from the per-key-group load that the upstream
-tasks' hash partitioners measure (:func:`sabot.execution.rebalance.plan_assignment`).
+Nothing else stops. Auto-rebalance is the same move at the same parallelism with a
+new key-group table, planned from the per-key-group load that the upstream tasks'
+hash partitioners measure (:func:`sabot.execution.rebalance.plan_assignment`).
+
+The :class:`Rescaler` gets what it needs through its constructor (placement,
+deployment, the gateway, a failure callback) and never sees the coordinator.
 """
+
+from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
-import time
 
 import numpy as np
 
 from sabot._core import partition
-from sabot.cluster.protocol import BadRequest, Conflict, NotFound
-from sabot.execution.deployment import build_rescale_messages, build_source_resume_messages, source_frontier
+from sabot.cluster.job import JobState
+from sabot.errors import Conflict, InvalidRequest, NotFound
+from sabot.execution.execution_graph import TaskState
 from sabot.execution.rebalance import imbalance, plan_assignment
-from sabot.execution.slot_pool import SlotRequest
+from sabot.execution.rescale import build_rescale_messages, build_source_resume_messages, source_frontier
+from sabot.runtime.operators import source_is_rescalable
 
 log = logging.getLogger(__name__)
 
+__all__ = ["AutoRebalance", "RescaleRecord", "Rescaler"]
+
 _ids = itertools.count(1)
-
-#: source kinds whose units can move between subtasks during a live rescale
-RESCALABLE_SOURCE_KINDS = ("table", "generator")
-
-
-def _op_type(node):
-    return getattr(node.operator_type, "value", node.operator_type)
 
 
 class RescaleRecord:
     """One live rescale or rebalance of one operator, as the job detail shows it."""
 
-    def __init__(self, rescale_id, job_id, operator_id, operator_name, kind, plan):
+    def __init__(self, rescale_id, job_id, operator_id, operator_name, kind, plan, wall_now):
         self.rescale_id = rescale_id
         self.job_id = job_id
         self.operator_id = operator_id
@@ -60,7 +60,7 @@ class RescaleRecord:
         self.kind = kind
         self.plan = plan
         self.state = "IN_PROGRESS"
-        self.started_at = time.time()
+        self.started_at = wall_now
         self.completed_at = None
         self.error = None
         self.old_done = {}  # old task id -> its final metrics
@@ -132,74 +132,66 @@ class AutoRebalance:
 
 
 class Rescaler:
-    """Carries out live rescales and auto-rebalancing for a ClusterCoordinator."""
+    """Carries out live rescales and auto-rebalancing.
 
-    def __init__(self, coordinator):
-        self.coordinator = coordinator
+    Args:
+        get_job: ``fn(job_id) -> JobRecord`` (raises NotFound).
+        placer, deployer, gateway: placement, deployment and the workers.
+        clock, spawn: time and background tasks.
+        on_failure: ``fn(job, message, task_ids, traceback=None)``: a failure for failover.
+        fail_job: ``fn(job, message)``: the job cannot go on.
+    """
+
+    def __init__(self, *, get_job, placer, deployer, gateway, clock, spawn, on_failure, fail_job):
+        self.get_job = get_job
+        self.placer = placer
+        self.deployer = deployer
+        self.gateway = gateway
+        self.clock = clock
+        self.spawn = spawn
+        self.on_failure = on_failure
+        self.fail_job = fail_job
         self.records = {}  # job id -> [RescaleRecord]
         self.active = {}  # job id -> RescaleRecord in progress
-        self.assignments = {}  # job id -> {operator id: key-group table}
         self.auto = {}  # job id -> AutoRebalance
         self.preparing = set()  # job ids waiting for a checkpoint in flight before a rescale
 
     # -- checks ------------------------------------------------------------------------
 
     def _check(self, job, operator_id, new_parallelism):
-        from sabot.cluster.coordinator import JobState
-
         if job.state != JobState.RUNNING:
             raise Conflict(f"job {job.job_id} is {job.state.value}; only a RUNNING job can be rescaled")
         if job.job_id in self.active:
             raise Conflict(
                 f"job {job.job_id} is already rescaling {self.active[job.job_id].operator_name!r} "
-                f"({self.active[job.job_id].rescale_id}); wait for it to finish"
-            )
+                f"({self.active[job.job_id].rescale_id}); wait for it to finish")
         ops = job.job_graph.operators
         if operator_id not in ops:
             known = ", ".join(f"{i} ({o.name})" for i, o in ops.items())
             raise NotFound(f"job {job.job_id} has no operator {operator_id!r}; operators: {known}")
         node = ops[operator_id]
-        if _op_type(node) == "sink":
-            raise BadRequest(
+        kind = node.operator_type.value
+        if kind == "sink":
+            raise InvalidRequest(
                 f"operator {node.name!r} is a sink: live rescaling of sinks is not supported yet (their "
-                "committed output would have to move); rescale the operators before it"
-            )
-        if _op_type(node) == "source":
-            kind = (node.parameters or {}).get("kind")
-            if kind == "dataset":
-                raise BadRequest(
-                    f"operator {node.name!r} reads files: rescaling a file source is not supported yet; "
-                    "table and generator sources can be rescaled"
-                )
-            if kind not in RESCALABLE_SOURCE_KINDS:
-                raise BadRequest(
-                    f"source {node.name!r} of kind {kind!r} cannot be rescaled live; rescalable source "
-                    f"kinds: {', '.join(RESCALABLE_SOURCE_KINDS)}"
-                )
+                "committed output would have to move); rescale the operators before it")
+        if kind == "source":
+            source_kind = (node.parameters or {}).get("kind")
+            rescalable, why = source_is_rescalable(source_kind)
+            if not rescalable:
+                raise InvalidRequest(f"source {node.name!r} cannot be rescaled live: {why}")
         if isinstance(new_parallelism, bool) or not isinstance(new_parallelism, int):
-            raise BadRequest(f"new_parallelism must be an int, got {new_parallelism!r}")
+            raise InvalidRequest(f"new_parallelism must be an int, got {new_parallelism!r}")
         if not 1 <= new_parallelism <= node.max_parallelism:
-            raise BadRequest(
+            raise InvalidRequest(
                 f"cannot rescale {node.name!r} to {new_parallelism}: expected 1 <= new_parallelism <= "
-                f"max_parallelism = {node.max_parallelism}"
-            )
-        states = {str(getattr(t.state, "name", t.state)) for t in job.exec_graph.tasks.values()}
-        if states != {"RUNNING"}:
+                f"max_parallelism = {node.max_parallelism}")
+        states = {t.state for t in job.exec_graph.tasks.values()}
+        if states != {TaskState.RUNNING}:
             raise Conflict(
-                f"job {job.job_id} has tasks that are not RUNNING ({sorted(states)}): its sources may "
-                "have ended; a rescale needs every task running"
-            )
+                f"job {job.job_id} has tasks that are not RUNNING ({sorted(s.value for s in states)}): its "
+                "sources may have ended; a rescale needs every task running")
         return node
-
-    def _capacity(self, job, node):
-        """Slots a new task of ``node`` could use: the job's own slots, or free ones that fit."""
-        pool = self.coordinator.slot_pool
-        own = {slot.slot_id for slot in job.slots.values() if slot.sharing_group == job.job_id}
-        free = 0
-        for n in self.coordinator.nodes.values():
-            if n.cpu_cores_per_slot >= float(node.cpu_cores or 0) and n.memory_mb_per_slot >= int(node.memory_mb or 0):
-                free += pool.get_free_slots(n.node_id)
-        return len(own) + free
 
     # -- rescale -----------------------------------------------------------------------
 
@@ -207,36 +199,44 @@ class Rescaler:
         """Start a live rescale; returns the seed's plan dict plus ``rescale_id``.
 
         The move itself goes on in the background; ``GET /jobs/{id}`` shows it.
+
+        Raises:
+            NotFound: unknown job or operator.
+            InvalidRequest: a bad parallelism, a sink, or a source that cannot move.
+            Conflict: the job is not RUNNING, another rescale goes on, or there are not
+                enough slots (the job keeps its parallelism).
         """
-        job = self.coordinator.get_job(job_id)
+        job = self.get_job(job_id)
         node = self._check(job, operator_id, new_parallelism)
         await self._quiesce_checkpoints(job)
         node = self._check(job, operator_id, new_parallelism)  # the job may have moved on meanwhile
-        capacity = self._capacity(job, node)
+        capacity = self.placer.capacity_for(job, node)
+        current = job.exec_graph.parallelism_of(operator_id)
         if new_parallelism > capacity:
             raise Conflict(
-                f"cannot rescale {node.name!r} to {new_parallelism}: the job's slots plus the free ones "
-                f"give room for {capacity} tasks of it; the job keeps running at parallelism "
-                f"{job.exec_graph.parallelism_of(operator_id)}. Add workers or ask for less"
-            )
+                f"cannot rescale {node.name!r} to {new_parallelism}: the job's slots plus the free ones give room "
+                f"for {capacity} tasks of it; the job keeps running at parallelism {current}. Add workers or ask "
+                "for less")
         rescale_id = f"rescale-{next(_ids)}"
         plan = job.exec_graph.rescale_operator(operator_id, new_parallelism)
-        record = RescaleRecord(rescale_id, job_id, operator_id, node.name, kind, plan)
+        new_tasks = [job.exec_graph.tasks[t] for t in plan["new_task_ids"]]
+        # a new task may share a slot with an old one of its operator: they overlap briefly
+        if not self.placer.place_now(job, new_tasks, operator_key=lambda t: f"{t.operator_id}@{rescale_id}"):
+            # the capacity check above makes this a bug; the plan already changed, so the job cannot go on
+            message = (f"job {job_id}: rescale {rescale_id} of {node.name!r} could not get the slots its capacity "
+                       f"check promised ({capacity})")
+            self.fail_job(job, message)
+            raise Conflict(message)
+        record = RescaleRecord(rescale_id, job_id, operator_id, node.name, kind, plan, self.clock.wall())
         self.records.setdefault(job_id, []).append(record)
         self.active[job_id] = record
         if assignment is not None:
-            self.assignments.setdefault(job_id, {})[operator_id] = [int(x) for x in assignment]
+            job.assignments[operator_id] = [int(x) for x in assignment]
         else:
-            self.assignments.get(job_id, {}).pop(operator_id, None)
-        try:
-            self._allocate(job, node, plan, rescale_id)
-        except Exception as exc:  # cannot happen after the capacity check; fail loudly if it does
-            record.state, record.error = "FAILED", str(exc)
-            self.active.pop(job_id, None)
-            self.coordinator._fail_job(job, f"job {job_id}: rescale {rescale_id} could not get slots: {exc}")
-            raise
-        self.coordinator.tasks_changed(job)
-        self.coordinator._spawn(self._carry_out(job, record, assignment))
+            job.assignments.pop(operator_id, None)
+        if job.checkpointing is not None:
+            job.checkpointing.tasks_changed("the job was rescaled")
+        self.spawn(self._carry_out(job, record, assignment))
         return dict(plan, rescale_id=rescale_id)
 
     async def _quiesce_checkpoints(self, job):
@@ -245,81 +245,49 @@ class Rescaler:
         A checkpoint completes only once every task acknowledged, that is once its
         barriers have passed every task; no new one is triggered meanwhile.
         """
-        cc = job.checkpoints
-        if cc is None or not cc.pending:
+        checkpointing = job.checkpointing
+        if checkpointing is None:
             return
         self.preparing.add(job.job_id)
         try:
-            deadline = asyncio.get_running_loop().time() + float(cc.timeout_s) + 1.0
-            while cc.pending and not job.terminal:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise Conflict(f"job {job.job_id}: checkpoint(s) {sorted(cc.pending)} still in progress; "
-                                   "retry the rescale when they are done")
-                await asyncio.sleep(0.01)
+            if not await checkpointing.wait_idle(checkpointing.timeout_s + 1.0):
+                raise Conflict(f"job {job.job_id}: a checkpoint is still in progress; retry the rescale when it "
+                               "is done")
         finally:
             self.preparing.discard(job.job_id)
 
     def blocks_checkpoints(self, job):
-        """No checkpoint is triggered while a rescale of the job is prepared or carried out."""
-        return job.job_id in self.active or job.job_id in self.preparing
-
-    def _allocate(self, job, node, plan, rescale_id):
-        coordinator = self.coordinator
-        nodes = sorted(coordinator.nodes.values(), key=lambda n: -coordinator.slot_pool.get_free_slots(n.node_id))
-        for i, task_id in enumerate(plan["new_task_ids"]):
-            task = job.exec_graph.tasks[task_id]
-            request = SlotRequest(
-                task_id=task_id,
-                # a new task may share a slot with an old one of its operator: they overlap briefly
-                operator_id=f"{node.operator_id}@{rescale_id}",
-                cpu_cores=float(node.cpu_cores or 0),
-                memory_mb=int(node.memory_mb or 0),
-                sharing_group=job.job_id,
-                preferred_node=nodes[i % len(nodes)].node_id if nodes else None,
-            )
-            slot = coordinator.slot_pool.request_slot(request)
-            if slot is None:
-                coordinator.slot_pool.cancel_request(task_id)
-                raise RuntimeError(f"no slot for {task_id}")
-            job.slots[task_id] = slot
-            job.task_node[task_id] = slot.node_id
-            task.slot_id, task.node_id = slot.slot_id, slot.node_id
-            coordinator.nodes[slot.node_id].task_ids.add(task_id)
-            coordinator._advance(task, "SCHEDULED")
+        """Why no checkpoint may start now (a rescale is prepared or carried out), or None."""
+        if job.job_id in self.active or job.job_id in self.preparing:
+            return "the job is rescaling"
+        return None
 
     async def _carry_out(self, job, record, assignment):
-        coordinator = self.coordinator
         try:
-            locations = {tid: coordinator.nodes[nid].data_address
-                         for tid, nid in job.task_node.items() if nid in coordinator.nodes}
+            min_checkpoint_id = job.checkpointing.next_id if job.checkpointing is not None else 0
+            checkpoint = job.checkpointing.spec if job.checkpointing is not None else None
             msgs = build_rescale_messages(
                 job.exec_graph, job.job_id, record.operator_id, record.plan, record.rescale_id,
-                locations=locations, checkpoint=job.checkpoint_spec, assignment=assignment,
-                assignments=self.assignments.get(job.job_id),
-                min_checkpoint_id=job.checkpoints.next_id if job.checkpoints is not None else 0,
-            )
-            per_node = {}
-            for task_id, tdd in msgs["deploy"].items():
-                per_node.setdefault(job.task_node[task_id], []).append(tdd)
-                coordinator._advance(job.exec_graph.tasks[task_id], "DEPLOYING")
-            await asyncio.gather(*(coordinator._post_deploy(n, tdds) for n, tdds in per_node.items()))
-            if "source_pause" in msgs:
+                locations=self.placer.locations(job), checkpoint=checkpoint, assignment=assignment,
+                assignments=job.assignments, min_checkpoint_id=min_checkpoint_id)
+            errors = await self.deployer.deploy(job, list(msgs.deploy.values()))
+            if errors:
+                raise errors[0]
+            if msgs.is_source:
                 await self._carry_out_source(job, record, msgs)
                 return
             # order matters: old tasks must know their targets and downstream tasks their
             # new inputs before any upstream task switches
-            for step in ("handoff", "add_inputs", "switch_output"):
+            for step in (msgs.handoff, msgs.add_inputs, msgs.switch_output):
                 if self.active.get(job.job_id) is not record:
                     return  # given up meanwhile (a failure and restart): send nothing more
-                await asyncio.gather(*(self._control(job, task_id, msg) for task_id, msg in msgs[step].items()))
+                await asyncio.gather(*(self._control(m) for m in step.values()))
         except Exception as exc:
             if self.active.get(job.job_id) is not record:
                 return  # this rescale was already given up; the job has moved on
             log.warning("rescale %s of job %s failed: %s", record.rescale_id, job.job_id, exc)
             self.abort(job, f"{type(exc).__name__}: {exc}")
-            coordinator.task_failed(
-                job, None, f"rescale {record.rescale_id} of {record.operator_name!r} failed: {exc}"
-            )
+            self.on_failure(job, f"rescale {record.rescale_id} of {record.operator_name!r} failed: {exc}", [])
 
     async def _carry_out_source(self, job, record, msgs):
         """A source: new tasks are deployed held; pause the old ones, agree a frontier, resume.
@@ -329,68 +297,63 @@ class Rescaler:
         the highest is the frontier F. Old tasks then emit their units below F and
         finish; the new tasks emit the units from F on.
         """
-        await asyncio.gather(*(self._control(job, task_id, msg) for task_id, msg in msgs["add_inputs"].items()))
-        answers = await asyncio.gather(
-            *(self._control(job, task_id, msg) for task_id, msg in msgs["source_pause"].items())
-        )
+        await asyncio.gather(*(self._control(m) for m in msgs.add_inputs.values()))
+        answers = await asyncio.gather(*(self._control(m) for m in msgs.source_pause.values()))
         replies = [a.get("reply") for a in answers]
         if any(r is None or "next_unit" not in r for r in replies):
             raise RuntimeError(f"a paused source task answered without its next unit: {answers}")
         if self.active.get(job.job_id) is not record:
             return
         record.frontier = source_frontier(replies)
-        resume = build_source_resume_messages(record.plan, record.rescale_id, record.frontier)
-        await asyncio.gather(*(self._control(job, task_id, msg)
-                               for step in ("source_finish", "source_start")
-                               for task_id, msg in resume[step].items()))
+        resume = build_source_resume_messages(job.exec_graph, record.plan, record.rescale_id, record.frontier)
+        await asyncio.gather(*(self._control(m) for step in ("source_finish", "source_start")
+                               for m in resume[step].values()))
 
-    async def _control(self, job, task_id, message):
-        """POST a control message to the task's worker; returns the worker's JSON answer."""
-        return await self.coordinator.post_to_worker(
-            job.task_node.get(task_id), f"/tasks/{task_id}/control", message, f"{message['type']} for {task_id}"
-        )
+    async def _control(self, message):
+        """Send a control message to the worker of the task it names; the worker's answer."""
+        node_id = self.placer.node_of(message.attempt_id.task_id)
+        return await self.gateway.control(node_id, message)
 
     # -- reports from the workers --------------------------------------------------------
 
     def on_task_update(self, job, node_id, update):
         """Reports of tasks taking part in a rescale. Returns True if consumed here."""
-        task_id = update.get("task_id")
-        metrics = update.get("metrics") or {}
-        if metrics.get("first_record_at"):
+        task_id = update.task_id
+        first = update.metrics.get("first_record_at")
+        if first:
             # the new tasks' first record may be reported after the rescale completed
             for rec in reversed(self.records.get(job.job_id, [])):
                 if task_id in rec.plan["new_task_ids"]:
-                    rec.new_first_record.setdefault(task_id, metrics["first_record_at"])
+                    rec.new_first_record.setdefault(task_id, first)
                     break
         record = self.active.get(job.job_id)
         if record is None or task_id in record.plan["new_task_ids"]:
             return False  # live tasks: the coordinator's usual handling applies
-        if task_id not in record.plan["old_task_ids"] or job.task_node.get(task_id) != node_id:
+        if task_id not in record.plan["old_task_ids"] or self.placer.node_of(task_id) != node_id:
             return False
-        state = update.get("state")
-        if state == "FINISHED" and update.get("handed_off"):
-            record.old_done[task_id] = metrics
-            self.coordinator._advance(job.exec_graph.get_task(task_id), "FINISHED")
-            self.coordinator._release_task_slot(job, task_id)
-            job.task_node.pop(task_id, None)
-            self._maybe_complete(job, record)
-        elif state in ("FAILED", "CANCELED") or state == "FINISHED":
+        task = job.exec_graph.get_task(task_id)
+        if update.attempt != task.attempt:
+            return True  # a report of an older attempt of an old task: nothing to do
+        state = update.state
+        if state == TaskState.FINISHED and update.handed_off:
+            record.old_done[task_id] = update.metrics
+            task.apply_report(state)
+            self.placer.release([task_id])
+            if len(record.old_done) == len(record.plan["old_task_ids"]):
+                self._finish(job, record)
+        elif state in (TaskState.FAILED, TaskState.CANCELED, TaskState.FINISHED):
             # FINISHED without a handoff: its input ended before the barrier came, so it
             # emitted its results itself while new tasks wait for state that never comes
-            error = update.get("error") or (
-                f"task {task_id} ended before it could hand its state over" if state == "FINISHED"
-                else f"task {task_id} was {state} during the rescale")
+            error = update.error or (
+                f"task {task_id} ended before it could hand its state over" if state == TaskState.FINISHED
+                else f"task {task_id} was {state.value} during the rescale")
             self.abort(job, error)
-            self.coordinator.task_failed(job, task_id, f"old task {task_id} of rescale {record.rescale_id}: {error}",
-                                         traceback=update.get("traceback"))
+            self.on_failure(job, f"old task {task_id} of rescale {record.rescale_id}: {error}", [task_id],
+                            traceback=update.traceback)
         return True
 
-    def _maybe_complete(self, job, record):
-        if len(record.old_done) == len(record.plan["old_task_ids"]):
-            self._finish(job, record)
-
     def _finish(self, job, record, error=None):
-        record.completed_at = time.time()
+        record.completed_at = self.clock.wall()
         record.state = "FAILED" if error else "COMPLETED"
         record.error = error
         if self.active.get(job.job_id) is record:
@@ -409,18 +372,19 @@ class Rescaler:
         if record is None:
             return
         self._finish(job, record, error=f"given up: {reason}")
-        stale = [(tid, job.task_node[tid]) for tid in record.plan["old_task_ids"] if tid in job.task_node]
-        for task_id, _ in stale:
-            self.coordinator._release_task_slot(job, task_id)
-            job.task_node.pop(task_id, None)
+        stale = [t for t in record.plan["old_task_ids"] if self.placer.node_of(t) is not None]
         if stale:
-            self.coordinator._spawn(self.coordinator._cancel_on_workers(job, stale))
+            self.spawn(self._stop_old_tasks(job, stale))
+
+    async def _stop_old_tasks(self, job, task_ids):
+        await self.deployer.cancel(job, task_ids)
+        self.placer.release(task_ids)
 
     def job_ended(self, job):
         """The job ended: no rescale goes on."""
         record = self.active.get(job.job_id)
         if record is not None:
-            if job.state.value == "FINISHED":
+            if job.state == JobState.FINISHED:
                 # every live (new) task finished: the move took effect, whatever old
                 # task reports are still on their way
                 self._finish(job, record)
@@ -434,35 +398,33 @@ class Rescaler:
         return {
             "rescales": [r.to_dict() for r in self.records.get(job.job_id, [])],
             "auto_rebalance": self.auto[job.job_id].to_dict() if job.job_id in self.auto else {"enabled": False},
-            "assignments": {op: "custom" for op in self.assignments.get(job.job_id, {})},
+            "assignments": {op: "custom" for op in job.assignments},
         }
 
     # -- auto-rebalance -------------------------------------------------------------------
 
     def enable_auto_rebalance(self, job_id, interval_seconds=60.0, imbalance_threshold=0.3):
-        job = self.coordinator.get_job(job_id)
+        job = self.get_job(job_id)
         if job.terminal:
             raise Conflict(f"job {job_id} is {job.state.value}; auto-rebalance needs a job that runs")
         try:
             interval_seconds = float(interval_seconds)
             imbalance_threshold = float(imbalance_threshold)
         except (TypeError, ValueError):
-            raise BadRequest(
+            raise InvalidRequest(
                 f"interval_seconds and imbalance_threshold must be numbers, got {interval_seconds!r} "
-                f"and {imbalance_threshold!r}"
-            ) from None
+                f"and {imbalance_threshold!r}") from None
         if not interval_seconds > 0 or not imbalance_threshold > 0:
-            raise BadRequest(
+            raise InvalidRequest(
                 f"interval_seconds ({interval_seconds}) and imbalance_threshold ({imbalance_threshold}) "
-                "must be positive"
-            )
+                "must be positive")
         self.disable_auto_rebalance(job_id)
         auto = self.auto[job_id] = AutoRebalance(interval_seconds, imbalance_threshold)
-        auto.task = self.coordinator._spawn(self._auto_loop(job, auto))
+        auto.task = self.spawn(self._auto_loop(job, auto))
         return auto.to_dict()
 
     def disable_auto_rebalance(self, job_id):
-        self.coordinator.get_job(job_id)
+        self.get_job(job_id)
         auto = self.auto.pop(job_id, None)
         if auto is not None and auto.task is not None:
             auto.task.cancel()
@@ -470,20 +432,20 @@ class Rescaler:
 
     async def _auto_loop(self, job, auto):
         while not job.terminal:
-            await asyncio.sleep(auto.interval_seconds)
+            await self.clock.sleep(auto.interval_seconds)
             if job.terminal:
                 return
             auto.checks += 1
             try:
                 await self.rebalance_once(job, auto)
-            except (Conflict, BadRequest) as exc:
+            except (Conflict, InvalidRequest) as exc:
                 log.info("auto-rebalance of job %s skipped: %s", job.job_id, exc)
             except Exception:
                 log.exception("auto-rebalance of job %s failed", job.job_id)
 
     def _keyed_operators(self, job):
         for op_id, node in job.job_graph.operators.items():
-            if node.key_by and _op_type(node) not in ("source", "sink"):
+            if node.key_by and node.operator_type.value not in ("source", "sink"):
                 yield op_id, node
 
     def measure(self, job, auto, op_id):
@@ -502,7 +464,8 @@ class Rescaler:
         now = {}
         for edge in exec_graph.inputs_of(op_id):
             for task in exec_graph.operator_tasks(edge.upstream_operator_id):
-                metrics = (job.task_status.get(task.task_id) or {}).get("metrics") or {}
+                report = job.reports.get(task.task_id)
+                metrics = report.metrics if report is not None else {}
                 counts = (metrics.get("key_group_counts") or {}).get(op_id)
                 if counts is not None and metrics.get("sampled_at") is not None:
                     now[task.task_id] = (np.asarray(counts, dtype=np.int64), float(metrics["sampled_at"]))
@@ -518,7 +481,7 @@ class Rescaler:
         return rates
 
     def _assignment(self, job, op_id):
-        current = self.assignments.get(job.job_id, {}).get(op_id)
+        current = job.assignments.get(op_id)
         if current is None:
             node = job.job_graph.operators[op_id]
             return partition.default_assignment(node.max_parallelism, job.exec_graph.parallelism_of(op_id))
@@ -526,8 +489,6 @@ class Rescaler:
 
     async def rebalance_once(self, job, auto):
         """Measure every keyed operator; move key groups where the imbalance is too high."""
-        from sabot.cluster.coordinator import JobState
-
         if job.state != JobState.RUNNING or job.job_id in self.active:
             auto.samples.clear()  # a rescale changes who routes what: start measuring afresh
             return None

@@ -43,7 +43,8 @@ from sabot.cluster import protocol
 from sabot.cluster.web import arrow_response, auth_middleware, error_middleware, read_json
 from sabot.errors import Conflict, ControlTimeout, InvalidRequest, NotFound
 from sabot.runtime.data_server import DataServer
-from sabot.runtime.task import TERMINAL_STATES
+from sabot.execution.deployment import TaskDeploymentDescriptor
+from sabot.execution.messages import CheckpointComplete, TriggerCheckpoint, control_from_dict
 from sabot.runtime.task_manager import TaskManager
 
 log = logging.getLogger(__name__)
@@ -182,39 +183,22 @@ class Worker:
 
     # -- coordinator connection --------------------------------------------------------
 
-    def _on_task_update(self, status):
+    def _on_task_update(self, report):
         if self._outbox is not None and not self._closed.is_set():
-            self._outbox.put_nowait(protocol.task_update_message(status))
+            self._outbox.put_nowait(protocol.task_update_message(report.to_dict()))
 
     def _on_checkpoint(self, message):
         if self._outbox is not None and not self._closed.is_set():
-            self._outbox.put_nowait(protocol.checkpoint_message(message))
-
-    def _decline(self, message, reason):
-        self._on_checkpoint({
-            "type": "checkpoint_declined", "job_id": message.get("job_id"), "task_id": message.get("task_id"),
-            "attempt": message.get("attempt"), "checkpoint_id": message.get("checkpoint_id"),
-            "stats": None, "reason": reason,
-        })
+            self._outbox.put_nowait(protocol.checkpoint_message(message.to_dict()))
 
     def _on_coordinator_message(self, message):
         """Handle a checkpoint trigger or completion sent over the WebSocket."""
         kind = message.get("type")
-        if kind == protocol.TRIGGER_CHECKPOINT:
-            task_id = message.get("task_id")
-            task = self.task_manager.tasks.get(task_id)
-            if task is None or task.attempt != message.get("attempt"):
-                have = "no such task" if task is None else f"attempt {task.attempt} runs here"
-                self._decline(message, f"worker {self.node_id}: task {task_id!r} attempt "
-                                       f"{message.get('attempt')} is not here ({have})")
-                return
-            try:
-                self.task_manager.trigger_checkpoint(task_id, message["checkpoint_id"],
-                                                     message.get("timestamp_ms") or 0)
-            except (KeyError, ValueError) as exc:
-                self._decline(message, f"worker {self.node_id}: {exc}")
-        elif kind == protocol.CHECKPOINT_COMPLETE:
-            self.task_manager.notify_checkpoint_complete(message["job_id"], message["checkpoint_id"])
+        if kind == TriggerCheckpoint.TYPE:
+            self.task_manager.trigger_checkpoint(TriggerCheckpoint.from_dict(message))
+        elif kind == CheckpointComplete.TYPE:
+            done = CheckpointComplete.from_dict(message)
+            self.task_manager.notify_checkpoint_complete(done.job_id, done.checkpoint_id)
         elif kind != protocol.HEARTBEAT_ACK:
             log.warning("worker %s: unknown message type %r from the coordinator", self.node_id, kind)
 
@@ -328,23 +312,23 @@ class Worker:
 
     async def _deploy(self, request):
         body = await read_json(request, "deployment")
-        tdds = body if isinstance(body, list) else [body]
-        if not tdds or not all(isinstance(t, dict) for t in tdds):
-            raise InvalidRequest("POST /tasks/deploy expects a task deployment descriptor (a JSON object) or a list of them")
+        items = body if isinstance(body, list) else [body]
+        if not items:
+            raise InvalidRequest("POST /tasks/deploy expects a task deployment descriptor (a JSON object) or a "
+                                 "list of them")
+        tdds = [TaskDeploymentDescriptor.from_dict(item, f"task deployment descriptor {i}")
+                for i, item in enumerate(items)]
         deployed = []
         for tdd in tdds:
             try:
-                for key in ("job_id", "task_id", "operator", "subtask_index", "parallelism"):
-                    if key not in tdd:
-                        raise InvalidRequest(f"the deployment descriptor has no {key!r}")
                 await self.task_manager.deploy(tdd)
             except Exception as exc:
                 for task_id in deployed:
                     await self.cancel_task(task_id)
                 raise InvalidRequest(
-                    f"worker {self.node_id} cannot deploy task {tdd.get('task_id')!r}: {type(exc).__name__}: {exc}"
+                    f"worker {self.node_id} cannot deploy task {tdd.task_id!r}: {type(exc).__name__}: {exc}"
                 ) from exc
-            deployed.append(tdd["task_id"])
+            deployed.append(tdd.task_id)
         return web.json_response({"deployed": deployed, "node_id": self.node_id})
 
     def _known(self, task_id):
@@ -361,25 +345,25 @@ class Worker:
         """A live-rescale control message for a running task (see sabot.runtime.task)."""
         task_id = request.match_info["task_id"]
         self._known(task_id)
-        message = await read_json(request, "control message")
-        if not isinstance(message, dict) or "type" not in message:
-            raise InvalidRequest("POST /tasks/{task_id}/control expects a JSON object with a 'type'")
+        message = control_from_dict(await read_json(request, "control message"))
+        if message.attempt_id.task_id != task_id:
+            raise InvalidRequest(f"POST /tasks/{task_id}/control got a message for {message.attempt_id}")
         task = self.task_manager.tasks[task_id]
-        if task.state in TERMINAL_STATES:
-            raise Conflict(f"task {task_id} on worker {self.node_id} is {task.state}")
+        if task.state.is_terminal:
+            raise Conflict(f"task {task_id} on worker {self.node_id} is {task.state.value}")
         try:
-            reply = self.task_manager.control(task_id, message, attempt=message.get("attempt"))
+            reply = self.task_manager.control(message)
         except (ValueError, KeyError) as exc:
             raise InvalidRequest(f"task {task_id}: {exc}") from None
-        answer = {"task_id": task_id, "accepted": message["type"]}
+        answer = {"task_id": task_id, "accepted": message.TYPE}
         if reply is not None:  # a source_pause: answer once the source stopped between two units
-            timeout = float(message.get("timeout_s") or CONTROL_REPLY_TIMEOUT_S)
+            timeout = float(getattr(message, "timeout_s", None) or CONTROL_REPLY_TIMEOUT_S)
             try:
                 answer["reply"] = await asyncio.wait_for(asyncio.shield(reply), timeout)
             except asyncio.TimeoutError:
                 raise ControlTimeout(
                     f"task {task_id} on worker {self.node_id} did not answer {message['type']} within "
-                    f"{timeout:g} s (state {task.state})"
+                    f"{timeout:g} s (state {task.state.value})"
                 ) from None
             except ValueError as exc:
                 raise Conflict(f"task {task_id}: {exc}") from None
@@ -397,19 +381,19 @@ class Worker:
         deadline = loop.time() + timeout
         attempts = []
         try:
-            while task.state not in TERMINAL_STATES:
+            while not task.state.is_terminal:
                 attempts.append(asyncio.ensure_future(self.task_manager.cancel(task_id)))
                 await asyncio.wait({attempts[-1]}, timeout=0.1)
                 if loop.time() > deadline:
                     raise protocol.ClusterError(
                         f"task {task_id} on worker {self.node_id} did not stop within {timeout} s of cancel "
-                        f"(state {task.state})"
+                        f"(state {task.state.value})"
                     )
         finally:
             for attempt in attempts:
                 if not attempt.done():
                     attempt.cancel()
-        return task.state
+        return task.state.value
 
     async def _job_finished(self, request):
         """Every task of the job finished: two-phase-commit sinks publish what end of input staged."""

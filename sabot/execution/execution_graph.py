@@ -30,6 +30,7 @@ import numpy as np
 
 from sabot._core import graph as _graph
 from sabot.errors import IllegalStateTransition
+from sabot.execution.ids import AttemptId
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,11 @@ class Partitioning(str, Enum):
 
 
 class TaskState(str, Enum):
-    """Lifecycle state of one task attempt (Flink's ExecutionState)."""
+    """Lifecycle state of one task attempt (Flink's ExecutionState).
+
+    The coordinator's :class:`TaskVertex` and the worker's runtime task use the same
+    states; a worker reports RUNNING, FINISHED, FAILED or CANCELED.
+    """
 
     CREATED = "CREATED"
     SCHEDULED = "SCHEDULED"
@@ -69,18 +74,23 @@ class TaskState(str, Enum):
     CANCELING = "CANCELING"
     CANCELED = "CANCELED"
     FAILED = "FAILED"
-    RECONCILING = "RECONCILING"
 
     def __str__(self):
         return self.value
 
+    @property
+    def is_terminal(self) -> bool:
+        """FINISHED, CANCELED or FAILED: the attempt does nothing more."""
+        return self in TERMINAL_TASK_STATES
+
+
+#: States an attempt ends in.
+TERMINAL_TASK_STATES = frozenset({TaskState.FINISHED, TaskState.CANCELED, TaskState.FAILED})
 
 _S = TaskState
-#: Allowed lifecycle moves. Entering CREATED again is a restart (attempt + 1) —
-#: also from FINISHED, when a failure elsewhere in its pipelined region restarts a
-#: task that had already finished; RECONCILING -> SCHEDULED is a redeploy
-#: (attempt + 1); RECONCILING -> RUNNING is a task found still running after a
-#: coordinator failover (same attempt).
+#: Allowed lifecycle moves. Entering CREATED again is a restart (attempt + 1), also
+#: from FINISHED, when a failure elsewhere in its pipelined region restarts a task that
+#: had already finished.
 ALLOWED_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     _S.CREATED: frozenset({_S.SCHEDULED, _S.CANCELED, _S.FAILED}),
     _S.SCHEDULED: frozenset({_S.DEPLOYING, _S.CANCELING, _S.CANCELED, _S.FAILED}),
@@ -88,14 +98,33 @@ ALLOWED_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     _S.RUNNING: frozenset({_S.FINISHED, _S.CANCELING, _S.FAILED}),
     _S.CANCELING: frozenset({_S.CANCELED, _S.FAILED}),
     _S.CANCELED: frozenset({_S.CREATED}),
-    _S.FAILED: frozenset({_S.RECONCILING, _S.CREATED}),
-    _S.RECONCILING: frozenset({_S.SCHEDULED, _S.RUNNING, _S.CANCELING, _S.FAILED, _S.CREATED}),
+    _S.FAILED: frozenset({_S.CREATED}),
     _S.FINISHED: frozenset({_S.CREATED}),
 }
 #: Moves that start a new attempt of the task.
-_NEW_ATTEMPT = frozenset({(_S.FAILED, _S.CREATED), (_S.CANCELED, _S.CREATED), (_S.FINISHED, _S.CREATED),
-                          (_S.RECONCILING, _S.CREATED), (_S.RECONCILING, _S.SCHEDULED)})
+_NEW_ATTEMPT = frozenset({(_S.FAILED, _S.CREATED), (_S.CANCELED, _S.CREATED), (_S.FINISHED, _S.CREATED)})
 _ORDERED_STATES = tuple(TaskState)
+
+#: What a worker's report means for the coordinator's view of the attempt:
+#: ``(state here, state reported) -> the moves to make``. A report may skip RUNNING (a
+#: task that finished or failed before its first report); a task stopped on request
+#: while CANCELING ends CANCELED whatever it says. Pairs not listed are protocol errors
+#: (:class:`~sabot.errors.IllegalStateTransition`), except reports about an attempt
+#: that already ended, which are late and change nothing.
+REPORT_STEPS: dict[tuple[TaskState, TaskState], tuple[TaskState, ...]] = {
+    (_S.DEPLOYING, _S.RUNNING): (_S.RUNNING,),
+    (_S.DEPLOYING, _S.FINISHED): (_S.FINISHED,),
+    (_S.DEPLOYING, _S.FAILED): (_S.FAILED,),
+    (_S.DEPLOYING, _S.CANCELED): (_S.CANCELING, _S.CANCELED),
+    (_S.RUNNING, _S.RUNNING): (),
+    (_S.RUNNING, _S.FINISHED): (_S.FINISHED,),
+    (_S.RUNNING, _S.FAILED): (_S.FAILED,),
+    (_S.RUNNING, _S.CANCELED): (_S.CANCELING, _S.CANCELED),
+    (_S.CANCELING, _S.RUNNING): (),
+    (_S.CANCELING, _S.FINISHED): (_S.CANCELED,),
+    (_S.CANCELING, _S.FAILED): (_S.CANCELED,),
+    (_S.CANCELING, _S.CANCELED): (_S.CANCELED,),
+}
 
 
 @dataclass(slots=True, eq=False)
@@ -158,10 +187,46 @@ class TaskVertex:
         self.transition(TaskState.FAILED, now)
         self.failure_cause = str(cause)
 
+    def cancel(self, now: float | None = None) -> None:
+        """End this attempt as CANCELED (through CANCELING where the table asks for it);
+        an attempt that already ended stays as it is."""
+        if self.state.is_terminal:
+            return
+        if TaskState.CANCELED not in ALLOWED_TRANSITIONS[self.state]:
+            self.transition(TaskState.CANCELING, now)
+        self.transition(TaskState.CANCELED, now)
+
+    def apply_report(self, reported: TaskState | str, now: float | None = None) -> tuple[TaskState, ...]:
+        """Apply a worker's report of this attempt's state (:data:`REPORT_STEPS`).
+
+        Returns the moves made (empty for a repeated or late report).
+
+        Raises:
+            IllegalStateTransition: the report does not fit this attempt's state (for
+                example RUNNING for a task that was never deployed).
+        """
+        reported = reported if isinstance(reported, TaskState) else TaskState(str(reported).upper())
+        if self.state.is_terminal:
+            return ()  # a late report of an attempt that already ended
+        steps = REPORT_STEPS.get((self.state, reported))
+        if steps is None:
+            raise IllegalStateTransition(
+                f"task {self.task_id} (attempt {self.attempt}) is {self.state.value} here; a report of "
+                f"{reported.value} does not fit"
+            )
+        for step in steps:
+            self.transition(step, now)
+        return steps
+
+    @property
+    def attempt_id(self) -> AttemptId:
+        """The current attempt of this task."""
+        return AttemptId(self.task_id, self.attempt)
+
     @property
     def is_terminal(self) -> bool:
         """FINISHED, CANCELED or FAILED."""
-        return self.state in (TaskState.FINISHED, TaskState.CANCELED, TaskState.FAILED)
+        return self.state.is_terminal
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able view of the task."""

@@ -26,7 +26,7 @@ class JobResult:
     job_id: str
     tables: dict = field(default_factory=dict)
     summaries: dict = field(default_factory=dict)
-    tasks: list = field(default_factory=list)
+    tasks: list = field(default_factory=list)  # the final report of every task (dicts)
     duration_seconds: float = 0.0
 
     def table(self, name=None) -> pa.Table:
@@ -47,20 +47,19 @@ class JobResult:
         return self.table(name)
 
 
-def gather_results(job_id, job_graph, statuses, fetch_table):
-    """Assemble a JobResult from final task statuses; ``fetch_table(task_id)`` gets tables."""
-    result = JobResult(job_id=job_id, tasks=statuses)
+def gather_results(job_id, job_graph, reports, fetch_table):
+    """Assemble a JobResult from the final TaskUpdates; ``fetch_table(task_id)`` gets tables."""
+    result = JobResult(job_id=job_id, tasks=[dict(r.to_dict(), task_id=r.task_id) for r in reports])
     by_op = {}
-    for status in statuses:
-        by_op.setdefault(status["operator_id"], []).append(status)
+    for report in reports:
+        by_op.setdefault(report.operator_id, []).append(report)
     for op_id, node in job_graph.operators.items():
-        if getattr(node.operator_type, "value", node.operator_type) != "sink":
+        if node.operator_type.value != "sink":
             continue
-        ordered = sorted(by_op.get(op_id, []), key=lambda s: s["subtask_index"])
-        summaries = [s.get("summary") for s in ordered]
-        result.summaries[node.name] = summaries
+        ordered = sorted(by_op.get(op_id, []), key=lambda r: r.subtask_index)
+        result.summaries[node.name] = [r.summary for r in ordered]
         if (node.parameters or {}).get("kind", "collect") == "collect":
-            parts = [t for t in (fetch_table(s["task_id"]) for s in ordered) if t is not None]
+            parts = [t for t in (fetch_table(r.task_id) for r in ordered) if t is not None]
             if parts:
                 result.tables[node.name] = pa.concat_tables(parts)
     return result
@@ -76,9 +75,9 @@ async def run_job_graph_async(job_graph, timeout=None, threads=None):
     failed = asyncio.Event()
     failures = []
 
-    def on_update(status):
-        if status["state"] == "FAILED":
-            failures.append(status)
+    def on_update(report):
+        if report.state.value == "FAILED":
+            failures.append(report)
             failed.set()
 
     manager = TaskManager(server, on_update=on_update, threads=threads)
@@ -93,15 +92,14 @@ async def run_job_graph_async(job_graph, timeout=None, threads=None):
         if failures:
             first = failures[0]
             raise JobFailed(
-                f"job {job_graph.job_name!r} failed: task {first['task_id']} "
-                f"({first['operator_name']}): {first['error']}",
-                failures,
+                f"job {job_graph.job_name!r} failed: task {first.task_id} "
+                f"({first.operator_name}): {first.error}",
+                [dict(f.to_dict(), task_id=f.task_id) for f in failures],
             )
         if not done:
             raise TimeoutError(f"job {job_graph.job_name!r} did not finish within {timeout} s")
         await manager.notify_job_finished(job_id)
-        statuses = manager.list_tasks()
-        result = gather_results(job_id, job_graph, statuses, manager.result)
+        result = gather_results(job_id, job_graph, manager.reports(), manager.result)
         result.duration_seconds = time.perf_counter() - start
         return result
     finally:

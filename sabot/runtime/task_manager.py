@@ -5,7 +5,11 @@ import concurrent.futures
 import logging
 import os
 
-from sabot.runtime.task import TERMINAL_STATES, Task
+from sabot.execution.deployment import TaskDeploymentDescriptor
+from sabot.execution.execution_graph import TaskState
+from sabot.execution.ids import AttemptId
+from sabot.execution.messages import CheckpointDecline
+from sabot.runtime.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -15,10 +19,11 @@ class TaskManager:
 
     Args:
         data_server: the process's :class:`~sabot.runtime.data_server.DataServer`.
-        on_update: called on the loop thread with a task status dict on every
-            state change and every ``report_interval`` seconds while tasks run.
-        on_checkpoint: called on the loop thread with a task's checkpoint
-            acknowledgement or decline (``{"type": "checkpoint_ack" | "checkpoint_declined", ...}``).
+        on_update: called on the loop thread with a task's
+            :class:`~sabot.execution.messages.TaskUpdate` on every state change and
+            every ``report_interval`` seconds while tasks run.
+        on_checkpoint: called on the loop thread with a task's
+            :class:`~sabot.execution.messages.CheckpointAck` or ``CheckpointDecline``.
         threads: size of the pool operator code runs on (default: cpu count).
     """
 
@@ -35,17 +40,16 @@ class TaskManager:
         self._commits = set()
 
     async def deploy(self, tdd):
-        """Create and start the task a deployment descriptor describes."""
-        task_id = tdd.get("task_id")
-        if not task_id:
-            raise ValueError("deployment descriptor has no 'task_id'")
+        """Create and start the task a deployment descriptor (or its dict) describes."""
+        if not isinstance(tdd, TaskDeploymentDescriptor):
+            tdd = TaskDeploymentDescriptor.from_dict(tdd, "task deployment descriptor")
+        task_id = tdd.task_id
         old = self.tasks.get(task_id)
-        attempt = tdd.get("attempt", 0)
-        if old is not None and old.state not in TERMINAL_STATES:
+        if old is not None and not old.state.is_terminal:
             raise ValueError(f"task {task_id!r} is already running here (attempt {old.attempt})")
-        if old is not None and attempt <= old.attempt:
+        if old is not None and not old.attempt_id.is_superseded_by(tdd.attempt_id):
             raise ValueError(
-                f"task {task_id!r}: attempt {attempt} is not newer than attempt {old.attempt} that ran here; "
+                f"task {task_id!r}: attempt {tdd.attempt} is not newer than attempt {old.attempt} that ran here; "
                 "a superseded deployment is refused"
             )
         task = Task(tdd, self.data_server, self.executor, on_update=self.on_update,
@@ -56,38 +60,69 @@ class TaskManager:
             self._reporter = asyncio.ensure_future(self._report_loop())
         return task
 
-    def _task(self, task_id, attempt):
-        """The task, or None for a message addressed to an older attempt (dropped)."""
-        task = self.tasks.get(task_id)
+    def task_of(self, attempt_id):
+        """The task running ``attempt_id``, or None if that attempt is superseded (the message
+        for it is dropped).
+
+        Raises:
+            KeyError: no attempt of that task ever ran here.
+        """
+        if not isinstance(attempt_id, AttemptId):
+            task = self.tasks.get(attempt_id)
+            if task is None:
+                raise KeyError(attempt_id)
+            return task
+        task = self.tasks.get(attempt_id.task_id)
         if task is None:
-            raise KeyError(task_id)
-        if attempt is not None and attempt < task.attempt:
-            log.debug("message for attempt %s of %s dropped (attempt %s runs)", attempt, task_id, task.attempt)
+            raise KeyError(attempt_id.task_id)
+        if task.attempt_id != attempt_id:
+            log.debug("message for %s dropped (%s runs here)", attempt_id, task.attempt_id)
             return None
         return task
 
-    async def cancel(self, task_id, attempt=None):
-        task = self._task(task_id, attempt)
+    async def cancel(self, task_id):
+        """Cancel the task (its current attempt) and wait for it to stop."""
+        task = self.task_of(task_id)
         if task is not None:
             await task.cancel()
 
-    def trigger_checkpoint(self, task_id, checkpoint_id, timestamp_ms, attempt=None):
-        """Start checkpoint ``checkpoint_id`` at a source task (it injects the barrier)."""
-        task = self._task(task_id, attempt)
-        if task is not None:
-            task.trigger_checkpoint(checkpoint_id, timestamp_ms)
-
-    def control(self, task_id, message, attempt=None):
-        """Hand a control message (live rescaling) to a running task.
-
-        Returns None, or for a ``source_pause`` an asyncio future that resolves to the
-        source's reply ``{"task_id", "next_unit", "position"}`` (see :meth:`Task.control`).
-        """
-        task = self._task(task_id, attempt)
+    def trigger_checkpoint(self, message):
+        """Start a checkpoint at a source task (a :class:`TriggerCheckpoint`); an attempt that
+        is not here declines it."""
+        try:
+            task = self.task_of(message.attempt_id)
+        except KeyError:
+            task = None
         if task is None:
-            return None
-        if task.state in TERMINAL_STATES:
-            raise ValueError(f"task {task_id!r} is {task.state}; it takes no control messages")
+            current = self.tasks.get(message.attempt_id.task_id)
+            have = "no such task" if current is None else f"attempt {current.attempt} runs here"
+            self._decline(message, f"task {message.attempt_id} is not here ({have})")
+            return
+        try:
+            task.trigger_checkpoint(message.checkpoint_id, message.timestamp_ms)
+        except ValueError as exc:
+            self._decline(message, str(exc))
+
+    def _decline(self, message, reason):
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(CheckpointDecline(message.job_id, message.attempt_id, message.checkpoint_id, reason))
+
+    def control(self, message):
+        """Hand a live-rescale control message to the attempt it names.
+
+        Returns None, or for a ``SourcePause`` an asyncio future that resolves to the
+        source's reply ``{"task_id", "next_unit", "position"}``.
+
+        Raises:
+            KeyError: no such task here.
+            ValueError: the attempt is superseded or ended, or the task cannot apply it.
+        """
+        task = self.task_of(message.attempt_id)
+        if task is None:
+            current = self.tasks[message.attempt_id.task_id]
+            raise ValueError(f"{message.TYPE} for {message.attempt_id}, but attempt {current.attempt} runs here")
+        if task.state.is_terminal:
+            raise ValueError(f"task {task.task_id!r} is {task.state.value}; it takes no control messages")
         return task.control(message)
 
     def notify_checkpoint_complete(self, job_id, checkpoint_id):
@@ -96,7 +131,7 @@ class TaskManager:
         Returns at once; the commits run on the thread pool (see :meth:`wait_commits`).
         """
         for task in list(self.tasks.values()):
-            if task.job_id == job_id and task.state not in ("FAILED", "CANCELED"):
+            if task.job_id == job_id and task.state not in (TaskState.FAILED, TaskState.CANCELED):
                 future = task.notify_checkpoint_complete(checkpoint_id)
                 self._commits.add(future)
                 future.add_done_callback(self._commit_done(task, checkpoint_id))
@@ -119,12 +154,17 @@ class TaskManager:
         """Every task of ``job_id`` finished: sinks publish what end of input left staged."""
         await self.wait_commits()
         for task in list(self.tasks.values()):
-            if task.job_id == job_id and task.state == "FINISHED":
+            if task.job_id == job_id and task.state == TaskState.FINISHED:
                 await task.notify_job_finished()
 
+    def reports(self):
+        """Every task's latest :class:`~sabot.execution.messages.TaskUpdate`."""
+        return [task.status() for task in self.tasks.values()]
+
     def list_tasks(self):
+        """Every task's latest report (TaskUpdate dicts, plus this process's pid)."""
         pid = os.getpid()
-        return [dict(task.status(), pid=pid) for task in self.tasks.values()]
+        return [dict(task.status().to_dict(), task_id=task.task_id, pid=pid) for task in self.tasks.values()]
 
     def result(self, task_id):
         task = self.tasks.get(task_id)
@@ -141,7 +181,7 @@ class TaskManager:
         while True:
             await asyncio.sleep(self.report_interval)
             for task in list(self.tasks.values()):
-                if task.state == "RUNNING":
+                if task.state == TaskState.RUNNING:
                     try:
                         self.on_update(task.status())
                     except Exception:

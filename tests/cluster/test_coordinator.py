@@ -17,7 +17,7 @@ from sabot.cluster import protocol
 from sabot.cluster.coordinator import ClusterCoordinator
 from sabot.cluster.http_api import build_coordinator_app, openapi_document
 from sabot.cluster.worker import Worker
-from sabot.testing import assert_tables_equal
+from sabot.testing import ManualClock, assert_tables_equal
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -244,8 +244,11 @@ def test_cancel_of_a_waiting_job(arun):
         async with cluster(workers=0) as (c, _):
             _, job = keyed_count_job(1)
             job_id = await c.submit_stream_job(job)
+            assert c.jobs[job_id].state.value == "WAITING_FOR_SLOTS"
+            await until(lambda: c.slot_pool.pending_requests == len(c.jobs[job_id].exec_graph.tasks),
+                        what="the job's slot requests queued")
             assert await c.cancel_job(job_id) == "CANCELED"
-            assert not c._pending
+            assert c.slot_pool.pending_requests == 0 and c.overview()["pending_jobs"] == 0
 
     arun(body())
 
@@ -352,19 +355,11 @@ def test_worker_registration_errors(arun):
 # -- failure detection ---------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_missed_heartbeats_mark_node_lost(arun):
     async def body():
-        clock = FakeClock()
+        clock = ManualClock()
         c = ClusterCoordinator({"port": 0, "heartbeat_interval_s": 3600, "heartbeat_timeout_s": 7200}, clock=clock)
-        c.config.heartbeat_timeout_s = 0.5  # judged by check_heartbeats() with the fake clock only
+        c.registry.heartbeat_timeout_s = 0.5  # judged by check_heartbeats() with the manual clock only
         await c.start()
         try:
             c.register_worker({"node_id": "a", "host": "127.0.0.1", "port": 1, "data_host": "127.0.0.1",
@@ -372,13 +367,13 @@ def test_missed_heartbeats_mark_node_lost(arun):
             c.register_worker({"node_id": "b", "host": "127.0.0.1", "port": 3, "data_host": "127.0.0.1",
                                "data_port": 4, "num_slots": 1})
             assert c.slot_pool.total_slots == 4
-            clock.now += 0.4
-            c.nodes["b"].last_heartbeat = clock.now
+            await clock.advance(0.4)
+            c.registry.heard_from("b")
             assert c.check_heartbeats() == []
-            clock.now += 0.2  # a: 0.6 s silent, b: 0.2 s
+            await clock.advance(0.2)  # a: 0.6 s silent, b: 0.2 s
             assert c.check_heartbeats() == ["a"]
             assert set(c.nodes) == {"b"} and c.slot_pool.total_slots == 1
-            assert "no heartbeat for 0.60 s" in c.lost_nodes["a"].lost_reason
+            assert "no heartbeat for 0.60 s" in c.registry.lost["a"].lost_reason
         finally:
             await c.stop()
 

@@ -96,7 +96,7 @@ def test_on_demand_checkpoints_over_http(arun, tmp_path, user_module):
             status, answer = await http("POST", f"{c.url}/jobs/{job_id}/checkpoints")
             assert (status == 409 and "checkpoint 1 is in progress" in answer["error"]) or \
                 (status == 202 and answer["checkpoint_id"] == 2)
-            await until(lambda: c.jobs[job_id].latest_checkpoint is not None, what="a completed checkpoint")
+            await until(lambda: c.jobs[job_id].checkpointing.latest is not None, what="a completed checkpoint")
             status, view = await http("GET", f"{c.url}/jobs/{job_id}/checkpoints")
             assert status == 200
             done = [h for h in view["history"] if h["state"] == "COMPLETED"]
@@ -104,7 +104,7 @@ def test_on_demand_checkpoints_over_http(arun, tmp_path, user_module):
             assert {"id", "trigger_time", "duration_ms", "alignment_ms"} <= set(done[0])
             assert view["latest_completed"]["checkpoint_id"] == done[-1]["id"]
             # the committed checkpoint is in the storage, metadata and all
-            latest = c.jobs[job_id].storage.latest(job_id)
+            latest = c.jobs[job_id].checkpointing.storage.latest(job_id)
             assert latest.checkpoint_id == view["latest_completed"]["checkpoint_id"]
             assert latest.keyed_handles(next(o for o, op in c.jobs[job_id].job_graph.operators.items()
                                              if op.name.startswith("aggregate")))

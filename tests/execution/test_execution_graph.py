@@ -13,6 +13,7 @@ from sabot.execution.execution_graph import (
     TaskVertex,
     choose_partitioning,
 )
+from sabot.execution.ids import AttemptId
 from sabot.execution.job_graph import JobGraph, OperatorType, StreamOperatorNode
 
 S, M, A, K = OperatorType.SOURCE, OperatorType.MAP, OperatorType.AGGREGATE, OperatorType.SINK
@@ -139,13 +140,61 @@ def test_restart_increments_attempt():
     assert t.attempt == 2
     t.transition("SCHEDULED")
     t.transition("FAILED")
-    t.transition("RECONCILING")
-    t.transition("RUNNING")  # still running after failover: same attempt
-    assert t.attempt == 2
-    t.transition("FAILED")
-    t.transition("RECONCILING")
-    t.transition("SCHEDULED")  # redeploy: new attempt
-    assert t.attempt == 3
+    t.transition("CREATED")
+    assert t.attempt == 3 and t.attempt_id == AttemptId(t.task_id, 3)
+
+
+def deployed_task():
+    t = make_task()
+    t.transition("SCHEDULED")
+    t.transition("DEPLOYING")
+    return t
+
+
+@pytest.mark.parametrize("reports, final", [
+    (["RUNNING", "RUNNING", "FINISHED"], "FINISHED"),
+    (["FINISHED"], "FINISHED"),                 # a task that ended before its first report
+    (["FAILED"], "FAILED"),
+    (["RUNNING", "CANCELED"], "CANCELED"),      # stopped without being asked: through CANCELING
+    (["RUNNING", "FINISHED", "RUNNING"], "FINISHED"),  # a late report changes nothing
+])
+def test_worker_reports_move_the_attempt(reports, final):
+    t = deployed_task()
+    for state in reports:
+        t.apply_report(state)
+    assert t.state.value == final and t.attempt == 0
+
+
+def test_a_report_that_does_not_fit_raises():
+    t = make_task()
+    with pytest.raises(IllegalStateTransition, match="CREATED here; a report of RUNNING"):
+        t.apply_report("RUNNING")
+    t.transition("SCHEDULED")
+    with pytest.raises(IllegalStateTransition):
+        t.apply_report("FINISHED")
+
+
+def test_a_canceling_attempt_ends_canceled_whatever_it_reports():
+    for reported in ("FINISHED", "FAILED", "CANCELED"):
+        t = deployed_task()
+        t.transition("RUNNING")
+        t.transition("CANCELING")
+        assert t.apply_report(reported) == (TaskState.CANCELED,)
+        assert t.state is TaskState.CANCELED
+
+
+def test_cancel_from_any_live_state_and_terminal_states():
+    for before in (["SCHEDULED"], ["SCHEDULED", "DEPLOYING"], ["SCHEDULED", "DEPLOYING", "RUNNING"]):
+        t = make_task()
+        for state in before:
+            t.transition(state)
+        t.cancel()
+        assert t.state is TaskState.CANCELED
+    t = deployed_task()
+    t.apply_report("FINISHED")
+    t.cancel()
+    assert t.state is TaskState.FINISHED
+    assert TaskState.FINISHED.is_terminal and not TaskState.CANCELING.is_terminal
 
 
 # ------------------------------------------------------------------ rescaling

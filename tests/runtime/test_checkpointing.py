@@ -12,7 +12,8 @@ import pyarrow.compute as pc
 import pytest
 
 from sabot import Stream
-from sabot.execution.deployment import build_deployment_descriptors
+from sabot.execution.deployment import CheckpointSpec, RestoreSpec, build_deployment_descriptors
+from sabot.execution.messages import CheckpointAck, TriggerCheckpoint
 from sabot.runtime.data_server import DataServer
 from sabot.runtime.checkpoint_storage import CheckpointStorage
 from sabot.runtime.embedded import gather_results
@@ -42,25 +43,25 @@ async def run_attempt(job, exec_graph, storage, restore=None, checkpoint_after=N
     """Deploy every task; optionally checkpoint after a delay and kill after another."""
     server = DataServer()
     acks, failures = [], []
-    manager = TaskManager(server, on_update=lambda s: s["state"] == "FAILED" and failures.append(s),
+    manager = TaskManager(server, on_update=lambda s: s.state.value == "FAILED" and failures.append(s),
                           on_checkpoint=acks.append)
-    spec = {"storage": storage.uri, "retain": 3}
+    spec = CheckpointSpec(storage.uri, 3)
     tdds = build_deployment_descriptors(exec_graph, job.job_id, restore=restore, checkpoint=spec)
     for tdd in tdds.values():
         await manager.deploy(tdd)
-    sources = [t for t in tdds.values() if t["operator"]["operator_type"] == "source"]
+    sources = [t for t in tdds.values() if t.is_source]
     completed = None
     try:
         if checkpoint_after is not None:
             await asyncio.sleep(checkpoint_after)
             for src in sources:
-                manager.trigger_checkpoint(src["task_id"], 1, 0)
+                manager.trigger_checkpoint(TriggerCheckpoint(job.job_id, src.attempt_id, 1))
             deadline = asyncio.get_running_loop().time() + 20
-            while sum(a["type"] == "checkpoint_ack" for a in acks) < len(tdds):
-                assert not [a for a in acks if a["type"] != "checkpoint_ack"], acks
+            while sum(isinstance(a, CheckpointAck) for a in acks) < len(tdds):
+                assert all(isinstance(a, CheckpointAck) for a in acks), acks
                 assert asyncio.get_running_loop().time() < deadline, "checkpoint did not complete"
                 await asyncio.sleep(0.005)
-            handles = [h for a in acks for h in a["stats"]["handles"]]
+            handles = [h for a in acks for h in a.stats["handles"]]
             completed = storage.commit(job.job_id, 1, {"sources": len(sources)}, handles=handles)
             manager.notify_checkpoint_complete(job.job_id, 1)
         if kill_after is not None:
@@ -70,7 +71,7 @@ async def run_attempt(job, exec_graph, storage, restore=None, checkpoint_after=N
             return completed, None
         await asyncio.wait_for(manager.wait(), 60)
         assert not failures, failures
-        return completed, gather_results(job.job_id, job, manager.list_tasks(), manager.result)
+        return completed, gather_results(job.job_id, job, manager.reports(), manager.result)
     finally:
         await manager.shutdown()
         await server.stop()
@@ -94,7 +95,7 @@ def test_restore_from_checkpoint_after_kill_equals_reference(tmp_path, paralleli
         second = job.to_execution_graph()
         if restore_parallelism != parallelism:
             second.rescale_operator(agg_id, restore_parallelism)
-        restore = {"storage": storage.uri, "checkpoint": latest.to_dict(), "assignment": None}
+        restore = RestoreSpec(storage.uri, latest.to_dict())
         _, result = await run_attempt(job, second, storage, restore=restore)
         return result
 

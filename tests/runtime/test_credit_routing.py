@@ -7,7 +7,8 @@ import pyarrow as pa
 
 from sabot.runtime import events
 from sabot.runtime.data_server import DataServer
-from sabot.runtime.task import _Output
+from sabot.execution.deployment import ChannelTarget, OutputEdgeSpec
+from sabot.runtime.output import OutputEdge
 
 
 def test_slow_receiver_gets_fewer_batches():
@@ -15,8 +16,7 @@ def test_slow_receiver_gets_fewer_batches():
         server = DataServer(credits=4)
         inputs = [server.input_channel(f"c{i}") for i in range(2)]
         outputs = [await server.output_channel(f"c{i}") for i in range(2)]
-        out = _Output({"partitioning": "rebalance", "downstream_operator_id": "x", "key_by": None,
-                       "targets": [{}, {}]}, outputs)
+        out = OutputEdge(OutputEdgeSpec("x", "rebalance", 128, [ChannelTarget("c0"), ChannelTarget("c1")]), outputs)
         received = [0, 0]
 
         async def consume(i, delay):
@@ -48,8 +48,7 @@ def test_equal_receivers_share_evenly():
         server = DataServer(credits=4)
         inputs = [server.input_channel(f"c{i}") for i in range(3)]
         outputs = [await server.output_channel(f"c{i}") for i in range(3)]
-        out = _Output({"partitioning": "rebalance", "downstream_operator_id": "x", "key_by": None,
-                       "targets": [{}, {}, {}]}, outputs)
+        out = OutputEdge(OutputEdgeSpec("x", "rebalance", 128, [ChannelTarget(f"c{i}") for i in range(3)]), outputs)
         counts = [0, 0, 0]
         for _ in range(30):  # nobody consumes yet: credit is equal, so round robin
             i = out.pick_channel()

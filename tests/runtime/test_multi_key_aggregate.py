@@ -294,7 +294,8 @@ def add_second_key(batch):
 
 
 def test_live_rescale_of_a_multi_key_aggregate_keeps_exact_result():
-    from sabot.execution.deployment import build_deployment_descriptors, build_rescale_messages
+    from sabot.execution.deployment import build_deployment_descriptors
+    from sabot.execution.rescale import build_rescale_messages
     from sabot.runtime.data_server import DataServer
     from sabot.runtime.embedded import gather_results
     from sabot.runtime.generators import keyed_records
@@ -313,7 +314,7 @@ def test_live_rescale_of_a_multi_key_aggregate_keeps_exact_result():
     async def run():
         server = DataServer()
         failures = []
-        manager = TaskManager(server, on_update=lambda s: s["state"] == "FAILED" and failures.append(s))
+        manager = TaskManager(server, on_update=lambda s: s.state.value == "FAILED" and failures.append(s))
         exec_graph = job.to_execution_graph()
         op_id = next(op for op, node in job.operators.items() if node.name == "aggregate")
         try:
@@ -323,15 +324,15 @@ def test_live_rescale_of_a_multi_key_aggregate_keeps_exact_result():
                 await asyncio.sleep(0.08)
                 plan = exec_graph.rescale_operator(op_id, p)
                 msgs = build_rescale_messages(exec_graph, job.job_id, op_id, plan, f"r{n}")
-                for tdd in msgs["deploy"].values():
+                for tdd in msgs.deploy.values():
                     await manager.deploy(tdd)
-                for kind in ("handoff", "add_inputs", "switch_output"):
-                    for task_id, msg in msgs[kind].items():
-                        manager.control(task_id, msg)
+                for step in (msgs.handoff, msgs.add_inputs, msgs.switch_output):
+                    for msg in step.values():
+                        manager.control(msg)
             await asyncio.wait_for(manager.wait(), 60)
-            assert not failures, failures[0]["error"]
+            assert not failures, failures[0].error
             statuses = manager.list_tasks()
-            return statuses, gather_results(job.job_id, job, statuses, manager.result)
+            return statuses, gather_results(job.job_id, job, manager.reports(), manager.result)
         finally:
             await manager.shutdown()
             await server.stop()

@@ -15,9 +15,10 @@ import pytest
 
 from sabot import Stream
 from sabot._core import partition
-from sabot.execution.deployment import (
-    build_deployment_descriptors, build_rescale_messages, build_source_resume_messages, source_frontier,
-)
+from sabot.execution.deployment import CheckpointSpec, build_deployment_descriptors
+from sabot.execution.ids import AttemptId
+from sabot.execution.messages import TriggerCheckpoint
+from sabot.execution.rescale import build_rescale_messages, build_source_resume_messages, source_frontier
 from sabot.runtime.data_server import DataServer
 from sabot.runtime.embedded import gather_results
 from sabot.runtime.generators import keyed_records
@@ -46,21 +47,18 @@ async def rescale(manager, exec_graph, job, op_name, new_parallelism, n, assignm
     op_id = next(op for op, node in job.operators.items() if node.name == op_name)
     plan = exec_graph.rescale_operator(op_id, new_parallelism)
     msgs = build_rescale_messages(exec_graph, job.job_id, op_id, plan, f"r{n}", assignment=assignment)
-    for tdd in msgs["deploy"].values():
+    for tdd in msgs.deploy.values():
         await manager.deploy(tdd)
-    for task_id, msg in msgs["handoff"].items():
-        manager.control(task_id, msg)
-    for task_id, msg in msgs["add_inputs"].items():
-        manager.control(task_id, msg)
-    for task_id, msg in msgs["switch_output"].items():
-        manager.control(task_id, msg)
+    for step in (msgs.handoff, msgs.add_inputs, msgs.switch_output):
+        for msg in step.values():
+            manager.control(msg)
     return plan
 
 
 async def run_with_rescales(job, steps, delay=0.08):
     server = DataServer()
     failures = []
-    manager = TaskManager(server, on_update=lambda s: s["state"] == "FAILED" and failures.append(s))
+    manager = TaskManager(server, on_update=lambda s: s.state.value == "FAILED" and failures.append(s))
     exec_graph = job.to_execution_graph()
     try:
         for tdd in build_deployment_descriptors(exec_graph, job.job_id).values():
@@ -80,11 +78,11 @@ async def run_with_rescales(job, steps, delay=0.08):
                     break
                 assert asyncio.get_running_loop().time() < deadline, "the source stopped during the rescale"
                 await asyncio.sleep(0.005)
-            assert source["attempt"] == 0
+            assert source["attempt_id"]["attempt"] == 0
         await asyncio.wait_for(manager.wait(), 60)
-        assert not failures, failures[0]["error"]
+        assert not failures, failures[0].error
         statuses = manager.list_tasks()
-        return plans, statuses, gather_results(job.job_id, job, statuses, manager.result)
+        return plans, statuses, gather_results(job.job_id, job, manager.reports(), manager.result)
     finally:
         await manager.shutdown()
         await server.stop()
@@ -200,27 +198,27 @@ async def rescale_source(manager, exec_graph, job, new_parallelism, n):
     op_id = next(op for op, node in job.operators.items() if node.name == "source")
     plan = exec_graph.rescale_operator(op_id, new_parallelism)
     msgs = build_rescale_messages(exec_graph, job.job_id, op_id, plan, f"s{n}")
-    assert not msgs["handoff"] and not msgs["switch_output"]
-    for tdd in msgs["deploy"].values():
-        assert tdd["rescale"]["source_hold"] is True
+    assert not msgs.handoff and not msgs.switch_output and msgs.is_source
+    for tdd in msgs.deploy.values():
+        assert tdd.rescale.source_hold is True
         await manager.deploy(tdd)
-    for task_id, msg in msgs["add_inputs"].items():
-        manager.control(task_id, msg)
+    for msg in msgs.add_inputs.values():
+        manager.control(msg)
     replies = await asyncio.wait_for(
-        asyncio.gather(*(manager.control(t, m) for t, m in msgs["source_pause"].items())), 10
+        asyncio.gather(*(manager.control(m) for m in msgs.source_pause.values())), 10
     )
     frontier = source_frontier(replies)
-    resume = build_source_resume_messages(plan, f"s{n}", frontier)
+    resume = build_source_resume_messages(exec_graph, plan, f"s{n}", frontier)
     for step in ("source_finish", "source_start"):
-        for task_id, msg in resume[step].items():
-            manager.control(task_id, msg)
+        for msg in resume[step].values():
+            manager.control(msg)
     return plan, frontier
 
 
 async def run_with_source_rescales(job, parallelisms, delay=0.1):
     server = DataServer()
     failures = []
-    manager = TaskManager(server, on_update=lambda s: s["state"] == "FAILED" and failures.append(s))
+    manager = TaskManager(server, on_update=lambda s: s.state.value == "FAILED" and failures.append(s))
     exec_graph = job.to_execution_graph()
     op_id = next(op for op, node in job.operators.items() if node.name == "source")
     try:
@@ -231,14 +229,14 @@ async def run_with_source_rescales(job, parallelisms, delay=0.1):
         for n, parallelism in enumerate(parallelisms):
             await asyncio.sleep(delay)
             current = [manager.tasks[t.task_id] for t in exec_graph.operator_tasks(op_id)]
-            assert all(t.state == "RUNNING" for t in current), "the source ended before the rescale; slow it down"
+            assert all(t.state.value == "RUNNING" for t in current), "the source ended before the rescale; slow it down"
             plan, frontier = await rescale_source(manager, exec_graph, job, parallelism, n)
             plans.append(plan)
             phases.append((frontier, parallelism))
         await asyncio.wait_for(manager.wait(), 60)
-        assert not failures, failures[0]["error"]
+        assert not failures, failures[0].error
         statuses = manager.list_tasks()
-        return plans, phases, statuses, gather_results(job.job_id, job, statuses, manager.result)
+        return plans, phases, statuses, gather_results(job.job_id, job, manager.reports(), manager.result)
     finally:
         await manager.shutdown()
         await server.stop()
@@ -345,33 +343,33 @@ def test_rescale_while_a_checkpoint_barrier_is_in_flight():
     async def scenario(tmp):
         server = DataServer()
         failures, acks = [], []
-        manager = TaskManager(server, on_update=lambda s: s["state"] == "FAILED" and failures.append(s),
+        manager = TaskManager(server, on_update=lambda s: s.state.value == "FAILED" and failures.append(s),
                               on_checkpoint=acks.append)
         exec_graph = job.to_execution_graph()
-        spec = {"storage": CheckpointStorage(tmp).uri, "retain": 3}
+        spec = CheckpointSpec(CheckpointStorage(tmp).uri, 3)
         try:
             for tdd in build_deployment_descriptors(exec_graph, job.job_id, checkpoint=spec).values():
                 await manager.deploy(tdd)
             await asyncio.sleep(0.08)
             source = next(t for t in manager.list_tasks() if t["operator_name"] == "source")
-            manager.trigger_checkpoint(source["task_id"], 1, 0)
+            manager.trigger_checkpoint(TriggerCheckpoint(job.job_id, AttemptId(source["task_id"], 0), 1))
             op_id = next(op for op, node in job.operators.items() if node.name == "aggregate")
             plan = exec_graph.rescale_operator(op_id, 3)
             msgs = build_rescale_messages(exec_graph, job.job_id, op_id, plan, "r-inflight", checkpoint=spec,
                                           min_checkpoint_id=2)
-            for tdd in msgs["deploy"].values():
+            for tdd in msgs.deploy.values():
                 await manager.deploy(tdd)
-            for step in ("handoff", "add_inputs"):
-                for task_id, msg in msgs[step].items():
-                    manager.control(task_id, msg)
-            switches = sorted(msgs["switch_output"].items())
-            manager.control(*switches[1])  # one map task switches at once ...
+            for step in (msgs.handoff, msgs.add_inputs):
+                for msg in step.values():
+                    manager.control(msg)
+            switches = [m for _, m in sorted(msgs.switch_output.items())]
+            manager.control(switches[1])  # one map task switches at once ...
             await asyncio.sleep(0.3)
-            manager.control(*switches[0])  # ... the other one late
+            manager.control(switches[0])  # ... the other one late
             await asyncio.wait_for(manager.wait(), 60)
-            assert not failures, failures[0]["error"]
+            assert not failures, failures[0].error
             statuses = manager.list_tasks()
-            return statuses, gather_results(job.job_id, job, statuses, manager.result)
+            return statuses, gather_results(job.job_id, job, manager.reports(), manager.result)
         finally:
             await manager.shutdown()
             await server.stop()

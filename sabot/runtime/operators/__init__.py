@@ -1,6 +1,15 @@
 """Operator implementations, looked up by operator type and parameter ``kind``."""
 
-from sabot.runtime.operators.base import Operator, SourceOperator, TaskContext, create_operator, register
+from sabot.runtime.operators.base import (
+    Operator,
+    SourceOperator,
+    TaskContext,
+    create_operator,
+    register,
+    rescalable_source_kinds,
+    source_class,
+    source_is_rescalable,
+)
 from sabot.runtime.operators import transforms  # noqa: F401  (registers)
 from sabot.runtime.operators import aggregate  # noqa: F401
 from sabot.runtime.operators import sources  # noqa: F401
@@ -8,4 +17,5 @@ from sabot.runtime.operators import sinks  # noqa: F401
 from sabot.runtime.operators import window  # noqa: F401
 from sabot.runtime.operators import join  # noqa: F401
 
-__all__ = ["Operator", "SourceOperator", "TaskContext", "create_operator", "register"]
+__all__ = ["Operator", "SourceOperator", "TaskContext", "create_operator", "register", "rescalable_source_kinds",
+           "source_class", "source_is_rescalable"]

@@ -175,11 +175,13 @@ class SourceOperator(Operator):
 
     #: whether this source supports a live rescale (set_epoch, set_limit, next_unit)
     rescalable = False
+    #: why not, for the error a refused rescale gets
+    not_rescalable_reason = "it cannot move its input between subtasks"
 
-    def _not_rescalable(self):
+    def not_rescalable(self):
         return OperatorError(
             f"source {self.ctx.operator_name!r} ({type(self).__name__}) cannot be rescaled live; "
-            "only table and generator sources can"
+            f"rescalable source kinds: {', '.join(rescalable_source_kinds())}"
         )
 
     @property
@@ -190,15 +192,15 @@ class SourceOperator(Operator):
     @property
     def next_unit(self):
         """The first (global) unit this subtask has not started emitting."""
-        raise self._not_rescalable()
+        raise self.not_rescalable()
 
     def set_limit(self, frontier):
         """From now on emit only units below ``frontier``, then end."""
-        raise self._not_rescalable()
+        raise self.not_rescalable()
 
     def set_epoch(self, epoch):
         """Emit the unit sequence ``epoch`` describes (a new subtask of a source rescale)."""
-        raise self._not_rescalable()
+        raise self.not_rescalable()
 
 
 def register(operator_type, kind=None):
@@ -209,6 +211,27 @@ def register(operator_type, kind=None):
         return cls
 
     return deco
+
+
+def source_class(kind):
+    """The source class registered for parameter ``kind`` (None if there is none)."""
+    return _REGISTRY.get(("source", kind))
+
+
+def rescalable_source_kinds():
+    """Source kinds that can move their units between subtasks in a live rescale."""
+    return sorted(k for (t, k), cls in _REGISTRY.items() if t == "source" and k and cls.rescalable)
+
+
+def source_is_rescalable(kind):
+    """``(True, None)``, or ``(False, why)`` for a source ``kind`` that cannot be rescaled live."""
+    cls = source_class(kind)
+    if cls is None:
+        return False, f"there is no source of kind {kind!r}"
+    if not cls.rescalable:
+        return False, (f"{cls.not_rescalable_reason}; rescalable source kinds: "
+                       f"{', '.join(rescalable_source_kinds())}")
+    return True, None
 
 
 def create_operator(ctx: TaskContext) -> Operator:

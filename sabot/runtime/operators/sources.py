@@ -387,6 +387,8 @@ class DatasetSource(SourceOperator):
     deterministic for a given ``batch_size``).
     """
 
+    not_rescalable_reason = "rescaling a file source is not supported yet (files are split by subtask at start)"
+
     def __init__(self, ctx):
         super().__init__(ctx)
         name = ctx.operator_name

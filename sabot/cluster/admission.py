@@ -1,0 +1,92 @@
+"""What a submitted job must be before the coordinator accepts it.
+
+A job arrives as a :class:`~sabot.execution.job_graph.JobGraph`, its ``to_dict()``
+(HTTP) or a Stream; it must validate, its user functions must be module-level
+references the workers can import, and its ids must not clash with a job this
+coordinator already ran (:func:`with_unique_ids`). Every refusal is an
+:class:`~sabot.errors.InvalidRequest` naming what was wrong.
+"""
+
+from __future__ import annotations
+
+from sabot.errors import GraphValidationError, InvalidRequest
+from sabot.execution.job_graph import JobGraph
+from sabot.runtime import functions
+
+__all__ = ["check_functions", "parse_job_graph", "validate", "with_unique_ids"]
+
+
+def parse_job_graph(job_graph):
+    """A JobGraph from a JobGraph, a Stream ending in a sink, or ``JobGraph.to_dict()``."""
+    if isinstance(job_graph, JobGraph):
+        return job_graph
+    if hasattr(job_graph, "to_job_graph"):
+        return job_graph.to_job_graph(shippable=True)
+    if not isinstance(job_graph, dict):
+        raise InvalidRequest(
+            f"a job must be a JobGraph or its to_dict() form (a JSON object), got {type(job_graph).__name__}")
+    if "operators" not in job_graph:
+        raise InvalidRequest(
+            f"the body is not a job graph: JobGraph.to_dict() has an 'operators' field; got fields "
+            f"{sorted(job_graph)[:10]}")
+    try:
+        return JobGraph.from_dict(job_graph)
+    except GraphValidationError as exc:
+        raise InvalidRequest(f"invalid job graph: {exc}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidRequest(f"the body is not a valid job graph (JobGraph.to_dict()): "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+
+def check_functions(job_graph, check_imports=True):
+    """Refuse lambdas and closures, and (``check_imports``) references that do not import here."""
+    for op in job_graph.operators.values():
+        refs = [op.function] + [v for k, v in sorted((op.parameters or {}).items())
+                                if k.endswith("function") and isinstance(v, str)]
+        for ref in refs:
+            if ref is None:
+                continue
+            if functions.is_local(ref):
+                raise InvalidRequest(
+                    f"operator {op.name!r} uses a lambda or closure ({ref}); only module-level functions "
+                    "('package.module:function') can be shipped to workers")
+            if check_imports:
+                try:
+                    functions.resolve(ref)
+                except functions.FunctionReferenceError as exc:
+                    raise InvalidRequest(f"operator {op.name!r}: {exc}") from exc
+
+
+def with_unique_ids(job_graph, jobs, operator_ids):
+    """Give a resubmitted graph a fresh job id and operator ids.
+
+    Task ids derive from operator ids, and workers, the slot pool and results are
+    keyed by task id, so submitting one JobGraph (or JSON file) twice must not
+    let the two runs share ids. The copy differs only in those ids.
+    """
+    ids = list(job_graph.operators)
+    if job_graph.job_id not in jobs and not operator_ids.intersection(ids):
+        return job_graph
+    n = 2
+    while f"{job_graph.job_id}-{n}" in jobs or any(f"{o}-{n}" in operator_ids for o in ids):
+        n += 1
+    rename = {o: f"{o}-{n}" for o in ids}
+    data = job_graph.to_dict()
+    data["job_id"] = f"{job_graph.job_id}-{n}"
+    for op in data["operators"]:
+        op["operator_id"] = rename[op["operator_id"]]
+        op["upstream_ids"] = [rename[u] for u in op.get("upstream_ids") or []]
+        op["downstream_ids"] = [rename[d] for d in op.get("downstream_ids") or []]
+    for edge in data.get("edges") or []:
+        edge["upstream_id"] = rename[edge["upstream_id"]]
+        edge["downstream_id"] = rename[edge["downstream_id"]]
+    return JobGraph.from_dict(data)
+
+
+def validate(job_graph, check_imports=True):
+    """Refuse a job graph that does not validate or names functions the workers cannot use."""
+    try:
+        job_graph.validate()
+    except GraphValidationError as exc:
+        raise InvalidRequest(f"invalid job graph {getattr(job_graph, 'job_name', '?')!r}: {exc}") from exc
+    check_functions(job_graph, check_imports)

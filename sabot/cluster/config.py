@@ -1,0 +1,70 @@
+"""Settings of a :class:`~sabot.cluster.coordinator.ClusterCoordinator`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+__all__ = ["CoordinatorConfig"]
+
+
+@dataclass
+class CoordinatorConfig:
+    """Settings of a :class:`ClusterCoordinator`.
+
+    Attributes:
+        host: address to bind (anything but loopback requires ``token``).
+        port: port to bind; 0 picks a free one (see ``ClusterCoordinator.url``).
+        token: shared secret every request and worker must send as
+            ``Authorization: Bearer <token>``; None: no authentication (loopback only).
+        heartbeat_interval_s: how often workers send a heartbeat.
+        heartbeat_timeout_s: a worker silent for longer is declared lost.
+        slot_wait_timeout_s: how long a job may wait for free slots before it FAILS.
+        refuse_oversized: refuse at submit a job needing more slots than all
+            registered workers hold together (see the module docstring).
+        check_imports: import every operator's function reference at submit and
+            refuse the job (400) if it cannot be imported here. Turn off when
+            user code is installed only on the workers; a bad reference then
+            fails the job at deploy time, naming it.
+        request_timeout_s: bound on every request the coordinator makes to a worker
+            (deploy, control, cancel, publish, fetching a result).
+        checkpoint_dir: where checkpoints go (a directory or a pyarrow.fs URI) unless a
+            job's ``config["checkpoint_dir"]`` says otherwise; None: a temp directory
+            of this coordinator, deleted on stop.
+        checkpoint_timeout_s: a checkpoint not acknowledged by every task within this
+            time is aborted (a job's ``config["checkpoint_timeout_s"]`` overrides it).
+        checkpoint_retain: completed checkpoints kept per job.
+        restart_strategy: the restart strategy of jobs that name none (see
+            :mod:`sabot.cluster.restart`; None: 3 restarts, 100 ms apart).
+        restart_slot_wait_s: how long a restart waits for free slots (a replacement
+            worker may join) before the job FAILS; None: ``slot_wait_timeout_s``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    token: str = None
+    heartbeat_interval_s: float = 0.1
+    heartbeat_timeout_s: float = 0.5
+    slot_wait_timeout_s: float = 30.0
+    refuse_oversized: bool = True
+    check_imports: bool = True
+    request_timeout_s: float = 30.0
+    checkpoint_dir: str = None
+    checkpoint_timeout_s: float = 10.0
+    checkpoint_retain: int = 3
+    restart_strategy: dict = None
+    restart_slot_wait_s: float = None
+
+    @classmethod
+    def coerce(cls, config):
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, dict):
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(config) - known)
+            if unknown:
+                raise ValueError(f"unknown coordinator setting(s) {unknown}; known: {sorted(known)}")
+            return cls(**config)
+        raise TypeError(f"config must be a CoordinatorConfig, a dict or None, got {type(config).__name__}")

@@ -1,0 +1,149 @@
+"""A task's outputs: one :class:`OutputEdge` per downstream operator (Flink's RecordWriter
+with its ChannelSelector).
+
+Routing (partitioning a batch for every edge) runs on the task's thread pool; sending
+runs on the event loop and waits for credit, so a slow receiver slows the sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from sabot.runtime import events
+from sabot.runtime.partitioner import make_partitioner
+
+__all__ = ["OutputEdge", "Outputs"]
+
+
+class OutputEdge:
+    """One output edge: a partitioner in front of one channel per target subtask."""
+
+    def __init__(self, spec, channels):
+        self.spec = spec
+        self.channels = channels
+        self.partitioner = make_partitioner(
+            spec.partitioning, len(channels), key_columns=spec.key_by, max_parallelism=spec.max_parallelism,
+        )
+        if spec.assignment is not None:
+            self.partitioner.set_assignment(np.asarray(spec.assignment, dtype=np.int32))
+        # Unkeyed REBALANCE edges route each batch to the channel with the most credit:
+        # a slow receiver grants less, so it simply gets less (Flink's round robin
+        # would keep feeding it and stall everyone behind it).
+        self.by_credit = spec.partitioning == "rebalance" and len(channels) > 1
+        self._next = 0
+
+    @property
+    def downstream_operator_id(self) -> str:
+        return self.spec.downstream_operator_id
+
+    def pick_channel(self) -> int:
+        """The channel with the most credit; round robin among equals."""
+        n = len(self.channels)
+        start = self._next
+        best = max(range(n), key=lambda k: (self.channels[(start + k) % n].credit, -k))
+        index = (start + best) % n
+        self._next = (index + 1) % n
+        return index
+
+    @property
+    def backpressured_seconds(self) -> float:
+        return sum(ch.metrics.get("backpressured_seconds", 0.0) for ch in self.channels)
+
+
+class Outputs:
+    """Every output edge of a task, with the task's out-counters.
+
+    Args:
+        data_server: opens the sending ends.
+        metrics: the task's metrics dict (``rows_out`` / ``bytes_out`` are counted here).
+    """
+
+    def __init__(self, data_server, metrics):
+        self.data_server = data_server
+        self.metrics = metrics
+        self.edges: list[OutputEdge] = []
+        self._retired_backpressure = 0.0  # of edges a rescale replaced
+
+    async def _open(self, spec) -> OutputEdge:
+        channels = [await self.data_server.output_channel(t.channel_id, t.host, t.port) for t in spec.targets]
+        return OutputEdge(spec, channels)
+
+    async def open(self, specs) -> None:
+        for spec in specs:
+            self.edges.append(await self._open(spec))
+
+    def route(self, batches) -> list:
+        """Partition output batches for every edge (runs on the thread pool).
+
+        Returns ``[(edge index, channel index, batch)]``; credit-routed edges get channel
+        None here, the channel is picked at send time.
+        """
+        routed = []
+        for edge_index, edge in enumerate(self.edges):
+            for batch in batches:
+                if edge.by_credit:
+                    if batch.num_rows:
+                        routed.append((edge_index, None, batch))
+                    continue
+                for channel_index, part in edge.partitioner.route(batch):
+                    routed.append((edge_index, channel_index, part))
+        return routed
+
+    async def emit(self, routed) -> None:
+        metrics = self.metrics
+        for edge_index, channel_index, part in routed:
+            metrics["rows_out"] += part.num_rows
+            metrics["bytes_out"] += part.nbytes
+            edge = self.edges[edge_index]
+            if channel_index is None:
+                channel_index = edge.pick_channel()
+            await edge.channels[channel_index].send(part)
+
+    async def broadcast(self, event) -> None:
+        for edge in self.edges:
+            for ch in edge.channels:
+                await ch.send(event)
+
+    async def close(self, timeout=None) -> None:
+        """Close every channel (end of stream was sent before). With ``timeout``, each close
+        is bounded and errors are swallowed (cleanup after a failure: the peer may be gone)."""
+        for edge in self.edges:
+            for ch in edge.channels:
+                if timeout is None:
+                    await ch.close()
+                    continue
+                try:
+                    await asyncio.wait_for(ch.close(), timeout)
+                except Exception:  # noqa: BLE001 - best effort, the task already failed
+                    pass
+
+    async def switch(self, downstream_operator_id, spec, rescale_id) -> None:
+        """Route the edge to ``downstream_operator_id`` to the new tasks of a live rescale:
+        a rescale barrier and end of stream on every old channel, then the new channels."""
+        index = next((i for i, e in enumerate(self.edges) if e.downstream_operator_id == downstream_operator_id),
+                     None)
+        if index is None:
+            raise ValueError(f"no output to operator {downstream_operator_id!r}")
+        old = self.edges[index]
+        barrier = events.RescaleBarrier(rescale_id, downstream_operator_id, {})
+        self._retired_backpressure += old.backpressured_seconds
+        for ch in old.channels:
+            await ch.send(barrier)
+            await ch.send(events.EndOfStream())
+            await ch.close()
+        self.edges[index] = await self._open(spec)
+        self.metrics["rescales_routed"] = self.metrics.get("rescales_routed", 0) + 1
+
+    def key_group_counts(self) -> dict:
+        """Rows routed per key group on each keyed edge (auto-rebalance's load statistics)."""
+        return {e.downstream_operator_id: e.partitioner.key_group_counts.tolist()
+                for e in self.edges if e.spec.partitioning == "hash"}
+
+    @property
+    def backpressured_seconds(self) -> float:
+        return self._retired_backpressure + sum(e.backpressured_seconds for e in self.edges)
+
+    def clear(self) -> None:
+        self.edges = []
