@@ -83,7 +83,7 @@ def bench_updates(n_rows, n_keys, repeat, string_keys=False):
     ref = run_arrow().sort_by("k")
     assert ours.column("key").equals(ref.column("k"))
     assert ours.column("count").equals(ref.column("v_count"))
-    assert np.allclose(ours.column("sum_v").to_numpy(), ref.column("v_sum").to_numpy())
+    assert np.allclose(ours.column("v_sum").to_numpy(), ref.column("v_sum").to_numpy())
     kind = "string" if string_keys else "int64"
     print(f"update count+sum, {kind} keys, {n_rows:,} rows / {n_keys:,} keys, batches of {BATCH:,}:")
     print(f"  KeyedAggregateTable     {t_state * 1e3:8.1f} ms   {n_rows / t_state / 1e6:7.1f} M rows/s")

@@ -31,7 +31,8 @@ import pyarrow.compute as pc
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 import sabot._core.partition  # noqa: E402,F401  (loads the compiled module before the operators)
 from sabot.runtime import generators  # noqa: E402
-from sabot.runtime.operators.base import TaskContext, encode_table  # noqa: E402
+from sabot.execution.operator_spec import encode_table  # noqa: E402
+from sabot.runtime.operators.base import TaskContext  # noqa: E402
 from sabot.runtime.operators.join import LookupJoin  # noqa: E402
 from sabot.runtime.operators.window import WindowOperator  # noqa: E402
 

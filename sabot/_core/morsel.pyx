@@ -237,7 +237,7 @@ cdef class MorselScheduler:
         return out
 
     def partition_ids(self, data, key_columns, num_partitions=None, *, assignment=None,
-                      max_parallelism=128, morsel_rows=DEFAULT_MORSEL_ROWS):
+                      max_parallelism=_partition.DEFAULT_MAX_PARALLELISM, morsel_rows=DEFAULT_MORSEL_ROWS):
         """``partition.partition_ids`` on the scheduler's threads: (uint16 partition id
         per row, int64 rows per key group). Each thread counts into its own row of
         key-group counts, summed at the end."""

@@ -10,6 +10,8 @@ from sabot.errors import StateInputError as StateInputError, UnsupportedStateTyp
 
 AGGREGATE_FUNCTIONS: Tuple[str, ...]
 
+def aggregate_output_name(column: Optional[str], fn: str) -> str: ...
+
 
 _ArrayLike = Union[pa.Array, pa.ChunkedArray, np.ndarray]
 _Values = Union[Mapping[str, _ArrayLike], pa.RecordBatch, pa.Table]

@@ -42,12 +42,22 @@ __all__ = [
     "unpack_keys",
     "check_key_types",
     "AGGREGATE_FUNCTIONS",
+    "aggregate_output_name",
     "StateInputError",
     "UnsupportedStateType",
 ]
 
 #: Aggregate functions a table can keep.
 AGGREGATE_FUNCTIONS = ("count", "sum", "min", "max", "mean")
+
+
+def aggregate_output_name(column, fn):
+    """The result column of one aggregate: ``"<column>_<fn>"``, ``"count"`` for count(*).
+
+    The one naming rule of Sabot's aggregates (the Stream API, the runtime operators and
+    this table all use it, through ``sabot.execution.operator_spec``).
+    """
+    return "count" if column is None or column == "*" else f"{column}_{fn}"
 
 
 # Fibonacci hashing: the top bits of hash * 2^64/phi depend on every bit of the hash.
@@ -268,7 +278,7 @@ def _normalise_aggregates(aggregates):
             col = None
         elif not isinstance(col, str):
             raise StateInputError(f"aggregate column names must be str, got {col!r}")
-        name = "count" if col is None else f"{fn}_{col}"
+        name = aggregate_output_name(col, fn)
         if name in names:
             raise StateInputError(f"aggregate {name!r} is listed twice in {aggregates!r}")
         names.add(name)
@@ -415,7 +425,7 @@ cdef class KeyedAggregateTable:
         >>> keys = pa.array([1, 2, 1]); h = np.array([11, 22, 11], dtype=np.uint64)
         >>> t.update(keys, h, (h % 128).astype(np.int32), {"v": pa.array([1.0, 2.0, 3.0])})
         >>> t.result().to_pydict()
-        {'key': [1, 2], 'count': [2, 1], 'sum_v': [4.0, 2.0]}
+        {'key': [1, 2], 'count': [2, 1], 'v_sum': [4.0, 2.0]}
     """
 
     def __cinit__(self):
@@ -1017,7 +1027,8 @@ cdef class KeyedAggregateTable:
 
         Returns:
             Table with the key column (``key_name``) and one column per aggregate:
-            ``count`` for the row count, ``f"{function}_{column}"`` otherwise.
+            one per aggregate named by :func:`aggregate_output_name` (``"<column>_<fn>"``,
+            ``count`` for the row count).
         """
         cdef _ColumnState cs
         idx = self._group_index(groups)
@@ -1028,7 +1039,7 @@ cdef class KeyedAggregateTable:
                 names.append("count")
                 cols.append(pa.array(self._take(self._rows_arr, idx), type=pa.int64()))
                 continue
-            names.append(f"{fn}_{col}")
+            names.append(aggregate_output_name(col, fn))
             cs = self._column_index[col]
             if cs.cnt_arr is None:  # never saw a value: counts 0, everything else null
                 m = self.num_keys if idx is None else len(idx)

@@ -13,9 +13,11 @@ Example:
     >>> result.table().sort_by("key").to_pydict()
     {'key': [1, 2], 'value_count': [1, 1], 'value_sum': [0.7, 0.9]}
 
-Every method returns a new Stream; nothing runs until ``run()`` (in this
-process) or until the JobGraph from ``to_job_graph()`` is submitted to a
-cluster. Functions are passed as callables or ``"package.module:function"``
+Every transformation returns a new Stream (``parallelism()``, ``name()`` and
+``with_watermarks()`` configure the operator the stream comes from and return the
+same stream); streams derived from one source share one plan. Nothing runs until
+``run()`` (in this process) or until the JobGraph from ``to_job_graph()`` is
+submitted to a cluster. Functions are passed as callables or ``"package.module:function"``
 strings; lambdas and closures work for ``run()`` but cannot be shipped to
 worker processes (``to_job_graph(shippable=True)`` says which operator).
 """
@@ -30,11 +32,16 @@ from sabot.errors import GraphValidationError, UnsupportedStateType
 from sabot.execution.job_graph import JobGraph, OperatorType, StreamOperatorNode
 from sabot.runtime import functions
 from sabot.runtime.embedded import run_coroutine, run_job_graph_async
-from sabot.runtime.operators.aggregate import check_key_fields
-from sabot.runtime.operators.base import encode_schema, encode_table
-from sabot.runtime.operators.transforms import encode_expression
+from sabot.execution.operator_spec import (
+    aggregate_output_name,
+    aggregate_output_schema,
+    check_key_fields,
+    encode_expression,
+    encode_schema,
+    encode_table,
+    normalise_aggregates,
+)
 
-AGG_FUNCTIONS = ("count", "sum", "min", "max", "mean")
 _names = itertools.count()
 
 
@@ -63,39 +70,6 @@ def _columns_error(what, missing, schema):
     return GraphValidationError(
         f"{what}: column(s) {missing} not found; available columns: {schema.names}"
     )
-
-
-def _aggregate_specs(aggregates):
-    """Normalise {"col": "fn" | ["fn", ...]} or [("col", "fn"), ...] to [[col, fn], ...]."""
-    if isinstance(aggregates, dict):
-        items = []
-        for col, fns in aggregates.items():
-            for fn in [fns] if isinstance(fns, str) else fns:
-                items.append([col, fn])
-    else:
-        items = [list(x) for x in aggregates]
-    if not items:
-        raise ValueError("aggregate needs at least one (column, function) pair")
-    for col, fn in items:
-        if fn not in AGG_FUNCTIONS:
-            raise ValueError(f"unknown aggregate function {fn!r} for column {col!r}; expected one of {AGG_FUNCTIONS}")
-    return items
-
-
-def _aggregate_output_schema(schema, keys, specs):
-    if schema is None:
-        return None
-    fields = [schema.field(k) for k in keys]
-    for col, fn in specs:
-        name = "count" if col == "*" else f"{col}_{fn}"
-        if fn == "count":
-            fields.append(pa.field(name, pa.int64()))
-        elif fn == "mean":
-            fields.append(pa.field(name, pa.float64()))
-        else:
-            t = schema.field(col).type
-            fields.append(pa.field(name, pa.float64() if pa.types.is_floating(t) else pa.int64() if fn == "sum" else t))
-    return pa.schema(fields)
 
 
 class Stream:
@@ -216,9 +190,6 @@ class Stream:
         plan.add(node, [s._node.operator_id for s in ups])
         return Stream(plan, node, schema)
 
-    def _consume_key_by(self):
-        return self._key_by
-
     def _check_columns(self, names, what):
         if self.schema is None:
             return
@@ -240,7 +211,7 @@ class Stream:
 
     def filter(self, predicate, *, name=None):
         """Keep rows where ``predicate`` holds: a pyarrow Expression, or ``fn(batch) -> bool mask``."""
-        key_by = self._consume_key_by()
+        key_by = self._key_by
         if isinstance(predicate, pc.Expression):
             return self._then(OperatorType.FILTER, name, self.schema, key_by=key_by,
                               parameters={"expression": encode_expression(predicate)})
@@ -250,13 +221,13 @@ class Stream:
     def map(self, function, *, schema=None, name=None):
         """``function(batch) -> batch``; declare ``schema`` to let later steps check columns."""
         params = {"schema": encode_schema(schema)} if schema is not None else {}
-        return self._then(OperatorType.MAP, name, schema, key_by=self._consume_key_by(),
+        return self._then(OperatorType.MAP, name, schema, key_by=self._key_by,
                           function=functions.reference_of(function), parameters=params)
 
     def flat_map(self, function, *, schema=None, name=None):
         """``function(batch) -> iterable of batches`` (or None)."""
         params = {"schema": encode_schema(schema)} if schema is not None else {}
-        return self._then(OperatorType.FLAT_MAP, name, schema, key_by=self._consume_key_by(),
+        return self._then(OperatorType.FLAT_MAP, name, schema, key_by=self._key_by,
                           function=functions.reference_of(function), parameters=params)
 
     def select(self, *columns, name=None):
@@ -269,7 +240,7 @@ class Stream:
         if self.schema is not None:
             schema = pa.schema([self.schema.field(c).with_name(n) for c, n in renames.items()])
         params = {"columns": renames if isinstance(columns, dict) else list(columns)}
-        return self._then(OperatorType.SELECT, name, schema, key_by=self._consume_key_by(), parameters=params)
+        return self._then(OperatorType.SELECT, name, schema, key_by=self._key_by, parameters=params)
 
     def union(self, *others, name=None):
         """Merge this stream with others of the same schema."""
@@ -308,7 +279,7 @@ class Stream:
             >>> Stream.from_table(t).key_by("region", "day").aggregate({"amount": ["sum"]})  # doctest: +SKIP
         """
         keys = self._keys("aggregate")
-        specs = _aggregate_specs(aggregates)
+        specs = normalise_aggregates(aggregates)
         self._check_columns([c for c, _ in specs if c != "*"], "aggregate")
         if emit not in ("final", "updates"):
             raise ValueError(f"emit must be 'final' or 'updates', got {emit!r}")
@@ -318,8 +289,8 @@ class Stream:
             except UnsupportedStateType as exc:
                 raise GraphValidationError(str(exc)) from None
         # output: the key columns (names and types as in the input), then the aggregates
-        schema = _aggregate_output_schema(self.schema, keys, specs)
-        names = list(keys) + ["count" if c == "*" else f"{c}_{fn}" for c, fn in specs]
+        schema = aggregate_output_schema(self.schema, keys, specs)
+        names = list(keys) + [aggregate_output_name(c, fn) for c, fn in specs]
         clash = sorted({n for n in names if names.count(n) > 1})
         if clash:
             raise GraphValidationError(
@@ -333,13 +304,13 @@ class Stream:
     def window(self, size, aggregates, *, slide=None, time_column=None, name=None):
         """Keyed event-time tumbling (or sliding, with ``slide``) window aggregates."""
         keys = self._keys("window")
-        specs = _aggregate_specs(aggregates)
+        specs = normalise_aggregates(aggregates)
         time_column = time_column or self._event_time_column()
         if time_column is None:
             raise GraphValidationError("window needs time_column= (or a source with_watermarks)")
         self._check_columns([time_column] + [c for c, _ in specs if c != "*"], "window")
         schema = None
-        base = _aggregate_output_schema(self.schema, keys, specs)
+        base = aggregate_output_schema(self.schema, keys, specs)
         if base is not None:
             ts_type = self.schema.field(time_column).type
             schema = pa.schema(list(base)[: len(keys)] + [pa.field("window_start", ts_type),
@@ -379,7 +350,7 @@ class Stream:
             extra = [f for f in table.schema if f.name not in right_on]
             schema = pa.schema(list(self.schema) + extra)
         params = {"table": encode_table(table), "on": on, "right_on": right_on, "how": how}
-        return self._then(OperatorType.JOIN, name, schema, key_by=self._consume_key_by(), parameters=params)
+        return self._then(OperatorType.JOIN, name, schema, key_by=self._key_by, parameters=params)
 
     # -- sinks -------------------------------------------------------------------------
 

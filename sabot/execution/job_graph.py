@@ -36,12 +36,11 @@ import numpy as np
 from sabot._core import graph as _graph
 from sabot.errors import CycleError, GraphValidationError
 from sabot.execution.execution_graph import ExecutionGraph, Partitioning
+# Flink's default and bound for max_parallelism (number of key groups): the kernels' own
+from sabot.execution.operator_spec import DEFAULT_MAX_PARALLELISM, MAX_MAX_PARALLELISM
 
 log = logging.getLogger(__name__)
 
-#: Flink's default and upper bound for max_parallelism (number of key groups).
-DEFAULT_MAX_PARALLELISM = 128
-MAX_MAX_PARALLELISM = 32768
 
 
 class OperatorType(str, Enum):

@@ -49,6 +49,7 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
 from sabot.errors import SabotError
+from sabot.execution.operator_spec import MAX_MAX_PARALLELISM
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,6 @@ METADATA_FILE = "_metadata.json"
 FORMAT = "sabot-checkpoint"
 FORMAT_VERSION = 1
 KEY_GROUP_COLUMN = "_key_group"
-MAX_MAX_PARALLELISM = 32768  # same bound as sabot._core.partition
 _CHK_PREFIX = "chk-"
 _BYTES_TAG = "__sabot_bytes_b64__"
 

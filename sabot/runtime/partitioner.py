@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 import sabot._core.partition as _partition
+from sabot.execution.operator_spec import DEFAULT_MAX_PARALLELISM
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class HashPartitioner(Partitioner):
         >>> for channel, part in hp.route(batch): ...  # doctest: +SKIP
     """
 
-    def __init__(self, key_columns, num_partitions, max_parallelism=128, assignment=None):
+    def __init__(self, key_columns, num_partitions, max_parallelism=DEFAULT_MAX_PARALLELISM, assignment=None):
         if isinstance(key_columns, str):
             key_columns = [key_columns]
         if key_columns is None or not list(key_columns):
@@ -209,7 +210,7 @@ class HashPartitioner(Partitioner):
                 f"assignment={'custom' if self.assignment is not None else 'ranges'})")
 
 
-def make_partitioner(partitioning, num_partitions, key_columns=None, max_parallelism=128):
+def make_partitioner(partitioning, num_partitions, key_columns=None, max_parallelism=DEFAULT_MAX_PARALLELISM):
     """Partitioner for an edge partitioning name.
 
     Args:

@@ -61,7 +61,7 @@ def arrow_reference(keys, values, aggs=ALL_AGGS):
         spec.append(([], "count_all") if col is None else (col, fn))
     res = t.group_by("k", use_threads=False).aggregate(spec).to_pydict()
     out = {}
-    names = ["count" if col is None else f"{fn}_{col}" for col, fn in aggs]
+    names = ["count" if col is None else f"{col}_{fn}" for col, fn in aggs]
     arrow_names = ["count_all" if col is None else f"{col}_{fn}" for col, fn in aggs]
     for i, k in enumerate(res["k"]):
         out[k] = {n: res[a][i] for n, a in zip(names, arrow_names)}
@@ -130,9 +130,9 @@ def test_integer_values_keep_int64_state():
     t = KeyedAggregateTable(pa.int64(), ALL_AGGS, MAXP)
     feed(t, keys, values, 333)
     res = t.result()
-    assert res.schema.field("sum_v").type == pa.int64()
-    assert res.schema.field("min_v").type == pa.int64()
-    assert res.schema.field("mean_v").type == pa.float64()
+    assert res.schema.field("v_sum").type == pa.int64()
+    assert res.schema.field("v_min").type == pa.int64()
+    assert res.schema.field("v_mean").type == pa.float64()
     assert_same(table_as_dict(res), arrow_reference(keys, values))
 
 
@@ -276,13 +276,13 @@ def test_multiple_value_columns_from_record_batch():
     ref = pa.Table.from_batches([batch]).group_by("k").aggregate(
         [("a", "mean"), ("b", "sum"), ("b", "min"), ("k", "count"), ("a", "max")]).sort_by("k")
     res = t.result().sort_by("k")
-    assert res.column_names == ["k", "mean_a", "sum_b", "min_b", "count", "max_a"]
+    assert res.column_names == ["k", "a_mean", "b_sum", "b_min", "count", "a_max"]
     assert res.column("k").equals(ref.column("k"))
-    assert np.allclose(res.column("mean_a").to_numpy(), ref.column("a_mean").to_numpy())
-    assert res.column("sum_b").equals(ref.column("b_sum"))
-    assert res.column("min_b").to_pylist() == ref.column("b_min").to_pylist()
+    assert np.allclose(res.column("a_mean").to_numpy(), ref.column("a_mean").to_numpy())
+    assert res.column("b_sum").equals(ref.column("b_sum"))
+    assert res.column("b_min").to_pylist() == ref.column("b_min").to_pylist()
     assert res.column("count").equals(ref.column("k_count"))
-    assert res.column("max_a").equals(ref.column("a_max"))
+    assert res.column("a_max").equals(ref.column("a_max"))
 
 
 def test_numpy_inputs_and_return_groups_feed_result():
@@ -296,7 +296,7 @@ def test_numpy_inputs_and_return_groups_feed_result():
     assert t.result(g).column("key").to_pylist() == keys.tolist()
     g2 = t.update(keys[:2], h[:2], groups_of(h[:2]), {"v": vals[:2]}, return_groups=True)
     upd = t.result(np.unique(g2))
-    assert table_as_dict(upd) == {10: {"count": 4, "sum_v": 11.0}, 20: {"count": 3, "sum_v": 9.0}}
+    assert table_as_dict(upd) == {10: {"count": 4, "v_sum": 11.0}, 20: {"count": 3, "v_sum": 9.0}}
 
 
 @settings(max_examples=60, deadline=None)
@@ -324,11 +324,11 @@ def test_hypothesis_against_pure_python(rows, cuts, bad_hash):
         if v is not None:
             w["vals"].append(v)
     expected = {
-        k: {"count": w["rows"], "count_v": len(w["vals"]),
-            "sum_v": sum(w["vals"]) if w["vals"] else None,
-            "min_v": min(w["vals"]) if w["vals"] else None,
-            "max_v": max(w["vals"]) if w["vals"] else None,
-            "mean_v": sum(w["vals"]) / len(w["vals"]) if w["vals"] else None}
+        k: {"count": w["rows"], "v_count": len(w["vals"]),
+            "v_sum": sum(w["vals"]) if w["vals"] else None,
+            "v_min": min(w["vals"]) if w["vals"] else None,
+            "v_max": max(w["vals"]) if w["vals"] else None,
+            "v_mean": sum(w["vals"]) / len(w["vals"]) if w["vals"] else None}
         for k, w in want.items()
     }
     assert_same(table_as_dict(t.result()), expected)
@@ -504,7 +504,7 @@ def test_errors_name_what_was_wrong():
     assert issubclass(StateInputError, (SabotError, ValueError))
     assert issubclass(UnsupportedStateType, TypeError)
     # after all those rejected calls, the table still holds exactly the accepted update
-    assert table_as_dict(t.result()) == {1: {"sum_v": 1}, 2: {"sum_v": 2}, 3: {"sum_v": 3}}
+    assert table_as_dict(t.result()) == {1: {"v_sum": 1}, 2: {"v_sum": 2}, 3: {"v_sum": 3}}
 
 
 def test_integer_state_survives_snapshot_into_fresh_table():
@@ -515,7 +515,7 @@ def test_integer_state_survives_snapshot_into_fresh_table():
     fresh = KeyedAggregateTable(pa.int64(), ALL_AGGS, MAXP)
     for part in (t.snapshot((64, MAXP)), t.snapshot((0, 64))):
         fresh.merge(part)
-    assert fresh.result().schema.field("sum_v").type == pa.int64()
+    assert fresh.result().schema.field("v_sum").type == pa.int64()
     assert_same(table_as_dict(fresh.result()), arrow_reference(keys, values))
     # a float batch can no longer go into the integer state restored from the snapshot
     h = np.array([1], dtype=np.uint64)
@@ -530,7 +530,7 @@ def test_value_types_declared_up_front_and_empty_table_snapshot():
     assert snap.num_rows == 0 and snap.schema.field("_sum_v").type == pa.float64()
     h = np.array([3, 4], dtype=np.uint64)
     t.update(pa.array([1, 2]), h, groups_of(h), {"v": pa.array([2, 5], pa.int8())})
-    assert t.result().to_pydict() == {"key": [1, 2], "sum_v": [2.0, 5.0], "min_v": [2.0, 5.0]}
+    assert t.result().to_pydict() == {"key": [1, 2], "v_sum": [2.0, 5.0], "v_min": [2.0, 5.0]}
     with pytest.raises(StateInputError, match="no aggregate uses"):
         KeyedAggregateTable(pa.int64(), [("v", "sum")], value_types={"w": pa.int64()})
 
@@ -741,11 +741,11 @@ def test_packed_keys_in_the_table_match_group_by_and_survive_split_and_merge():
 
     def as_table(res):
         keys = unpack_keys(res["packed"], [pa.int64(), pa.large_string(), pa.date32()])
-        return pa.table(dict(zip(["a", "b", "c"], keys))).append_column("sum_v", res["sum_v"]).append_column(
-            "count", res["count"]).append_column("max_v", res["max_v"])
+        return pa.table(dict(zip(["a", "b", "c"], keys))).append_column("v_sum", res["v_sum"]).append_column(
+            "count", res["count"]).append_column("v_max", res["v_max"])
 
     ref = src.group_by(["a", "b", "c"], use_threads=False).aggregate(
-        [("v", "sum"), ([], "count_all"), ("v", "max")]).rename_columns(["a", "b", "c", "sum_v", "count", "max_v"])
+        [("v", "sum"), ([], "count_all"), ("v", "max")]).rename_columns(["a", "b", "c", "v_sum", "count", "v_max"])
     from sabot.testing import assert_tables_equal
 
     assert_tables_equal(as_table(t.result()), ref, sort_by=["a", "b", "c"])

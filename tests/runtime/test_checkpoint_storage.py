@@ -147,7 +147,7 @@ def test_restore_at_different_parallelism_2_to_3(storage_factory):
         t = KeyedAggregateTable(pa.int64(), [(None, "count"), ("v", "sum")], MAXP)
         t.restore(part)
         res = t.result().to_pydict()
-        assert {k: ref[k] for k in got} == dict(zip(res["key"], zip(res["count"], res["sum_v"])))
+        assert {k: ref[k] for k in got} == dict(zip(res["key"], zip(res["count"], res["v_sum"])))
     assert union == ref
 
 

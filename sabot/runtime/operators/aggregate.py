@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from sabot._core import partition
-from sabot._core.state import KeyedAggregateTable, check_key_types, pack_keys, unpack_keys
+from sabot._core.state import KeyedAggregateTable, pack_keys, unpack_keys
 from sabot.errors import OperatorError, UnsupportedStateType
-from sabot.runtime.operators.base import Operator, decode_schema, encode_schema, register
+from sabot.execution.operator_spec import aggregate_output_name, check_key_fields, decode_schema, encode_schema
+from sabot.runtime.operators.base import Operator, register
 from sabot.runtime.operators.transforms import check_columns
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,6 @@ PACKED_KEY = "_packed_key"
 #: Schema metadata of a packed snapshot: the key columns' fields (names and types),
 #: so a restored operator can unpack keys before it sees any input.
 KEY_SCHEMA_METADATA = b"sabot.packed_key_schema"
-
-
-def output_name(column, fn):
-    """Result column of one aggregate: ``"<column>_<fn>"``, ``"count"`` for count(*)."""
-    return "count" if column in (None, "*") else f"{column}_{fn}"
 
 
 def _native_key_type(t):
@@ -59,20 +55,6 @@ def _key_class(t):
     return t
 
 
-def check_key_fields(fields, what="aggregate"):
-    """Raise UnsupportedStateType unless the fields can key a running aggregate.
-
-    Args:
-        fields: the key columns' ``pa.Field`` objects, in key order.
-        what: the operator, for the message.
-    """
-    fields = list(fields)
-    try:
-        check_key_types([f.type for f in fields], [f.name for f in fields])
-    except UnsupportedStateType as exc:
-        raise UnsupportedStateType(f"{what}: {exc}") from None
-
-
 @register("aggregate")
 class KeyedAggregate(Operator):
     """count / sum / min / max / mean per key, state held per key group.
@@ -97,9 +79,7 @@ class KeyedAggregate(Operator):
         self.packed = None        # decided by the first batch or restored snapshot
         self.key_fields = None    # packed mode: the key columns' fields (output names/types)
         self.checked_schema = None
-        # The table names results "<fn>_<col>"; the API promises "<col>_<fn>".
-        self.renames = {f"{fn}_{c}": output_name(c, fn) for c, fn in self.specs if c}
-        self.value_names = [output_name(c, fn) for c, fn in self.specs]
+        self.value_names = [aggregate_output_name(c, fn) for c, fn in self.specs]
 
     def _error(self, message):
         return OperatorError(f"aggregate {self.ctx.operator_name!r}: {message}")
@@ -137,8 +117,7 @@ class KeyedAggregate(Operator):
 
     def _output(self, table):
         if not self.packed:
-            names = [self.renames.get(n, n) for n in table.column_names]
-            return table.rename_columns(names).select([self.keys[0]] + self.value_names)
+            return table.select([self.keys[0]] + self.value_names)
         if self.key_fields is None:
             raise self._error(
                 "restored keyed state has no key schema (snapshot metadata "
@@ -146,8 +125,7 @@ class KeyedAggregate(Operator):
                 "give the key column types"
             )
         key_cols = unpack_keys(table.column(PACKED_KEY), [f.type for f in self.key_fields])
-        names = [self.renames.get(n, n) for n in table.column_names]
-        values = table.rename_columns(names)
+        values = table
         fields = [pa.field(f.name, f.type) for f in self.key_fields]
         cols = key_cols + [values.column(n) for n in self.value_names]
         fields += [values.schema.field(n) for n in self.value_names]
@@ -229,4 +207,4 @@ class KeyedAggregate(Operator):
                 )
 
 
-__all__ = ["KeyedAggregate", "output_name", "check_key_fields", "PACKED_KEY", "KEY_SCHEMA_METADATA"]
+__all__ = ["KeyedAggregate", "PACKED_KEY", "KEY_SCHEMA_METADATA"]

@@ -7,7 +7,6 @@ task's event-time clock advances, ``finish`` when every input has ended, and
 possibly empty). Sources instead yield batches from ``read``.
 """
 
-import base64
 import traceback
 from dataclasses import dataclass, field
 
@@ -245,28 +244,3 @@ def create_operator(ctx: TaskContext) -> Operator:
             + (f" with kind {kind!r}; known kinds: {', '.join(kinds)}" if kinds else "")
         )
     return cls(ctx)
-
-
-# -- inline Arrow data in JSON parameters -----------------------------------------
-
-
-def encode_table(table) -> str:
-    """Arrow IPC stream, base64: how small in-memory tables travel inside a JobGraph."""
-    if isinstance(table, pa.RecordBatch):
-        table = pa.Table.from_batches([table])
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return base64.b64encode(sink.getvalue().to_pybytes()).decode("ascii")
-
-
-def decode_table(data: str) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(base64.b64decode(data))).read_all()
-
-
-def encode_schema(schema: pa.Schema) -> str:
-    return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
-
-
-def decode_schema(data: str) -> pa.Schema:
-    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data)))

@@ -28,7 +28,8 @@ import pyarrow.compute as pc
 
 import sabot._core.partition as _partition
 from sabot.errors import OperatorError
-from sabot.runtime.operators.base import Operator, decode_table, register
+from sabot.execution.operator_spec import decode_table
+from sabot.runtime.operators.base import Operator, register
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,8 @@ import pyarrow.dataset as ds
 
 from sabot.errors import OperatorError
 from sabot.runtime import functions
-from sabot.runtime.operators.base import SourceOperator, decode_table, register
+from sabot.execution.operator_spec import decode_table
+from sabot.runtime.operators.base import SourceOperator, register
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +258,7 @@ class TableSource(_CountingSource):
         if not isinstance(data, str):
             raise OperatorError(
                 f"source {ctx.operator_name!r}: parameter 'data' must be base64 Arrow IPC "
-                f"(sabot.runtime.operators.base.encode_table), got {type(data).__name__}"
+                f"(sabot.execution.operator_spec.encode_table), got {type(data).__name__}"
             )
         try:
             self.table = decode_table(data)

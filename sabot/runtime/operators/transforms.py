@@ -7,15 +7,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sabot.errors import OperatorError
-from sabot.runtime.operators.base import Operator, decode_schema, register
-
-
-def encode_expression(expr: pc.Expression) -> str:
-    return base64.b64encode(pickle.dumps(expr)).decode("ascii")
-
-
-def decode_expression(data: str) -> pc.Expression:
-    return pickle.loads(base64.b64decode(data))
+from sabot.execution.operator_spec import decode_expression, decode_schema
+from sabot.runtime.operators.base import Operator, register
 
 
 def check_columns(ctx, schema, names, what):

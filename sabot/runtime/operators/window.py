@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 
 from sabot._core import partition
 from sabot.errors import OperatorError
+from sabot.execution.operator_spec import aggregate_output_name
 from sabot.runtime.operators.base import Operator, register
 
 log = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ class WindowOperator(Operator):
         arrays += [start, end]
         names += ["window_start", "window_end"]
         for column, fn in self.aggregates:
-            names.append("count" if column == "*" else f"{column}_{fn}")
+            names.append(aggregate_output_name(column, fn))
             arrays.append(self._final(fired, column, fn))
         table = pa.Table.from_arrays(arrays, names=names).combine_chunks()
         return [b for b in table.to_batches() if b.num_rows]

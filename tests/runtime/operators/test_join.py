@@ -5,7 +5,8 @@ import pyarrow as pa
 import pytest
 
 from sabot.errors import OperatorError
-from sabot.runtime.operators.base import TaskContext, create_operator, encode_table
+from sabot.execution.operator_spec import encode_table
+from sabot.runtime.operators.base import TaskContext, create_operator
 from sabot.runtime.operators.join import LookupJoin
 
 

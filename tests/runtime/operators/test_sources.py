@@ -11,7 +11,8 @@ import pytest
 
 from sabot.errors import OperatorError
 from sabot.runtime import functions, generators
-from sabot.runtime.operators.base import TaskContext, create_operator, encode_table
+from sabot.execution.operator_spec import encode_table
+from sabot.runtime.operators.base import TaskContext, create_operator
 from sabot.runtime.operators.sources import DatasetSource, GeneratorSource, TableSource
 
 
