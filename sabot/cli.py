@@ -97,11 +97,9 @@ def _find_job(module, module_name):
     graphs = {k: v for k, v in vars(module).items() if isinstance(v, JobGraph)}
     if len(graphs) == 1:
         return next(iter(graphs.values()))
-    try:
-        from sabot.api.stream import StreamSink
-    except ImportError:  # pragma: no cover
-        StreamSink = ()
-    sinks = {k: v for k, v in vars(module).items() if StreamSink and isinstance(v, StreamSink)}
+    from sabot.api.stream import StreamSink
+
+    sinks = {k: v for k, v in vars(module).items() if isinstance(v, StreamSink)}
     if not graphs and len(sinks) == 1:
         return next(iter(sinks.values()))
     found = sorted(graphs) or sorted(sinks)
