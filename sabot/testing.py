@@ -246,6 +246,8 @@ class TestingWorkerGateway(WorkerGateway):
         results: ``{task_id: pyarrow.Table}`` a collect sink returns.
         refuse_deploy: ``{node_id: exception}`` to raise on a deployment there.
         control_replies: ``{task_id: reply}`` answered to a control message (e.g. a source pause).
+        on_deploy: callbacks ``fn(node_id, tdd)`` for every task deployed (a fake worker
+            starting it).
     """
 
     __test__ = False  # not a pytest test class
@@ -260,6 +262,7 @@ class TestingWorkerGateway(WorkerGateway):
         self.results = {}
         self.refuse_deploy = {}
         self.control_replies = {}
+        self.on_deploy = []
 
     def _check(self, node_id):
         if node_id not in self.connected:
@@ -270,6 +273,9 @@ class TestingWorkerGateway(WorkerGateway):
         if node_id in self.refuse_deploy:
             raise self.refuse_deploy[node_id]
         self.deployed += [(node_id, t) for t in tdds]
+        for tdd in tdds:
+            for callback in self.on_deploy:
+                callback(node_id, tdd)
 
     async def control(self, node_id, message):
         self._check(node_id)
@@ -309,7 +315,8 @@ class TestingCluster:
     """A coordinator with fake workers on a :class:`ManualClock`: the test plays the workers.
 
     Every step is deterministic: no sockets, no processes, no threads (storage I/O runs
-    inline), and time moves only with :meth:`advance`.
+    inline), and time moves only with :meth:`advance`. With ``auto_run`` (the default) a
+    deployed task reports RUNNING right after its deployment, as a worker's task does.
 
     Example:
         >>> async def scenario():                                  # doctest: +SKIP
@@ -323,7 +330,7 @@ class TestingCluster:
 
     __test__ = False
 
-    def __init__(self, config=None, **settings):
+    def __init__(self, config=None, *, auto_run=True, **settings):
         async def inline(fn, *args, **kwargs):
             return fn(*args, **kwargs)
 
@@ -331,6 +338,17 @@ class TestingCluster:
         self.gateway = TestingWorkerGateway()
         self.coordinator = ClusterCoordinator(dict(config or {}, **settings), clock=self.clock,
                                               gateway=self.gateway, run_io=inline)
+        if auto_run:
+            self.gateway.on_deploy.append(self._start_task)
+
+    def _start_task(self, node_id, tdd):
+        def report():
+            job = self.coordinator.jobs.get(tdd.job_id)
+            task = job.exec_graph.tasks.get(tdd.task_id) if job is not None else None
+            if task is not None and task.attempt == tdd.attempt and task.state.value == "DEPLOYING":
+                self.report(tdd.job_id, tdd.task_id, "RUNNING", node_id=node_id)
+
+        asyncio.get_running_loop().call_soon(report)
 
     async def __aenter__(self):
         await self.coordinator.start(serve_http=False)

@@ -125,7 +125,7 @@ class ClusterCoordinator(WorkerListener):
             spawn=self._spawn,
             slot_wait_s=self.config.slot_wait_timeout_s if restart_wait is None else restart_wait,
             heartbeat_timeout_s=self.config.heartbeat_timeout_s, fail_job=self._fail_job,
-            set_running=self._set_running, abort_rescale=lambda job, reason: self.rescaler.abort(job, reason))
+            set_running=self._maybe_running, abort_rescale=lambda job, reason: self.rescaler.abort(job, reason))
         self.rescaler = Rescaler(get_job=self.get_job, placer=self.placer, deployer=self.deployer,
                                  gateway=self.gateway, clock=self.clock, spawn=self._spawn,
                                  on_failure=self.failover.on_failure, fail_job=self._fail_job)
@@ -314,13 +314,12 @@ class ClusterCoordinator(WorkerListener):
         elif state == TaskState.CANCELED and moves[0] == TaskState.CANCELING:
             self.failover.on_failure(job, f"job {job.job_id}: task {task.task_id} was canceled on worker {node_id} "
                                           "without the coordinator asking", [task.task_id])
-        elif state == TaskState.FINISHED and not job.finishing and all(
-                t.state == TaskState.FINISHED for t in job.exec_graph.tasks.values()):
-            job.finishing = True
-            self._spawn(self._finish_job(job))
-        elif state == TaskState.RUNNING and job.state == JobState.DEPLOYING and all(
-                t.state in (TaskState.RUNNING, TaskState.FINISHED) for t in job.exec_graph.tasks.values()):
-            self._set_running(job)
+        elif state in (TaskState.RUNNING, TaskState.FINISHED):
+            self._maybe_running(job)
+            if state == TaskState.FINISHED and not job.finishing and all(
+                    t.state == TaskState.FINISHED for t in job.exec_graph.tasks.values()):
+                job.finishing = True
+                self._spawn(self._finish_job(job))
 
     def on_checkpoint_message(self, node_id, answer):
         """A task's checkpoint ack or decline (dropped unless its worker hosts the task)."""
@@ -349,8 +348,9 @@ class ClusterCoordinator(WorkerListener):
                 at another parallelism (state is re-split by key group), sources,
                 sinks and other operator state must keep theirs.
 
-        Returns once the job is RUNNING, or has FAILED during deployment, or waits
-        for slots (``jobs[job_id].state`` says which).
+        Returns once the job's tasks are deployed (the job is RUNNING once every task
+        reported running), or it FAILED during deployment, or it waits for slots
+        (``jobs[job_id].state`` says which).
 
         Raises:
             InvalidRequest: not a job graph, invalid graph (the validate() message), an
@@ -414,8 +414,6 @@ class ClusterCoordinator(WorkerListener):
             errors = await self.deployer.deploy(job, tdds.values())
             if errors and job.state == JobState.DEPLOYING:  # (a lost worker restarts the job instead)
                 self._fail_job(job, f"job {job.job_id} failed to deploy: {errors[0]}")
-            elif job.state == JobState.DEPLOYING:
-                self._set_running(job)
         except Exception as exc:  # a bug must not leave the job hanging
             log.exception("deploying job %s failed", job.job_id)
             if not job.terminal:
@@ -438,6 +436,13 @@ class ClusterCoordinator(WorkerListener):
         if task is not asyncio.current_task():
             task.cancel()
         return task
+
+    def _maybe_running(self, job):
+        """A (re)deployed job is RUNNING once every task reported RUNNING (or already FINISHED)."""
+        if job.state not in (JobState.DEPLOYING, JobState.RESTARTING):
+            return
+        if all(t.state in (TaskState.RUNNING, TaskState.FINISHED) for t in job.exec_graph.tasks.values()):
+            self._set_running(job)
 
     def _set_running(self, job):
         self._transition(job, JobState.RUNNING)
@@ -489,8 +494,7 @@ class ClusterCoordinator(WorkerListener):
                 self._fail_job(job, f"job {job.job_id} failed: publishing the output of its sinks failed: "
                                     f"{type(errors[0]).__name__}: {errors[0]}")
                 return
-            if job.state == JobState.DEPLOYING:
-                self._set_running(job)  # every task finished before the deployment returned
+            self._maybe_running(job)  # every task finished before the last RUNNING report came
             self._end_job(job, JobState.FINISHED)
         finally:
             job.finishing = False

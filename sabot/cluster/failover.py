@@ -98,7 +98,7 @@ class Failover:
         slot_wait_s: how long a restart waits for slots (a replacement worker may join).
         heartbeat_timeout_s: how long a broken channel waits for its peer's loss to be named.
         fail_job: ``fn(job, message, traceback=None, task_id=None)``: the job fails.
-        set_running: ``fn(job)``: the job runs again.
+        set_running: ``fn(job)``: the job is redeployed (it runs once every task reported running).
         abort_rescale: ``fn(job, reason)``: a live rescale in progress is given up.
     """
 

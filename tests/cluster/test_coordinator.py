@@ -140,7 +140,7 @@ def test_second_job_runs_while_first_is_running(arun, user_module):
     async def body():
         async with cluster(workers=2, slots=2) as (c, _):
             endless = await c.submit_stream_job(unbounded_job(user_module, 2))
-            assert c.jobs[endless].state.value == "RUNNING"
+            await until(lambda: c.jobs[endless].state.value == "RUNNING", what="RUNNING")
             table, job = keyed_count_job(2)
             second = await c.submit_stream_job(job)
             assert await c.wait_for_job(second, 30) == "FINISHED"
@@ -490,7 +490,8 @@ def test_same_graph_submitted_twice_runs_twice(arun, user_module):
             assert first == endless.job_id and second != first
             tasks = [set(c.active_jobs[j].tasks) for j in (first, second)]
             assert not tasks[0] & tasks[1]
-            assert c.jobs[first].state.value == c.jobs[second].state.value == "RUNNING"
+            await until(lambda: c.jobs[first].state.value == c.jobs[second].state.value == "RUNNING",
+                        what="both RUNNING")
             await c.cancel_job(first)
             await c.cancel_job(second)
             table, job = keyed_count_job(2)

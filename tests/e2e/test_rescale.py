@@ -178,7 +178,7 @@ def test_failure_during_a_rescale_falls_back_to_the_last_checkpoint(tmp_path):
         deadline = time.monotonic() + 20
         while client.job(job_id)["checkpoints"]["latest_completed"] is None:
             assert time.monotonic() < deadline, "no checkpoint completed"
-            assert client.job(job_id)["state"] == "RUNNING"
+            assert client.job(job_id)["state"] in ("DEPLOYING", "RUNNING")
             time.sleep(0.05)
         detail = client.job(job_id)
         agg = operator_id(detail, "aggregate")
