@@ -331,19 +331,6 @@ def kind_counts(num_events, config=None):
     return persons, auctions, int(num_events) - persons - auctions
 
 
-def _last_person(n, cfg):
-    """``PersonGenerator.lastBase0PersonId``: the last person generated at or before event n."""
-    t, p = cfg.total_proportion, cfg.person_proportion
-    return (n // t) * p + np.minimum(n % t, p - 1)
-
-
-def _last_auction(n, cfg):
-    """``AuctionGenerator.lastBase0AuctionId`` (-1 before the first auction)."""
-    t, p, a = cfg.total_proportion, cfg.person_proportion, cfg.auction_proportion
-    epoch, off = n // t, n % t
-    return np.where(off < p, epoch * a - 1, np.where(off >= p + a, epoch * a + a - 1, epoch * a + off - p))
-
-
 def _timestamps(n, cfg):
     """``GeneratorConfig.timestampForEvent``: baseTime + (long)(n * interEventDelayUs) / 1000."""
     return cfg.first_event_time_ms + np.floor(n.astype(np.float64) * cfg.inter_event_delay_us).astype(np.int64) // 1000
@@ -598,7 +585,8 @@ def _person_columns(n, cfg):
     """Persons at event numbers ``n`` (int64, all person events)."""
     seed, rows = cfg.seed, len(n)
     un = n.view(np.uint64)
-    ident = _last_person(n, cfg) + FIRST_PERSON_ID
+    # lastBase0PersonId of a person event is the person itself: p per epoch before it
+    ident = (n // cfg.total_proportion) * cfg.person_proportion + n % cfg.total_proportion + FIRST_PERSON_ID
     h = _hash(seed, _F_P_NAME, un)
     name_index = _below(_hi(h), len(FIRST_NAMES)) * len(LAST_NAMES) + _below(_lo(h), len(LAST_NAMES))
     name = _name_table().take(name_index)
@@ -637,8 +625,11 @@ def _name_lengths():
 def _auction_columns(n, cfg):
     """Auctions at event numbers ``n`` (int64, all auction events)."""
     seed, un = cfg.seed, n.view(np.uint64)
-    ident = _last_auction(n, cfg) + FIRST_AUCTION_ID
-    last_person = _last_person(n, cfg)
+    # lastBase0AuctionId of an auction event is the auction itself; the last person is the
+    # last of this epoch (persons come first in an epoch)
+    epoch = n // cfg.total_proportion
+    ident = epoch * cfg.auction_proportion + n % cfg.total_proportion - cfg.person_proportion + FIRST_AUCTION_ID
+    last_person = epoch * cfg.person_proportion + (cfg.person_proportion - 1)
     h = _hash(seed, _F_A_SELLER, un)
     hot = _below(_hi(h), cfg.hot_sellers_ratio) > 0
     seller = np.where(hot, (last_person // HOT_BATCH) * HOT_BATCH, _random_person(_lo(h), last_person, cfg))

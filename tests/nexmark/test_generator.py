@@ -280,6 +280,8 @@ def _check_padding(current, extra_len, avg, label):
     desired = avg - current
     delta = _java_round(desired * 0.2)
     assert (extra_len >= desired - delta).all() and (extra_len <= desired + delta - 1).all(), label
+    # both ends of the range are reached (the range is the rule, not just a bound)
+    assert (extra_len - (desired - delta)).min() == 0 and (desired + delta - 1 - extra_len).min() == 0, label
     size = current + extra_len
     se = size.std() / math.sqrt(len(size))
     assert abs(size.mean() - (avg - 0.5)) <= 5 * se + 1e-9, f"{label}: mean size {size.mean():.2f}, expected {avg - 0.5}"
@@ -293,6 +295,8 @@ def test_average_sizes_match_the_reference_sizes():
     current = 8 + _length(auction, "itemName") + _length(auction, "description") + 8 * 5
     _check_padding(current, _length(auction, "extra"), 500, "auction")
     _check_padding(np.full(bid.num_rows, 32), _length(bid, "extra"), 100, "bid")
+    # a bid: desired 68, delta round(13.6) = 14, so 54 + nextInt(28)
+    assert set(np.unique(_length(bid, "extra"))) == set(range(54, 82))
     # other averages follow the same rule
     t = generate_tables(50_000, avg_bid_bytes=300, avg_person_bytes=60)
     _check_padding(np.full(t["bid"].num_rows, 32), _length(t["bid"], "extra"), 300, "bid 300")
@@ -351,7 +355,9 @@ def test_auction_expiry_follows_the_in_flight_horizon():
 
 def test_prices_follow_ten_to_the_six_u():
     price = bids(0, 200_000).column("price").to_numpy()
-    assert price.min() >= 100 and price.max() <= 100_000_000
+    assert price.min() == 100 and price.max() <= 100_000_000
+    # Math.round: price 100 iff 10 ** (6u) * 100 < 100.5
+    within(int((price == 100).sum()), np.full(len(price), math.log10(1.005) / 6), "prices of exactly 100")
     for limit in (1_000, 10_000, 100_000, 1_000_000, 10_000_000):
         # P(round(10 ** (6u) * 100) < limit) = P(10 ** (6u) * 100 < limit - 0.5)
         p = math.log10((limit - 0.5) / 100) / 6
