@@ -339,13 +339,18 @@ def _timestamps(n, cfg):
 def _random_person(h32, last_person, cfg):
     """``PersonGenerator.nextBase0PersonId``: one of the active persons, or up to id_lead ahead."""
     num_people = last_person + 1
+    if len(num_people) and num_people.min() >= cfg.num_active_people:  # the steady state: a scalar bound
+        return num_people - cfg.num_active_people + _below(h32, cfg.num_active_people + cfg.id_lead)
     active = np.minimum(num_people, cfg.num_active_people)
     return num_people - active + _below(h32, active + cfg.id_lead)
 
 
+_SIX_LN10 = 6.0 * math.log(10.0)  # 10 ** (6u) = exp(6u ln 10), cheaper than power
+
+
 def _price(h):
     """``PriceGenerator.nextPrice``: Math.round(10 ** (u * 6) * 100)."""
-    return np.floor(np.power(10.0, _unit(h) * 6.0) * 100.0 + 0.5).astype(np.int64)
+    return np.floor(np.exp(_unit(h) * _SIX_LN10) * 100.0 + 0.5).astype(np.int64)
 
 
 # -- strings: slices of per-seed character pools -------------------------------------------
@@ -384,8 +389,11 @@ class _Pool:
         else:
             self.lead = self.trail = None
 
-    def slices(self, starts, lengths):
-        """A pa.string() array of ``chars[starts[i] : starts[i] + lengths[i]]``."""
+    def slices(self, starts, lengths, aligned=False):
+        """A pa.string() array of ``chars[starts[i] : starts[i] + lengths[i]]``.
+
+        ``aligned``: every start is a multiple of 4 (a faster prefix read).
+        """
         starts = np.asarray(starts, dtype=np.int64)
         lengths = np.asarray(lengths, dtype=np.int64)
         if not _USE_STRING_VIEW:
@@ -394,7 +402,7 @@ class _Pool:
             np.cumsum(lengths, out=offsets[1:])
             index = np.arange(total, dtype=np.int64) - np.repeat(offsets[:-1] - starts, lengths)
             return _string_array(self.chars[index], lengths)
-        views = _short_views(self.words, starts, lengths)
+        views = _short_views(self.words, starts, lengths, aligned)
         return pa.Array.from_buffers(pa.string_view(), len(starts), [None, pa.py_buffer(views), self.buffer]
                                      ).cast(pa.string())
 
@@ -430,7 +438,7 @@ def _read_words(words, starts, count):
     return out
 
 
-def _short_views(words, starts, lengths):
+def _short_views(words, starts, lengths, aligned=False):
     """Arrow string_view structs (16 bytes each) for pool slices.
 
     A slice of up to 12 bytes is inlined (length + the bytes, zero padded); a longer one
@@ -450,7 +458,10 @@ def _short_views(words, starts, lengths):
     if not some_inline or not inline.all():
         idx = np.flatnonzero(~inline) if some_inline else slice(None)
         long_starts = starts[idx]
-        views[idx, 1] = _read_words(words, long_starts, 1)[:, 0]
+        if aligned:
+            views[idx, 1] = words[long_starts >> 2]
+        else:
+            views[idx, 1] = _read_words(words, long_starts, 1)[:, 0]
         views[idx, 3] = long_starts
     return views
 
@@ -517,7 +528,7 @@ def _extra(seed, h, current_size, avg):
     pool = _pool(seed, None)
     # 4-byte aligned starts: a view's prefix is then one aligned word of the pool
     starts = 4 * _below(_lo(h), (pool.size - lengths) // 4 + 1)
-    return pool.slices(starts, lengths)
+    return pool.slices(starts, lengths, aligned=True)
 
 
 class _Table:
@@ -528,13 +539,15 @@ class _Table:
         if _USE_STRING_VIEW:
             view = array.cast(pa.string_view())
             buffers = view.buffers()
-            self.views = np.frombuffer(buffers[1], dtype="<u4").reshape(-1, 4)[view.offset:view.offset + len(view)]
+            views = np.frombuffer(buffers[1], dtype="<u4").reshape(-1, 4)[view.offset:view.offset + len(view)]
+            # one 16-byte item per view: a 1-D gather is several times faster than a 2-D one
+            self.views = np.ascontiguousarray(views).view(np.dtype((np.void, 16))).ravel()
             self.data = buffers[2:]
 
     def take(self, index):
         if not _USE_STRING_VIEW:
             return self.array.take(pa.array(index))
-        views = self.views[index]
+        views = np.take(self.views, index)
         return pa.Array.from_buffers(pa.string_view(), len(index), [None, pa.py_buffer(views), *self.data]
                                      ).cast(pa.string())
 
@@ -594,22 +607,34 @@ def _person_columns(n, cfg):
     user, user_len = _next_string(seed, _F_P_EMAIL1, un, 7)
     host, host_len = _next_string(seed, _F_P_EMAIL2, un, 5)
     email = pc.binary_join_element_wise(user, "@", host, ".com", "")
+    # four "%04d" groups of nextInt(10000), space separated: 19 characters
     cc_words = _hash_matrix(seed, _F_P_CC, un, 2)
-    groups = np.stack([_below(_hi(cc_words[:, 0]), 10000), _below(_lo(cc_words[:, 0]), 10000),
-                       _below(_hi(cc_words[:, 1]), 10000), _below(_lo(cc_words[:, 1]), 10000)], axis=1)
-    digits = (groups[:, :, None] // np.array([1000, 100, 10, 1])) % 10 + 48
-    cc = np.full((rows, 4, 5), _SPACE, dtype=np.uint8)
-    cc[:, :, :4] = digits
-    credit_card = _string_array(cc.reshape(rows, 20)[:, :19].ravel(), np.full(rows, 19))
+    cc = np.full((rows, 19), _SPACE, dtype=np.uint8)
+    digits = _four_digits()
+    for k, half in enumerate((_hi(cc_words[:, 0]), _lo(cc_words[:, 0]), _hi(cc_words[:, 1]), _lo(cc_words[:, 1]))):
+        cc[:, 5 * k:5 * k + 4] = digits[_below(half, 10000)].view(np.uint8).reshape(rows, 4)
+    credit_card = _string_array(cc.ravel(), np.full(rows, 19))
     h = _hash(seed, _F_P_PLACE, un)
     city_index, state_index = _below(_hi(h), len(US_CITIES)), _below(_lo(h), len(US_STATES))
-    city = pa.array(US_CITIES, pa.string()).take(pa.array(city_index))
-    state = pa.array(US_STATES, pa.string()).take(pa.array(state_index))
+    city = _place_tables()[0].take(city_index)
+    state = _place_tables()[1].take(state_index)
     city_len = np.array([len(c) for c in US_CITIES])[city_index]
     current = 8 + name_len + (user_len + 1 + host_len + 4) + 19 + city_len + 2
     extra = _extra(seed, _hash(seed, _F_P_EXTRA, un), current, cfg.avg_person_bytes)
     return [pa.array(ident), name, email, credit_card, city, state,
             pa.array(_timestamps(n, cfg), _TS), extra]
+
+
+@functools.lru_cache(maxsize=1)
+def _place_tables():
+    return _Table(pa.array(US_CITIES, pa.string())), _Table(pa.array(US_STATES, pa.string()))
+
+
+@functools.lru_cache(maxsize=1)
+def _four_digits():
+    """``"%04d" % i`` for i < 10000 as little-endian uint32 words of 4 ASCII bytes."""
+    text = "".join(f"{i:04d}" for i in range(10000)).encode()
+    return np.frombuffer(text, dtype="<u4").copy()
 
 
 @functools.lru_cache(maxsize=1)
@@ -660,8 +685,11 @@ def _bid_columns(n, cfg):
     last_person = epoch * cfg.person_proportion + (cfg.person_proportion - 1)
     h = _hash(seed, _F_B_AUCTION, un)
     hot = _below(_hi(h), cfg.hot_auction_ratio) > 0
-    low = np.maximum(last_auction - cfg.num_in_flight_auctions, 0)
-    cold = low + _below(_lo(h), last_auction - low + 1 + cfg.id_lead)
+    if len(n) and last_auction.min() >= cfg.num_in_flight_auctions:  # the steady state: a scalar bound
+        cold = last_auction - cfg.num_in_flight_auctions + _below(_lo(h), cfg.num_in_flight_auctions + 1 + cfg.id_lead)
+    else:
+        low = np.maximum(last_auction - cfg.num_in_flight_auctions, 0)
+        cold = low + _below(_lo(h), last_auction - low + 1 + cfg.id_lead)
     auction = np.where(hot, (last_auction // HOT_BATCH) * HOT_BATCH, cold) + FIRST_AUCTION_ID
     h = _hash(seed, _F_B_BIDDER, un)
     hot = _below(_hi(h), cfg.hot_bidders_ratio) > 0
@@ -728,23 +756,25 @@ def bids(offset, num_rows, **config):
     return _kind_batch(BID, offset, num_rows, config)
 
 
-def _expand(array, idx, num_rows, validity):
-    """``array`` (values of rows ``idx``) spread over ``num_rows`` rows, null elsewhere."""
+def _expand(array, before, num_rows, validity):
+    """``array`` (the values of one kind's rows) spread over all ``num_rows`` rows.
+
+    ``before[r]`` is the number of rows of that kind before row ``r`` (length
+    ``num_rows + 1``): row r's value is ``array[before[r]]`` where the kind occurs, and a
+    null (empty string, 0) elsewhere.
+    """
     if pa.types.is_string(array.type):
         offsets = np.frombuffer(array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4)
-        lengths = np.zeros(num_rows, dtype=np.int32)
-        lengths[idx] = np.diff(offsets)
-        full = np.zeros(num_rows + 1, dtype=np.int32)
-        np.cumsum(lengths, out=full[1:])
+        full = offsets[before]  # rows of other kinds get a zero-length slot
         data = array.buffers()[2] or pa.py_buffer(b"")
-        if offsets[0]:
-            data = data.slice(int(offsets[0]))
         return pa.Array.from_buffers(pa.string(), num_rows, [validity, pa.py_buffer(full), data])
     values = array.to_numpy(zero_copy_only=False)
     if values.dtype.kind == "M":  # timestamps travel as their int64 ticks
         values = values.view(np.int64)
-    full = np.zeros(num_rows, dtype=values.dtype)
-    full[idx] = values
+    if len(values) == 0:
+        full = np.zeros(num_rows, dtype=values.dtype)
+    else:  # a null slot repeats a neighbour's value; only the validity bitmap matters there
+        full = values[np.minimum(before[:-1], len(values) - 1)]
     return pa.Array.from_buffers(array.type, num_rows, [validity, pa.py_buffer(full)])
 
 
@@ -766,10 +796,11 @@ def events(offset, num_rows, **config):
     for k in (PERSON, AUCTION, BID):
         make, schema = _COLUMNS[k]
         mask = kind == k
-        idx = np.flatnonzero(mask)
+        before = np.zeros(num_rows + 1, dtype=np.int64)
+        np.cumsum(mask, out=before[1:])
         validity = pa.py_buffer(np.packbits(mask, bitorder="little"))
-        columns = make(n[idx], cfg)
-        children = [_expand(col, idx, num_rows, validity) for col in columns]
+        columns = make(n[mask], cfg)
+        children = [_expand(col, before, num_rows, validity) for col in columns]
         structs.append(pa.StructArray.from_arrays(children, fields=list(schema), mask=pa.array(~mask)))
     return pa.RecordBatch.from_arrays([pa.array(kind), *structs, pa.array(_timestamps(n, cfg), _TS)],
                                       schema=EVENT_SCHEMA)

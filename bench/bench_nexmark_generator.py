@@ -1,0 +1,108 @@
+"""Benchmark: the Nexmark generator functions against same-size baselines, in one process.
+
+    python bench/bench_nexmark_generator.py            # 1,000,000 events per call
+    python bench/bench_nexmark_generator.py --quick    # 200,000 events per call
+
+For each generator function (``bids``, ``persons``, ``auctions``, ``events``) one call
+produces a RecordBatch of N rows; the figure is rows per second (for ``events``, events
+of all kinds). Next to it, in the same process and interleaved with it (generator,
+baselines, generator, baselines, ...), two baselines produce exactly as many bytes as
+that batch holds (``RecordBatch.nbytes``):
+
+* ``write``  ``np.empty(nbytes, uint8).fill(1)``: materialising that much memory at all
+             (allocation, page faults, one write pass): the memory-bandwidth floor;
+* ``random`` ``np.random.default_rng(seed).integers(..., dtype=uint64)`` over nbytes / 8
+             words: numpy's PCG64 filling the same bytes with random data, the cheapest
+             vectorised random generator of that size.
+
+``ratio`` = generator rows/s divided by the rows/s the baseline would reach if a row
+cost its bytes at the baseline's speed (1.0 = as fast as the baseline writes those
+bytes). Each figure is the median of the interleaved repetitions, with min..max. The
+machine is shared: keep runs short and compare ratios rather than absolute figures.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sabot.nexmark import auctions, bids, events, persons  # noqa: E402
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def write_bytes(nbytes):
+    buf = np.empty(nbytes, dtype=np.uint8)
+    buf.fill(1)
+    return buf
+
+
+def random_bytes(nbytes, seed):
+    return np.random.default_rng(seed).integers(0, 2 ** 64 - 1, size=(nbytes + 7) // 8, dtype=np.uint64,
+                                                 endpoint=True)
+
+
+def run(rows, repeat, config):
+    """Interleaved measurements: {name: {"gen": [s], "write": [s], "random": [s], "nbytes": int}}."""
+    functions = {"bids": bids, "persons": persons, "auctions": auctions, "events": events}
+    results = {name: {"gen": [], "write": [], "random": [], "nbytes": 0} for name in functions}
+    for name, fn in functions.items():  # warm-up: caches (pools, channel table), first-touch pages
+        results[name]["nbytes"] = fn(0, rows, **config).nbytes
+        write_bytes(results[name]["nbytes"])
+        random_bytes(results[name]["nbytes"], 0)
+    for r in range(repeat):
+        for name, fn in functions.items():
+            offset = (r + 1) * rows  # fresh rows each time: nothing is cached per batch
+            nbytes = results[name]["nbytes"]
+            seconds, batch = timed(lambda: fn(offset, rows, **config))
+            assert batch.num_rows == rows
+            results[name]["gen"].append(seconds)
+            del batch
+            results[name]["write"].append(timed(lambda: write_bytes(nbytes))[0])
+            results[name]["random"].append(timed(lambda: random_bytes(nbytes, r))[0])
+    return results
+
+
+def report(rows, results):
+    print(f"rows per call: {rows:,}; rows/s = rows per call / median seconds of {len(results['bids']['gen'])} "
+          f"interleaved runs (min..max in brackets)")
+    print(f"{'function':<10}{'bytes/row':>10}{'generator rows/s':>30}{'write (same bytes)':>30}"
+          f"{'random (same bytes)':>30}{'ratio vs write':>16}{'ratio vs random':>17}")
+    for name, r in results.items():
+        def rate(samples):
+            med = statistics.median(samples)
+            return rows / med, rows / max(samples), rows / min(samples)
+
+        gen, write, rand = rate(r["gen"]), rate(r["write"]), rate(r["random"])
+
+        def fmt(x):
+            return f"{x[0] / 1e6:7.2f} M [{x[1] / 1e6:.2f}..{x[2] / 1e6:.2f}]"
+
+        print(f"{name:<10}{r['nbytes'] / rows:>10.0f}{fmt(gen):>30}{fmt(write):>30}{fmt(rand):>30}"
+              f"{gen[0] / write[0]:>16.3f}{gen[0] / rand[0]:>17.3f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="200,000 rows per call, 5 repetitions")
+    parser.add_argument("--rows", type=int, default=None, help="rows per call (default 1,000,000)")
+    parser.add_argument("--repeat", type=int, default=None, help="interleaved repetitions (default 9)")
+    args = parser.parse_args(argv)
+    rows = args.rows or (200_000 if args.quick else 1_000_000)
+    repeat = args.repeat or (5 if args.quick else 9)
+    # the Flink benchmark's rate (10M events/s of event time) and the reference defaults otherwise
+    config = {"event_rate": 10_000_000}
+    report(rows, run(rows, repeat, config))
+
+
+if __name__ == "__main__":
+    main()
