@@ -52,8 +52,12 @@ What differs, on purpose:
   event id 1). Sabot splits the sequence across subtasks by offset instead.
 * Characters: letters are uniform on a-z (the reference's ``nextExactString`` can emit a
   few non-letters from negative ints); the 1/13 special-character share is 5041/65536.
-* Padding text (``extra``) is a slice of a 4 MiB per-seed letter pool at a hashed start;
-  its length follows the reference rule exactly.
+* Random text is cut from per-seed character pools at hashed starts: ``nextString``
+  values from a 1 MiB pool of i.i.d. letters and specials (then trimmed), padding
+  (``extra``) from a 4 MiB pool of letters. Lengths follow the reference rules exactly
+  and each row's characters have the reference's distribution, but two rows may share
+  text, and padding repeats with a period of 4 MiB (a long-window compressor would
+  notice).
 
 Configuration (keyword parameters of every generator function; defaults follow the
 reference): ``seed``, ``first_event_time_ms`` (baseTime), ``event_rate`` (events per
@@ -509,8 +513,8 @@ def _string_array(data, lengths):
     np.cumsum(lengths, out=offsets[1:])
     if offsets[-1] >= 1 << 31:
         raise ValueError("nexmark: one batch holds more than 2 GiB of string data; generate smaller batches")
-    return pa.Array.from_buffers(pa.string(), len(lengths),
-                                 [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(np.ascontiguousarray(data))])
+    buffers = [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(np.ascontiguousarray(data))]
+    return pa.Array.from_buffers(pa.string(), len(lengths), buffers)
 
 
 def _extra_lengths(h32, current_size, avg):

@@ -467,7 +467,8 @@ def q15(tables):
 def q16(tables):
     """Channel statistics per (channel, day), with the latest 'HH:mm' seen as ``minute``."""
     return _run("q16", tables, f"""
-        SELECT channel, day_of("dateTime") AS "day", max(minute_of("dateTime")) AS "minute",{_RANK_FILTERS}{_DISTINCT_FILTERS}
+        SELECT channel, day_of("dateTime") AS "day",
+               max(minute_of("dateTime")) AS "minute",{_RANK_FILTERS}{_DISTINCT_FILTERS}
         FROM bid GROUP BY channel, day_of("dateTime") ORDER BY channel, "day"
         """)
 

@@ -284,7 +284,8 @@ def _check_padding(current, extra_len, avg, label):
     assert (extra_len - (desired - delta)).min() == 0 and (desired + delta - 1 - extra_len).min() == 0, label
     size = current + extra_len
     se = size.std() / math.sqrt(len(size))
-    assert abs(size.mean() - (avg - 0.5)) <= 5 * se + 1e-9, f"{label}: mean size {size.mean():.2f}, expected {avg - 0.5}"
+    assert abs(size.mean() - (avg - 0.5)) <= 5 * se + 1e-9, \
+        f"{label}: mean size {size.mean():.2f}, expected {avg - 0.5}"
 
 
 def test_average_sizes_match_the_reference_sizes():
