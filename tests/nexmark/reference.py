@@ -30,7 +30,10 @@ dropped. Precisely:
   position in the input, ``__seq``): q9 keeps, among bids with the highest price and the
   same earliest time, the earliest arrival; q18 keeps the last arrival among bids with
   the latest time (Flink's rowtime deduplication keeps the later row on equal time);
-  q19 ranks equal prices by arrival (earlier = better rank).
+  q19 ranks equal prices by arrival (earlier = better rank). (In Flink, q9 and q6 rank
+  the join's output, whose order is the bids' order except for a bid that arrives
+  before its auction, i.e. a lead id at the auction's own millisecond; the reference
+  uses the bid's position throughout.)
 * q6 (which Flink itself cannot run: its OVER window does not take retractions): the
   final winning bid of every auction that has a bid in [dateTime, expires] (highest
   price, then earliest time, then earliest arrival), and per seller, in order of the

@@ -502,3 +502,13 @@ def test_bids_run_as_a_sabot_generator_source_at_parallelism_2():
     assert expected.num_rows == 9_000
     key = [("dateTime", "ascending"), ("auction", "ascending"), ("bidder", "ascending"), ("price", "ascending")]
     assert out.sort_by(key).equals(expected.sort_by(key))
+
+
+def test_the_combined_stream_runs_as_a_sabot_source_at_parallelism_2():
+    params = {"event_rate": 1000, "seed": 2}
+    stream = Stream.from_generator(events, total_rows=6_000, batch_size=700, parameters=params)
+    out = run_stream(stream, default_parallelism=2).flatten()
+    expected = pa.Table.from_batches([events(0, 6_000, **params)]).flatten()
+    key = [(c, "ascending") for c in ("dateTime", "event_type", "person.id", "auction.id", "bid.auction",
+                                      "bid.bidder", "bid.price", "bid.extra")]
+    assert out.sort_by(key).equals(expected.sort_by(key))
