@@ -288,7 +288,8 @@ def _lo(h):
 
 def _below(h32, bound):
     """Integers in ``[0, bound)`` from 32-bit words (multiply-high); ``bound`` scalar or array < 2**32."""
-    return ((h32 * np.asarray(bound, dtype=np.uint64)) >> _S32).astype(np.int64)
+    # a fresh array whose values are < 2**32: reinterpreting it as int64 needs no copy
+    return ((h32 * np.asarray(bound, dtype=np.uint64)) >> _S32).view(np.int64)
 
 
 def _below_long(h, bound):
