@@ -44,10 +44,23 @@ USER_MODULE_SOURCE = textwrap.dedent(
 
 
 def run_on(loop_kind, coro, timeout):
-    """Run ``coro`` on a fresh loop of the given kind, bounded by ``timeout`` seconds."""
+    """Run ``coro`` on a fresh loop of the given kind, bounded by ``timeout`` seconds.
+
+    As uvloop's own tests do, the test fails if the loop's exception handler was called
+    (an exception nobody awaited: a background task that crashed, a callback that raised).
+    """
+    unhandled = []
 
     async def bounded():
-        return await asyncio.wait_for(coro, timeout)
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        finally:
+            await asyncio.sleep(0)  # let callbacks scheduled by the last step run
+            if unhandled:
+                details = "; ".join(f"{c.get('message')}: {c.get('exception')!r}" for c in unhandled)
+                raise AssertionError(f"the event loop reported {len(unhandled)} unhandled error(s): {details}")
 
     if loop_kind == "uvloop":
         import uvloop
