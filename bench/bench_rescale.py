@@ -96,7 +96,7 @@ def operator(detail, name):
 
 
 def check_running(detail):
-    if detail["state"] != "RUNNING":
+    if detail["state"] not in ("RUNNING", "DEPLOYING"):
         raise RuntimeError(f"job {detail['job_id']} is {detail['state']}: {detail.get('failure') or detail.get('last_failure')}")
     return detail
 

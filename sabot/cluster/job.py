@@ -90,6 +90,7 @@ class JobRecord:
         self.assignments = {}
         self.done = asyncio.Event()
         self.deployed = asyncio.Event()
+        self._running = asyncio.Event()
         self.result = None
         self.checkpointing = None
         self.restart_strategy = None
@@ -126,11 +127,24 @@ class JobRecord:
                 f"job {self.job_id} cannot go from {self.state.value} to {target.value}; allowed: {names}")
         self.state = target
         self.state_history.append((target.value, wall_now))
-        if target == JobState.RUNNING and self.started_at is None:
-            self.started_at = now
+        if target == JobState.RUNNING:
+            self._running.set()
+            if self.started_at is None:
+                self.started_at = now
         if target.is_terminal:
             self.ended_at = now
             self.done.set()
+
+    async def wait_running(self) -> JobState:
+        """Wait until the job first runs (every task reported running) or ends; its state then."""
+        running = asyncio.ensure_future(self._running.wait())
+        ended = asyncio.ensure_future(self.done.wait())
+        try:
+            await asyncio.wait({running, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            running.cancel()
+            ended.cancel()
+        return self.state
 
     def sinks(self, kind=None):
         """Operator ids of the sinks (of parameter ``kind``, e.g. "collect")."""
