@@ -23,6 +23,8 @@ import signal
 import sys
 import time
 
+from sabot.cluster.config import CoordinatorConfig
+
 DEFAULT_COORDINATOR = "http://127.0.0.1:8081"
 
 
@@ -184,7 +186,7 @@ class Progress:
 
 
 def cmd_coordinator(args):
-    from sabot.cluster.coordinator import ClusterCoordinator, CoordinatorConfig
+    from sabot.cluster.coordinator import ClusterCoordinator
 
     config = CoordinatorConfig(
         host=args.host, port=args.port, token=args.token,
@@ -390,9 +392,14 @@ def build_parser():
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8081, help="port (default 8081; 0 = any free port)")
     token_arg(p)
-    p.add_argument("--heartbeat-interval", type=float, default=0.1, help="seconds between worker heartbeats")
-    p.add_argument("--heartbeat-timeout", type=float, default=0.5, help="a worker silent this long is lost")
-    p.add_argument("--slot-wait-timeout", type=float, default=30.0, help="seconds a job may wait for slots")
+    defaults = CoordinatorConfig()
+    p.add_argument("--heartbeat-interval", type=float, default=defaults.heartbeat_interval_s,
+                   help="seconds between worker heartbeats")
+    p.add_argument("--heartbeat-timeout", type=float, default=defaults.heartbeat_timeout_s,
+                   help="a silent worker (stopped, partitioned) is declared lost after this many seconds; a "
+                        "killed one at once")
+    p.add_argument("--slot-wait-timeout", type=float, default=defaults.slot_wait_timeout_s,
+                   help="seconds a job may wait for slots")
     p.add_argument("--allow-oversized", action="store_true",
                    help="let jobs larger than the registered cluster wait for workers instead of refusing them")
     p.add_argument("--no-import-check", action="store_true",

@@ -366,9 +366,18 @@ class Stream:
         """Gather the stream into a table, returned by ``run()``."""
         return self._sink(name, {"kind": "collect"})
 
-    def to_parquet(self, path, *, name=None, format="parquet"):
-        """Write part files (``part-<subtask>-<n>``) into directory ``path``."""
-        return self._sink(name, {"kind": "files", "path": str(path), "format": format})
+    def to_parquet(self, path, *, name=None, format="parquet", mode="error"):
+        """Write part files (``part-<lineage>-<subtask>-<n>``) into directory ``path``, exactly once
+        with checkpoints (two-phase commit).
+
+        ``mode``: a directory that holds another job's output is refused (``"error"``, the
+        default), replaced (``"overwrite"``: the other job's part files are deleted at the
+        start) or added to (``"append"``). A job restored from a checkpoint goes on with
+        the files of the job it was restored from.
+        """
+        if mode not in ("error", "overwrite", "append"):
+            raise ValueError(f"to_parquet: mode must be 'error', 'overwrite' or 'append', got {mode!r}")
+        return self._sink(name, {"kind": "files", "path": str(path), "format": format, "mode": mode})
 
     def sink(self, function, *, name=None):
         """Call ``function(batch)`` for every batch."""

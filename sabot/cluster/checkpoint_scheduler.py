@@ -209,7 +209,7 @@ class JobCheckpointing:
             return
         self.latest = {"checkpoint_id": cid, "path": completed.path, "size_bytes": completed.size_bytes,
                        "timestamp": completed.timestamp}
-        message = CheckpointComplete(job.job_id, cid)
+        message = CheckpointComplete(job.job_id, cid, dict(record.attempts))
         for node_id in self.placer.nodes_of(job):
             if not self.gateway.is_connected(node_id):
                 continue  # its tasks restart from this checkpoint, which commits their pending output

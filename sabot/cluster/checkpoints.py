@@ -117,6 +117,9 @@ class CheckpointRecord:
     failure_reason: str | None = None
     handles: list = field(default_factory=list)
     task_stats: dict = field(default_factory=dict)
+    #: ``{task_id: attempt}`` of the attempts that acknowledged (set once COMPLETED): the
+    #: only attempts whose output this checkpoint publishes
+    attempts: dict = field(default_factory=dict)
 
     def duration_ms(self, now: float | None = None) -> float | None:
         """Milliseconds from trigger to end (or to ``now`` while in progress)."""
@@ -388,6 +391,7 @@ class CheckpointCoordinator:
         del self._pending[checkpoint_id]
         record.state = CheckpointState.COMPLETED
         record.end_time = now
+        record.attempts = dict(pending.expected)
         self._counts["completed"] += 1
         if self._latest_completed is None or checkpoint_id > self._latest_completed.checkpoint_id:
             self._latest_completed = record

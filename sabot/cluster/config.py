@@ -17,8 +17,14 @@ class CoordinatorConfig:
         port: port to bind; 0 picks a free one (see ``ClusterCoordinator.url``).
         token: shared secret every request and worker must send as
             ``Authorization: Bearer <token>``; None: no authentication (loopback only).
-        heartbeat_interval_s: how often workers send a heartbeat.
-        heartbeat_timeout_s: a worker silent for longer is declared lost.
+        heartbeat_interval_s: how often workers send a heartbeat (from a native thread
+            that never waits for the GIL).
+        heartbeat_timeout_s: a worker silent for longer is declared lost (a stopped or
+            partitioned one: a killed worker's connection closes and it is lost at once).
+            2 s = 10 missed beats: beats do not wait for Python, so only an OS-level stall
+            of the whole worker process delays them.
+        liveness_port: port of the heartbeat listener (0: a free one; workers learn it
+            when they register).
         slot_wait_timeout_s: how long a job may wait for free slots before it FAILS.
         refuse_oversized: refuse at submit a job needing more slots than all
             registered workers hold together (see the module docstring).
@@ -43,8 +49,9 @@ class CoordinatorConfig:
     host: str = "127.0.0.1"
     port: int = 0
     token: str = None
-    heartbeat_interval_s: float = 0.1
-    heartbeat_timeout_s: float = 0.5
+    heartbeat_interval_s: float = 0.2
+    heartbeat_timeout_s: float = 2.0
+    liveness_port: int = 0
     slot_wait_timeout_s: float = 30.0
     refuse_oversized: bool = True
     check_imports: bool = True

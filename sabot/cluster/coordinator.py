@@ -62,6 +62,7 @@ from sabot.cluster.failover import Failover
 from sabot.cluster.gateway import HttpWorkerGateway, WorkerListener
 from sabot.cluster.http_api import CoordinatorMetrics, build_coordinator_app
 from sabot.cluster.job import JobRecord, JobState
+from sabot.cluster.liveness import LivenessServer
 from sabot.cluster.nodes import NodeRegistry
 from sabot.cluster.placement import ExecutionDeployer, TaskPlacer
 from sabot.cluster.protocol import RegisterRequest
@@ -113,6 +114,7 @@ class ClusterCoordinator(WorkerListener):
         self.registry = NodeRegistry(self.slot_pool, self.clock, self.config.heartbeat_timeout_s,
                                      on_lost=self._node_lost)
         self.gateway = gateway or HttpWorkerGateway(self.registry, self.config.token, self.config.request_timeout_s)
+        self.liveness = LivenessServer(self.registry, self.config.host)
         self.placer = TaskPlacer(self.slot_pool, self.registry, self.clock)
         self.deployer = ExecutionDeployer(self.placer, self.gateway)
         self.jobs = {}
@@ -165,6 +167,7 @@ class ClusterCoordinator(WorkerListener):
             self._own_checkpoint_dir = tempfile.mkdtemp(prefix="sabot-checkpoints-")
             self.checkpoint_root = self._own_checkpoint_dir
         await self.gateway.start()
+        await self.liveness.start(self.config.liveness_port)
         if serve_http:
             self._runner = web.AppRunner(build_coordinator_app(self), access_log=None, shutdown_timeout=1.0)
             await self._runner.setup()
@@ -192,6 +195,7 @@ class ClusterCoordinator(WorkerListener):
                 except Exception:  # stopping anyway
                     log.exception("canceling job %s on stop failed", job.job_id)
         await self.gateway.close()
+        await self.liveness.stop()
         for task in list(self._background):
             task.cancel()
         if self._runner is not None:
@@ -217,10 +221,16 @@ class ClusterCoordinator(WorkerListener):
         return task
 
     async def _heartbeat_monitor(self):
+        interval = self.config.heartbeat_interval_s
         while True:
-            await self.clock.sleep(self.config.heartbeat_interval_s)
+            before = self.clock.now()
+            await self.clock.sleep(interval)
+            late = self.clock.now() - before - interval
             try:
-                self.check_heartbeats()
+                if late > self.config.heartbeat_timeout_s / 2:
+                    self.registry.coordinator_stalled(late)
+                else:
+                    self.check_heartbeats()
             except Exception:
                 log.exception("heartbeat check failed")
 
@@ -230,8 +240,8 @@ class ClusterCoordinator(WorkerListener):
         """Register a worker (the body of ``POST /workers/register``); return the response dict."""
         request = body if isinstance(body, RegisterRequest) else RegisterRequest.from_dict(body)
         self.registry.register(request)
-        return protocol.RegisterResponse(
-            request.node_id, self.config.heartbeat_interval_s, self.config.heartbeat_timeout_s).to_dict()
+        return protocol.RegisterResponse(request.node_id, self.config.heartbeat_interval_s,
+                                         self.config.heartbeat_timeout_s, self.liveness.port).to_dict()
 
     async def handle_worker_socket(self, node_id, ws):
         """Serve one worker's WebSocket until it closes; then the node is lost."""
@@ -261,6 +271,7 @@ class ClusterCoordinator(WorkerListener):
         """A node left the pool: fail (and restart) the jobs whose tasks ran there."""
         if hasattr(self.gateway, "disconnect"):
             self.gateway.disconnect(node.node_id, "node declared lost")
+        self.liveness.disconnect(node.node_id)
         lost = set(task_ids)
         for job in list(self.jobs.values()):
             if job.terminal:

@@ -44,6 +44,7 @@ class NodeRegistry:
         self.nodes: dict[str, NodeInfo] = {}
         self.lost: collections.OrderedDict[str, NodeInfo] = collections.OrderedDict()
         self.quiet = False  # the coordinator is stopping: losses are expected
+        self.stalls = 0  # times the coordinator found itself stalled
 
     def __contains__(self, node_id):
         return node_id in self.nodes
@@ -99,6 +100,16 @@ class NodeRegistry:
         node = self.nodes.get(node_id)
         if node is not None:
             node.last_heartbeat = self.clock.now()
+
+    def coordinator_stalled(self, seconds, now=None) -> None:
+        """The coordinator itself could not run for ``seconds``: the beats that arrived
+        meanwhile may not be read yet (uvloop runs due timers before reading sockets), so
+        nobody is judged on that silence; every node starts a fresh timeout."""
+        now = self.clock.now() if now is None else now
+        self.stalls += 1
+        log.warning("the coordinator was stalled for %.2f s: worker silence over that time is not judged", seconds)
+        for node in self.nodes.values():
+            node.last_heartbeat = max(node.last_heartbeat, now)
 
     def check(self, now=None) -> list[str]:
         """Declare lost every node silent for more than ``heartbeat_timeout_s``; return their ids."""

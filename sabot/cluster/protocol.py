@@ -165,9 +165,12 @@ class RegisterRequest:
 
 @dataclass
 class RegisterResponse:
+    """The coordinator's answer to a registration: heartbeat settings and where to send beats."""
+
     node_id: str
     heartbeat_interval_s: float
     heartbeat_timeout_s: float
+    liveness_port: int
 
     def to_dict(self):
         return asdict(self)

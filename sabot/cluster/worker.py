@@ -16,28 +16,37 @@ channels from other workers connect there) and a small aiohttp control server:
   metrics; the worker's pid and node id), ``GET /tasks/{task_id}/result`` (the
   table a collect sink gathered, as an Arrow IPC stream; 204 if none), ``GET /health``.
 
-It registers with the coordinator (``POST /workers/register``) and keeps one
-WebSocket to it, carrying heartbeats and every task report of the runtime's
-:class:`~sabot.runtime.task_manager.TaskManager`.
+It registers with the coordinator (``POST /workers/register``), keeps one
+WebSocket to it (every task report of the runtime's
+:class:`~sabot.runtime.task_manager.TaskManager`, checkpoint triggers and
+completions) and one heartbeat connection, fed by a native thread that never takes
+the GIL (:class:`sabot._core.liveness.HeartbeatThread`): a worker whose Python is
+busy for seconds keeps its liveness, a stopped one falls silent.
 
-If that connection drops (the coordinator stopped or died) the worker cancels
-its tasks and exits: the coordinator has already declared it lost and failed
-its jobs, so nothing would use its tasks any more. Run it under a supervisor
-(or use :class:`~sabot.cluster.local.LocalCluster`) to have it come back.
+If the coordinator drops the worker (it was silent too long, e.g. stopped with
+SIGSTOP, or partitioned), the worker *rejoins*, as Flink's TaskManagers do: it
+cancels every task it still runs (their attempts are superseded: fencing), registers
+again under the same node id and serves new deployments. Only a coordinator that
+does not come back within ``rejoin_timeout_s`` makes it give up and exit.
 
 Example:
     >>> worker = Worker("http://127.0.0.1:8081", num_slots=4)   # doctest: +SKIP
-    >>> await worker.run()      # until the coordinator goes away  # doctest: +SKIP
+    >>> await worker.run()      # until the coordinator is gone for good  # doctest: +SKIP
 """
 
 import asyncio
 import json
 import logging
 import os
+import socket
+import struct
 import time
+import urllib.parse
 
 import aiohttp
 from aiohttp import web
+
+from sabot._core.liveness import HeartbeatThread
 
 from sabot.cluster import protocol
 from sabot.cluster.web import arrow_response, auth_middleware, error_middleware, read_json
@@ -70,11 +79,13 @@ class Worker:
         data_port: DataServer port (0: a free one).
         connect_timeout_s: how long to keep trying to reach the coordinator at start.
         threads: size of the thread pool operator code runs on.
+        rejoin_timeout_s: how long a worker dropped by its coordinator keeps trying to
+            register again before it gives up (default: ``connect_timeout_s``).
     """
 
     def __init__(self, coordinator_url, num_slots=1, cpu_cores_per_slot=1.0, memory_mb_per_slot=1024,
                  host="127.0.0.1", port=0, token=None, *, node_id=None, data_port=0,
-                 connect_timeout_s=10.0, threads=None):
+                 connect_timeout_s=10.0, threads=None, rejoin_timeout_s=None):
         if isinstance(num_slots, bool) or not isinstance(num_slots, int) or num_slots < 1:
             raise ValueError(f"num_slots must be an integer >= 1, got {num_slots!r}")
         if not isinstance(cpu_cores_per_slot, (int, float)) or cpu_cores_per_slot <= 0:
@@ -92,18 +103,24 @@ class Worker:
         self.node_id = node_id
         self.data_port = data_port
         self.connect_timeout_s = connect_timeout_s
+        self.rejoin_timeout_s = connect_timeout_s if rejoin_timeout_s is None else rejoin_timeout_s
         self.threads = threads
         self.data_server = None
         self.task_manager = None
         self.heartbeat_interval_s = None
         self.heartbeat_timeout_s = None
         self.closed_reason = None
+        self.joins = 0  # registrations with the coordinator (1 + rejoins)
         self._runner = None
         self._session = None
         self._ws = None
+        self._heartbeat = None
         self._outbox = None
         self._loops = []
+        self._supervisor = None
+        self._disconnected = None
         self._closed = None
+        self._stopping = False
         self._url = None
         self._shut_down = False
 
@@ -114,7 +131,7 @@ class Worker:
         return self._url
 
     async def start(self):
-        """Start the data and control servers, register, and open the coordinator connection."""
+        """Start the data and control servers and join the coordinator."""
         self._closed = asyncio.Event()
         self._outbox = asyncio.Queue()
         self.data_server = DataServer(host=self.host)
@@ -140,46 +157,107 @@ class Worker:
             self.node_id = f"worker-{os.getpid()}-{self.port}"
         self._session = aiohttp.ClientSession(headers=protocol.auth_headers(self.token))
         try:
-            await self._register()
-            self._ws = await self._session.ws_connect(
-                f"{self.coordinator_url}/workers/{self.node_id}/ws", heartbeat=None, autoping=True,
-                max_msg_size=64 * 1024 * 1024,
-            )
+            await self._join(self.connect_timeout_s)
         except BaseException:
             await self.stop()
             raise
-        self._loops = [asyncio.ensure_future(self._send_loop()), asyncio.ensure_future(self._receive_loop())]
+        self._supervisor = asyncio.ensure_future(self._supervise())
         log.info("worker %s at %s (data %s) joined %s with %d slots", self.node_id, self._url,
                  self.data_server.address, self.coordinator_url, self.num_slots)
         return self
 
-    async def _register(self):
+    async def _join(self, timeout):
+        """Register, then open the WebSocket and the heartbeat connection."""
+        self._disconnected = asyncio.Event()
+        self.closed_reason = None
+        await self._register(timeout)
+        self._ws = await self._session.ws_connect(
+            f"{self.coordinator_url}/workers/{self.node_id}/ws", heartbeat=None, autoping=True,
+            max_msg_size=64 * 1024 * 1024,
+        )
+        self._heartbeat = await self._start_heartbeat()
+        self._loops = [asyncio.ensure_future(self._send_loop()), asyncio.ensure_future(self._receive_loop()),
+                       asyncio.ensure_future(self._watch_heartbeat())]
+        self.joins += 1
+
+    async def _start_heartbeat(self):
+        host = urllib.parse.urlsplit(self.coordinator_url).hostname
+        hello = json.dumps({"node_id": self.node_id}).encode()
+
+        def connect():
+            sock = socket.create_connection((host, self.liveness_port), timeout=self.connect_timeout_s)
+            sock.sendall(struct.pack(">I", len(hello)) + hello)
+            sock.settimeout(None)
+            return sock
+
+        sock = await asyncio.to_thread(connect)
+        beat = HeartbeatThread(sock.detach(), self.heartbeat_interval_s)
+        beat.start()
+        return beat
+
+    async def _register(self, timeout):
         host, data_port = self.data_server.address
         body = protocol.RegisterRequest(
             node_id=self.node_id, host=self.host, port=self.port, data_host=host, data_port=data_port,
             num_slots=self.num_slots, cpu_cores_per_slot=self.cpu_cores_per_slot,
             memory_mb_per_slot=self.memory_mb_per_slot, pid=os.getpid(),
         ).to_dict()
-        deadline = time.monotonic() + self.connect_timeout_s
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 async with self._session.post(f"{self.coordinator_url}/workers/register", json=body) as resp:
                     answer = await resp.json(content_type=None)
-                    if resp.status != 201:
-                        raise protocol.ClusterError(
-                            f"the coordinator at {self.coordinator_url} refused worker {self.node_id} "
-                            f"(HTTP {resp.status}): {(answer or {}).get('error')}"
-                        )
-                    break
+                    if resp.status == 201:
+                        break
+                    error = protocol.ClusterError(
+                        f"the coordinator at {self.coordinator_url} refused worker {self.node_id} "
+                        f"(HTTP {resp.status}): {(answer or {}).get('error')}")
+                    if resp.status != 409 or time.monotonic() > deadline:
+                        raise error
+                    # 409: it still counts this node as live (it has not noticed our silence yet)
             except aiohttp.ClientConnectionError as exc:
                 if time.monotonic() > deadline:
                     raise ConnectionError(
-                        f"cannot reach the coordinator at {self.coordinator_url} within "
-                        f"{self.connect_timeout_s} s: {exc}"
+                        f"cannot reach the coordinator at {self.coordinator_url} within {timeout} s: {exc}"
                     ) from exc
-                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)
         self.heartbeat_interval_s = answer["heartbeat_interval_s"]
         self.heartbeat_timeout_s = answer["heartbeat_timeout_s"]
+        self.liveness_port = answer["liveness_port"]
+
+    async def _supervise(self):
+        """Rejoin whenever the coordinator drops this worker; give up when it stays away."""
+        while True:
+            await self._disconnected.wait()
+            if self._stopping:
+                return
+            reason = self.closed_reason
+            log.warning("worker %s: %s; canceling its tasks (their attempts are superseded) and rejoining",
+                        self.node_id, reason)
+            await self._leave_session()
+            await self.task_manager.cancel_all()
+            try:
+                await self._join(self.rejoin_timeout_s)
+            except (ConnectionError, protocol.ClusterError, OSError) as exc:
+                self._give_up(f"{reason}; rejoining failed: {exc}")
+                return
+            log.info("worker %s rejoined %s (join %d)", self.node_id, self.coordinator_url, self.joins)
+
+    async def _leave_session(self):
+        loops, self._loops = self._loops, []
+        for task in loops:
+            if task is not asyncio.current_task():
+                task.cancel()
+        if self._heartbeat is not None:
+            await asyncio.to_thread(self._heartbeat.stop)
+            self._heartbeat = None
+        if self._ws is not None and not self._ws.closed:
+            try:
+                await asyncio.wait_for(self._ws.close(), 1.0)
+            except (asyncio.TimeoutError, ConnectionError, RuntimeError, aiohttp.ClientError):
+                pass
+        while not self._outbox.empty():  # reports of superseded attempts: the coordinator dropped them
+            self._outbox.get_nowait()
 
     # -- coordinator connection --------------------------------------------------------
 
@@ -198,43 +276,31 @@ class Worker:
             self.task_manager.trigger_checkpoint(TriggerCheckpoint.from_dict(message))
         elif kind == CheckpointComplete.TYPE:
             done = CheckpointComplete.from_dict(message)
-            self.task_manager.notify_checkpoint_complete(done.job_id, done.checkpoint_id)
+            self.task_manager.notify_checkpoint_complete(done.job_id, done.checkpoint_id, done.attempts)
         elif kind != protocol.HEARTBEAT_ACK:
             log.warning("worker %s: unknown message type %r from the coordinator", self.node_id, kind)
 
     async def _send_loop(self):
         try:
-            next_beat = 0.0
             while not self._ws.closed:
-                now = time.monotonic()
-                if now >= next_beat:
-                    await self._ws.send_json(protocol.heartbeat_message(time.time()))
-                    next_beat = now + self.heartbeat_interval_s
-                try:
-                    message = await asyncio.wait_for(self._outbox.get(), max(0.0, next_beat - time.monotonic()))
-                except asyncio.TimeoutError:
-                    continue
+                message = await self._outbox.get()
                 await self._ws.send_str(json.dumps(message, default=str))
         except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
-            self._close(f"sending to the coordinator failed: {exc}")
+            self._disconnect(f"sending to the coordinator failed: {exc}")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("worker send loop failed")
-            self._close(f"send loop failed: {exc}")
+            self._disconnect(f"send loop failed: {exc}")
 
     async def _receive_loop(self):
-        # A hung coordinator (connection open, no acks) is treated like a lost one.
-        silence = max(5.0, 10 * self.heartbeat_timeout_s)
         reason = "the coordinator closed the connection"
         try:
             while True:
-                try:
-                    msg = await self._ws.receive(timeout=silence)
-                except asyncio.TimeoutError:
-                    reason = f"no word from the coordinator for {silence:g} s"
-                    break
+                msg = await self._ws.receive()
                 if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                    if self._ws.close_code is not None and msg.extra:
+                        reason = f"the coordinator closed the connection: {msg.extra}"
                     break
                 if msg.type == aiohttp.WSMsgType.ERROR:
                     reason = f"the connection to the coordinator failed: {self._ws.exception()}"
@@ -251,21 +317,43 @@ class Worker:
                     except Exception:  # one bad message must not drop the connection
                         log.exception("worker %s: handling %r failed", self.node_id, message.get("type"))
         finally:
-            self._close(reason)
+            self._disconnect(reason)
 
-    def _close(self, reason, level=logging.WARNING):
+    async def _watch_heartbeat(self):
+        """The heartbeat connection ends when the coordinator drops this worker; a coordinator
+        that stops answering (stopped, hung) counts as gone after ``max(5 s, 10 x timeout)``."""
+        silence = max(5.0, 10 * self.heartbeat_timeout_s)
+        while True:
+            await asyncio.sleep(min(0.1, self.heartbeat_interval_s))
+            beat = self._heartbeat
+            if beat is None:
+                return
+            if beat.closed:
+                self._disconnect(f"the coordinator closed the heartbeat connection ({beat.closed})")
+                return
+            if beat.seconds_since_ack > silence:
+                self._disconnect(f"no word from the coordinator for {beat.seconds_since_ack:.1f} s")
+                return
+
+    def _disconnect(self, reason):
+        if self._disconnected is not None and not self._disconnected.is_set():
+            self.closed_reason = reason
+            self._disconnected.set()
+
+    def _give_up(self, reason, level=logging.WARNING):
         if not self._closed.is_set():
             self.closed_reason = reason
             log.log(level, "worker %s: %s", self.node_id, reason)
             self._closed.set()
 
     async def wait_closed(self):
-        """Wait until the coordinator connection ends; return why."""
+        """Wait until the worker gives up on its coordinator (it did not come back); return why."""
         await self._closed.wait()
         return self.closed_reason
 
     async def run(self):
-        """Start, serve until the coordinator goes away, stop; return the reason."""
+        """Start, serve (rejoining when dropped) until the coordinator is gone for good, stop;
+        return the reason."""
         await self.start()
         try:
             return await self.wait_closed()
@@ -274,8 +362,12 @@ class Worker:
 
     async def stop(self):
         """Say goodbye, cancel every task, close the servers."""
+        self._stopping = True
         if self._closed is not None and not self._closed.is_set():
-            self._close("worker stopping", logging.INFO)
+            self._give_up("worker stopping", logging.INFO)
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            self._supervisor = None
         if self._ws is not None and not self._ws.closed:
             try:
                 await self._ws.send_json({"type": protocol.GOODBYE})
@@ -285,6 +377,9 @@ class Worker:
         for task in self._loops:
             task.cancel()
         self._loops = []
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
         if self.task_manager is not None and not self._shut_down:
             self._shut_down = True
             await self.task_manager.shutdown()

@@ -121,11 +121,15 @@ class TriggerCheckpoint(Record):
 
 @dataclass(frozen=True, slots=True)
 class CheckpointComplete(Record):
-    """Checkpoint ``checkpoint_id`` of ``job_id`` is committed: the job's sinks publish what it covers."""
+    """Checkpoint ``checkpoint_id`` of ``job_id`` is committed: the job's sinks publish what it
+    covers. ``attempts`` (``{task_id: attempt}``) are the attempts that took part: an
+    attempt not listed (a superseded one, e.g. on a worker that was stopped and resumed)
+    publishes nothing."""
 
     TYPE = "checkpoint_complete"
     job_id: str
     checkpoint_id: int
+    attempts: dict = field(default_factory=dict)
 
 
 # -- live rescaling (ARCHITECTURE.md section 8) --------------------------------------------

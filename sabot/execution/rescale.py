@@ -45,8 +45,9 @@ class RescaleMessages:
         return bool(self.source_pause)
 
 
-def state_channel_id(job_id, rescale_id, old_task_id, new_task_id) -> str:
-    return f"{job_id}/{rescale_id}/state/{old_task_id}->{new_task_id}"
+def state_channel_id(job_id, rescale_id, old_attempt, new_attempt) -> str:
+    """The channel an old task's state slice travels on to one new task (attempts named: fenced)."""
+    return f"{job_id}/{rescale_id}/state/{old_attempt}->{new_attempt}"
 
 
 def build_rescale_messages(exec_graph, job_id, operator_id, plan, rescale_id, locations=None, checkpoint=None,
@@ -76,16 +77,20 @@ def build_rescale_messages(exec_graph, job_id, operator_id, plan, rescale_id, lo
             deploy=deploy, add_inputs=add_inputs,
             source_pause={old: SourcePause(retired[old].attempt_id, rescale_id) for old in old_ids},
         )
+    old_attempts = {o: retired[o].attempt_id for o in old_ids}
+    new_attempts = {n: tasks[n].attempt_id for n in new_ids}
     deploy = {
         new: tdds[new].with_(
-            rescale=RescaleSpec(rescale_id, [state_channel_id(job_id, rescale_id, o, new) for o in old_ids]),
+            rescale=RescaleSpec(rescale_id, [state_channel_id(job_id, rescale_id, old_attempts[o], new_attempts[new])
+                                             for o in old_ids]),
             min_checkpoint_id=min_checkpoint_id,
         )
         for new in new_ids
     }
     handoff = {}
     for old in old_ids:
-        targets = [ChannelTarget(state_channel_id(job_id, rescale_id, old, new), *(locations.get(new) or (None, None)))
+        targets = [ChannelTarget(state_channel_id(job_id, rescale_id, old_attempts[old], new_attempts[new]),
+                                 *(locations.get(new) or (None, None)))
                    for new in new_ids]
         handoff[old] = Handoff(retired[old].attempt_id, rescale_id, targets, table)
     switch_output = {}

@@ -125,12 +125,16 @@ class TaskManager:
             raise ValueError(f"task {task.task_id!r} is {task.state.value}; it takes no control messages")
         return task.control(message)
 
-    def notify_checkpoint_complete(self, job_id, checkpoint_id):
-        """Tell every task of ``job_id`` here that ``checkpoint_id`` completed (sinks commit).
+    def notify_checkpoint_complete(self, job_id, checkpoint_id, attempts=None):
+        """Tell the tasks of ``job_id`` here that ``checkpoint_id`` completed (sinks commit).
 
-        Returns at once; the commits run on the thread pool (see :meth:`wait_commits`).
+        ``attempts`` (``{task_id: attempt}``, from the coordinator) are the attempts the
+        checkpoint covers; any other attempt is fenced off and publishes nothing. Returns
+        at once; the commits run on the thread pool (see :meth:`wait_commits`).
         """
         for task in list(self.tasks.values()):
+            if attempts is not None and attempts.get(task.task_id) != task.attempt:
+                continue
             if task.job_id == job_id and task.state not in (TaskState.FAILED, TaskState.CANCELED):
                 future = task.notify_checkpoint_complete(checkpoint_id)
                 self._commits.add(future)
@@ -186,6 +190,12 @@ class TaskManager:
                         self.on_update(task.status())
                     except Exception:
                         log.exception("task report failed")
+
+    async def cancel_all(self):
+        """Cancel every task that still runs here (this process was dropped by its coordinator:
+        their attempts are superseded)."""
+        await asyncio.gather(*(t.cancel() for t in list(self.tasks.values()) if not t.state.is_terminal),
+                             return_exceptions=True)
 
     async def shutdown(self):
         for task in list(self.tasks.values()):

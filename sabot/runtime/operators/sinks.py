@@ -8,12 +8,15 @@ Parameter formats (``parameters["kind"]``):
 
 * ``"collect"``: ``{}``; ``result()`` is the gathered ``pyarrow.Table``.
 * ``"files"``: ``{"path": dir, "format": "parquet" | "ipc", "rows_per_file": int |
-  None}``; writes ``part-{subtask}-{n:05d}.parquet`` / ``.arrow``, published by
-  two-phase commit at checkpoints (see :class:`FileSink`).
+  None, "mode": "error" | "overwrite" | "append"}``; writes
+  ``part-{lineage}-{subtask}-{n:05d}.parquet`` / ``.arrow``, published by two-phase
+  commit at checkpoints (see :class:`FileSink`).
 * ``"callable"``: ``{"function": "module:fn"}``; ``fn(batch)`` per batch.
 * ``"print"``: ``{"limit": int | None}``; prints up to ``limit`` rows to stdout.
 """
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -117,38 +120,136 @@ class CollectSink(_Sink):
 
 
 _STAGING_SUFFIX = ".inprogress"
+#: the file that says which output lineage a directory holds (``_`` hides it from readers)
+OUTPUT_MARKER = "_SABOT_OUTPUT.json"
+OUTPUT_MODES = ("error", "overwrite", "append")
+
+
+def output_lineage(job_id):
+    """The lineage of a job's file output: part files are named by it, so two jobs never
+    write the same name. A job restored from another's checkpoint keeps that lineage."""
+    return hashlib.blake2s(str(job_id).encode(), digest_size=4).hexdigest()
+
+
+def _part_lineage(name):
+    """The lineage of a (final or staged) part file name, None for other files."""
+    m = re.match(r"^\.?part-([0-9a-f]{8})-\d+-\d+\.", name)
+    return m.group(1) if m else None
+
+
+def check_output_directory(fs, directory, lineage, mode):
+    """Why lineage ``lineage`` must not write into ``directory`` (None: it may).
+
+    A directory belongs to the lineage its marker names. In mode ``"error"`` another
+    lineage's marker or part files (a rerun, another job, an older Sabot's
+    ``part-N-...`` files) refuse the write; ``"append"`` and ``"overwrite"`` accept them
+    (``overwrite`` deletes them first, see :func:`claim_output_directory`).
+    """
+    if mode not in OUTPUT_MODES:
+        return f"unknown mode {mode!r}; expected one of {OUTPUT_MODES}"
+    if mode != "error":
+        return None
+    infos = fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+    marker = _read_marker(fs, directory)
+    if marker is not None and marker.get("lineage") != lineage:
+        return (f"{directory} holds the output of job {marker.get('job_id')}; "
+                "write to another directory, or pass mode='overwrite' to replace that output or "
+                "mode='append' to add to it")
+    foreign = sorted(i.base_name for i in infos if i.type == pafs.FileType.File
+                     and i.base_name.startswith(("part-", ".part-")) and _part_lineage(i.base_name) != lineage)
+    if foreign:
+        return (f"{directory} already holds part files of another job ({', '.join(foreign[:3])}"
+                f"{' ...' if len(foreign) > 3 else ''}); write to another directory, or pass mode='overwrite' "
+                "to replace them or mode='append' to add to them")
+    return None
+
+
+def _read_marker(fs, directory):
+    try:
+        with fs.open_input_stream(f"{directory}/{OUTPUT_MARKER}") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def claim_output_directory(fs, directory, lineage, mode, job_id):
+    """Make ``directory`` this lineage's output (after :func:`check_output_directory` passed):
+    ``overwrite`` deletes other lineages' part files; the marker names this lineage. A local
+    directory's marker is created exclusively, so of two jobs starting at once one is refused."""
+    fs.create_dir(directory, recursive=True)
+    marker = _read_marker(fs, directory)
+    if marker is not None and marker.get("lineage") == lineage:
+        return
+    if mode == "overwrite":
+        for info in fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True)):
+            if info.type == pafs.FileType.File and _part_lineage(info.base_name) not in (None, lineage):
+                try:
+                    fs.delete_file(info.path)
+                except FileNotFoundError:
+                    pass  # another subtask of this job deleted it
+    elif marker is not None:
+        return  # append: the directory keeps naming its first owner
+    body = json.dumps({"lineage": lineage, "job_id": job_id}).encode()
+    path = f"{directory}/{OUTPUT_MARKER}"
+    if isinstance(fs, pafs.LocalFileSystem) and mode == "error":
+        # written whole under a private name, then linked: creation is exclusive and a reader
+        # never sees a half-written marker
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(body)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            marker = _read_marker(fs, directory) or {}
+            if marker.get("lineage") != lineage:
+                raise OperatorError(f"{directory} was claimed at the same moment by job {marker.get('job_id')}; "
+                                    "two jobs do not share an output directory") from None
+        finally:
+            os.unlink(tmp)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(body)
 
 
 @register("sink", kind="files")
 class FileSink(_Sink):
-    """Part files ``part-{subtask_index}-{n:05d}.{parquet|arrow}`` in one directory,
+    """Part files ``part-{lineage}-{subtask_index}-{n:05d}.{parquet|arrow}`` in one directory,
     published by two-phase commit (Flink's ``TwoPhaseCommitSinkFunction``).
+
+    Names are fenced: ``lineage`` (:func:`output_lineage`: the job's, or the one of the
+    job whose checkpoint this one was restored from) keeps two jobs from ever writing
+    the same name, and each attempt stages under a name of its own, so an attempt that
+    a restart superseded (say, on a worker that was stopped and resumed) can write only
+    files nobody publishes: a checkpoint commits the files of the attempt it covers. A
+    directory holding another lineage's output is refused unless ``mode`` says
+    ``"overwrite"`` or ``"append"`` (:func:`check_output_directory`).
 
     A new part starts every ``rows_per_file`` rows (default: one file per subtask
     between two checkpoints). ``path`` may be a local directory or a URI that
     ``pyarrow.fs`` understands (``s3://…``); the directory is created on the first
     batch.
 
-    Rows go to a staging file ``.part-{subtask}-{n:05d}.{ext}.inprogress`` in the
-    same directory; the leading ``.`` hides it from ``pyarrow.dataset`` (and Spark,
-    Hive, …), which skip names starting with ``.`` or ``_``. Its life:
+    Rows go to a staging file ``.part-{lineage}-{subtask}-{n:05d}.{ext}.a{attempt}.inprogress``
+    in the same directory; the leading ``.`` hides it from ``pyarrow.dataset`` (and
+    Spark, Hive, …), which skip names starting with ``.`` or ``_``. Its life:
 
     * ``snapshot_state(c)`` (pre-commit): closes the open file; every file closed
       since the last snapshot becomes pending for checkpoint ``c``. State:
-      ``{"pending": {"c": [names…]}, "committed": [names…], "next_part": k}``
-      (checkpoint ids as strings: the state goes through JSON).
+      ``{"lineage": l, "pending": {"c": [staged names…]}, "committed": [names…],
+      "next_part": k}`` (checkpoint ids as strings: the state goes through JSON).
     * ``notify_checkpoint_complete(c)`` (commit): renames (``FileSystem.move``) the
       files pending for every checkpoint ``<= c`` to their final names.
     * ``restore_state(state, c)`` (recovery): commits the files the state lists as
       pending (their checkpoint completed; only the notification may have been
       lost), then deletes every other file of this subtask in the directory:
-      staging leftovers and final part files not in ``committed`` (written after
-      the checkpoint by an attempt that failed later). The directory then holds
-      exactly what checkpoint ``c`` covers; numbering goes on from ``next_part``.
+      staging leftovers of any attempt and final part files not in ``committed``
+      (written after the checkpoint by an attempt that failed later). The directory
+      then holds exactly what checkpoint ``c`` covers; numbering goes on from ``next_part``.
     * ``finish()`` (end of a bounded input is final): commits everything.
 
     Without checkpoints this amounts to: files become visible when the sink
-    finishes. Only files named for this subtask are ever renamed or deleted.
+    finishes. Only files named for this lineage and subtask are ever renamed or deleted
+    (and, in ``overwrite`` mode, other lineages' part files, once, at the start).
     """
 
     def __init__(self, ctx):
@@ -166,15 +267,16 @@ class FileSink(_Sink):
         if rpf is not None and (isinstance(rpf, bool) or not isinstance(rpf, int) or rpf <= 0):
             raise OperatorError(f"file sink {name!r}: rows_per_file must be a positive integer or None, got {rpf!r}")
         self.rows_per_file = rpf
+        self.mode = self.params.get("mode") or "error"
+        if self.mode not in OUTPUT_MODES:
+            raise OperatorError(f"file sink {name!r}: unknown mode {self.mode!r}; expected one of {OUTPUT_MODES}")
         if "://" in path:
             self.fs, self.dir = pafs.FileSystem.from_uri(path)
         else:
             self.fs, self.dir = pafs.LocalFileSystem(), os.path.abspath(path)
         self.dir = self.dir.rstrip("/") or "/"
         self.ext = FILE_FORMATS[self.format]
-        # Names of this subtask's files, final and staging; group 1 is the part number.
-        sub = ctx.subtask_index
-        self._own = re.compile(rf"^\.?part-{sub}-(\d+)\.{re.escape(self.ext)}(?:{re.escape(_STAGING_SUFFIX)})?$")
+        self._set_lineage(output_lineage(ctx.job_id))
         self.next_part = 0
         self.committed = []  # final names, in commit order
         self.closed = []  # staged and closed, not yet pending for a checkpoint
@@ -189,11 +291,22 @@ class FileSink(_Sink):
 
     # -- names -------------------------------------------------------------------------
 
-    def final_name(self, part):
-        return f"part-{self.ctx.subtask_index}-{part:05d}.{self.ext}"
+    def _set_lineage(self, lineage):
+        self.lineage = lineage
+        # this lineage's and subtask's files, final and staged: group 1 the part, 2 the attempt
+        self._own = re.compile(rf"^\.?part-{lineage}-{self.ctx.subtask_index}-(\d+)\.{re.escape(self.ext)}"
+                               rf"(?:\.a(\d+){re.escape(_STAGING_SUFFIX)})?$")
 
-    def staging_name(self, part):
-        return f".{self.final_name(part)}{_STAGING_SUFFIX}"
+    def final_name(self, part):
+        return f"part-{self.lineage}-{self.ctx.subtask_index}-{part:05d}.{self.ext}"
+
+    def staging_name(self, part, attempt=None):
+        attempt = self.ctx.attempt if attempt is None else attempt
+        return f".{self.final_name(part)}.a{attempt}{_STAGING_SUFFIX}"
+
+    def _final_of(self, staged):
+        m = self._own.match(staged)
+        return self.final_name(int(m.group(1)))
 
     def _path(self, name):
         return f"{self.dir.rstrip('/')}/{name}"
@@ -207,7 +320,10 @@ class FileSink(_Sink):
 
     def _open_file(self):
         if not self._dir_ready:
-            self.fs.create_dir(self.dir, recursive=True)
+            why = check_output_directory(self.fs, self.dir, self.lineage, self.mode)
+            if why:
+                raise OperatorError(f"file sink {self.ctx.operator_name!r}: {why}")
+            claim_output_directory(self.fs, self.dir, self.lineage, self.mode, self.ctx.job_id)
             self._dir_ready = True
         part = self.next_part
         self._stream = self.fs.open_output_stream(self._path(self.staging_name(part)))
@@ -224,7 +340,7 @@ class FileSink(_Sink):
             self._writer.close()
             self._stream.close()
             self._writer = self._stream = None
-            self.closed.append(self.final_name(self._current))
+            self.closed.append(self.staging_name(self._current))
             self._current = None
 
     def process(self, batch, input_index):
@@ -257,9 +373,9 @@ class FileSink(_Sink):
 
     def _commit(self, names, checkpoint_id, recovering=False):
         """Rename staged files to their final names (already final: nothing to do)."""
-        for final in names:
-            part = int(self._own.match(final).group(1))
-            staged = self._path(self.staging_name(part))
+        for staged_name in names:
+            final = self._final_of(staged_name)
+            staged = self._path(staged_name)
             if self.fs.get_file_info(staged).type == pafs.FileType.File:
                 self.fs.move(staged, self._path(final))
             elif self.fs.get_file_info(self._path(final)).type != pafs.FileType.File:
@@ -283,6 +399,7 @@ class FileSink(_Sink):
             return {
                 "keyed": None,
                 "state": {
+                    "lineage": self.lineage,
                     "pending": {str(c): list(names) for c, names in sorted(self.pending.items())},
                     "committed": list(self.committed),
                     "next_part": self.next_part,
@@ -303,23 +420,31 @@ class FileSink(_Sink):
             raise OperatorError(f"file sink {name!r} keeps no keyed state, but checkpoint "
                                 f"{checkpoint_id} holds {keyed.num_rows} keyed rows for it")
         state = state or {}
-        unknown = sorted(set(state) - {"pending", "committed", "next_part"})
+        unknown = sorted(set(state) - {"lineage", "pending", "committed", "next_part"})
         if unknown:
             raise OperatorError(
                 f"file sink {name!r}: the state in checkpoint {checkpoint_id} has unknown keys {unknown}; "
-                "expected 'pending', 'committed', 'next_part'"
+                "expected 'lineage', 'pending', 'committed', 'next_part'"
             )
         with self._lock:
             if self._writer is not None or self.next_part or self.committed:
                 raise OperatorError(f"file sink {name!r}: restore_state must come before any batch")
+            lineage = state.get("lineage")
+            if lineage is not None:
+                if not isinstance(lineage, str) or not re.fullmatch(r"[0-9a-f]{8}", lineage):
+                    raise OperatorError(f"file sink {name!r}: checkpoint {checkpoint_id} names lineage "
+                                        f"{lineage!r}; expected 8 hex digits")
+                self._set_lineage(lineage)  # a job restored from another's checkpoint goes on with its files
             committed = list(state.get("committed") or [])
             pending = {int(c): list(names) for c, names in (state.get("pending") or {}).items()}
-            bad = [n for n in committed + [n for ns in pending.values() for n in ns]
-                   if not isinstance(n, str) or not self._own.match(n) or n.startswith(".")]
+            bad = [n for n in committed if not isinstance(n, str) or not self._own.match(n) or n.startswith(".")]
+            bad += [n for ns in pending.values() for n in ns
+                    if not isinstance(n, str) or not self._own.match(n) or not n.startswith(".")]
             if bad:
                 raise OperatorError(
                     f"file sink {name!r}: checkpoint {checkpoint_id} lists files {bad[:5]} that are not "
-                    f"part files of subtask {self.ctx.subtask_index} (part-{self.ctx.subtask_index}-NNNNN.{self.ext})"
+                    f"part files of lineage {self.lineage} and subtask {self.ctx.subtask_index} "
+                    f"({self.final_name(0)} and its staged forms)"
                 )
             self.committed = committed
             self.next_part = int(state.get("next_part") or 0)
@@ -341,7 +466,10 @@ class FileSink(_Sink):
                 continue
             if info.base_name in keep:
                 continue
-            self.fs.delete_file(info.path)
+            try:
+                self.fs.delete_file(info.path)
+            except FileNotFoundError:
+                continue  # a superseded attempt's staging file, gone meanwhile
             removed.append(info.base_name)
         if removed:
             log.info("file sink %r[%d]: restored checkpoint %s; removed %d file(s) it does not cover: %s",
@@ -375,12 +503,20 @@ class FileSink(_Sink):
             return []
 
     def notify_job_finished(self):
-        """The whole job finished: publish everything still staged."""
+        """The whole job finished: publish everything still staged, and remove what superseded
+        attempts of this subtask left staged (nobody publishes it)."""
         with self._lock:
             for c in sorted(self.pending):
                 self._commit(self.pending.pop(c), c)
             self._commit(self.closed, "end-of-input")
             self.closed = []
+            for info in self.fs.get_file_info(pafs.FileSelector(self.dir, allow_not_found=True)):
+                m = self._own.match(info.base_name)
+                if m and m.group(2) is not None and int(m.group(2)) != self.ctx.attempt:
+                    try:
+                        self.fs.delete_file(info.path)
+                    except FileNotFoundError:
+                        pass
 
     def close(self):
         # After a failure the open part stays a staging file (restore deletes it).

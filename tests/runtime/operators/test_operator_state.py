@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pyarrow.dataset as ds
 import pytest
 from test_window import AGGS, assert_same_rows, random_events, reference
@@ -20,7 +21,7 @@ from sabot._core import partition
 from sabot.errors import OperatorError
 from sabot.runtime.checkpoint_storage import CheckpointStorage
 from sabot.runtime.operators.base import TaskContext, create_operator
-from sabot.runtime.operators.sinks import CollectSink, FileSink
+from sabot.runtime.operators.sinks import OUTPUT_MARKER, CollectSink, FileSink, output_lineage
 
 MAX_PARALLELISM = 128
 
@@ -293,9 +294,16 @@ def assert_visible(path, expected, fmt="parquet"):
     assert got is not None and got.equals(expected.sort_by("id")), (got, expected)
 
 
+LINEAGE = output_lineage("job")
+
+
 def own_files(path, subtask):
     return sorted(n for n in os.listdir(path)
-                  if n.startswith((f"part-{subtask}-", f".part-{subtask}-")))
+                  if n.startswith((f"part-{LINEAGE}-{subtask}-", f".part-{LINEAGE}-{subtask}-")))
+
+
+def part_number(name):
+    return int(name.split("-")[3].split(".")[0])
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "ipc"])
@@ -324,8 +332,8 @@ def test_file_sink_two_phase_commit(tmp_path, fmt):
     op.close()
     assert_visible(out, table, fmt)
     ext = "parquet" if fmt == "parquet" else "arrow"
-    names = sorted(os.listdir(out))
-    assert names == [f"part-0-{i:05d}.{ext}" for i in range(len(names))]  # nothing staged is left
+    names = sorted(n for n in os.listdir(out) if n != OUTPUT_MARKER)
+    assert names == [f"part-{LINEAGE}-0-{i:05d}.{ext}" for i in range(len(names))]  # nothing staged is left
     assert [os.path.basename(p) for p in op.summary()["files"]] == names
     assert state2["next_part"] < state3["next_part"]
 
@@ -346,12 +354,12 @@ def test_file_sink_restore_commits_pending_and_discards_the_rest(tmp_path):
     new = file_sink(out)
     new.restore_state(None, state2, 2)
     assert_visible(out, table.slice(0, 45))  # exactly what checkpoint 2 covers
-    assert not any(n.startswith(".") for n in os.listdir(out))
+    assert not any(n.startswith(".") for n in os.listdir(out))  # no staging file is left
     write(new, table, 45, 100)  # the sources replay from checkpoint 2's offsets
     new.finish()
     assert_visible(out, table)
     names = own_files(out, 0)
-    numbers = sorted(int(n.split("-")[2].split(".")[0]) for n in names)
+    numbers = sorted(part_number(n) for n in names)
     assert numbers == list(range(len(numbers)))  # numbering went on without gaps or reuse
     assert state2["next_part"] == len(state2["committed"]) + len(state2["pending"]["2"])
 
@@ -375,7 +383,7 @@ def test_file_sink_restore_of_an_older_checkpoint_removes_later_commits(tmp_path
     write(new, table, 25, 100)
     new.finish()
     assert_visible(out, table)
-    assert own_files(out, 0) == ["part-0-00000.parquet", "part-0-00001.parquet"]
+    assert own_files(out, 0) == [f"part-{LINEAGE}-0-00000.parquet", f"part-{LINEAGE}-0-00001.parquet"]
 
 
 def test_file_sink_restore_when_the_pending_files_were_already_committed(tmp_path):
@@ -510,14 +518,111 @@ def test_file_sink_bad_restores(tmp_path):
     op = file_sink(out)
     with pytest.raises(OperatorError, match=r"unknown keys \['offset'\]"):
         op.restore_state(None, {"offset": 3}, 1)
-    with pytest.raises(OperatorError, match="not part files of subtask 0"):
-        op.restore_state(None, {"committed": ["part-1-00000.parquet"], "pending": {}, "next_part": 1}, 1)
+    with pytest.raises(OperatorError, match=f"not part files of lineage {LINEAGE} and subtask 0"):
+        op.restore_state(None, {"committed": [f"part-{LINEAGE}-1-00000.parquet"], "pending": {}, "next_part": 1}, 1)
     table = data(10)
     write(op, table, 0, 10)
     state = op.snapshot_state(1)["state"]
-    for name in os.listdir(out):
+    for name in own_files(out, 0):
         os.remove(out / name)  # the staged file vanished before anyone committed it
-    with pytest.raises(OperatorError, match="cannot commit part-0-00000.parquet of checkpoint 1"):
+    with pytest.raises(OperatorError, match=f"cannot commit part-{LINEAGE}-0-00000.parquet of checkpoint 1"):
         file_sink(out).restore_state(None, state, 1)
     with pytest.raises(OperatorError, match="before any batch"):
         op.restore_state(None, state, 1)
+
+
+# -- fencing and directory ownership ----------------------------------------------------
+
+
+def sink_of(path, job="job", attempt=0, subtask=0, mode="error", rows_per_file=6):
+    ctx = TaskContext(job_id=job, task_id=f"out-{subtask}", attempt=attempt,
+                      operator=sink_operator({"kind": "files", "path": str(path), "format": "parquet",
+                                              "rows_per_file": rows_per_file, "mode": mode}),
+                      subtask_index=subtask, parallelism=1, max_parallelism=MAX_PARALLELISM, metrics={},
+                      checkpointing=True)
+    op = create_operator(ctx)
+    op.open()
+    return op
+
+
+def test_a_superseded_attempt_stages_under_its_own_names_and_is_never_published(tmp_path):
+    table = data(60)
+    out = tmp_path / "out"
+    old = sink_of(out, attempt=0)
+    write(old, table, 0, 20)
+    state = old.snapshot_state(1)["state"]
+    # attempt 0 is superseded (its worker was declared lost) but keeps running for a moment
+    new = sink_of(out, attempt=1)
+    new.restore_state(None, state, 1)  # checkpoint 1 completed: its files are published
+    write(old, table, 20, 40)           # the old attempt writes on ...
+    write(new, table, 20, 40)           # ... beside the new one, never into the same file
+    old.snapshot_state(2)
+    new_state = new.snapshot_state(2)["state"]
+    staged = {n for n in os.listdir(out) if n.endswith(".inprogress")}
+    assert any(".a0." in n for n in staged) and any(".a1." in n for n in staged)
+    new.notify_checkpoint_complete(2)  # the coordinator tells only attempt 1
+    write(new, table, 40, 60)
+    new.finish()
+    new.notify_job_finished()
+    assert_visible(out, table)  # every row once: nothing of attempt 0 after checkpoint 1 is visible
+    assert not [n for n in os.listdir(out) if n.endswith(".inprogress")]  # its leftovers are removed
+    assert set(new_state["pending"]["2"]) <= staged
+
+
+def test_a_rerun_into_the_same_directory_is_refused_naming_the_job(tmp_path):
+    table = data(20)
+    out = tmp_path / "out"
+    first = sink_of(out, job="first-run")
+    write(first, table, 0, 20)
+    first.finish()
+    first.notify_job_finished()
+    rerun = sink_of(out, job="second-run")
+    with pytest.raises(OperatorError, match=r"holds the output of job first-run.*mode='overwrite'.*mode='append'"):
+        write(rerun, table, 0, 5)
+    assert_visible(out, table)  # the first run's output is untouched
+
+
+def test_overwrite_replaces_and_append_adds(tmp_path):
+    table = data(30)
+    out = tmp_path / "out"
+    first = sink_of(out, job="a")
+    write(first, table, 0, 10)
+    first.finish()
+    first.notify_job_finished()
+    appended = sink_of(out, job="b", mode="append")
+    write(appended, table, 10, 20)
+    appended.finish()
+    appended.notify_job_finished()
+    assert_visible(out, table.slice(0, 20))
+    replaced = sink_of(out, job="c", mode="overwrite")
+    write(replaced, table, 20, 30)
+    replaced.finish()
+    replaced.notify_job_finished()
+    assert_visible(out, table.slice(20, 10))
+    # the directory now belongs to c: a rerun of a is refused
+    with pytest.raises(OperatorError, match="holds the output of job c"):
+        write(sink_of(out, job="a"), table, 0, 1)
+
+
+def test_output_of_an_older_sabot_counts_as_foreign(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(data(3), out / "part-0-00000.parquet")
+    with pytest.raises(OperatorError, match="already holds part files of another job"):
+        write(sink_of(out), data(5), 0, 5)
+
+
+def test_a_restored_job_goes_on_with_the_files_of_the_job_it_was_restored_from(tmp_path):
+    table = data(40)
+    out = tmp_path / "out"
+    first = sink_of(out, job="first")
+    write(first, table, 0, 20)
+    state = first.snapshot_state(1)["state"]
+    first.notify_checkpoint_complete(1)
+    restored = sink_of(out, job="restored-elsewhere")
+    restored.restore_state(None, state, 1)
+    write(restored, table, 20, 40)
+    restored.finish()
+    restored.notify_job_finished()
+    assert_visible(out, table)
+    assert {n.split("-")[1] for n in os.listdir(out) if n.startswith("part-")} == {output_lineage("first")}

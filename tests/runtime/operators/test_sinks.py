@@ -11,7 +11,7 @@ import pytest
 from sabot.errors import OperatorError
 from sabot.runtime import functions
 from sabot.runtime.operators.base import TaskContext, create_operator
-from sabot.runtime.operators.sinks import CallableSink, CollectSink, FileSink, PrintSink
+from sabot.runtime.operators.sinks import OUTPUT_MARKER, CallableSink, CollectSink, FileSink, PrintSink, output_lineage
 
 
 def make_sink(params, subtask=0, parallelism=1, name="out"):
@@ -79,8 +79,8 @@ def test_file_sink_writes_readable_part_files(tmp_path, fmt, ext, rows_per_file)
     assert not out.exists()  # created on the first batch
     run(op, batches)
     n_files = 1 if rows_per_file is None else -(-30 // rows_per_file)
-    expected_names = [f"part-2-{n:05d}.{ext}" for n in range(n_files)]
-    assert sorted(os.listdir(out)) == expected_names
+    expected_names = [f"part-{output_lineage('job')}-2-{n:05d}.{ext}" for n in range(n_files)]
+    assert sorted(os.listdir(out)) == [OUTPUT_MARKER] + expected_names
     summary = op.summary()
     assert [os.path.basename(p) for p in summary["files"]] == expected_names
     assert summary["rows"] == 30
