@@ -1,0 +1,80 @@
+"""Faults that are not kill -9, on real worker processes: a paused worker (SIGSTOP), a worker
+whose Python is held by one long C call. The committed output must equal the reference
+(no row lost, none duplicated), and a busy worker must not be mistaken for a dead one.
+"""
+
+import os
+import signal
+import time
+
+import pytest
+
+from sabot.cluster.local import LocalCluster
+from test_recovery_e2e import check_output, completed_checkpoints, job_graph, wait_until
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Three workers, two slots each: a job of parallelism 2 fits on one, with room to move."""
+    checkpoints = tmp_path_factory.mktemp("checkpoints")
+    with LocalCluster(workers=3, slots_per_worker=2,
+                      coordinator_config={"checkpoint_dir": str(checkpoints), "restart_slot_wait_s": 30}) as c:
+        yield c
+
+
+def sink_worker(cluster, job_id):
+    """Index of the worker hosting the job's first sink subtask."""
+    node = next(t["node_id"] for t in cluster.job(job_id)["tasks"] if t["operator_name"] == "sink")
+    return cluster.node_ids.index(node)
+
+
+def live_workers(cluster):
+    return sum(1 for pid in cluster.worker_pids if pid is not None)
+
+
+@pytest.mark.parametrize("seconds", [0.2, 0.5, 0.75, 1.0, 2.0, 3.0, 10.0])
+@pytest.mark.parametrize("round_", [1, 2, 3])
+def test_a_paused_sink_worker_leaves_the_committed_output_exact(cluster, tmp_path, seconds, round_):
+    if seconds >= 10 and round_ > 2:
+        pytest.skip("two rounds of the 10 s pause are enough")
+    out = tmp_path / "out"
+    strategy = {"type": "fixed-delay", "attempts": 10, "delay_ms": 50}
+    job_id = cluster.submit(job_graph(out, restart_strategy=strategy, interval_ms=150))
+    wait_until(lambda: completed_checkpoints(cluster, job_id) >= 1, 30, "a completed checkpoint")
+    index = sink_worker(cluster, job_id)
+    pid = cluster.worker_pids[index]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert cluster.wait(job_id, 120) == "FINISHED", cluster.job(job_id).get("failure")
+    check_output(out, aggregate=False)
+    info = cluster.job(job_id)
+    timeout = cluster.coordinator.config.heartbeat_timeout_s
+    if seconds < timeout / 2:
+        assert info["restarts"] == 0, info["restart_history"]  # a short pause is only a pause
+    # every worker is alive and registered again (a dropped one rejoined)
+    assert live_workers(cluster) == 3
+    wait_until(lambda: len(cluster.coordinator.nodes) == 3, 30, "every worker registered")
+
+
+def test_a_function_holding_the_gil_for_5_s_does_not_lose_its_worker(tmp_path, monkeypatch):
+    marker = tmp_path / "held"
+    # the worker processes inherit these: the first call of hold_gil_once holds the GIL 5 s
+    monkeypatch.setenv("SABOT_TEST_GIL_MARKER", str(marker))
+    monkeypatch.setenv("SABOT_TEST_GIL_SECONDS", "5")
+    with LocalCluster(workers=2, slots_per_worker=2,
+                      coordinator_config={"checkpoint_dir": str(tmp_path / "checkpoints")}) as cluster:
+        other = cluster.submit(job_graph(tmp_path / "other", interval_ms=150))
+        held = cluster.submit(job_graph(tmp_path / "held-out", map_fn="hold_gil_once", interval_ms=150))
+        assert cluster.wait(held, 120) == "FINISHED", cluster.job(held).get("failure")
+        assert cluster.wait(other, 120) == "FINISHED", cluster.job(other).get("failure")
+        assert marker.exists(), "the GIL was never held: the test did not test anything"
+        for job_id, out in ((held, tmp_path / "held-out"), (other, tmp_path / "other")):
+            assert cluster.job(job_id)["restarts"] == 0, cluster.job(job_id)["restart_history"]
+            check_output(out, aggregate=False)
+        assert not cluster.coordinator.registry.lost  # nobody was declared lost
+        assert len(cluster.coordinator.nodes) == 2
