@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from packaging_helpers import REPO, BUILD_TIMEOUT, fraud_reference, run, tool_env
+from packaging_helpers import BUILD_TIMEOUT, REPO, fraud_reference, run, tool_env
 
 
 @pytest.fixture(scope="session")

@@ -183,8 +183,8 @@ def find_python(version):
         if not os.path.exists(candidate):
             continue
         try:  # a pyenv shim exists but fails when that version is not selected
-            out = subprocess.run([candidate, "-c", "import ensurepip, venv, sys; print('%d.%d' % sys.version_info[:2])"],
-                                 capture_output=True, text=True, timeout=60, env=clean_env())
+            probe = "import ensurepip, venv, sys; print('%d.%d' % sys.version_info[:2])"
+            out = subprocess.run([candidate, "-c", probe], capture_output=True, text=True, timeout=60, env=clean_env())
         except (OSError, subprocess.TimeoutExpired):
             continue
         if out.returncode == 0 and out.stdout.strip() == version:

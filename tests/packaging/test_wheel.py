@@ -101,12 +101,14 @@ def test_manylinux_wheel_is_lean(built, manylinux_wheel):
     assert size_mb < 2.5, f"{manylinux_wheel.name} is {size_mb:.2f} MB"
 
 
-def test_readme_states_the_wheel_size(manylinux_wheel):
+def test_readme_states_the_wheel_size_and_tag(manylinux_wheel):
     readme = (REPO / "README.md").read_text()
     stated = re.search(r"manylinux wheel[^.]*? is about ([\d.]+) MB", readme)
     assert stated, "the README states the wheel's size ('... manylinux wheel ... is about N MB')"
     size_mb = manylinux_wheel.stat().st_size / 1e6
     assert size_mb == pytest.approx(float(stated[1]), rel=0.25), f"the wheel is {size_mb:.2f} MB"
+    tag = re.search(r"-(manylinux_\w+)\.whl$", manylinux_wheel.name)[1]
+    assert f"tagged `{tag}`" in " ".join(readme.split()), f"the wheel built here is tagged {tag}"
 
 
 # -- installed into a fresh virtualenv, run from an empty directory ------------------------------
