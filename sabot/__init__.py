@@ -5,10 +5,9 @@ run it in this process with ``.run()``, or on a cluster of worker processes with
 :class:`~sabot.cluster.local.LocalCluster` and the ``sabot`` command.
 """
 
+from sabot._version import __version__
 from sabot.api.stream import Stream, StreamSink
 from sabot.errors import JobFailed, OperatorError, SabotError
 from sabot.runtime.embedded import JobResult
-
-__version__ = "0.1.0"
 
 __all__ = ["JobFailed", "JobResult", "OperatorError", "SabotError", "Stream", "StreamSink", "__version__"]

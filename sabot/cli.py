@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 
+from sabot._version import __version__
 from sabot.cluster.config import CoordinatorConfig
 
 DEFAULT_COORDINATOR = "http://127.0.0.1:8081"
@@ -381,6 +382,7 @@ def cmd_job_cancel(args):
 def build_parser():
     parser = argparse.ArgumentParser(prog="sabot", description="Sabot: stream processing over Apache Arrow.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"sabot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def token_arg(p):
