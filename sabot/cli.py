@@ -250,18 +250,18 @@ def cmd_cluster_start(args):
     cluster = LocalCluster(workers=args.workers, slots_per_worker=args.slots, token=args.token,
                            coordinator_config={"port": args.port})
     stop = []
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    # Ctrl-C and SIGTERM both ask for a clean stop; handled as flags, never as an exception
+    # that could land between two statements and skip the cleanup
+    previous = {sig: signal.signal(sig, lambda *_: stop.append(1)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with cluster:
             print(f"sabot local cluster: coordinator {cluster.url}, {args.workers} workers x {args.slots} slots "
                   f"(pids {cluster.worker_pids}); Ctrl-C stops all", flush=True)
-            try:
-                while not stop:
-                    time.sleep(0.2)
-            except KeyboardInterrupt:
-                pass
+            while not stop:
+                time.sleep(0.2)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print("sabot local cluster stopped", flush=True)
     return 0
 
