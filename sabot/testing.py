@@ -337,7 +337,7 @@ class TestingCluster:
         self.clock = ManualClock()
         self.gateway = TestingWorkerGateway()
         self.coordinator = ClusterCoordinator(dict(config or {}, **settings), clock=self.clock,
-                                              gateway=self.gateway, run_io=inline)
+                                              gateway=self.gateway, offload=inline)
         if auto_run:
             self.gateway.on_deploy.append(self._start_task)
 

@@ -9,11 +9,13 @@ coordinator already ran (:func:`with_unique_ids`). Every refusal is an
 
 from __future__ import annotations
 
+from sabot.cluster.placement import TaskPlacer
 from sabot.errors import GraphValidationError, InvalidRequest
+from sabot.execution.execution_graph import ExecutionGraph
 from sabot.execution.job_graph import JobGraph
 from sabot.runtime import functions
 
-__all__ = ["check_functions", "parse_job_graph", "validate", "with_unique_ids"]
+__all__ = ["admit", "check_functions", "check_limits", "expand", "parse_job_graph", "validate", "with_unique_ids"]
 
 
 def parse_job_graph(job_graph):
@@ -81,6 +83,37 @@ def with_unique_ids(job_graph, jobs, operator_ids):
         edge["upstream_id"] = rename[edge["upstream_id"]]
         edge["downstream_id"] = rename[edge["downstream_id"]]
     return JobGraph.from_dict(data)
+
+
+def check_limits(job_graph, max_operators, max_tasks):
+    """Refuse a job over the coordinator's limits before anything of it is expanded."""
+    operators = len(job_graph.operators)
+    if operators > max_operators:
+        raise InvalidRequest(f"job {job_graph.job_name!r} has {operators} operators; this coordinator takes at most "
+                             f"{max_operators} per job (max_operators_per_job)")
+    tasks = 0
+    for op_id, op in job_graph.operators.items():
+        parallelism = job_graph.parallelism_of(op_id)
+        if isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism < 1:
+            raise InvalidRequest(f"operator {op.name!r}: parallelism must be an integer >= 1, got {parallelism!r}")
+        tasks += parallelism
+    if tasks > max_tasks:
+        raise InvalidRequest(f"job {job_graph.job_name!r} has {tasks} tasks (its operators' parallelisms added up); "
+                             f"this coordinator takes at most {max_tasks} per job (max_tasks_per_job)")
+
+
+def admit(job_graph, *, max_operators, max_tasks, check_imports):
+    """Parse a submission and check it against the limits, the graph rules and the function
+    rules (pure: runs on a thread for big jobs); the JobGraph and its slot demand."""
+    job_graph = parse_job_graph(job_graph)
+    check_limits(job_graph, max_operators, max_tasks)
+    validate(job_graph, check_imports=check_imports)
+    return job_graph, TaskPlacer.demand(job_graph)
+
+
+def expand(job_graph):
+    """The physical plan and the topological order of a job (pure: runs on a thread)."""
+    return ExecutionGraph(job_graph), [op.operator_id for op in job_graph.topological_sort()]
 
 
 def validate(job_graph, check_imports=True):

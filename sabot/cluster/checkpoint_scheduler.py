@@ -7,7 +7,7 @@ trigger (``checkpoint_interval_ms`` of the job), sending the trigger to the sour
 tasks and the completion to every worker of the job (through the gateway), a timer
 per checkpoint for its timeout, committing a complete checkpoint to
 :class:`~sabot.runtime.checkpoint_storage.CheckpointStorage` (metadata written last)
-and discarding aborted ones. Storage I/O runs through ``run_io`` (a thread by
+and discarding aborted ones. Storage I/O runs through ``offload`` (a thread by
 default), time through the injected clock, so tests drive it by hand.
 """
 
@@ -38,11 +38,11 @@ class JobCheckpointing:
         timeout_s: a checkpoint not acknowledged by every task within this time is aborted.
         gateway, placer, clock, spawn: the coordinator's collaborators.
         blocked_by: ``fn(job) -> str | None``: why no checkpoint may start now (a rescale).
-        run_io: ``async fn(callable, *args)`` running storage I/O (default: a thread).
+        offload: ``async fn(callable, *args)`` running storage I/O off the loop (default: a thread).
     """
 
     def __init__(self, job, storage, *, retain, timeout_s, gateway, placer, clock, spawn,
-                 blocked_by=lambda job: None, run_io=asyncio.to_thread):
+                 blocked_by=lambda job: None, offload=asyncio.to_thread):
         self.job = job
         self.storage = storage
         self.spec = CheckpointSpec(storage.uri, retain)
@@ -52,7 +52,7 @@ class JobCheckpointing:
         self.clock = clock
         self.spawn = spawn
         self.blocked_by = blocked_by
-        self.run_io = run_io
+        self.offload = offload
         self.coordinator = None  # CheckpointCoordinator, once the job runs
         self.latest = None  # summary of the latest committed checkpoint
         self.commits = set()  # commit coroutines in flight
@@ -200,7 +200,7 @@ class JobCheckpointing:
         job = self.job
         cid = record.checkpoint_id
         try:
-            completed = await self.run_io(self.storage.commit, job.job_id, cid, self._metadata(),
+            completed = await self.offload(self.storage.commit, job.job_id, cid, self._metadata(),
                                           handles=record.handles)
         except Exception as exc:
             log.error("job %s: committing checkpoint %d failed: %s", job.job_id, cid, exc)
@@ -253,7 +253,7 @@ class JobCheckpointing:
 
     async def _discard_one(self, cid):
         try:
-            await self.run_io(self.storage.discard, self.job.job_id, cid)
+            await self.offload(self.storage.discard, self.job.job_id, cid)
         except Exception as exc:  # a late writer, or already committed: leave it
             log.debug("job %s: discarding checkpoint %s: %s", self.job.job_id, cid, exc)
 
@@ -261,7 +261,7 @@ class JobCheckpointing:
 
     async def latest_completed(self):
         """The newest valid completed checkpoint (or None) and the reasons corrupt ones were skipped."""
-        latest = await self.run_io(self.storage.latest, self.job.job_id)
+        latest = await self.offload(self.storage.latest, self.job.job_id)
         return latest, [dataclasses.asdict(s) for s in self.storage.skipped]
 
     # -- views ------------------------------------------------------------------------------

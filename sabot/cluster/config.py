@@ -44,6 +44,11 @@ class CoordinatorConfig:
             :mod:`sabot.cluster.restart`; None: 3 restarts, 100 ms apart).
         restart_slot_wait_s: how long a restart waits for free slots (a replacement
             worker may join) before the job FAILS; None: ``slot_wait_timeout_s``.
+        max_operators_per_job, max_tasks_per_job: a job with more operators, or whose
+            operators' parallelisms add up to more tasks, is refused at submit (before
+            anything is expanded).
+        max_request_bytes: the largest HTTP request body accepted (413 above).
+        max_json_depth: the deepest nesting of JSON accepted in a request (400 above).
     """
 
     host: str = "127.0.0.1"
@@ -61,6 +66,10 @@ class CoordinatorConfig:
     checkpoint_retain: int = 3
     restart_strategy: dict = None
     restart_slot_wait_s: float = None
+    max_operators_per_job: int = 10_000
+    max_tasks_per_job: int = 20_000
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_json_depth: int = 64
 
     @classmethod
     def coerce(cls, config):

@@ -54,6 +54,7 @@ import types
 
 from aiohttp import web
 
+from sabot._loop import LoopLag
 from sabot.cluster import admission, protocol, views
 from sabot.cluster.checkpoint_scheduler import JobCheckpointing
 from sabot.cluster.clock import Clock
@@ -89,7 +90,9 @@ class ClusterCoordinator(WorkerListener):
         clock: a :class:`~sabot.cluster.clock.Clock` (injected so timeouts are testable).
         gateway: how to reach workers (default: HTTP + WebSocket; tests pass
             ``sabot.testing.TestingWorkerGateway``).
-        run_io: ``async fn(callable, *args)`` running checkpoint storage I/O (a thread).
+        offload: ``async fn(callable, *args, **kwargs)`` that runs blocking work (storage I/O,
+            expanding and checking big jobs, building descriptors) off the event loop: a
+            thread; ``sabot.testing.TestingCluster`` runs it inline, deterministically.
 
     Attributes:
         jobs: ``{job_id: JobRecord}`` (state, failure, per-task reports).
@@ -99,7 +102,7 @@ class ClusterCoordinator(WorkerListener):
         slot_pool: the :class:`~sabot.execution.slot_pool.SlotPool`.
     """
 
-    def __init__(self, config=None, *, clock=None, gateway=None, run_io=asyncio.to_thread):
+    def __init__(self, config=None, *, clock=None, gateway=None, offload=asyncio.to_thread):
         self.config = CoordinatorConfig.coerce(config)
         self.config.token = protocol.resolve_token(self.config.token)
         protocol.check_binding(self.config.host, self.config.token, "coordinator")
@@ -109,16 +112,17 @@ class ClusterCoordinator(WorkerListener):
                 f"heartbeat_interval_s ({self.config.heartbeat_interval_s})")
         restart_strategy_from_config(self.config.restart_strategy)  # refuse a bad default early
         self.clock = clock or Clock()
-        self.run_io = run_io
+        self.offload = offload
         self.slot_pool = SlotPool()
         self.registry = NodeRegistry(self.slot_pool, self.clock, self.config.heartbeat_timeout_s,
                                      on_lost=self._node_lost)
         self.gateway = gateway or HttpWorkerGateway(self.registry, self.config.token, self.config.request_timeout_s)
         self.liveness = LivenessServer(self.registry, self.config.host)
         self.placer = TaskPlacer(self.slot_pool, self.registry, self.clock)
-        self.deployer = ExecutionDeployer(self.placer, self.gateway)
+        self.deployer = ExecutionDeployer(self.placer, self.gateway, self.offload)
         self.jobs = {}
         self._operator_ids = set()  # of every job accepted, so resubmissions get fresh ids
+        self._reserved_job_ids = set()  # ids of jobs being created (not in jobs yet)
         self._scheduling = {}  # job id -> the task waiting for its slots
         self._background = set()
         restart_wait = self.config.restart_slot_wait_s
@@ -129,9 +133,10 @@ class ClusterCoordinator(WorkerListener):
             heartbeat_timeout_s=self.config.heartbeat_timeout_s, fail_job=self._fail_job,
             set_running=self._maybe_running, abort_rescale=lambda job, reason: self.rescaler.abort(job, reason))
         self.rescaler = Rescaler(get_job=self.get_job, placer=self.placer, deployer=self.deployer,
-                                 gateway=self.gateway, clock=self.clock, spawn=self._spawn,
+                                 gateway=self.gateway, clock=self.clock, spawn=self._spawn, offload=self.offload,
                                  on_failure=self.failover.on_failure, fail_job=self._fail_job)
         self.metrics = CoordinatorMetrics(self)
+        self.loop_lag = LoopLag()
         self._runner = None
         self._monitor = None
         self._url = None
@@ -178,6 +183,7 @@ class ClusterCoordinator(WorkerListener):
         else:
             self._url = "in-process"
         self._monitor = asyncio.ensure_future(self._heartbeat_monitor())
+        self.loop_lag.start()
         log.info("coordinator listening on %s", self._url)
         return self
 
@@ -188,6 +194,7 @@ class ClusterCoordinator(WorkerListener):
         self.registry.quiet = True
         self._monitor.cancel()
         self._monitor = None
+        self.loop_lag.stop()
         for job in list(self.jobs.values()):
             if not job.terminal:
                 try:
@@ -327,8 +334,7 @@ class ClusterCoordinator(WorkerListener):
                                           "without the coordinator asking", [task.task_id])
         elif state in (TaskState.RUNNING, TaskState.FINISHED):
             self._maybe_running(job)
-            if state == TaskState.FINISHED and not job.finishing and all(
-                    t.state == TaskState.FINISHED for t in job.exec_graph.tasks.values()):
+            if state == TaskState.FINISHED and not job.finishing and job.exec_graph.all_in(TaskState.FINISHED):
                 job.finishing = True
                 self._spawn(self._finish_job(job))
 
@@ -371,33 +377,32 @@ class ClusterCoordinator(WorkerListener):
             NotFound: ``restore_from`` names no known job and no checkpoint directory.
             Conflict: ``restore_from`` names a job that has no completed checkpoint.
         """
-        job_graph = admission.parse_job_graph(job_graph)
-        admission.validate(job_graph, check_imports=self.config.check_imports)
+        # parsed, checked and expanded on threads: a big job never holds the event loop
+        job_graph, demand = await self.offload(
+            admission.admit, job_graph, max_operators=self.config.max_operators_per_job,
+            max_tasks=self.config.max_tasks_per_job, check_imports=self.config.check_imports)
+        self.placer.check_fits(job_graph, demand, self.config.refuse_oversized)
         try:
             strategy = restart_strategy_from_config(
                 job_graph.config.get("restart_strategy", self.config.restart_strategy))
         except InvalidRestartStrategy as exc:
             raise InvalidRequest(str(exc)) from exc
-        job_graph = admission.with_unique_ids(job_graph, self.jobs, self._operator_ids)
-        job = JobRecord(job_graph.job_id, job_graph, job_graph.to_execution_graph(), self.clock.now(),
-                        self.clock.wall())
-        job.restart_strategy = strategy
-        root = job_graph.config.get("checkpoint_dir") or self.checkpoint_root
-        retain = int(job_graph.config.get("checkpoint_retain") or self.config.checkpoint_retain)
-        storage = await self.run_io(CheckpointStorage, root, retain)
-        job.checkpointing = JobCheckpointing(
-            job, storage, retain=retain, gateway=self.gateway, placer=self.placer, clock=self.clock,
-            spawn=self._spawn, blocked_by=self.rescaler.blocks_checkpoints, run_io=self.run_io,
-            timeout_s=float(job_graph.config.get("checkpoint_timeout_s") or self.config.checkpoint_timeout_s))
-        if restore_from is not None:
-            source = await resolve_restore(job, restore_from, self.jobs, self.clock.wall(), self.run_io)
-            job.initial_restore, job.restored_from, job.skipped_checkpoints = source.spec, source.info, source.skipped
-        self.placer.check_fits(job, self.config.refuse_oversized)
-        self.jobs[job.job_id] = job
+        job_graph = await self.offload(admission.with_unique_ids, job_graph, self._taken_job_ids(),
+                                            set(self._operator_ids))
+        while job_graph.job_id in self._taken_job_ids() or self._operator_ids.intersection(job_graph.operators):
+            # another submission took these ids meanwhile (rare): rename again, here
+            job_graph = admission.with_unique_ids(job_graph, self._taken_job_ids(), self._operator_ids)
+        self._reserved_job_ids.add(job_graph.job_id)
         self._operator_ids.update(job_graph.operators)
+        try:
+            job = await self._create_job(job_graph, strategy, restore_from)
+            job.demand = demand
+        finally:
+            self._reserved_job_ids.discard(job_graph.job_id)
+        self.jobs[job.job_id] = job
         self.metrics.jobs_submitted.inc()
         log.info("job %s (%s) submitted: %d tasks, needs %d slots", job.job_id, job.name,
-                 len(job.exec_graph.tasks), self.placer.demand(job).slots)
+                 len(job.exec_graph.tasks), demand.slots)
         self._transition(job, JobState.WAITING_FOR_SLOTS)
         pending = self.placer.request(job, job.exec_graph.tasks.values())  # queued now: FIFO
         if pending.placed:
@@ -405,6 +410,25 @@ class ClusterCoordinator(WorkerListener):
         else:
             self._scheduling[job.job_id] = (self._spawn(self._wait_for_slots(job, pending)), pending)
         return job.job_id
+
+    def _taken_job_ids(self):
+        return set(self.jobs) | self._reserved_job_ids
+
+    async def _create_job(self, job_graph, strategy, restore_from):
+        exec_graph, order = await self.offload(admission.expand, job_graph)
+        job = JobRecord(job_graph.job_id, job_graph, exec_graph, self.clock.now(), self.clock.wall(), order)
+        job.restart_strategy = strategy
+        root = job_graph.config.get("checkpoint_dir") or self.checkpoint_root
+        retain = int(job_graph.config.get("checkpoint_retain") or self.config.checkpoint_retain)
+        storage = await self.offload(CheckpointStorage, root, retain)
+        job.checkpointing = JobCheckpointing(
+            job, storage, retain=retain, gateway=self.gateway, placer=self.placer, clock=self.clock,
+            spawn=self._spawn, blocked_by=self.rescaler.blocks_checkpoints, offload=self.offload,
+            timeout_s=float(job_graph.config.get("checkpoint_timeout_s") or self.config.checkpoint_timeout_s))
+        if restore_from is not None:
+            source = await resolve_restore(job, restore_from, self.jobs, self.clock.wall(), self.offload)
+            job.initial_restore, job.restored_from, job.skipped_checkpoints = source.spec, source.info, source.skipped
+        return job
 
     async def _wait_for_slots(self, job, pending):
         try:
@@ -421,7 +445,7 @@ class ClusterCoordinator(WorkerListener):
         """The job got its slots: deploy every task."""
         try:
             self._transition(job, JobState.DEPLOYING)
-            tdds = self.deployer.descriptors(job, restore=job.initial_restore)
+            tdds = await self.deployer.descriptors(job, restore=job.initial_restore)
             errors = await self.deployer.deploy(job, tdds.values())
             if errors and job.state == JobState.DEPLOYING:  # (a lost worker restarts the job instead)
                 self._fail_job(job, f"job {job.job_id} failed to deploy: {errors[0]}")
@@ -452,7 +476,7 @@ class ClusterCoordinator(WorkerListener):
         """A (re)deployed job is RUNNING once every task reported RUNNING (or already FINISHED)."""
         if job.state not in (JobState.DEPLOYING, JobState.RESTARTING):
             return
-        if all(t.state in (TaskState.RUNNING, TaskState.FINISHED) for t in job.exec_graph.tasks.values()):
+        if job.exec_graph.all_in(TaskState.RUNNING, TaskState.FINISHED):
             self._set_running(job)
 
     def _set_running(self, job):
@@ -638,14 +662,20 @@ class ClusterCoordinator(WorkerListener):
     def job_details(self, job):
         return views.job_details(job, self.clock.now(), self.rescaler.details(job))
 
+    def job_tasks(self, job_id, offset=0, limit=views.MAX_TASKS_IN_DETAILS):
+        """``GET /jobs/{job_id}/tasks``: a page of the job's tasks."""
+        return views.job_tasks(self.get_job(job_id), offset, limit)
+
     def checkpoints_view(self, job_id):
         """``GET /jobs/{job_id}/checkpoints``: the job's checkpoint history and settings."""
         return views.checkpoints_view(self.get_job(job_id))
 
     def overview(self):
-        return views.overview(url=self._url, uptime_seconds=self.clock.now() - (self._started_at or self.clock.now()),
+        info = views.overview(url=self._url, uptime_seconds=self.clock.now() - (self._started_at or self.clock.now()),
                               registry=self.registry, slot_pool=self.slot_pool, jobs=list(self.jobs.values()),
                               pending_jobs=len(self._scheduling))
+        info["loop_lag"] = self.loop_lag.snapshot()
+        return info
 
     def nodes_view(self):
         return self.registry.view()

@@ -222,7 +222,7 @@ class Failover:
                 restore = RestoreSpec(job.checkpointing.storage.uri, checkpoint.to_dict())
             else:
                 restore = job.initial_restore  # nothing newer than what the job was submitted from
-            tdds = self.deployer.descriptors(job, restore=restore)
+            tdds = await self.deployer.descriptors(job, restore=restore)
             job.restarts += 1
             if checkpoint is not None:
                 job.restored_from = {"job_id": job.job_id, "checkpoint_id": checkpoint.checkpoint_id,

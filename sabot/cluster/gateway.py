@@ -17,14 +17,19 @@ import asyncio
 import io
 import json
 import logging
+import time
 
 import aiohttp
 import pyarrow as pa
 
 from sabot.cluster import protocol
+from sabot.cluster import web as web_json
 from sabot.errors import Conflict
 
 log = logging.getLogger(__name__)
+
+#: how long handing over a worker's messages may run before the loop is let go
+YIELD_EVERY_S = 0.005
 
 __all__ = ["HttpWorkerGateway", "WorkerGateway", "WorkerListener", "WorkerUnreachable"]
 
@@ -127,8 +132,10 @@ class HttpWorkerGateway(WorkerGateway):
 
     async def _post(self, node_id, path, body, what):
         url = self._url(node_id)
+        kwargs = {"data": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) \
+            else {"json": body}
         try:
-            async with self._session.post(f"{url}{path}", json=body) as resp:
+            async with self._session.post(f"{url}{path}", **kwargs) as resp:
                 answer = await resp.json(content_type=None)
                 if resp.status >= 300:
                     error = (answer or {}).get("error") if isinstance(answer, dict) else answer
@@ -141,8 +148,9 @@ class HttpWorkerGateway(WorkerGateway):
                                     f"{type(exc).__name__}: {exc}") from exc
 
     async def deploy(self, node_id, tdds):
-        await self._post(node_id, "/tasks/deploy", [t.to_dict() for t in tdds],
-                         f"the deployment of {len(tdds)} task(s)")
+        # thousands of descriptors take a while to encode: not on the event loop
+        body = await asyncio.to_thread(lambda: web_json.dumps([t.to_dict() for t in tdds]))
+        await self._post(node_id, "/tasks/deploy", body, f"the deployment of {len(tdds)} task(s)")
 
     async def control(self, node_id, message):
         return await self._post(node_id, f"/tasks/{message.attempt_id.task_id}/control", message.to_dict(),
@@ -194,13 +202,17 @@ class HttpWorkerGateway(WorkerGateway):
             asyncio.ensure_future(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=reason.encode()[:120]))
 
     async def serve(self, node_id, ws, listener: WorkerListener):
-        """Serve one worker's WebSocket until it closes (then the listener hears it is gone)."""
+        """Serve one worker's WebSocket until it closes (then the listener hears it is gone).
+
+        Messages are handed over one by one; after every few ms of work the loop is let go
+        (a worker with thousands of tasks sends thousands of reports)."""
         if node_id in self._sockets:
             await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"node already connected")
             return
         self._sockets[node_id] = ws
         self.registry.connected(node_id)
         reason, left = "its connection closed", False
+        started = time.perf_counter()
         try:
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
@@ -222,7 +234,15 @@ class HttpWorkerGateway(WorkerGateway):
                     break
                 if message.get("type") == protocol.HEARTBEAT:
                     await ws.send_json({"type": protocol.HEARTBEAT_ACK})
-                listener.on_worker_message(node_id, message)
+                parts = message.get("messages") if message.get("type") == protocol.BATCH else [message]
+                for part in parts if isinstance(parts, list) else ():
+                    if isinstance(part, dict):
+                        listener.on_worker_message(node_id, part)
+                    if time.perf_counter() - started > YIELD_EVERY_S:
+                        await asyncio.sleep(0)
+                        started = time.perf_counter()
+                        if node_id not in self.registry:
+                            break
         finally:
             if self._sockets.get(node_id) is ws:
                 del self._sockets[node_id]

@@ -7,6 +7,7 @@ codes). The route table of :func:`_routes` is the single source of both the rout
 and the OpenAPI document (``GET /openapi.json``), so they cannot drift apart.
 """
 
+import asyncio
 import json
 import logging
 import time
@@ -16,7 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 
 from sabot.cluster.job import JobState
-from sabot.cluster.web import arrow_response, auth_middleware, error_middleware, read_json
+from sabot.cluster.views import MAX_TASKS_IN_DETAILS
+from sabot.cluster.web import arrow_response, auth_middleware, dumps, error_middleware, read_json
 from sabot.errors import InvalidRequest, NotFound
 from sabot.execution.execution_graph import TaskState
 
@@ -95,6 +97,27 @@ _NODE_ID = {"name": "node_id", "in": "path", "required": True, "schema": {"type"
 _SINK = {"name": "sink", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+async def json_response_off_loop(data, status=200):
+    """A JSON response encoded on a thread (big job views take a while to encode); ``data``
+    must be freshly built, as the views are."""
+    body = await asyncio.to_thread(dumps, data)
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def _query_int(request, name, default, minimum, maximum):
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"query parameter {name!r} must be an integer, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+        raise InvalidRequest(f"query parameter {name!r} must be in {bound}, got {value}")
+    return value
+
+
 def _routes(c):
     """(method, path, handler, summary, parameters, request body schema, responses)."""
 
@@ -130,7 +153,12 @@ def _routes(c):
         return web.json_response({"jobs": [c.job_summary(j) for j in c.jobs.values()]})
 
     async def get_job(request):
-        return web.json_response(c.job_details(c.get_job(request.match_info["job_id"])))
+        return await json_response_off_loop(c.job_details(c.get_job(request.match_info["job_id"])))
+
+    async def job_tasks(request):
+        offset = _query_int(request, "offset", 0, 0, None)
+        limit = _query_int(request, "limit", MAX_TASKS_IN_DETAILS, 1, MAX_TASKS_IN_DETAILS)
+        return await json_response_off_loop(c.job_tasks(request.match_info["job_id"], offset, limit))
 
     async def cancel(request):
         state = await c.cancel_job(request.match_info["job_id"])
@@ -219,7 +247,13 @@ def _routes(c):
           "404": "restore_from names no job and no checkpoint", "409": "restore_from job has no checkpoint"}),
         ("GET", "/jobs", list_jobs, "All jobs with their states", [], None, {"200": "jobs"}),
         ("GET", "/jobs/{job_id}", get_job, "A job: state, operators with parallelism and rates, tasks "
-         "with state/node/slot/metrics, metrics summary", [_JOB_ID], None, job_ok),
+         f"with state/node/slot/metrics (the first {MAX_TASKS_IN_DETAILS}; tasks_total says how many), metrics "
+         "summary", [_JOB_ID], None, job_ok),
+        ("GET", "/jobs/{job_id}/tasks", job_tasks, "A page of the job's tasks (state, worker, slot, metrics)",
+         [_JOB_ID, {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+          {"name": "limit", "in": "query", "required": False,
+           "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TASKS_IN_DETAILS}}], None,
+         {"200": "tasks", "400": "bad offset or limit", "404": "unknown job"}),
         ("POST", "/jobs/{job_id}/cancel", cancel, "Cancel a job; frees its slots", [_JOB_ID], None,
          {"200": "canceled", "404": "unknown job", "409": "the job already ended"}),
         ("POST", "/jobs/{job_id}/rescale", rescale, "Rescale one operator live: new tasks get slots, keyed "

@@ -75,10 +75,14 @@ class JobRecord:
         initial_restore: the restore spec a job submitted with ``restore_from`` starts with.
     """
 
-    def __init__(self, job_id, job_graph, exec_graph, now, wall_now):
+    def __init__(self, job_id, job_graph, exec_graph, now, wall_now, operator_order=None):
         self.job_id = job_id
         self.job_graph = job_graph
         self.exec_graph = exec_graph
+        #: operator ids in topological order (the shape never changes; rescales change parallelism)
+        if operator_order is None:
+            operator_order = [op.operator_id for op in job_graph.topological_sort()] if job_graph else []
+        self.operator_order = list(operator_order)
         self.state = JobState.CREATED
         self.submitted_at = now
         self.wall_submitted_at = wall_now
@@ -100,6 +104,7 @@ class JobRecord:
         self.last_failure = None
         self.restored_from = None
         self.initial_restore = None
+        self.demand = None  # the slots and slot size it needs (placement.Demand; updated by rescales)
         self.skipped_checkpoints = []
         self.finishing = False  # every task finished; the workers are publishing staged output
 

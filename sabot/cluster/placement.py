@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from dataclasses import dataclass
 
 from sabot.errors import InvalidRequest, SlotRequestTooLarge, SlotsExhausted
@@ -24,6 +25,9 @@ from sabot.execution.execution_graph import TaskState
 from sabot.execution.slot_pool import SlotRequest
 
 log = logging.getLogger(__name__)
+
+#: how long a loop over many tasks may hold the event loop before it lets others run
+YIELD_EVERY_S = 0.005
 
 __all__ = ["Demand", "ExecutionDeployer", "TaskPlacer", "sharing_group"]
 
@@ -72,22 +76,24 @@ class TaskPlacer:
 
     # -- what a job needs --------------------------------------------------------------
 
-    def demand(self, job) -> Demand:
-        groups = collections.defaultdict(list)
+    @staticmethod
+    def demand(job_graph) -> Demand:
+        """What a job needs, read off its logical plan (no expansion into tasks needed)."""
+        groups = collections.defaultdict(int)
         cpu, memory = 0.0, 0
-        for op_id, op in job.job_graph.operators.items():
-            groups[sharing_group(job.job_id, op)].append(op_id)
+        for op_id, op in job_graph.operators.items():
+            group = sharing_group(job_graph.job_id, op)
+            groups[group] = max(groups[group], job_graph.parallelism_of(op_id))
             cpu = max(cpu, float(op.cpu_cores or 0))
             memory = max(memory, int(op.memory_mb or 0))
-        slots = sum(max(job.exec_graph.parallelism_of(o) for o in ops) for ops in groups.values())
-        return Demand(slots, cpu, memory)
+        return Demand(sum(groups.values()), cpu, memory)
 
     def fitting_nodes(self, demand):
         return [n for n in self.registry.values()
                 if n.cpu_cores_per_slot >= demand.cpu_cores and n.memory_mb_per_slot >= demand.memory_mb]
 
-    def check_fits(self, job, refuse_oversized=True) -> None:
-        """Refuse at once a job no registered worker could ever hold.
+    def check_fits(self, job_graph, demand, refuse_oversized=True) -> None:
+        """Refuse at once a job no registered worker could ever hold (before its tasks exist).
 
         Raises:
             SlotRequestTooLarge: an operator asks for more cpu / memory than any slot has.
@@ -95,24 +101,24 @@ class TaskPlacer:
         """
         if not len(self.registry):
             return  # the cluster is starting up: the job waits for workers
-        demand = self.demand(job)
+        job = job_graph
         fitting = self.fitting_nodes(demand)
         if not fitting:
             largest = max(self.registry.values(), key=lambda n: (n.cpu_cores_per_slot, n.memory_mb_per_slot))
             raise SlotRequestTooLarge(
-                f"job {job.name!r} has an operator asking for {demand.cpu_cores:g} cpu cores / "
+                f"job {job.job_name!r} has an operator asking for {demand.cpu_cores:g} cpu cores / "
                 f"{demand.memory_mb} MB per slot; the largest slot has {largest.cpu_cores_per_slot:g} cpu "
                 f"cores / {largest.memory_mb_per_slot} MB")
         total = sum(n.num_slots for n in fitting)
         if refuse_oversized and demand.slots > total:
             raise InvalidRequest(
-                f"job {job.name!r} needs {demand.slots} slots (its widest operator's parallelism, per sharing "
+                f"job {job.job_name!r} needs {demand.slots} slots (its widest operator's parallelism, per sharing "
                 f"group) but the whole cluster has {total} slots on {len(self.registry)} worker(s); lower the "
                 "parallelism or add workers")
 
     def shortage(self, job) -> str:
         """Why a job could not get its slots, for error messages."""
-        demand = self.demand(job)
+        demand = job.demand
         free = sum(self.slot_pool.get_free_slots(n.node_id) for n in self.fitting_nodes(demand))
         return (f"it needs {demand.slots} free slots ({demand.cpu_cores:g} cpu / {demand.memory_mb} MB each) "
                 f"but {free} were free (cluster: {self.slot_pool.total_slots} slots on {len(self.registry)} "
@@ -123,7 +129,7 @@ class TaskPlacer:
     def _requests(self, job, tasks, operator_key=None):
         """One request per task; subtask ``i`` prefers the ``i``-th freest fitting worker, so
         a job spreads over the cluster and the subtasks of a pipeline meet in one slot."""
-        demand = self.demand(job)
+        demand = job.demand
         free = {n.node_id: self.slot_pool.get_free_slots(n.node_id) for n in self.fitting_nodes(demand)}
         plan = []
         for _ in range(max(1, min(len(tasks), demand.slots))):
@@ -258,26 +264,35 @@ class ExecutionDeployer:
     Args:
         placer: where each task runs.
         gateway: a :class:`~sabot.cluster.gateway.WorkerGateway`.
+        offload: ``async fn(callable, *args, **kwargs)`` running blocking work off the loop.
     """
 
-    def __init__(self, placer, gateway):
+    def __init__(self, placer, gateway, offload=asyncio.to_thread):
         self.placer = placer
         self.gateway = gateway
+        self.offload = offload
 
-    def descriptors(self, job, restore=None):
-        """The deployment descriptors of every live task of the job."""
+    async def descriptors(self, job, restore=None):
+        """The deployment descriptors of every live task of the job (built on a thread: for
+        thousands of tasks that takes longer than the loop may be held)."""
         checkpoint = job.checkpointing.spec if job.checkpointing is not None else None
-        return build_deployment_descriptors(job.exec_graph, job.job_id, self.placer.locations(job),
-                                            restore=restore, checkpoint=checkpoint, assignments=job.assignments)
+        locations = self.placer.locations(job)
+        assignments = dict(job.assignments)
+        return await self.offload(build_deployment_descriptors, job.exec_graph, job.job_id, locations,
+                                       restore=restore, checkpoint=checkpoint, assignments=assignments)
 
     async def deploy(self, job, tdds) -> list[BaseException]:
         """Send ``tdds`` to the workers holding their slots (one request per worker, all at
         once); the tasks move to DEPLOYING. Returns the errors (empty when every worker took
         its tasks)."""
         per_node = collections.defaultdict(list)
+        started = time.perf_counter()
         for tdd in tdds:
             per_node[self.placer.node_of(tdd.task_id)].append(tdd)
             job.exec_graph.tasks[tdd.task_id].transition(TaskState.DEPLOYING)
+            if time.perf_counter() - started > YIELD_EVERY_S:
+                await asyncio.sleep(0)  # thousands of tasks: let heartbeats and reports through
+                started = time.perf_counter()
         nodes = list(per_node)
         results = await asyncio.gather(*(self.gateway.deploy(n, per_node[n]) for n in nodes), return_exceptions=True)
         return [r for r in results if isinstance(r, BaseException)]

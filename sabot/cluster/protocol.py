@@ -14,7 +14,8 @@ A worker joins in two steps:
      attempt's report (:class:`~sabot.execution.messages.TaskUpdate`);
    - ``{"type": "checkpoint", "message": ...}`` with a task's
      :class:`~sabot.execution.messages.CheckpointAck` or ``CheckpointDecline``;
-   - ``{"type": "goodbye"}`` before a clean shutdown.
+   - ``{"type": "goodbye"}`` before a clean shutdown;
+   - ``{"type": "batch", "messages": [...]}``: several of the above in one frame.
 
    The coordinator sends ``{"type": "heartbeat_ack"}`` back for each heartbeat
    (so the worker notices a hung coordinator too), and over the same socket the
@@ -62,6 +63,8 @@ TASK_UPDATE = "task_update"
 GOODBYE = "goodbye"
 #: worker -> coordinator: a task's checkpoint ack or decline (``{"type", "message": {...}}``)
 CHECKPOINT = "checkpoint"
+#: worker -> coordinator: several messages in one frame (``{"type", "messages": [...]}``)
+BATCH = "batch"
 
 TOKEN_ENV = "SABOT_TOKEN"
 

@@ -138,11 +138,13 @@ class Rescaler:
         get_job: ``fn(job_id) -> JobRecord`` (raises NotFound).
         placer, deployer, gateway: placement, deployment and the workers.
         clock, spawn: time and background tasks.
+        offload: ``async fn(callable, *args, **kwargs)`` running blocking work off the loop.
         on_failure: ``fn(job, message, task_ids, traceback=None)``: a failure for failover.
         fail_job: ``fn(job, message)``: the job cannot go on.
     """
 
-    def __init__(self, *, get_job, placer, deployer, gateway, clock, spawn, on_failure, fail_job):
+    def __init__(self, *, get_job, placer, deployer, gateway, clock, spawn, on_failure, fail_job,
+                 offload=asyncio.to_thread):
         self.get_job = get_job
         self.placer = placer
         self.deployer = deployer
@@ -151,6 +153,7 @@ class Rescaler:
         self.spawn = spawn
         self.on_failure = on_failure
         self.fail_job = fail_job
+        self.offload = offload
         self.records = {}  # job id -> [RescaleRecord]
         self.active = {}  # job id -> RescaleRecord in progress
         self.auto = {}  # job id -> AutoRebalance
@@ -219,6 +222,7 @@ class Rescaler:
                 "for less")
         rescale_id = f"rescale-{next(_ids)}"
         plan = job.exec_graph.rescale_operator(operator_id, new_parallelism)
+        job.demand = self.placer.demand(job.job_graph)
         new_tasks = [job.exec_graph.tasks[t] for t in plan["new_task_ids"]]
         # a new task may share a slot with an old one of its operator: they overlap briefly
         if not self.placer.place_now(job, new_tasks, operator_key=lambda t: f"{t.operator_id}@{rescale_id}"):
@@ -266,10 +270,10 @@ class Rescaler:
         try:
             min_checkpoint_id = job.checkpointing.next_id if job.checkpointing is not None else 0
             checkpoint = job.checkpointing.spec if job.checkpointing is not None else None
-            msgs = build_rescale_messages(
-                job.exec_graph, job.job_id, record.operator_id, record.plan, record.rescale_id,
-                locations=self.placer.locations(job), checkpoint=checkpoint, assignment=assignment,
-                assignments=job.assignments, min_checkpoint_id=min_checkpoint_id)
+            msgs = await self.offload(  # thousands of tasks: not on the event loop
+                build_rescale_messages, job.exec_graph, job.job_id, record.operator_id, record.plan,
+                record.rescale_id, locations=self.placer.locations(job), checkpoint=checkpoint, assignment=assignment,
+                assignments=dict(job.assignments), min_checkpoint_id=min_checkpoint_id)
             errors = await self.deployer.deploy(job, list(msgs.deploy.values()))
             if errors:
                 raise errors[0]

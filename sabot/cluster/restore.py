@@ -36,7 +36,7 @@ class RestoreSource:
     skipped: list
 
 
-async def resolve_restore(job, restore_from, jobs, now_wall, run_io=asyncio.to_thread) -> RestoreSource:
+async def resolve_restore(job, restore_from, jobs, now_wall, offload=asyncio.to_thread) -> RestoreSource:
     """The checkpoint ``restore_from`` names, mapped onto ``job``.
 
     Args:
@@ -70,8 +70,8 @@ async def resolve_restore(job, restore_from, jobs, now_wall, run_io=asyncio.to_t
         root, old_job_id = path.rsplit("/", 1)
         if "://" not in root and not os.path.isdir(path):
             raise NotFound(f"restore_from {restore_from!r}: no checkpoint directory {path}")
-        storage = await run_io(CheckpointStorage, root)
-    found = await run_io(storage.list_completed, old_job_id)
+        storage = await offload(CheckpointStorage, root)
+    found = await offload(storage.list_completed, old_job_id)
     skipped = [dataclasses.asdict(s) for s in storage.skipped]
     if wanted is not None:
         found = [c for c in found if c.checkpoint_id == wanted]

@@ -11,7 +11,10 @@ from enum import Enum
 from sabot.cluster.job import JobState
 from sabot.execution.execution_graph import TaskState
 
-__all__ = ["checkpoints_view", "job_details", "job_summary", "jsonable", "overview"]
+__all__ = ["checkpoints_view", "job_details", "job_summary", "job_tasks", "jsonable", "overview"]
+
+#: ``GET /jobs/{id}`` lists at most this many tasks; the rest page through ``GET /jobs/{id}/tasks``
+MAX_TASKS_IN_DETAILS = 1000
 
 
 def job_summary(job, now):
@@ -36,26 +39,60 @@ def job_details(job, now, rescales):
     """
     info = job_summary(job, now)
     running_for = max(1e-9, (job.ended_at or now) - (job.started_at or job.submitted_at))
+    # one pass over the tasks (a job may have tens of thousands), then one entry per operator
+    per_op = {op_id: [0, 0, 0, 0, [], {}] for op_id in job.operator_order}
+    reports = job.reports
+    for task in job.exec_graph.tasks.values():
+        acc = per_op[task.operator_id]
+        acc[0] += 1
+        report = reports.get(task.task_id)
+        if report is not None:
+            metrics = report.metrics
+            acc[1] += metrics.get("rows_in", 0)
+            acc[2] += metrics.get("rows_out", 0)
+            acc[4].append(report.total_rows)
+        else:
+            acc[4].append(None)
+        acc[3] += task.rows_processed
+        states = acc[5]
+        states[task.state] = states.get(task.state, 0) + 1
     operators = []
-    for op in job.job_graph.topological_sort():
-        tasks = job.exec_graph.operator_tasks(op.operator_id)
-        reports = [job.reports.get(t.task_id) for t in tasks]
-        metrics = [r.metrics if r is not None else {} for r in reports]
-        totals = [r.total_rows if r is not None else None for r in reports]
+    for op_id in job.operator_order:
+        op = job.job_graph.operators[op_id]
+        parallelism, rows_in, rows_out, processed, totals, states = per_op[op_id]
         operators.append({
-            "operator_id": op.operator_id,
+            "operator_id": op_id,
             "name": op.name,
             "operator_type": op.operator_type.value,
-            "parallelism": len(tasks),
-            "rows_in": sum(m.get("rows_in", 0) for m in metrics),
-            "rows_out": sum(m.get("rows_out", 0) for m in metrics),
-            "rows_processed": sum(t.rows_processed for t in tasks),
-            "rows_per_second": round(sum(t.rows_processed for t in tasks) / running_for, 2),
+            "parallelism": parallelism,
+            "rows_in": rows_in,
+            "rows_out": rows_out,
+            "rows_processed": processed,
+            "rows_per_second": round(processed / running_for, 2),
             "total_rows": sum(totals) if totals and all(isinstance(t, int) for t in totals) else None,
-            "task_states": dict(collections.Counter(t.state.value for t in tasks)),
+            "task_states": {state.value: n for state, n in states.items()},
         })
+    info["operators"] = operators
+    page = job_tasks(job, 0, MAX_TASKS_IN_DETAILS)
+    info["tasks"] = page["tasks"]
+    info["tasks_total"] = page["total"]
+    info["restarts"] = job.restarts
+    info["restart_strategy"] = job.restart_strategy.to_dict() if job.restart_strategy else None
+    info["last_failure"] = job.last_failure
+    info["restart_history"] = job.restart_history[-20:]
+    info["restored_from"] = job.restored_from
+    info["checkpoints"] = (job.checkpointing.summary() if job.checkpointing is not None else
+                           {"interval_ms": job.job_graph.checkpoint_interval_ms, "counts": None,
+                            "latest_completed": None})
+    info.update(jsonable(rescales))
+    info["metrics"] = jsonable(job.exec_graph.get_metrics_summary())
+    return info
+
+
+def job_tasks(job, offset, limit):
+    """``GET /jobs/{job_id}/tasks``: one page of the job's live tasks (state, worker, slot, metrics)."""
     tasks = []
-    for task in job.exec_graph.tasks.values():
+    for task in list(job.exec_graph.tasks.values())[offset:offset + limit]:
         report = job.reports.get(task.task_id)
         tasks.append({
             "task_id": task.task_id,
@@ -71,19 +108,8 @@ def job_details(job, now, rescales):
             "metrics": report.metrics if report is not None else {},
             "error": (report.error if report is not None else None) or task.failure_cause,
         })
-    info["operators"] = operators
-    info["tasks"] = tasks
-    info["restarts"] = job.restarts
-    info["restart_strategy"] = job.restart_strategy.to_dict() if job.restart_strategy else None
-    info["last_failure"] = job.last_failure
-    info["restart_history"] = job.restart_history[-20:]
-    info["restored_from"] = job.restored_from
-    info["checkpoints"] = (job.checkpointing.summary() if job.checkpointing is not None else
-                           {"interval_ms": job.job_graph.checkpoint_interval_ms, "counts": None,
-                            "latest_completed": None})
-    info.update(jsonable(rescales))
-    info["metrics"] = jsonable(job.exec_graph.get_metrics_summary())
-    return info
+    return {"job_id": job.job_id, "offset": offset, "limit": limit, "total": len(job.exec_graph.tasks),
+            "tasks": tasks}
 
 
 def checkpoints_view(job):

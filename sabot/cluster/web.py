@@ -6,11 +6,13 @@ The one place where errors become HTTP status codes: domain code raises
 :func:`status_of`. Unknown routes and methods get the same JSON shape.
 """
 
+import asyncio
 import hmac
 import io
 import json
 import logging
 
+import orjson
 import pyarrow as pa
 from aiohttp import web
 
@@ -115,13 +117,29 @@ def auth_middleware(token):
     return check
 
 
+#: bodies larger than this are parsed on a thread, so the event loop keeps serving
+PARSE_ON_THREAD_BYTES = 256 * 1024
+
+
+def dumps(data) -> bytes:
+    """JSON bytes. orjson: a multi-MB payload (thousands of deployment descriptors, a big job
+    graph) is encoded in one call that holds the GIL, so only its speed keeps loops responsive."""
+    return orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def loads(raw):
+    return orjson.loads(raw)
+
+
 async def read_json(request, what="request body"):
     """The request's JSON body, or InvalidRequest naming the problem."""
     raw = await request.read()
     if not raw:
         raise InvalidRequest(f"the {what} is empty; expected JSON")
     try:
-        return json.loads(raw)
+        if len(raw) > PARSE_ON_THREAD_BYTES:
+            return await asyncio.to_thread(loads, raw)
+        return loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"malformed JSON in the {what}: {exc}") from None
 

@@ -47,6 +47,7 @@ import aiohttp
 from aiohttp import web
 
 from sabot._core.liveness import HeartbeatThread
+from sabot._loop import LoopLag
 
 from sabot.cluster import protocol
 from sabot.cluster.web import arrow_response, auth_middleware, error_middleware, read_json
@@ -62,6 +63,10 @@ __all__ = ["Worker"]
 
 #: how long a control route waits for a task's reply (source_pause) unless the message says
 CONTROL_REPLY_TIMEOUT_S = 10.0
+#: most messages sent to the coordinator in one WebSocket frame
+SEND_BATCH = 256
+#: how long deploying many tasks may run before it lets the event loop serve others
+YIELD_EVERY_S = 0.005
 
 
 class Worker:
@@ -111,6 +116,7 @@ class Worker:
         self.heartbeat_timeout_s = None
         self.closed_reason = None
         self.joins = 0  # registrations with the coordinator (1 + rejoins)
+        self.loop_lag = LoopLag()
         self._runner = None
         self._session = None
         self._ws = None
@@ -162,6 +168,7 @@ class Worker:
             await self.stop()
             raise
         self._supervisor = asyncio.ensure_future(self._supervise())
+        self.loop_lag.start()
         log.info("worker %s at %s (data %s) joined %s with %d slots", self.node_id, self._url,
                  self.data_server.address, self.coordinator_url, self.num_slots)
         return self
@@ -283,8 +290,11 @@ class Worker:
     async def _send_loop(self):
         try:
             while not self._ws.closed:
-                message = await self._outbox.get()
-                await self._ws.send_str(json.dumps(message, default=str))
+                messages = [await self._outbox.get()]
+                while len(messages) < SEND_BATCH and not self._outbox.empty():
+                    messages.append(self._outbox.get_nowait())  # what piled up goes in one frame
+                frame = messages[0] if len(messages) == 1 else {"type": protocol.BATCH, "messages": messages}
+                await self._ws.send_str(json.dumps(frame, default=str))
         except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
             self._disconnect(f"sending to the coordinator failed: {exc}")
         except asyncio.CancelledError:
@@ -363,6 +373,7 @@ class Worker:
     async def stop(self):
         """Say goodbye, cancel every task, close the servers."""
         self._stopping = True
+        self.loop_lag.stop()
         if self._closed is not None and not self._closed.is_set():
             self._give_up("worker stopping", logging.INFO)
         if self._supervisor is not None:
@@ -403,7 +414,8 @@ class Worker:
 
     async def _health(self, request):
         return web.json_response({"status": "ok", "node_id": self.node_id, "pid": os.getpid(),
-                                  "tasks": len(self.task_manager.tasks)})
+                                  "tasks": len(self.task_manager.tasks), "joins": self.joins,
+                                  "loop_lag": self.loop_lag.snapshot()})
 
     async def _deploy(self, request):
         body = await read_json(request, "deployment")
@@ -411,10 +423,16 @@ class Worker:
         if not items:
             raise InvalidRequest("POST /tasks/deploy expects a task deployment descriptor (a JSON object) or a "
                                  "list of them")
-        tdds = [TaskDeploymentDescriptor.from_dict(item, f"task deployment descriptor {i}")
-                for i, item in enumerate(items)]
+        # thousands of descriptors take a while to check: not on the event loop
+        tdds = await asyncio.to_thread(
+            lambda: [TaskDeploymentDescriptor.from_dict(item, f"task deployment descriptor {i}")
+                     for i, item in enumerate(items)])
         deployed = []
+        started = time.perf_counter()
         for tdd in tdds:
+            if time.perf_counter() - started > YIELD_EVERY_S:
+                await asyncio.sleep(0)  # let heartbeats, reports and other requests through
+                started = time.perf_counter()
             try:
                 await self.task_manager.deploy(tdd)
             except Exception as exc:

@@ -148,6 +148,9 @@ class TaskVertex:
     created_at: float = 0.0
     #: time of the latest entry into each state (filled on transitions)
     timestamps: dict[str, float] | None = None
+    #: the live-task state counts of the graph this task belongs to (None once retired),
+    #: kept up to date by every transition so "are all tasks running" is O(1)
+    counts: dict | None = None
 
     def transition(self, new_state: TaskState | str, now: float | None = None) -> None:
         """Move to ``new_state``.
@@ -180,6 +183,9 @@ class TaskVertex:
         if self.timestamps is None:
             self.timestamps = {}
         self.timestamps[target.value] = time.time() if now is None else now
+        if self.counts is not None:
+            self.counts[self.state] -= 1
+            self.counts[target] += 1
         self.state = target
 
     def fail(self, cause: str, now: float | None = None) -> None:
@@ -323,6 +329,8 @@ class ExecutionGraph:
         self.created_at = clock()
         self.tasks: dict[str, TaskVertex] = {}
         self.retired_tasks: dict[str, TaskVertex] = {}
+        #: how many live tasks are in each state (maintained by TaskVertex.transition)
+        self.state_counts: dict[TaskState, int] = {s: 0 for s in TaskState}
         self.rescale_history: list[dict[str, Any]] = []
         self._op_tasks: dict[str, list[TaskVertex]] = {}
         self._generation: dict[str, int] = {}
@@ -351,8 +359,9 @@ class ExecutionGraph:
         now = self._clock()
         name, optype, maxp = op.name, op.operator_type, op.max_parallelism
         tasks = [TaskVertex(f"{prefix}{i}", op_id, name, optype, i, parallelism, maxp, TaskState.CREATED, 0,
-                            None, None, 0, 0, None, now, None)
+                            None, None, 0, 0, None, now, None, self.state_counts)
                  for i in range(parallelism)]
+        self.state_counts[TaskState.CREATED] += parallelism
         self._op_tasks[op_id] = tasks
         self.tasks.update({t.task_id: t for t in tasks})
         return tasks
@@ -409,6 +418,10 @@ class ExecutionGraph:
             raise KeyError(f"unknown task id {task_id!r} in job {self.job_name!r} "
                            f"({len(self.tasks)} live, {len(self.retired_tasks)} retired tasks)")
         return task
+
+    def all_in(self, *states: TaskState) -> bool:
+        """True if every live task is in one of ``states`` (O(1))."""
+        return sum(self.state_counts[s] for s in states) == len(self.tasks)
 
     def num_channels(self) -> int:
         """Subtask-to-subtask channels implied by all edges (computed, never materialised)."""
@@ -473,6 +486,8 @@ class ExecutionGraph:
         for t in old_tasks:
             del self.tasks[t.task_id]
             self.retired_tasks[t.task_id] = t
+            self.state_counts[t.state] -= 1
+            t.counts = None
         self._generation[operator_id] += 1
         new_tasks = self._create_tasks(operator_id, new_parallelism)
         op.parallelism = new_parallelism

@@ -4,6 +4,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import time
 
 from sabot.execution.deployment import TaskDeploymentDescriptor
 from sabot.execution.execution_graph import TaskState
@@ -12,6 +13,9 @@ from sabot.execution.messages import CheckpointDecline
 from sabot.runtime.task import Task
 
 log = logging.getLogger(__name__)
+
+#: how long a loop over many tasks may run before it lets the event loop serve others
+YIELD_EVERY_S = 0.005
 
 
 class TaskManager:
@@ -182,14 +186,29 @@ class TaskManager:
         await asyncio.gather(*(t.wait() for t in tasks), return_exceptions=True)
 
     async def _report_loop(self):
+        """Every ``report_interval``: the reports of running tasks that made progress since their
+        last one (an idle task has nothing new to say), yielding the loop every few ms so that
+        thousands of tasks never stall it."""
+        last = {}
         while True:
             await asyncio.sleep(self.report_interval)
+            started = time.perf_counter()
             for task in list(self.tasks.values()):
-                if task.state == TaskState.RUNNING:
-                    try:
-                        self.on_update(task.status())
-                    except Exception:
-                        log.exception("task report failed")
+                if task.state != TaskState.RUNNING:
+                    last.pop(task.task_id, None)
+                    continue
+                m = task.metrics
+                progress = (task.attempt, m["rows_in"], m["rows_out"], m.get("backpressured_seconds"))
+                if last.get(task.task_id) == progress:
+                    continue
+                last[task.task_id] = progress
+                try:
+                    self.on_update(task.status())
+                except Exception:
+                    log.exception("task report failed")
+                if time.perf_counter() - started > YIELD_EVERY_S:
+                    await asyncio.sleep(0)
+                    started = time.perf_counter()
 
     async def cancel_all(self):
         """Cancel every task that still runs here (this process was dropped by its coordinator:

@@ -321,3 +321,28 @@ def test_pipelined_regions_per_weakly_connected_component():
     edge(eg, ids, "s3", "k1").pipelined = False
     regions = [[eg.operators[i].name for i in r] for r in eg.pipelined_regions()]
     assert regions == [["s1", "m1", "k1"], ["s2", "k2"], ["s3", "k3"]]
+
+
+def test_state_counts_follow_every_transition_and_rescale():
+    import collections
+    import random
+
+    job, eg, ids = pipeline()
+    rng = random.Random(7)
+
+    def check():
+        actual = collections.Counter(t.state for t in eg.tasks.values())
+        assert {s: n for s, n in eg.state_counts.items() if n} == dict(actual)
+
+    check()
+    for _ in range(400):
+        task = rng.choice(list(eg.tasks.values()))
+        targets = sorted(ALLOWED_TRANSITIONS[task.state], key=lambda s: s.value)
+        task.transition(rng.choice(targets))
+        check()
+    eg.rescale_operator(ids["agg"], 2)  # 4 tasks retire, 2 new ones start CREATED
+    check()
+    assert eg.all_in(*TaskState)
+    for task in eg.tasks.values():
+        task.cancel()
+    assert eg.all_in(TaskState.CANCELED, TaskState.FINISHED, TaskState.FAILED)
