@@ -49,6 +49,9 @@ class CoordinatorConfig:
             anything is expanded).
         max_request_bytes: the largest HTTP request body accepted (413 above).
         max_json_depth: the deepest nesting of JSON accepted in a request (400 above).
+        request_body_timeout_s: a request body not fully arrived this long after its
+            headers is refused (408).
+        idle_connection_timeout_s: an HTTP connection silent this long is closed.
     """
 
     host: str = "127.0.0.1"
@@ -70,6 +73,15 @@ class CoordinatorConfig:
     max_tasks_per_job: int = 20_000
     max_request_bytes: int = 64 * 1024 * 1024
     max_json_depth: int = 64
+    request_body_timeout_s: float = 30.0
+    idle_connection_timeout_s: float = 15.0
+
+    def http_limits(self):
+        from sabot.cluster.web import HttpLimits
+
+        return HttpLimits(max_body_bytes=self.max_request_bytes, max_json_depth=self.max_json_depth,
+                          body_timeout_s=self.request_body_timeout_s,
+                          idle_timeout_s=self.idle_connection_timeout_s)
 
     @classmethod
     def coerce(cls, config):

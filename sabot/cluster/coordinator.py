@@ -70,6 +70,7 @@ from sabot.cluster.protocol import RegisterRequest
 from sabot.cluster.rescaling import Rescaler
 from sabot.cluster.restart import InvalidRestartStrategy, restart_strategy_from_config
 from sabot.cluster.restore import resolve_restore
+from sabot.cluster.web import serve
 from sabot.errors import Conflict, IllegalStateTransition, InvalidRequest, JobFailed, NotFound, SlotsExhausted
 from sabot.execution.execution_graph import TaskState
 from sabot.execution.messages import TaskUpdate, checkpoint_answer_from_dict
@@ -174,11 +175,8 @@ class ClusterCoordinator(WorkerListener):
         await self.gateway.start()
         await self.liveness.start(self.config.liveness_port)
         if serve_http:
-            self._runner = web.AppRunner(build_coordinator_app(self), access_log=None, shutdown_timeout=1.0)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, self.config.host, self.config.port)
-            await site.start()
-            host, port = site._server.sockets[0].getsockname()[:2]
+            self._runner, (host, port) = await serve(build_coordinator_app(self), self.config.host,
+                                                     self.config.port, self.config.http_limits())
             self._url = f"http://{host}:{port}"
         else:
             self._url = "in-process"

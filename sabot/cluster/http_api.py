@@ -17,9 +17,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 
 from sabot.cluster.job import JobState
+from sabot.cluster.protocol import MAX_SLOTS_PER_WORKER
+from sabot.cluster.rescaling import AUTO_REBALANCE_INTERVAL_S, AUTO_REBALANCE_THRESHOLD, auto_rebalance_settings
 from sabot.cluster.views import MAX_TASKS_IN_DETAILS
-from sabot.cluster.web import arrow_response, auth_middleware, dumps, error_middleware, read_json
+from sabot.cluster.web import arrow_response, auth_middleware, dumps, error_middleware, make_app, read_json
 from sabot.errors import InvalidRequest, NotFound
+from sabot.execution.ids import ID_PATTERN
 from sabot.execution.execution_graph import TaskState
 
 log = logging.getLogger(__name__)
@@ -145,6 +148,9 @@ def _routes(c):
                                  "optionally 'restore_from' (or a plain JobGraph.to_dict())")
             restore_from = body.get("restore_from") or restore_from
             body = body["job_graph"]
+        if restore_from is not None and not isinstance(restore_from, str):
+            raise InvalidRequest(f"restore_from must be a job id or a checkpoint directory (a string), "
+                                 f"got {restore_from!r}")
         job_id = await c.submit_stream_job(body, restore_from=restore_from)
         job = c.jobs[job_id]
         return web.json_response({"job_id": job_id, "state": job.state.value, "failure": job.failure}, status=201)
@@ -182,13 +188,17 @@ def _routes(c):
             raise InvalidRequest('POST /jobs/{job_id}/auto-rebalance expects {"interval_seconds": number, '
                              '"imbalance_threshold": number} or {"enabled": false}')
         job_id = request.match_info["job_id"]
-        if body.get("enabled", True) is False:
-            return web.json_response(await c.disable_auto_rebalance(job_id))
         unknown = sorted(set(body) - {"interval_seconds", "imbalance_threshold", "enabled"})
         if unknown:
             raise InvalidRequest(f"unknown field(s) {unknown}; expected interval_seconds, imbalance_threshold, enabled")
-        settings = await c.enable_auto_rebalance(job_id, body.get("interval_seconds", 60.0),
-                                                 body.get("imbalance_threshold", 0.3))
+        enabled = body.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise InvalidRequest(f"enabled must be true or false, got {enabled!r}")
+        interval, threshold = auto_rebalance_settings(body.get("interval_seconds", 60.0),
+                                                      body.get("imbalance_threshold", 0.3))
+        if not enabled:
+            return web.json_response(await c.disable_auto_rebalance(job_id))
+        settings = await c.enable_auto_rebalance(job_id, interval, threshold)
         return web.json_response(settings)
 
     async def checkpoints(request):
@@ -266,9 +276,12 @@ def _routes(c):
           "409": "job not RUNNING, another rescale in progress, or not enough slots (the job keeps its parallelism)"}),
         ("POST", "/jobs/{job_id}/auto-rebalance", auto_rebalance, "Enable (or, with enabled=false, disable) "
          "automatic rebalancing of keyed operators' key groups", [_JOB_ID],
-         {"type": "object", "properties": {"interval_seconds": {"type": "number", "exclusiveMinimum": 0},
-                                           "imbalance_threshold": {"type": "number", "exclusiveMinimum": 0},
-                                           "enabled": {"type": "boolean"}}},
+         {"type": "object", "additionalProperties": False,
+          "properties": {"interval_seconds": {"type": "number", "minimum": AUTO_REBALANCE_INTERVAL_S[0],
+                                              "maximum": AUTO_REBALANCE_INTERVAL_S[1]},
+                         "imbalance_threshold": {"type": "number", "minimum": AUTO_REBALANCE_THRESHOLD[0],
+                                                 "maximum": AUTO_REBALANCE_THRESHOLD[1]},
+                         "enabled": {"type": "boolean"}}},
          {"200": "the auto-rebalance settings", "400": "bad body", "404": "unknown job", "409": "the job ended"}),
         ("POST", "/jobs/{job_id}/checkpoints", trigger_checkpoint, "Trigger a checkpoint now; returns its id "
          "(it completes asynchronously: see GET)", [_JOB_ID], None,
@@ -287,17 +300,20 @@ def _routes(c):
         ("GET", "/openapi.json", openapi, "This document", [], None, {"200": "OpenAPI 3 document"}),
         ("POST", "/workers/register", register, "A worker joins with its slots", [],
          {"type": "object", "required": ["node_id", "host", "port", "data_host", "data_port", "num_slots"],
-          "properties": {"node_id": {"type": "string"}, "host": {"type": "string"}, "port": {"type": "integer"},
-                         "data_host": {"type": "string"}, "data_port": {"type": "integer"},
-                         "num_slots": {"type": "integer", "minimum": 1},
-                         "cpu_cores_per_slot": {"type": "number", "exclusiveMinimum": 0},
+          "properties": {"node_id": {"type": "string", "pattern": f"^{ID_PATTERN}$"},
+                         "host": {"type": "string", "minLength": 1, "maxLength": 253},
+                         "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                         "data_host": {"type": "string", "minLength": 1, "maxLength": 253},
+                         "data_port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                         "num_slots": {"type": "integer", "minimum": 1, "maximum": MAX_SLOTS_PER_WORKER},
+                         "cpu_cores_per_slot": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
                          "memory_mb_per_slot": {"type": "integer", "minimum": 1},
-                         "pid": {"type": "integer"}}},
+                         "pid": {"type": "integer", "minimum": 0}}},
          {"201": "registered: node id and heartbeat settings", "400": "bad slot counts or fields",
           "409": "node id or address already registered"}),
         ("GET", "/workers/{node_id}/ws", worker_socket, "The worker's persistent WebSocket (heartbeats, task "
          "updates); see sabot.cluster.protocol", [_NODE_ID], None,
-         {"101": "switching protocols", "404": "node not registered"}),
+         {"101": "switching protocols", "400": "not a WebSocket upgrade", "404": "node not registered"}),
     ]
 
 
@@ -346,11 +362,8 @@ class _NoCoordinator:
 
 def build_coordinator_app(coordinator):
     """The aiohttp Application serving ``coordinator``."""
-    app = web.Application(
-        middlewares=[metrics_middleware(coordinator.metrics), error_middleware,
-                     auth_middleware(coordinator.config.token)],
-        client_max_size=256 * 1024 * 1024,
-    )
+    app = make_app([metrics_middleware(coordinator.metrics), error_middleware,
+                    auth_middleware(coordinator.config.token)], coordinator.config.http_limits())
     for method, path, handler, *_ in _routes(coordinator):
         app.router.add_route(method, path, handler)
     return app

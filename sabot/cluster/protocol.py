@@ -42,6 +42,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from sabot.errors import Conflict, InsecureBinding, InvalidRequest, NotFound, SabotError  # noqa: F401
+from sabot.execution.ids import ID_RULE, is_valid_id
 
 # -- errors ---------------------------------------------------------------------------
 #
@@ -67,6 +68,9 @@ CHECKPOINT = "checkpoint"
 BATCH = "batch"
 
 TOKEN_ENV = "SABOT_TOKEN"
+
+#: the most slots one worker may offer
+MAX_SLOTS_PER_WORKER = 4096
 
 
 def is_loopback(host):
@@ -142,18 +146,21 @@ class RegisterRequest:
         if not isinstance(body, dict):
             raise BadRequest(f"{what} must be a JSON object, got {type(body).__name__}")
         node_id = _require(body, "node_id", str, what)
-        if not node_id.strip():
-            raise BadRequest(f"{what}: 'node_id' must not be empty")
+        if not is_valid_id(node_id):
+            raise BadRequest(f"{what}: 'node_id' {node_id!r} is not a valid id: {ID_RULE}")
         host = _require(body, "host", str, what)
         port = _require(body, "port", int, what)
         data_host = _require(body, "data_host", str, what)
         data_port = _require(body, "data_port", int, what)
+        for name, value in (("host", host), ("data_host", data_host)):
+            if not 0 < len(value) <= 253:
+                raise BadRequest(f"{what}: {name!r} must be a host name or address, got {value!r}")
         for name, value in (("port", port), ("data_port", data_port)):
             if not 0 < value < 65536:
                 raise BadRequest(f"{what}: {name!r} must be a TCP port in 1..65535, got {value}")
         num_slots = _require(body, "num_slots", int, what)
-        if not 1 <= num_slots <= 4096:
-            raise BadRequest(f"{what}: 'num_slots' must be between 1 and 4096, got {num_slots}")
+        if not 1 <= num_slots <= MAX_SLOTS_PER_WORKER:
+            raise BadRequest(f"{what}: 'num_slots' must be between 1 and {MAX_SLOTS_PER_WORKER}, got {num_slots}")
         cpu = body.get("cpu_cores_per_slot", 1.0)
         if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not math.isfinite(cpu) or cpu <= 0:
             raise BadRequest(f"{what}: 'cpu_cores_per_slot' must be a positive number, got {cpu!r}")

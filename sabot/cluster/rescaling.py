@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 
 import numpy as np
 
@@ -129,6 +130,26 @@ class AutoRebalance:
             "checks": self.checks,
             "imbalance": dict(self.last_imbalance),
         }
+
+
+#: accepted ranges (inclusive) of the auto-rebalance settings
+AUTO_REBALANCE_INTERVAL_S = (0.1, 86_400.0)
+AUTO_REBALANCE_THRESHOLD = (0.001, 100.0)
+
+
+def _bounded_number(name, value, low, high):
+    """``value`` as a float if it is a JSON number within ``[low, high]``, else InvalidRequest."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+    return float(value)
+
+
+def auto_rebalance_settings(interval_seconds, imbalance_threshold):
+    """``(interval_seconds, imbalance_threshold)`` as floats, or InvalidRequest naming the bad one."""
+    return (_bounded_number("interval_seconds", interval_seconds, *AUTO_REBALANCE_INTERVAL_S),
+            _bounded_number("imbalance_threshold", imbalance_threshold, *AUTO_REBALANCE_THRESHOLD))
 
 
 class Rescaler:
@@ -411,17 +432,7 @@ class Rescaler:
         job = self.get_job(job_id)
         if job.terminal:
             raise Conflict(f"job {job_id} is {job.state.value}; auto-rebalance needs a job that runs")
-        try:
-            interval_seconds = float(interval_seconds)
-            imbalance_threshold = float(imbalance_threshold)
-        except (TypeError, ValueError):
-            raise InvalidRequest(
-                f"interval_seconds and imbalance_threshold must be numbers, got {interval_seconds!r} "
-                f"and {imbalance_threshold!r}") from None
-        if not interval_seconds > 0 or not imbalance_threshold > 0:
-            raise InvalidRequest(
-                f"interval_seconds ({interval_seconds}) and imbalance_threshold ({imbalance_threshold}) "
-                "must be positive")
+        interval_seconds, imbalance_threshold = auto_rebalance_settings(interval_seconds, imbalance_threshold)
         self.disable_auto_rebalance(job_id)
         auto = self.auto[job_id] = AutoRebalance(interval_seconds, imbalance_threshold)
         auto.task = self.spawn(self._auto_loop(job, auto))

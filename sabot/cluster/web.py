@@ -9,8 +9,8 @@ The one place where errors become HTTP status codes: domain code raises
 import asyncio
 import hmac
 import io
-import json
 import logging
+from dataclasses import dataclass
 
 import orjson
 import pyarrow as pa
@@ -31,8 +31,8 @@ from sabot.errors import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ARROW_STREAM", "Unauthorized", "arrow_response", "auth_middleware", "error_middleware",
-           "read_json", "status_of"]
+__all__ = ["ARROW_STREAM", "HttpLimits", "Unauthorized", "arrow_response", "auth_middleware", "error_middleware",
+           "make_app", "read_json", "serve", "status_of"]
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
@@ -82,7 +82,11 @@ async def error_middleware(request, handler):
         if exc.status == 404:
             message = f"no route {request.method} {request.path}; see GET /openapi.json"
         elif exc.status == 405:
-            message = f"method {request.method} is not allowed on {request.path}"
+            allowed = sorted(getattr(exc, "allowed_methods", ()) or ())
+            response = error_response(405, f"method {request.method} is not allowed on {request.path}; "
+                                           f"allowed: {', '.join(allowed)}")
+            response.headers["Allow"] = ", ".join(allowed)
+            return response
         else:
             message = exc.text or exc.reason
             if exc.text and exc.text.startswith("{"):
@@ -131,15 +135,99 @@ def loads(raw):
     return orjson.loads(raw)
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one HTTP server accepts from a client.
+
+    Attributes:
+        max_body_bytes: a larger request body is refused (413) before it is read.
+        max_json_depth: JSON nested deeper is refused (400): nothing Sabot accepts nests
+            deeper than a few levels, and deep nesting only costs the parser and whoever
+            walks the result.
+        body_timeout_s: a body that has not fully arrived this long after its headers
+            is refused (408): a client trickling a body must not hold a handler forever.
+        idle_timeout_s: a connection that sends nothing for this long (between requests,
+            or a half-open one) is closed, so strangers cannot pile up open sockets.
+    """
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_json_depth: int = 64
+    body_timeout_s: float = 30.0
+    idle_timeout_s: float = 15.0
+
+
+LIMITS = web.AppKey("sabot_http_limits", HttpLimits)
+
+
+def make_app(middlewares, limits: HttpLimits) -> web.Application:
+    """An aiohttp Application enforcing ``limits`` (read back by :func:`read_json`)."""
+    app = web.Application(middlewares=middlewares, client_max_size=limits.max_body_bytes)
+    app[LIMITS] = limits
+    return app
+
+
+async def serve(app, host, port, limits: HttpLimits):
+    """Bind ``app``; returns ``(runner, (bound_host, bound_port))``. Idle connections close after
+    ``limits.idle_timeout_s``."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
+                           keepalive_timeout=limits.idle_timeout_s)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[:2]
+
+
+def json_depth(value, limit):
+    """The nesting depth of a parsed JSON value, counting at most to ``limit + 1``
+    (iterative: a hostile document cannot exhaust the stack)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _parse(raw, max_depth):
+    value = loads(raw)
+    if json_depth(value, max_depth) > max_depth:
+        raise InvalidRequest(f"JSON nested deeper than {max_depth} levels; Sabot's requests nest a few levels")
+    return value
+
+
 async def read_json(request, what="request body"):
     """The request's JSON body, or InvalidRequest naming the problem."""
-    raw = await request.read()
+    limits = request.app.get(LIMITS) or HttpLimits()
+    if request.content_length is not None and request.content_length > limits.max_body_bytes:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=limits.max_body_bytes, actual_size=request.content_length,
+            text=dumps({"error": f"the {what} is {request.content_length} bytes; at most "
+                                 f"{limits.max_body_bytes} are accepted"}).decode(),
+            content_type="application/json")
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            text=dumps({"error": f"the {what} did not arrive within {limits.body_timeout_s:g} s"}).decode(),
+            content_type="application/json") from None
     if not raw:
         raise InvalidRequest(f"the {what} is empty; expected JSON")
     try:
         if len(raw) > PARSE_ON_THREAD_BYTES:
-            return await asyncio.to_thread(loads, raw)
-        return loads(raw)
+            return await asyncio.to_thread(_parse, raw, limits.max_json_depth)
+        return _parse(raw, limits.max_json_depth)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"the {what}: {exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"malformed JSON in the {what}: {exc}") from None
 

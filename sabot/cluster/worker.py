@@ -50,7 +50,7 @@ from sabot._core.liveness import HeartbeatThread
 from sabot._loop import LoopLag
 
 from sabot.cluster import protocol
-from sabot.cluster.web import arrow_response, auth_middleware, error_middleware, read_json
+from sabot.cluster.web import HttpLimits, arrow_response, auth_middleware, error_middleware, make_app, read_json, serve
 from sabot.errors import Conflict, ControlTimeout, InvalidRequest, NotFound
 from sabot.runtime.data_server import DataServer
 from sabot.execution.deployment import TaskDeploymentDescriptor
@@ -58,6 +58,10 @@ from sabot.execution.messages import CheckpointComplete, TriggerCheckpoint, cont
 from sabot.runtime.task_manager import TaskManager
 
 log = logging.getLogger(__name__)
+
+#: a worker's requests come from its coordinator (authenticated when a token is set);
+#: deployments of a very large job to one worker are the biggest bodies
+WORKER_HTTP_LIMITS = HttpLimits(max_body_bytes=256 * 1024 * 1024)
 
 __all__ = ["Worker"]
 
@@ -144,8 +148,7 @@ class Worker:
         await self.data_server.start(self.data_port)
         self.task_manager = TaskManager(self.data_server, on_update=self._on_task_update, threads=self.threads,
                                         on_checkpoint=self._on_checkpoint)
-        app = web.Application(middlewares=[error_middleware, auth_middleware(self.token)],
-                              client_max_size=256 * 1024 * 1024)
+        app = make_app([error_middleware, auth_middleware(self.token)], WORKER_HTTP_LIMITS)
         app.router.add_get("/health", self._health)
         app.router.add_post("/tasks/deploy", self._deploy)
         app.router.add_get("/tasks", self._list_tasks)
@@ -153,11 +156,7 @@ class Worker:
         app.router.add_post("/tasks/{task_id}/control", self._control)
         app.router.add_get("/tasks/{task_id}/result", self._result)
         app.router.add_post("/jobs/{job_id}/finished", self._job_finished)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self._runner, (_, self.port) = await serve(app, self.host, self.port, WORKER_HTTP_LIMITS)
         self._url = f"http://{self.host}:{self.port}"
         if self.node_id is None:
             self.node_id = f"worker-{os.getpid()}-{self.port}"

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sabot.errors import InvalidRequest
 
-__all__ = ["AttemptId"]
+__all__ = ["ID_PATTERN", "AttemptId", "is_valid_id"]
+
+#: job, operator and worker (node) ids name files (checkpoints, output parts), URLs and
+#: channels: 1-128 letters, digits, ``_``, ``.``, ``-``, not starting with ``.``
+ID_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}"
+ID_RULE = "use 1-128 letters, digits, '_', '.' or '-', not starting with '.'"
+_ID = re.compile(ID_PATTERN)
+
+
+def is_valid_id(value) -> bool:
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -36,6 +36,7 @@ import numpy as np
 from sabot._core import graph as _graph
 from sabot.errors import CycleError, GraphValidationError
 from sabot.execution.execution_graph import ExecutionGraph, Partitioning
+from sabot.execution.ids import ID_RULE, is_valid_id
 # Flink's default and bound for max_parallelism (number of key groups): the kernels' own
 from sabot.execution.operator_spec import DEFAULT_MAX_PARALLELISM, MAX_MAX_PARALLELISM
 
@@ -74,7 +75,13 @@ def _coerce_operator_type(value) -> OperatorType:
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "op"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.")[:64] or "op"
+
+
+def check_id(kind: str, value) -> None:
+    """Raise GraphValidationError unless ``value`` is a usable job or operator id."""
+    if not is_valid_id(value):
+        raise GraphValidationError(f"{kind} {value!r} is not a valid id: {ID_RULE}")
 
 
 @dataclass(eq=False)
@@ -373,6 +380,9 @@ class JobGraph:
         """
         if not self.operators:
             raise GraphValidationError(f"job {self.job_name!r} has no operators")
+        check_id("job id", self.job_id)
+        for op_id in self.operators:
+            check_id(f"operator id (of {self.operators[op_id].name!r})", op_id)
         seen: dict[str, str] = {}
         dup_names = sorted({o.name for o in self.operators.values() if seen.setdefault(o.name, o.operator_id)
                             != o.operator_id})
