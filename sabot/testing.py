@@ -258,6 +258,7 @@ class TestingWorkerGateway(WorkerGateway):
         self.controls = []
         self.canceled = []
         self.finished_jobs = []
+        self.released_jobs = []
         self.sent = []
         self.results = {}
         self.refuse_deploy = {}
@@ -291,6 +292,10 @@ class TestingWorkerGateway(WorkerGateway):
     async def job_finished(self, node_id, job_id):
         self._check(node_id)
         self.finished_jobs.append((node_id, job_id))
+
+    async def release_job(self, node_id, job_id):
+        self._check(node_id)
+        self.released_jobs.append((node_id, job_id))
 
     async def fetch_result(self, node_id, task_id):
         self._check(node_id)

@@ -52,6 +52,10 @@ class CoordinatorConfig:
         request_body_timeout_s: a request body not fully arrived this long after its
             headers is refused (408).
         idle_connection_timeout_s: an HTTP connection silent this long is closed.
+        retain_ended_jobs: ended jobs (FINISHED, FAILED, CANCELED) kept readable, with
+            their results; beyond it the longest-ended is forgotten, on the coordinator and
+            on its workers (see :mod:`sabot.cluster.retention`).
+        ended_job_ttl_s: an ended job is forgotten this long after it ended.
     """
 
     host: str = "127.0.0.1"
@@ -75,6 +79,8 @@ class CoordinatorConfig:
     max_json_depth: int = 64
     request_body_timeout_s: float = 30.0
     idle_connection_timeout_s: float = 15.0
+    retain_ended_jobs: int = 100
+    ended_job_ttl_s: float = 3600.0
 
     def http_limits(self):
         from sabot.cluster.web import HttpLimits

@@ -70,6 +70,7 @@ from sabot.cluster.protocol import RegisterRequest
 from sabot.cluster.rescaling import Rescaler
 from sabot.cluster.restart import InvalidRestartStrategy, restart_strategy_from_config
 from sabot.cluster.restore import resolve_restore
+from sabot.cluster.retention import EndedJobs
 from sabot.cluster.web import serve
 from sabot.errors import Conflict, IllegalStateTransition, InvalidRequest, JobFailed, NotFound, SlotsExhausted
 from sabot.execution.execution_graph import TaskState
@@ -122,7 +123,8 @@ class ClusterCoordinator(WorkerListener):
         self.placer = TaskPlacer(self.slot_pool, self.registry, self.clock)
         self.deployer = ExecutionDeployer(self.placer, self.gateway, self.offload)
         self.jobs = {}
-        self._operator_ids = set()  # of every job accepted, so resubmissions get fresh ids
+        self.ended_jobs = EndedJobs(self.config.retain_ended_jobs, self.config.ended_job_ttl_s)
+        self._operator_ids = set()  # of every job kept, so resubmissions get fresh ids
         self._reserved_job_ids = set()  # ids of jobs being created (not in jobs yet)
         self._scheduling = {}  # job id -> the task waiting for its slots
         self._background = set()
@@ -236,6 +238,7 @@ class ClusterCoordinator(WorkerListener):
                     self.registry.coordinator_stalled(late)
                 else:
                     self.check_heartbeats()
+                self._forget_due_jobs()
             except Exception:
                 log.exception("heartbeat check failed")
 
@@ -494,6 +497,36 @@ class ClusterCoordinator(WorkerListener):
         self.rescaler.job_ended(job)
         self.placer.release_job(job)
         log.info("job %s %s", job.job_id, state.value)
+        self.ended_jobs.ended(job.job_id, self.clock.now())
+        self._forget_due_jobs()
+
+    def _forget_due_jobs(self):
+        for job_id in self.ended_jobs.due(self.clock.now()):
+            self._forget_job(self.jobs[job_id])
+
+    def _forget_job(self, job):
+        """Drop an ended job everywhere: here, its workers' tasks and channels, and its
+        checkpoints when they live in this coordinator's own temporary directory."""
+        self.ended_jobs.forget(job.job_id)
+        del self.jobs[job.job_id]
+        self.rescaler.forget(job.job_id)
+        self._operator_ids.difference_update(job.job_graph.operators)
+        graph = job.exec_graph
+        nodes = {graph.get_task(t).node_id for t in list(graph.tasks) + list(graph.retired_tasks)}
+        for node_id in sorted(n for n in nodes if n is not None and n in self.registry):
+            self._spawn(self._release_on(node_id, job.job_id))
+        storage = job.checkpointing.storage
+        if self._own_checkpoint_dir is not None and storage.uri == self._own_checkpoint_dir:
+            self._spawn(self.offload(shutil.rmtree, storage.job_path(job.job_id), ignore_errors=True))
+        log.info("job %s forgotten (%s %.0f s ago; retain_ended_jobs=%d, ended_job_ttl_s=%g)", job.job_id,
+                 job.state.value, self.clock.now() - (job.ended_at or self.clock.now()),
+                 self.ended_jobs.max_jobs, self.ended_jobs.ttl_s)
+
+    async def _release_on(self, node_id, job_id):
+        try:
+            await self.gateway.release_job(node_id, job_id)
+        except Exception as exc:  # the worker bounds what it keeps by itself (TaskManager.max_ended_tasks)
+            log.warning("worker %s could not release job %s: %s", node_id, job_id, exc)
 
     def _fail_job(self, job, message, traceback=None, task_id=None, error_type=None):
         if job.terminal:
@@ -537,6 +570,10 @@ class ClusterCoordinator(WorkerListener):
     def get_job(self, job_id):
         job = self.jobs.get(job_id)
         if job is None:
+            if self.ended_jobs.was_forgotten(job_id):
+                raise NotFound(f"job {job_id!r} ended and is no longer kept: the coordinator keeps the last "
+                               f"{self.ended_jobs.max_jobs} ended jobs for {self.ended_jobs.ttl_s:g} s "
+                               "(retain_ended_jobs, ended_job_ttl_s)")
             raise NotFound(f"no job {job_id!r}; known jobs: {sorted(self.jobs)[-20:]}")
         return job
 

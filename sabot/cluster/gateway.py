@@ -64,6 +64,10 @@ class WorkerGateway(abc.ABC):
         """Every task of the job finished: the worker's sinks publish what end of input staged."""
 
     @abc.abstractmethod
+    async def release_job(self, node_id, job_id) -> None:
+        """The coordinator forgot the job: the worker drops its tasks and channels."""
+
+    @abc.abstractmethod
     async def fetch_result(self, node_id, task_id) -> pa.Table | None:
         """The table a collect sink task gathered (None if it gathered nothing)."""
 
@@ -167,6 +171,9 @@ class HttpWorkerGateway(WorkerGateway):
 
     async def job_finished(self, node_id, job_id):
         await self._post(node_id, f"/jobs/{job_id}/finished", {}, f"publishing the output of job {job_id}")
+
+    async def release_job(self, node_id, job_id):
+        await self._post(node_id, f"/jobs/{job_id}/release", {}, f"releasing job {job_id}")
 
     async def fetch_result(self, node_id, task_id):
         url = self._url(node_id)

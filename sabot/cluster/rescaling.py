@@ -405,6 +405,14 @@ class Rescaler:
         await self.deployer.cancel(job, task_ids)
         self.placer.release(task_ids)
 
+    def forget(self, job_id):
+        """The coordinator forgot the (ended) job: so does the rescaler."""
+        self.records.pop(job_id, None)
+        self.active.pop(job_id, None)
+        auto = self.auto.pop(job_id, None)
+        if auto is not None and auto.task is not None:
+            auto.task.cancel()
+
     def job_ended(self, job):
         """The job ended: no rescale goes on."""
         record = self.active.get(job.job_id)

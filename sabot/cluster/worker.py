@@ -156,6 +156,7 @@ class Worker:
         app.router.add_post("/tasks/{task_id}/control", self._control)
         app.router.add_get("/tasks/{task_id}/result", self._result)
         app.router.add_post("/jobs/{job_id}/finished", self._job_finished)
+        app.router.add_post("/jobs/{job_id}/release", self._release_job)
         self._runner, (_, self.port) = await serve(app, self.host, self.port, WORKER_HTTP_LIMITS)
         self._url = f"http://{self.host}:{self.port}"
         if self.node_id is None:
@@ -512,6 +513,12 @@ class Worker:
         job_id = request.match_info["job_id"]
         await self.task_manager.notify_job_finished(job_id)
         return web.json_response({"job_id": job_id, "node_id": self.node_id})
+
+    async def _release_job(self, request):
+        """The coordinator forgot the job: drop its tasks and channels here."""
+        job_id = request.match_info["job_id"]
+        released = await self.task_manager.release_job(job_id)
+        return web.json_response({"job_id": job_id, "node_id": self.node_id, "released_tasks": released})
 
     async def _list_tasks(self, request):
         tasks = json.loads(json.dumps(self.task_manager.list_tasks(), default=str))

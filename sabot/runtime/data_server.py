@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 __all__ = ["DataServer"]
 
 
+def _job_of(channel_id):
+    """The job a channel id belongs to (ids are ``<job_id>/...``; see sabot.execution.deployment)."""
+    return channel_id.split("/", 1)[0]
+
+
 class DataServer:
     """One per process: registers receiving ends and opens sending ends of channels.
 
@@ -41,7 +46,9 @@ class DataServer:
         self._server = None
         self._address = None
         self.connections = set()  # live network protocols, both directions
-        self._released = set()  # ids released here: a late sender is refused, not left waiting
+        # ids released here, by job (a channel id starts with "<job_id>/"): a late sender is
+        # refused, not left waiting; forgotten when the job is released (release_job)
+        self._released = {}
         self._stopped = False
 
     @property
@@ -73,7 +80,7 @@ class DataServer:
         """
         if not isinstance(channel_id, str) or not channel_id:
             raise ValueError(f"channel_id must be a non-empty str, got {channel_id!r}")
-        self._released.discard(channel_id)
+        self._released.get(_job_of(channel_id), set()).discard(channel_id)
         ch = self._channels.get(channel_id)
         if ch is None:
             ch = self._channels[channel_id] = InputChannel(channel_id, self.credits)
@@ -90,7 +97,7 @@ class DataServer:
         if ch is None:
             if self._stopped:
                 raise ChannelClosed(f"data server is stopped; cannot open channel {channel_id!r}", channel_id)
-            if channel_id in self._released:
+            if channel_id in self._released.get(_job_of(channel_id), ()):
                 raise ChannelClosed(
                     f"channel {channel_id!r} was released on this data server (its reader is gone); "
                     "a sender of a superseded attempt cannot reopen it", channel_id)
@@ -130,7 +137,7 @@ class DataServer:
 
         Releasing an id that is not known is a no-op, so cleanup code may call it freely.
         """
-        self._released.add(channel_id)
+        self._released.setdefault(_job_of(channel_id), set()).add(channel_id)
         ch = self._channels.pop(channel_id, None)
         if ch is None:
             return
@@ -138,6 +145,14 @@ class DataServer:
         ch.close_with(exc)
         if ch._sender is not None:
             ch._sender.abort(exc)
+
+    def release_job(self, job_id):
+        """Forget everything of ``job_id`` here: its channels are released and the record of
+        their ids dropped (the job ended long ago; nothing of it will send again)."""
+        prefix = f"{job_id}/"
+        for channel_id in [c for c in self._channels if c.startswith(prefix)]:
+            self.release(channel_id)
+        self._released.pop(job_id, None)
 
     async def stop(self):
         """Stop listening, drop every connection and close every channel."""

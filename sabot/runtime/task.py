@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 import traceback
@@ -112,6 +113,7 @@ class Task:
             checkpointing=tdd.checkpoint is not None,
         )
         # Creating the operator imports user code: a bad reference fails the deploy.
+        self._operator_name = self.ctx.operator_name
         self.operator = create_operator(self.ctx)
         # Register the receiving ends now, so upstream tasks can connect at once.
         self.inputs = []
@@ -132,10 +134,11 @@ class Task:
         self._triggers = collections.deque()  # checkpoint barriers a source still has to inject
         self._future = None
         self._metrics_final = False  # the task ended: its channel figures are final
+        self.ended_at = None  # time.monotonic() when the attempt reached a terminal state
 
     @property
     def operator_name(self):
-        return self.ctx.operator_name
+        return self._operator_name
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -183,6 +186,11 @@ class Task:
         self.rescale.state_inputs = []
         if not self.tdd.is_sink and not isinstance(self.operator, _Retired):
             self.operator = _Retired(self.operator)
+            # the operator's parameters can be big (a source's in-memory table travels in them)
+            self.ctx = None
+            self.tdd = self.checkpointer.tdd = dataclasses.replace(
+                self.tdd, operator={k: v for k, v in self.tdd.operator.items() if k != "parameters"})
+        self.ended_at = time.monotonic()
 
     def status(self) -> TaskUpdate:
         """This attempt's report."""

@@ -1,6 +1,7 @@
 """TaskManager: the tasks one process hosts (a worker, or the embedded executor)."""
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import os
@@ -17,6 +18,10 @@ log = logging.getLogger(__name__)
 #: how long a loop over many tasks may run before it lets the event loop serve others
 YIELD_EVERY_S = 0.005
 
+#: ended tasks kept (for their status and a collect sink's result) when the coordinator
+#: never releases their job; beyond it the longest-ended go first
+MAX_ENDED_TASKS = 10_000
+
 
 class TaskManager:
     """Deploys, runs, cancels and reports the tasks of this process.
@@ -29,9 +34,12 @@ class TaskManager:
         on_checkpoint: called on the loop thread with a task's
             :class:`~sabot.execution.messages.CheckpointAck` or ``CheckpointDecline``.
         threads: size of the pool operator code runs on (default: cpu count).
+        max_ended_tasks: ended tasks kept at most; the coordinator releases a job's tasks
+            (:meth:`release_job`) when it forgets the job, this bounds them if it never does.
     """
 
-    def __init__(self, data_server, on_update=None, threads=None, report_interval=0.5, on_checkpoint=None):
+    def __init__(self, data_server, on_update=None, threads=None, report_interval=0.5, on_checkpoint=None,
+                 max_ended_tasks=MAX_ENDED_TASKS):
         self.data_server = data_server
         self.on_update = on_update
         self.on_checkpoint = on_checkpoint
@@ -39,7 +47,9 @@ class TaskManager:
             max_workers=threads or os.cpu_count() or 2, thread_name_prefix="sabot-op"
         )
         self.report_interval = report_interval
+        self.max_ended_tasks = max_ended_tasks
         self.tasks = {}
+        self._ended = collections.OrderedDict()  # task id -> its ended Task, longest-ended first
         self._reporter = None
         self._commits = set()
 
@@ -56,8 +66,9 @@ class TaskManager:
                 f"task {task_id!r}: attempt {tdd.attempt} is not newer than attempt {old.attempt} that ran here; "
                 "a superseded deployment is refused"
             )
-        task = Task(tdd, self.data_server, self.executor, on_update=self.on_update,
-                    on_checkpoint=self.on_checkpoint)
+        task = Task(tdd, self.data_server, self.executor, on_checkpoint=self.on_checkpoint,
+                    on_update=lambda update, task_id=task_id: self._task_changed(task_id, update))
+        self._ended.pop(task_id, None)
         self.tasks[task_id] = task
         task.start()
         if self.on_update is not None and self._reporter is None:
@@ -164,6 +175,33 @@ class TaskManager:
         for task in list(self.tasks.values()):
             if task.job_id == job_id and task.state == TaskState.FINISHED:
                 await task.notify_job_finished()
+
+    async def release_job(self, job_id):
+        """Forget the tasks of ``job_id`` (the coordinator no longer keeps the job): any still
+        running are canceled first. Returns how many were released."""
+        tasks = [t for t in self.tasks.values() if t.job_id == job_id]
+        await asyncio.gather(*(t.cancel() for t in tasks if not t.state.is_terminal), return_exceptions=True)
+        for task in tasks:
+            if self.tasks.get(task.task_id) is task:
+                del self.tasks[task.task_id]
+                self._ended.pop(task.task_id, None)
+        self.data_server.release_job(job_id)
+        return len(tasks)
+
+    def _task_changed(self, task_id, update):
+        if update.state.is_terminal:
+            task = self.tasks.get(task_id)
+            if task is not None and task.attempt_id == update.attempt_id:
+                self._ended[task_id] = task
+                self._ended.move_to_end(task_id)
+                while len(self._ended) > self.max_ended_tasks:
+                    old_id, old = self._ended.popitem(last=False)
+                    if self.tasks.get(old_id) is old:
+                        del self.tasks[old_id]
+                        log.info("ended task %s dropped: more than %d ended tasks here and its job %s was "
+                                 "never released", old_id, self.max_ended_tasks, old.job_id)
+        if self.on_update is not None:
+            self.on_update(update)
 
     def reports(self):
         """Every task's latest :class:`~sabot.execution.messages.TaskUpdate`."""
