@@ -8,7 +8,8 @@ when the test says), :class:`TestingWorkerGateway` (a fake of the workers that
 records what the coordinator asks) and :class:`TestingCluster`, a coordinator with
 fake workers on a manual clock, where the test plays the workers' part. For real
 workers without processes: :func:`in_process_cluster`; for real processes:
-:class:`sabot.cluster.local.LocalCluster`.
+:class:`sabot.cluster.local.LocalCluster`, and :class:`ChaosMonkey` to kill, pause and
+rescale them at random while jobs run.
 
 Example:
     >>> import pyarrow as pa
@@ -20,6 +21,7 @@ Example:
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import itertools
 import time
@@ -39,6 +41,8 @@ from sabot.execution.messages import CheckpointAck, TaskUpdate
 from sabot.runtime.embedded import JobResult, run_job_graph, run_job_graph_async
 
 __all__ = [
+    "ChaosMonkey",
+    "ChaosReport",
     "JobResult",
     "ManualClock",
     "TestingCluster",
@@ -441,3 +445,160 @@ async def in_process_cluster(workers=2, slots=2, token=None, **config):
         for worker in started:
             await worker.stop()
         await coordinator.stop()
+
+
+# -- chaos: random faults on a LocalCluster's real worker processes -------------------------
+
+
+@dataclasses.dataclass
+class ChaosEvent:
+    at_s: float  # seconds since the chaos started
+    kind: str  # "kill", "pause", "rescale", "checkpoint"
+    target: str
+    outcome: str  # "done" (maybe with details after "; ") or "refused: <why>"
+
+    @property
+    def done(self):
+        return self.outcome == "done" or self.outcome.startswith("done;")
+
+
+@dataclasses.dataclass
+class ChaosReport:
+    """What :meth:`ChaosMonkey.run` did: every event, and the counts by kind and outcome."""
+
+    seed: int
+    seconds: float
+    events: list
+
+    def count(self, kind, done=True):
+        return sum(1 for e in self.events if e.kind == kind and e.done == done)
+
+    def summary(self):
+        kinds = sorted({e.kind for e in self.events})
+        return {k: {"done": self.count(k), "refused": self.count(k, done=False)} for k in kinds}
+
+
+class ChaosMonkey:
+    """Random faults and operations on a :class:`~sabot.cluster.local.LocalCluster` while jobs run.
+
+    Every ``interval_s`` (drawn uniformly) one of:
+
+    * ``kill``: SIGKILL a worker process, then start a replacement;
+    * ``pause``: SIGSTOP a worker for ``pause_s`` (drawn uniformly), then SIGCONT (a pause
+      longer than the heartbeat timeout gets it declared lost; it then rejoins);
+    * ``rescale``: live-rescale an operator of ``rescalable`` (``{job_id: operator_id}``)
+      to a parallelism in ``1..max_parallelism`` (the coordinator may refuse: a restart or
+      another rescale going on, too few slots; that is recorded, not an error);
+    * ``checkpoint``: trigger a checkpoint of a running job.
+
+    At least ``min_workers`` workers are left running and not paused. Paused workers are
+    always resumed, even when the run is interrupted. The same ``seed`` draws the same
+    sequence of choices (what the cluster does in between is not deterministic).
+
+    Example:
+        >>> monkey = ChaosMonkey(cluster, seed=7, rescalable={job_id: agg_op})  # doctest: +SKIP
+        >>> report = monkey.run(seconds=20, stop=lambda: cluster.job(job_id)["state"] != "RUNNING")
+        >>> report.summary()                                                      # doctest: +SKIP
+        {'checkpoint': {'done': 4, 'refused': 0}, 'kill': {'done': 3, 'refused': 0}, ...}
+    """
+
+    KINDS = ("kill", "pause", "rescale", "checkpoint")
+
+    def __init__(self, cluster, *, seed=0, kinds=KINDS, interval_s=(0.3, 1.5), pause_s=(0.2, 3.0),
+                 rescalable=None, max_parallelism=3, min_workers=1, log=None):
+        import random
+
+        unknown = set(kinds) - set(self.KINDS)
+        if unknown:
+            raise ValueError(f"unknown chaos kind(s) {sorted(unknown)}; known: {list(self.KINDS)}")
+        self.cluster = cluster
+        self.client = cluster.client()
+        self.seed = seed
+        self.random = random.Random(seed)
+        self.kinds = tuple(kinds)
+        self.interval_s = interval_s
+        self.pause_s = pause_s
+        self.rescalable = dict(rescalable or {})
+        self.max_parallelism = max_parallelism
+        self.min_workers = min_workers
+        self.log = log
+        self.events = []
+        self._started = None
+
+    def _event(self, kind, target, outcome):
+        event = ChaosEvent(round(time.monotonic() - self._started, 3), kind, target, outcome)
+        self.events.append(event)
+        if self.log is not None:
+            self.log(f"[chaos {event.at_s:7.2f} s] {kind} {target}: {outcome}")
+
+    def _running_workers(self):
+        return [i for i, pid in enumerate(self.cluster.worker_pids) if pid is not None]
+
+    def run(self, seconds, stop=lambda: False):
+        """Inject faults for ``seconds`` or until ``stop()`` is true; return a :class:`ChaosReport`."""
+        self._started = time.monotonic()
+        deadline = self._started + seconds
+        while time.monotonic() < deadline and not stop():
+            kind = self.random.choice(self.kinds)
+            getattr(self, f"_{kind}")()
+            time.sleep(self.random.uniform(*self.interval_s))
+        return ChaosReport(self.seed, round(time.monotonic() - self._started, 3), list(self.events))
+
+    def _kill(self):
+        running = self._running_workers()
+        if len(running) <= self.min_workers:
+            self._event("kill", "-", f"refused: only {len(running)} worker(s) run (min_workers={self.min_workers})")
+            return
+        index = self.random.choice(running)
+        pid = self.cluster.kill_worker(index)
+        replacement = self.cluster.add_worker()
+        self._event("kill", f"worker {index} (pid {pid})", f"done; worker {replacement} replaces it")
+
+    def _pause(self):
+        import os
+        import signal
+
+        running = self._running_workers()
+        seconds = self.random.uniform(*self.pause_s)
+        if len(running) <= self.min_workers:
+            self._event("pause", "-", f"refused: only {len(running)} worker(s) run (min_workers={self.min_workers})")
+            return
+        index = self.random.choice(running)
+        pid = self.cluster.worker_pids[index]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        self._event("pause", f"worker {index} (pid {pid}) for {seconds:.2f} s", "done")
+
+    def _rescale(self):
+        from sabot.cluster.client import ApiError
+
+        if not self.rescalable:
+            self._event("rescale", "-", "refused: nothing rescalable was given")
+            return
+        job_id = self.random.choice(sorted(self.rescalable))
+        operator_id = self.rescalable[job_id]
+        new = self.random.randint(1, self.max_parallelism)
+        try:
+            plan = self.client.rescale(job_id, operator_id, new)
+        except ApiError as exc:
+            self._event("rescale", f"{operator_id} of {job_id} -> {new}", f"refused: HTTP {exc.status}: {exc}")
+            return
+        self._event("rescale", f"{operator_id} of {job_id} {plan['old_parallelism']} -> {new}", "done")
+
+    def _checkpoint(self):
+        from sabot.cluster.client import ApiError
+
+        jobs = [j["job_id"] for j in self.client.jobs() if j["state"] == "RUNNING"]
+        if not jobs:
+            self._event("checkpoint", "-", "refused: no job runs")
+            return
+        job_id = self.random.choice(sorted(jobs))
+        try:
+            checkpoint_id = self.client.trigger_checkpoint(job_id)
+        except ApiError as exc:
+            self._event("checkpoint", job_id, f"refused: HTTP {exc.status}: {exc}")
+            return
+        self._event("checkpoint", f"{job_id} #{checkpoint_id}", "done")

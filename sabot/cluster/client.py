@@ -120,6 +120,12 @@ class SabotClient:
         """Start a checkpoint of a running job now; return its id."""
         return self.request("POST", f"/jobs/{_quote(job_id)}/checkpoints")["checkpoint_id"]
 
+    def rescale(self, job_id, operator_id, new_parallelism):
+        """Rescale one operator of a running job live; returns the plan (the move goes on
+        while the job runs: ``job(job_id)["rescales"]`` shows its progress)."""
+        return self.request("POST", f"/jobs/{_quote(job_id)}/rescale",
+                            {"operator_id": operator_id, "new_parallelism": new_parallelism})
+
     def checkpoints(self, job_id):
         """The job's checkpoint history (``GET /jobs/{job_id}/checkpoints``)."""
         return self.request("GET", f"/jobs/{_quote(job_id)}/checkpoints")

@@ -128,3 +128,23 @@ def test_big_submissions_beside_a_running_job_leave_it_running(tmp_path):
 
 async def _reset_lag(coordinator):
     coordinator.loop_lag.reset()
+
+
+def test_two_jobs_started_at_once_into_one_directory_one_is_refused(cluster, tmp_path):
+    """Two jobs writing the same directory: whichever claims it first writes, the other fails
+    naming the directory, and the committed output is exactly one job's rows. A rerun into
+    the finished directory is refused the same way; mode='append' is the way to add."""
+    out = tmp_path / "shared"
+    none = {"type": "none"}
+    first, second = (cluster.submit(job_graph(out, restart_strategy=none, interval_ms=150)) for _ in range(2))
+    states = {job_id: cluster.wait(job_id, 120) for job_id in (first, second)}
+    assert sorted(states.values()) == ["FAILED", "FINISHED"], states
+    loser = next(j for j, s in states.items() if s == "FAILED")
+    winner = next(j for j, s in states.items() if s == "FINISHED")
+    error = cluster.job(loser)["failure"]["error"]
+    assert str(out) in error and ("claimed at the same moment" in error or winner in error), error
+    check_output(out, aggregate=False)  # exactly the winner's rows: none of the loser's
+    rerun = cluster.submit(job_graph(out, restart_strategy=none))
+    assert cluster.wait(rerun, 120) == "FAILED"
+    assert f"holds the output of job {winner}" in cluster.job(rerun)["failure"]["error"]
+    check_output(out, aggregate=False)
