@@ -136,6 +136,10 @@ class SabotClient:
     def job(self, job_id):
         return self.request("GET", f"/jobs/{_quote(job_id)}")
 
+    def forget(self, job_id):
+        """Release an ended job now (its record, result and tasks); see ``retain_ended_jobs``."""
+        self.request("DELETE", f"/jobs/{_quote(job_id)}")
+
     def cancel(self, job_id):
         return self.request("POST", f"/jobs/{_quote(job_id)}/cancel")
 

@@ -511,16 +511,19 @@ class ClusterCoordinator(WorkerListener):
         del self.jobs[job.job_id]
         self.rescaler.forget(job.job_id)
         self._operator_ids.difference_update(job.job_graph.operators)
-        graph = job.exec_graph
-        nodes = {graph.get_task(t).node_id for t in list(graph.tasks) + list(graph.retired_tasks)}
-        for node_id in sorted(n for n in nodes if n is not None and n in self.registry):
-            self._spawn(self._release_on(node_id, job.job_id))
+        self._release_on_workers(job)
         storage = job.checkpointing.storage
         if self._own_checkpoint_dir is not None and storage.uri == self._own_checkpoint_dir:
             self._spawn(self.offload(shutil.rmtree, storage.job_path(job.job_id), ignore_errors=True))
         log.info("job %s forgotten (%s %.0f s ago; retain_ended_jobs=%d, ended_job_ttl_s=%g)", job.job_id,
                  job.state.value, self.clock.now() - (job.ended_at or self.clock.now()),
                  self.ended_jobs.max_jobs, self.ended_jobs.ttl_s)
+
+    def _release_on_workers(self, job):
+        graph = job.exec_graph
+        nodes = {graph.get_task(t).node_id for t in list(graph.tasks) + list(graph.retired_tasks)}
+        for node_id in sorted(n for n in nodes if n is not None and n in self.registry):
+            self._spawn(self._release_on(node_id, job.job_id))
 
     async def _release_on(self, node_id, job_id):
         try:
@@ -640,12 +643,36 @@ class ClusterCoordinator(WorkerListener):
         if job.state != JobState.FINISHED:
             raise Conflict(f"job {job_id} is {job.state.value}; a result exists once it has FINISHED")
         if job.result is None:
-            wanted = [t.task_id for op_id in job.sinks("collect") for t in job.exec_graph.operator_tasks(op_id)]
-            tables = dict(zip(wanted, await asyncio.gather(*(self._fetch_table(job, t) for t in wanted))))
-            result = gather_results(job_id, job.job_graph, list(job.reports.values()), tables.get)
-            result.duration_seconds = (job.ended_at or self.clock.now()) - (job.started_at or job.submitted_at)
-            job.result = result
+            if job.result_fetch is None:  # one fetch, however many ask at once
+                job.result_fetch = asyncio.ensure_future(self._fetch_result(job))
+            try:
+                await asyncio.shield(job.result_fetch)
+            finally:
+                if job.result is None and job.result_fetch.done():
+                    job.result_fetch = None  # it failed: the next call tries again
         return job.result
+
+    async def _fetch_result(self, job):
+        wanted = [t.task_id for op_id in job.sinks("collect") for t in job.exec_graph.operator_tasks(op_id)]
+        tables = dict(zip(wanted, await asyncio.gather(*(self._fetch_table(job, t) for t in wanted))))
+        result = gather_results(job.job_id, job.job_graph, list(job.reports.values()), tables.get)
+        result.duration_seconds = (job.ended_at or self.clock.now()) - (job.started_at or job.submitted_at)
+        job.result = result
+        # the tables are held here now: the workers need not keep their copies
+        self._release_on_workers(job)
+
+    async def forget_job(self, job_id):
+        """Forget an ended job now (its owner is done with it): here, on its workers, and its
+        checkpoints in this coordinator's own directory. ``DELETE /jobs/{job_id}``.
+
+        Raises:
+            NotFound: unknown job.
+            Conflict: the job has not ended (cancel it first).
+        """
+        job = self.get_job(job_id)
+        if not job.terminal:
+            raise Conflict(f"job {job_id} is {job.state.value}; only an ended job can be forgotten (cancel it first)")
+        self._forget_job(job)
 
     async def _fetch_table(self, job, task_id):
         # the job ended, so its slots are free again; the task's view still says where it ran

@@ -166,6 +166,10 @@ def _routes(c):
         limit = _query_int(request, "limit", MAX_TASKS_IN_DETAILS, 1, MAX_TASKS_IN_DETAILS)
         return await json_response_off_loop(c.job_tasks(request.match_info["job_id"], offset, limit))
 
+    async def forget(request):
+        await c.forget_job(request.match_info["job_id"])
+        return web.Response(status=204)
+
     async def cancel(request):
         state = await c.cancel_job(request.match_info["job_id"])
         return web.json_response({"job_id": request.match_info["job_id"], "state": state})
@@ -264,6 +268,9 @@ def _routes(c):
           {"name": "limit", "in": "query", "required": False,
            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TASKS_IN_DETAILS}}], None,
          {"200": "tasks", "400": "bad offset or limit", "404": "unknown job"}),
+        ("DELETE", "/jobs/{job_id}", forget, "Forget an ended job now: its record, result and tasks here and on "
+         "the workers (otherwise kept for retain_ended_jobs / ended_job_ttl_s)", [_JOB_ID], None,
+         {"204": "forgotten", "404": "unknown job", "409": "the job has not ended"}),
         ("POST", "/jobs/{job_id}/cancel", cancel, "Cancel a job; frees its slots", [_JOB_ID], None,
          {"200": "canceled", "404": "unknown job", "409": "the job already ended"}),
         ("POST", "/jobs/{job_id}/rescale", rescale, "Rescale one operator live: new tasks get slots, keyed "

@@ -96,6 +96,7 @@ class JobRecord:
         self.deployed = asyncio.Event()
         self._running = asyncio.Event()
         self.result = None
+        self.result_fetch = None  # the one fetch of the result tables from the workers, while it runs
         self.checkpointing = None
         self.restart_strategy = None
         self.failures = 0  # failures counted against the restart strategy

@@ -92,8 +92,6 @@ def test_keyed_count_matches_pyarrow_reference(arun, parallelism):
             table, job = keyed_count_job(parallelism)
             job_id = await c.submit_stream_job(job)
             assert await c.wait_for_job(job_id, 30) == "FINISHED", c.jobs[job_id].failure
-            result = await c.job_result(job_id)
-            assert_tables_equal(result.table("counts"), reference_counts(table))
             graph = c.active_jobs[job_id]
             summary = graph.get_metrics_summary()
             assert summary["total_tasks"] == len(graph.tasks) == 3 * parallelism + (0 if parallelism == 1 else 0)
@@ -109,6 +107,11 @@ def test_keyed_count_matches_pyarrow_reference(arun, parallelism):
                 expected = {t.task_id for t in graph.tasks.values() if t.node_id == w.node_id}
                 assert {t["task_id"] for t in listing["tasks"]} == expected
                 assert all(t["state"] == "FINISHED" for t in listing["tasks"])
+            result = await c.job_result(job_id)
+            assert_tables_equal(result.table("counts"), reference_counts(table))
+            # the coordinator holds the result now: the workers let go of the job's tasks
+            await until(lambda: not any(w.task_manager.tasks for w in workers), what="workers released the job")
+            assert (await c.job_result(job_id)) is result
             assert c.slot_pool.free_slots == c.slot_pool.total_slots == 4
             status, info = await http("GET", f"{c.url}/jobs/{job_id}")
             assert status == 200 and info["state"] == "FINISHED"

@@ -123,3 +123,33 @@ def test_a_worker_never_told_bounds_its_ended_tasks():
             await server.stop()
 
     asyncio.run(asyncio.wait_for(run(), 60))
+
+
+def test_an_owner_forgets_its_job_and_results_leave_the_workers_once_fetched(arun, user_module):
+    from tests.cluster.test_coordinator import unbounded_job
+
+    async def body():
+        table = keyed_table(2000)
+        async with cluster(workers=1, slots=4) as (c, (w,)):
+            running = await c.submit_stream_job(unbounded_job(user_module, 1))
+            await until(lambda: c.jobs[running].state.value == "RUNNING", what="RUNNING")
+            status, err = await http("DELETE", f"{c.url}/jobs/{running}")
+            assert status == 409 and "cancel it first" in err["error"]
+            job_id = await c.submit_stream_job(short_job(table, 0))
+            assert await c.wait_for_job(job_id, 30) == "FINISHED"
+            assert any(t.job_id == job_id for t in w.task_manager.tasks.values())
+            status, result = await http("GET", f"{c.url}/jobs/{job_id}/result")
+            assert status == 200 and result["tables"]["counts"]["num_rows"] == reference_counts(table).num_rows
+            # the coordinator holds the tables now; the worker keeps nothing of the job
+            await until(lambda: not any(t.job_id == job_id for t in w.task_manager.tasks.values()),
+                        what="the worker released the fetched job")
+            status, again = await http("GET", f"{c.url}/jobs/{job_id}/result")
+            assert status == 200 and again == result
+            status, _ = await http("DELETE", f"{c.url}/jobs/{job_id}")
+            assert status == 204 and job_id not in c.jobs
+            status, err = await http("GET", f"{c.url}/jobs/{job_id}/result")
+            assert status == 404 and "no longer kept" in err["error"]
+            assert c.jobs[running].state.value == "RUNNING"
+            await c.cancel_job(running)
+
+    arun(body(), 60)

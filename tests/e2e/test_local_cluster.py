@@ -58,9 +58,9 @@ def test_keyed_count_across_two_worker_processes(local_cluster, parallelism):
     table = keyed_table()
     job_id = local_cluster.submit(keyed_count_job(parallelism, table))
     assert local_cluster.wait(job_id, 60) == "FINISHED"
-    assert_tables_equal(local_cluster.result(job_id).table("counts"), reference_counts(table))
 
-    # the tasks really ran in both worker processes, and each worker lists its own
+    # the tasks really ran in both worker processes, and each worker lists its own (until the
+    # result is fetched: then the coordinator holds it and the workers let the job go)
     pids = [p for p in local_cluster.worker_pids if p]
     assert len(set(pids)) == 2
     nodes = {n["node_id"]: n for n in local_cluster.client().nodes()["nodes"]}
@@ -77,6 +77,7 @@ def test_keyed_count_across_two_worker_processes(local_cluster, parallelism):
         assert all(t["pid"] == node["pid"] for t in listing["tasks"])
     assert seen_pids == set(pids)
     assert sum(op["parallelism"] for op in info["operators"]) == len(info["tasks"])
+    assert_tables_equal(local_cluster.result(job_id).table("counts"), reference_counts(table))
 
 
 def test_every_endpoint_over_http(local_cluster, user_module):
