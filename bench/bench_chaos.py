@@ -91,7 +91,7 @@ def one_round(seed, seconds, quiet):
                 else (None,) * 5
             rows.append(("aggregate" if aggregate else "rows", state, info["restarts"], *figures))
         finish_s = time.monotonic() - after
-        lost = len(cluster.coordinator.registry.lost)
+        lost = cluster.coordinator.registry.losses
     return report, rows, finish_s, lost
 
 

@@ -45,6 +45,7 @@ class NodeRegistry:
         self.lost: collections.OrderedDict[str, NodeInfo] = collections.OrderedDict()
         self.quiet = False  # the coordinator is stopping: losses are expected
         self.stalls = 0  # times the coordinator found itself stalled
+        self.losses = 0  # workers declared lost so far (a rejoined one counts again if lost again)
 
     def __contains__(self, node_id):
         return node_id in self.nodes
@@ -127,6 +128,7 @@ class NodeRegistry:
             return None
         node.state = "LEFT" if left else "LOST"
         node.lost_reason = reason
+        self.losses += not left
         self.lost[node_id] = node
         while len(self.lost) > LOST_HISTORY:
             self.lost.popitem(last=False)

@@ -129,6 +129,8 @@ def overview(*, url, uptime_seconds, registry, slot_pool, jobs, pending_jobs):
         "uptime_seconds": round(uptime_seconds, 3),
         "workers": len(registry),
         "lost_workers": sum(1 for n in registry.lost.values() if n.state == "LOST"),
+        "worker_losses_total": registry.losses,
+        "coordinator_stalls_total": registry.stalls,
         "total_slots": slot_pool.total_slots,
         "free_slots": slot_pool.free_slots,
         "utilization": slot_pool.utilization,

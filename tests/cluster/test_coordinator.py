@@ -396,6 +396,7 @@ def test_dropped_worker_connection_is_detected_fast_and_fails_its_job(arun, user
             assert time.monotonic() - start < 1.0
             assert victim.node_id in c.jobs[job_id].failure["error"]
             assert "lost" in c.jobs[job_id].failure["error"]
+            assert c.registry.losses == 1 and c.overview()["worker_losses_total"] == 1
             # the dropped worker cancels its old attempts and rejoins with its slots
             await until(lambda: victim.joins == 2 and victim.node_id in c.nodes, what="the worker rejoined")
             assert all(t.state.is_terminal for t in victim.task_manager.tasks.values())
