@@ -49,6 +49,8 @@ class CoordinatorConfig:
             anything is expanded).
         max_request_bytes: the largest HTTP request body accepted (413 above).
         max_json_depth: the deepest nesting of JSON accepted in a request (400 above).
+        max_json_items: the most JSON values (containers and commas) accepted in a request
+            (400 above): a 10,000-operator job graph holds ~220,000.
         request_body_timeout_s: a request body not fully arrived this long after its
             headers is refused (408).
         idle_connection_timeout_s: an HTTP connection silent this long is closed.
@@ -77,6 +79,7 @@ class CoordinatorConfig:
     max_tasks_per_job: int = 20_000
     max_request_bytes: int = 64 * 1024 * 1024
     max_json_depth: int = 64
+    max_json_items: int = 1_000_000
     request_body_timeout_s: float = 30.0
     idle_connection_timeout_s: float = 15.0
     retain_ended_jobs: int = 100
@@ -86,6 +89,7 @@ class CoordinatorConfig:
         from sabot.cluster.web import HttpLimits
 
         return HttpLimits(max_body_bytes=self.max_request_bytes, max_json_depth=self.max_json_depth,
+                          max_json_items=self.max_json_items,
                           body_timeout_s=self.request_body_timeout_s,
                           idle_timeout_s=self.idle_connection_timeout_s)
 

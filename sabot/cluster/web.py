@@ -16,6 +16,7 @@ import orjson
 import pyarrow as pa
 from aiohttp import web
 
+from sabot._core import jsonscan
 from sabot.errors import (
     Conflict,
     ControlTimeout,
@@ -144,6 +145,9 @@ class HttpLimits:
         max_json_depth: JSON nested deeper is refused (400): nothing Sabot accepts nests
             deeper than a few levels, and deep nesting only costs the parser and whoever
             walks the result.
+        max_json_items: JSON with more values (containers and commas) is refused (400):
+            parsing makes one Python object per value while holding the GIL. Both are
+            measured on the raw bytes first (:func:`sabot._core.jsonscan.measure`).
         body_timeout_s: a body that has not fully arrived this long after its headers
             is refused (408): a client trickling a body must not hold a handler forever.
         idle_timeout_s: a connection that sends nothing for this long (between requests,
@@ -152,6 +156,7 @@ class HttpLimits:
 
     max_body_bytes: int = 64 * 1024 * 1024
     max_json_depth: int = 64
+    max_json_items: int = 1_000_000
     body_timeout_s: float = 30.0
     idle_timeout_s: float = 15.0
 
@@ -177,31 +182,18 @@ async def serve(app, host, port, limits: HttpLimits):
     return runner, site._server.sockets[0].getsockname()[:2]
 
 
-def json_depth(value, limit):
-    """The nesting depth of a parsed JSON value, counting at most to ``limit + 1``
-    (iterative: a hostile document cannot exhaust the stack)."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return deepest
-
-
-def _parse(raw, max_depth):
-    value = loads(raw)
-    if json_depth(value, max_depth) > max_depth:
-        raise InvalidRequest(f"JSON nested deeper than {max_depth} levels; Sabot's requests nest a few levels")
-    return value
+def _parse(raw, limits, what):
+    """Measure the raw JSON (no GIL held), refuse it if it passes a limit, else parse it."""
+    depth, items = jsonscan.measure(raw, limits.max_json_depth, limits.max_json_items)
+    if depth > limits.max_json_depth:
+        raise InvalidRequest(f"the {what} nests JSON deeper than {limits.max_json_depth} levels "
+                             "(max_json_depth); Sabot's requests nest a few levels")
+    if items > limits.max_json_items:
+        raise InvalidRequest(f"the {what} holds more than {limits.max_json_items} JSON values (max_json_items)")
+    try:
+        return loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"malformed JSON in the {what}: {exc}") from None
 
 
 async def read_json(request, what="request body"):
@@ -222,14 +214,9 @@ async def read_json(request, what="request body"):
             content_type="application/json") from None
     if not raw:
         raise InvalidRequest(f"the {what} is empty; expected JSON")
-    try:
-        if len(raw) > PARSE_ON_THREAD_BYTES:
-            return await asyncio.to_thread(_parse, raw, limits.max_json_depth)
-        return _parse(raw, limits.max_json_depth)
-    except InvalidRequest as exc:
-        raise InvalidRequest(f"the {what}: {exc}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"malformed JSON in the {what}: {exc}") from None
+    if len(raw) > PARSE_ON_THREAD_BYTES:
+        return await asyncio.to_thread(_parse, raw, limits, what)
+    return _parse(raw, limits, what)
 
 
 def arrow_response(table):

@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 #: a worker's requests come from its coordinator (authenticated when a token is set);
 #: deployments of a very large job to one worker are the biggest bodies
-WORKER_HTTP_LIMITS = HttpLimits(max_body_bytes=256 * 1024 * 1024)
+WORKER_HTTP_LIMITS = HttpLimits(max_body_bytes=256 * 1024 * 1024, max_json_items=50_000_000)
 
 __all__ = ["Worker"]
 

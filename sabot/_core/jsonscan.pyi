@@ -1,0 +1,3 @@
+"""Type stubs for sabot._core.jsonscan (compiled)."""
+
+def measure(data: bytes | bytearray | memoryview, max_depth: int = ..., max_items: int = ...) -> tuple[int, int]: ...
