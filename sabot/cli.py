@@ -9,8 +9,10 @@
     sabot job submit FILE|JSON --coordinator URL
     sabot job list|status JOB_ID|cancel JOB_ID --coordinator URL
 
-``--coordinator`` defaults to ``$SABOT_COORDINATOR`` (else http://127.0.0.1:8081),
-``--token`` to ``$SABOT_TOKEN``. Binding anything but 127.0.0.1 needs a token.
+``--coordinator`` defaults to ``$SABOT_COORDINATOR`` (else http://127.0.0.1:8081). The
+cluster secret comes from ``--token-file`` (a file only you can read), ``$SABOT_TOKEN`` or
+``$SABOT_TOKEN_FILE``; ``--token`` works but is readable by every local user in
+/proc/<pid>/cmdline. Binding anything but 127.0.0.1 needs a secret.
 """
 
 import argparse
@@ -190,7 +192,7 @@ def cmd_coordinator(args):
     from sabot.cluster.coordinator import ClusterCoordinator
 
     config = CoordinatorConfig(
-        host=args.host, port=args.port, token=args.token,
+        host=args.host, port=args.port, token=_token(args),
         heartbeat_interval_s=args.heartbeat_interval, heartbeat_timeout_s=args.heartbeat_timeout,
         slot_wait_timeout_s=args.slot_wait_timeout, refuse_oversized=not args.allow_oversized,
         check_imports=not args.no_import_check,
@@ -223,7 +225,7 @@ def cmd_worker(args):
     async def main():
         worker = Worker(args.coordinator, num_slots=args.slots, cpu_cores_per_slot=args.cpu_per_slot,
                         memory_mb_per_slot=args.memory_per_slot, host=args.host, port=args.port,
-                        token=args.token, node_id=args.node_id, threads=args.threads,
+                        token=_token(args), node_id=args.node_id, threads=args.threads,
                         connect_timeout_s=args.connect_timeout)
         await worker.start()
         print(f"sabot worker {worker.node_id} at {worker.url} (pid {os.getpid()}) joined {args.coordinator}",
@@ -247,8 +249,9 @@ def cmd_worker(args):
 def cmd_cluster_start(args):
     from sabot.cluster.local import LocalCluster
 
-    cluster = LocalCluster(workers=args.workers, slots_per_worker=args.slots, token=args.token,
+    cluster = LocalCluster(workers=args.workers, slots_per_worker=args.slots, token=_token(args),
                            coordinator_config={"port": args.port})
+    token_file = None
     stop = []
     # Ctrl-C and SIGTERM both ask for a clean stop; handled as flags, never as an exception
     # that could land between two statements and skip the cleanup
@@ -257,11 +260,24 @@ def cmd_cluster_start(args):
         with cluster:
             print(f"sabot local cluster: coordinator {cluster.url}, {args.workers} workers x {args.slots} slots "
                   f"(pids {cluster.worker_pids}); Ctrl-C stops all", flush=True)
+            if not _token(args):  # the cluster made its own secret: hand it over in a private file
+                import tempfile
+
+                from sabot.cluster import protocol
+
+                token_file = protocol.write_token_file(
+                    os.path.join(tempfile.mkdtemp(prefix="sabot-"), "token"), cluster.token)
+                print(f"its secret is in {token_file} (readable by you only): "
+                      f"export SABOT_TOKEN_FILE={token_file} for 'sabot job ...'", flush=True)
             while not stop:
                 time.sleep(0.2)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if token_file is not None:
+            import shutil
+
+            shutil.rmtree(os.path.dirname(token_file), ignore_errors=True)
     print("sabot local cluster stopped", flush=True)
     return 0
 
@@ -326,7 +342,7 @@ def cmd_run(args):
 def _client(args):
     from sabot.cluster.client import SabotClient
 
-    return SabotClient(args.coordinator, token=args.token)
+    return SabotClient(args.coordinator, token=_token(args))
 
 
 def cmd_job_submit(args):
@@ -379,6 +395,20 @@ def cmd_job_cancel(args):
 # -- argument parsing -----------------------------------------------------------------------
 
 
+class _TokenOnCommandLine(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        print("sabot: warning: --token is visible to every local user in /proc/<pid>/cmdline; "
+              "use --token-file or $SABOT_TOKEN", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _token(args):
+    """The cluster secret from --token, --token-file, $SABOT_TOKEN or $SABOT_TOKEN_FILE (None: none)."""
+    from sabot.cluster import protocol
+
+    return protocol.resolve_token(getattr(args, "token", None), getattr(args, "token_file", None))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="sabot", description="Sabot: stream processing over Apache Arrow.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -386,8 +416,11 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def token_arg(p):
-        p.add_argument("--token", default=os.environ.get("SABOT_TOKEN"),
-                       help="shared secret (default $SABOT_TOKEN); required to bind anything but 127.0.0.1")
+        p.add_argument("--token-file", metavar="PATH",
+                       help="file holding the cluster secret, readable by you only (default $SABOT_TOKEN, "
+                            "else the file $SABOT_TOKEN_FILE); required to bind anything but 127.0.0.1")
+        p.add_argument("--token", action=_TokenOnCommandLine,
+                       help="the cluster secret itself (discouraged: every local user can read a command line)")
 
     p = sub.add_parser("coordinator", help="run a coordinator (JobManager) in the foreground",
                        description="Run a coordinator with the HTTP API on uvloop until Ctrl-C.")

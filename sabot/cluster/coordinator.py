@@ -249,7 +249,8 @@ class ClusterCoordinator(WorkerListener):
         request = body if isinstance(body, RegisterRequest) else RegisterRequest.from_dict(body)
         self.registry.register(request)
         return protocol.RegisterResponse(request.node_id, self.config.heartbeat_interval_s,
-                                         self.config.heartbeat_timeout_s, self.liveness.port).to_dict()
+                                         self.config.heartbeat_timeout_s, self.liveness.port,
+                                         self.liveness.issue_ticket(request.node_id)).to_dict()
 
     async def handle_worker_socket(self, node_id, ws):
         """Serve one worker's WebSocket until it closes; then the node is lost."""

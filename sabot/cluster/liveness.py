@@ -6,17 +6,26 @@ Each worker sends its beats from a native thread that never takes the GIL
 (SIGSTOP, a partition) falls silent and is declared lost after the heartbeat
 timeout; a killed one closes the connection, which is reported at once.
 
-Wire format: the worker first sends a hello frame, a 4-byte big-endian length and a
-JSON object ``{"node_id": ...}`` (at most :data:`MAX_HELLO` bytes, within
-:data:`HELLO_TIMEOUT_S`); then 8-byte beats. The server answers every chunk of beats
-with one 8-byte ack, so the worker sees a stopped or hung coordinator too.
+Wire format: the server first sends a 16-byte random challenge; the worker answers with
+a hello frame, a 4-byte big-endian length and a JSON object ``{"node_id": ...,
+"proof": hex HMAC-SHA256(ticket, "sabot-liveness" + challenge)}`` (at most
+:data:`MAX_HELLO` bytes, within :data:`HELLO_TIMEOUT_S`), where ``ticket`` is the random
+secret the coordinator handed the worker in its (authenticated) registration answer; then
+8-byte beats. A connection that cannot prove the ticket is dropped, so nobody else can
+keep a dead worker "alive" or make a live one look lost by opening its heartbeat. The
+server answers every chunk of beats with one 8-byte ack, so the worker sees a stopped or
+hung coordinator too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
+import os
+import secrets
 import struct
 
 log = logging.getLogger(__name__)
@@ -27,6 +36,12 @@ MAX_HELLO = 4096
 HELLO_TIMEOUT_S = 5.0
 _LENGTH = struct.Struct(">I")
 _ACK = b"\x01" + b"\x00" * 7
+CHALLENGE_BYTES = 16
+
+
+def proof(ticket, challenge):
+    """What a worker holding ``ticket`` answers to ``challenge``."""
+    return hmac.new(ticket.encode("ascii"), b"sabot-liveness" + challenge, hashlib.sha256).hexdigest()
 
 
 class _Connection(asyncio.Protocol):
@@ -39,7 +54,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        self.challenge = os.urandom(CHALLENGE_BYTES)
         self.timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT_S, self._refuse, "no hello in time")
+        transport.write(self.challenge)
 
     def _refuse(self, why):
         log.warning("liveness connection from %s refused: %s", self.transport.get_extra_info("peername"), why)
@@ -63,11 +80,13 @@ class _Connection(asyncio.Protocol):
         self.timer.cancel()
         try:
             message = json.loads(hello)
-            node_id = message["node_id"]
+            node_id, given = message["node_id"], message["proof"]
+            if not isinstance(node_id, str) or not isinstance(given, str):
+                raise TypeError
         except (ValueError, KeyError, TypeError):
             self._refuse("a malformed hello")
             return
-        why = self.server.accept(self, node_id)
+        why = self.server.accept(self, node_id, given)
         if why:
             self._refuse(why)
             return
@@ -94,7 +113,13 @@ class LivenessServer:
         self.port = None
         self._server = None
         self._connections = {}  # node_id -> _Connection
+        self._tickets = {}  # node_id -> the secret of its current registration
         self.beats = 0
+
+    def issue_ticket(self, node_id):
+        """A new random ticket for a (re-)registered node; its heartbeat must prove it."""
+        ticket = self._tickets[node_id] = secrets.token_hex(16)
+        return ticket
 
     async def start(self, port=0):
         loop = asyncio.get_running_loop()
@@ -112,10 +137,13 @@ class LivenessServer:
             await self._server.wait_closed()
             self._server = None
 
-    def accept(self, conn, node_id):
+    def accept(self, conn, node_id, given_proof):
         """A hello: the connection is the node's heartbeat (None), or why it is refused."""
         if node_id not in self.registry:
             return f"node {node_id!r} is not registered"
+        ticket = self._tickets.get(node_id)
+        if ticket is None or not hmac.compare_digest(given_proof, proof(ticket, conn.challenge)):
+            return f"the hello for node {node_id!r} does not prove its registration ticket"
         old = self._connections.get(node_id)
         if old is not None and old is not conn:
             old.node_id = None  # replaced (the worker rejoined): its loss means nothing now
@@ -140,6 +168,7 @@ class LivenessServer:
 
     def disconnect(self, node_id):
         """The node was declared lost: close its heartbeat connection (the worker notices)."""
+        self._tickets.pop(node_id, None)
         conn = self._connections.pop(node_id, None)
         if conn is not None:
             conn.node_id = None

@@ -23,6 +23,7 @@ import asyncio
 import atexit
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ import time
 
 import sabot
 from sabot import _loop
+from sabot.cluster import protocol
 from sabot.cluster.client import SabotClient
 from sabot.cluster.coordinator import ClusterCoordinator, CoordinatorConfig
 
@@ -85,7 +87,9 @@ class LocalCluster:
         workers: number of worker processes (>= 0; more can be added with add_worker()).
         slots_per_worker: task slots each worker offers (>= 1).
         cpu_cores_per_slot, memory_mb_per_slot: resources each slot advertises.
-        token: shared secret (not needed on loopback).
+        token: the cluster secret; default ``$SABOT_TOKEN`` / ``$SABOT_TOKEN_FILE``, else a
+            random one made for this cluster (workers get it in their environment, never
+            on their command line; :meth:`client` uses it).
         coordinator_config: extra CoordinatorConfig fields (dict), e.g.
             ``{"slot_wait_timeout_s": 5}``.
         start_timeout_s: how long workers may take to start and register.
@@ -105,11 +109,13 @@ class LocalCluster:
         self.slots_per_worker = slots_per_worker
         self.cpu_cores_per_slot = cpu_cores_per_slot
         self.memory_mb_per_slot = memory_mb_per_slot
-        self.token = token
+        # a cluster secret always: without one given, a random one for these processes only,
+        # so other local users cannot submit jobs, deploy tasks or feed the data plane
+        self.token = protocol.resolve_token(token) or secrets.token_urlsafe(32)
         config = dict(coordinator_config or {})
         config.setdefault("host", "127.0.0.1")
         config.setdefault("port", 0)
-        config["token"] = token
+        config["token"] = self.token
         self._config = CoordinatorConfig.coerce(config)
         self.start_timeout_s = start_timeout_s
         self.worker_threads = worker_threads

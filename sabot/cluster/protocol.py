@@ -36,6 +36,8 @@ When a token is configured every request and the WebSocket carry
 ``Authorization: Bearer <token>``.
 """
 
+import hashlib
+import hmac
 import ipaddress
 import math
 import os
@@ -68,6 +70,8 @@ CHECKPOINT = "checkpoint"
 BATCH = "batch"
 
 TOKEN_ENV = "SABOT_TOKEN"
+#: a file holding the token (readable by its owner only), when $SABOT_TOKEN is not set
+TOKEN_FILE_ENV = "SABOT_TOKEN_FILE"
 
 #: the most slots one worker may offer
 MAX_SLOTS_PER_WORKER = 4096
@@ -92,11 +96,57 @@ def check_binding(host, token, what="server"):
         )
 
 
-def resolve_token(token):
-    """The explicit token, else ``$SABOT_TOKEN``, else None."""
+def resolve_token(token=None, token_file=None):
+    """The cluster secret: ``token``, else the file ``token_file``, else ``$SABOT_TOKEN``,
+    else the file ``$SABOT_TOKEN_FILE``, else None (no authentication: loopback only).
+
+    A command line is readable by every local user (``/proc/<pid>/cmdline``): pass the
+    secret in the environment or in a file only its owner can read.
+
+    Raises:
+        InvalidRequest: the token file cannot be read, is empty, or others may read it.
+    """
     if token:
         return token
-    return os.environ.get(TOKEN_ENV) or None
+    if token_file:
+        return read_token_file(token_file)
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    if os.environ.get(TOKEN_FILE_ENV):
+        return read_token_file(os.environ[TOKEN_FILE_ENV])
+    return None
+
+
+def read_token_file(path):
+    """The token in ``path`` (surrounding whitespace stripped); the file must be private."""
+    try:
+        st = os.stat(path)
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the token file {path}: {exc.strerror or exc}") from None
+    if st.st_mode & 0o077:
+        raise InvalidRequest(f"the token file {path} may be read by others (mode {st.st_mode & 0o777:o}); "
+                             f"chmod 600 {path}")
+    if not token:
+        raise InvalidRequest(f"the token file {path} is empty")
+    return token
+
+
+def write_token_file(path, token):
+    """Write ``token`` to a new file only its owner can read; return the path."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    return path
+
+
+def derive_key(token, purpose):
+    """A key for one use of the cluster secret (HMAC-SHA256 of ``purpose``), so a value
+    proven on one channel proves nothing on another; b"" without a secret."""
+    if not token:
+        return b""
+    return hmac.new(token.encode("utf-8"), purpose.encode("ascii"), hashlib.sha256).digest()
 
 
 def auth_headers(token):
@@ -175,12 +225,14 @@ class RegisterRequest:
 
 @dataclass
 class RegisterResponse:
-    """The coordinator's answer to a registration: heartbeat settings and where to send beats."""
+    """The coordinator's answer to a registration: heartbeat settings, where to send beats,
+    and the ticket the heartbeat connection proves itself with (see :mod:`sabot.cluster.liveness`)."""
 
     node_id: str
     heartbeat_interval_s: float
     heartbeat_timeout_s: float
     liveness_port: int
+    liveness_ticket: str = ""
 
     def to_dict(self):
         return asdict(self)

@@ -48,13 +48,12 @@ from aiohttp import web
 
 from sabot._core.liveness import HeartbeatThread
 from sabot._loop import LoopLag
-
-from sabot.cluster import protocol
+from sabot.cluster import liveness, protocol
 from sabot.cluster.web import HttpLimits, arrow_response, auth_middleware, error_middleware, make_app, read_json, serve
 from sabot.errors import Conflict, ControlTimeout, InvalidRequest, NotFound
-from sabot.runtime.data_server import DataServer
 from sabot.execution.deployment import TaskDeploymentDescriptor
 from sabot.execution.messages import CheckpointComplete, TriggerCheckpoint, control_from_dict
+from sabot.runtime.data_server import DataServer
 from sabot.runtime.task_manager import TaskManager
 
 log = logging.getLogger(__name__)
@@ -144,7 +143,7 @@ class Worker:
         """Start the data and control servers and join the coordinator."""
         self._closed = asyncio.Event()
         self._outbox = asyncio.Queue()
-        self.data_server = DataServer(host=self.host)
+        self.data_server = DataServer(host=self.host, key=protocol.derive_key(self.token, "sabot data plane"))
         await self.data_server.start(self.data_port)
         self.task_manager = TaskManager(self.data_server, on_update=self._on_task_update, threads=self.threads,
                                         on_checkpoint=self._on_checkpoint)
@@ -189,10 +188,18 @@ class Worker:
 
     async def _start_heartbeat(self):
         host = urllib.parse.urlsplit(self.coordinator_url).hostname
-        hello = json.dumps({"node_id": self.node_id}).encode()
 
         def connect():
             sock = socket.create_connection((host, self.liveness_port), timeout=self.connect_timeout_s)
+            challenge = b""
+            while len(challenge) < liveness.CHALLENGE_BYTES:
+                chunk = sock.recv(liveness.CHALLENGE_BYTES - len(challenge))
+                if not chunk:
+                    raise ConnectionError(f"the coordinator's heartbeat listener at {host}:{self.liveness_port} "
+                                          "closed the connection before its challenge")
+                challenge += chunk
+            hello = json.dumps({"node_id": self.node_id,
+                                "proof": liveness.proof(self.liveness_ticket, challenge)}).encode()
             sock.sendall(struct.pack(">I", len(hello)) + hello)
             sock.settimeout(None)
             return sock
@@ -231,6 +238,7 @@ class Worker:
         self.heartbeat_interval_s = answer["heartbeat_interval_s"]
         self.heartbeat_timeout_s = answer["heartbeat_timeout_s"]
         self.liveness_port = answer["liveness_port"]
+        self.liveness_ticket = answer.get("liveness_ticket", "")
 
     async def _supervise(self):
         """Rejoin whenever the coordinator drops this worker; give up when it stays away."""

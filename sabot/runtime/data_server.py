@@ -36,10 +36,21 @@ class DataServer:
         credits: buffers each receiving channel grants its sender.
         connect_timeout: how long :meth:`output_channel` keeps retrying a refused
             TCP connection (the receiving worker may still be starting).
+        key: the data plane's key (``protocol.derive_key(secret, "data")``): every TCP
+            connection, in either direction, proves it knows it before anything else
+            (:mod:`sabot.runtime.network`). b"": a cluster without a secret.
+        server_ssl, client_ssl: ``ssl.SSLContext`` for the listener and for connections
+            to other data servers (TLS); None: plain TCP.
     """
 
-    def __init__(self, host="127.0.0.1", credits=8, *, connect_timeout=10.0):
+    def __init__(self, host="127.0.0.1", credits=8, *, connect_timeout=10.0, key=b"", server_ssl=None,
+                 client_ssl=None):
+        if not isinstance(key, bytes):
+            raise TypeError(f"key must be bytes, got {type(key).__name__}")
         self.host = host
+        self.key = key
+        self.server_ssl = server_ssl
+        self.client_ssl = client_ssl
         self.credits = _check_credits(credits)
         self.connect_timeout = float(connect_timeout)
         self._channels = {}  # channel_id -> InputChannel (registered or awaiting registration)
@@ -63,7 +74,7 @@ class DataServer:
         self._stopped = False
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: network.ReceiverProtocol(self), self.host, port
+            lambda: network.ReceiverProtocol(self), self.host, port, ssl=self.server_ssl
         )
         sockname = self._server.sockets[0].getsockname()
         self._address = (self.host, sockname[1])

@@ -1,12 +1,15 @@
 """Network channels: Arrow IPC over TCP on the event loop, with credit frames flowing back.
 
-One TCP connection per channel. Every frame is a 9-byte header (``<BQ``: kind,
-payload length) and a payload:
+One TCP connection per channel (TLS when the DataServer has SSL contexts). Every frame
+is a 9-byte header (``<BQ``: kind, payload length) and a payload:
 
 =========  =========  ===============================================================
 kind       direction  payload
 =========  =========  ===============================================================
-HELLO      s -> r     channel id (UTF-8); first frame of a connection
+CHALLENGE  r -> s     16 random bytes; the receiver's first frame
+AUTH       s -> r     16 random bytes + HMAC-SHA256(key, "sabot-data:sender" + both nonces)
+AUTH_OK    r -> s     HMAC-SHA256(key, "sabot-data:receiver" + both nonces)
+HELLO      s -> r     channel id (UTF-8); first frame after AUTH
 SCHEMA     s -> r     ``Schema.serialize()``; sent before the first batch and again
                       whenever the schema changes
 BATCH      s -> r     ``RecordBatch.serialize()`` (an IPC record batch message)
@@ -18,6 +21,15 @@ CREDIT     r -> s     uint32 little-endian: number of new credits
 ERROR      r -> s     UTF-8 message; the receiver refuses or dropped the channel
 =========  =========  ===============================================================
 
+Authentication comes first (the key is derived from the cluster secret): until the
+sender has proven it knows the key, the receiver accepts exactly one frame, an AUTH of
+exactly 48 bytes, within :data:`HANDSHAKE_TIMEOUT_S`; anything else closes the
+connection at once, so a stranger costs a 9-byte header and a 48-byte buffer, and leaves
+nothing behind. The sender checks AUTH_OK before it accepts credit, so it never sends rows
+to a server that does not know the key either. After the handshake a frame longer than
+:data:`MAX_FRAME_BYTES`, or a batch header without credit, closes the connection before
+its payload is allocated; TCP keepalive finds half-open connections.
+
 The receiver reads each payload straight into a freshly allocated (64-byte
 aligned) Arrow buffer with ``recv_into`` (``asyncio.BufferedProtocol``) and builds
 the batch on that buffer without copying. The sender writes the serialized IPC
@@ -28,8 +40,12 @@ the protocol and its connection is dropped.
 
 import asyncio
 import errno
+import hashlib
+import hmac
 import json
 import logging
+import os
+import socket
 import struct
 
 import pyarrow as pa
@@ -51,17 +67,45 @@ CREDIT = 5
 CLOSE = 6
 STREAM = 7
 ERROR = 8
+CHALLENGE = 9
+AUTH = 10
+AUTH_OK = 11
 
 KIND_NAMES = {
     HELLO: "HELLO", SCHEMA: "SCHEMA", BATCH: "BATCH", EVENT: "EVENT",
     CREDIT: "CREDIT", CLOSE: "CLOSE", STREAM: "STREAM", ERROR: "ERROR",
+    CHALLENGE: "CHALLENGE", AUTH: "AUTH", AUTH_OK: "AUTH_OK",
 }
 
 # How long a refused sender gets to read our ERROR frame and close its end.
 REFUSE_LINGER_SECONDS = 2.0
-# Frames above this are refused as garbage rather than allocated.
-MAX_FRAME_BYTES = 1 << 34
+#: a data frame (a serialized batch) above this closes the connection; the sender refuses
+#: to send one (split the batch)
+MAX_FRAME_BYTES = 1 << 30
 _SMALL_FRAME_LIMIT = 1 << 16  # HELLO, EVENT, CREDIT, ERROR, CLOSE payloads
+#: a peer that has not authenticated within this time is dropped
+HANDSHAKE_TIMEOUT_S = 5.0
+_NONCE = 16
+_MAC = 32
+_FIXED_SIZES = {CHALLENGE: _NONCE, AUTH: _NONCE + _MAC, AUTH_OK: _MAC}
+
+
+def _mac(key, role, first, second):
+    return hmac.new(key, b"sabot-data:" + role + first + second, hashlib.sha256).digest()
+
+
+def _keepalive(transport):
+    """Probe an idle connection after 30 s, every 5 s, 3 times: a half-open one is dropped."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError:  # not a TCP socket (tests), or the platform refuses: keepalive is best effort
+        pass
 
 _EMPTY = pa.py_buffer(b"")
 
@@ -117,11 +161,15 @@ class _FrameProtocol(asyncio.BufferedProtocol):
                 self._pos = 0
                 if kind not in KIND_NAMES:
                     raise ChannelProtocolError(f"unknown frame kind {kind} (known: {sorted(KIND_NAMES)})")
+                if kind in _FIXED_SIZES and length != _FIXED_SIZES[kind]:
+                    raise ChannelProtocolError(f"{KIND_NAMES[kind]} frame of {length} bytes, expected "
+                                               f"{_FIXED_SIZES[kind]}")
                 limit = MAX_FRAME_BYTES if kind in (SCHEMA, BATCH, STREAM) else _SMALL_FRAME_LIMIT
                 if length > limit:
                     raise ChannelProtocolError(
                         f"{KIND_NAMES[kind]} frame of {length} bytes exceeds the limit of {limit} bytes"
                     )
+                self._check_header(kind, length)  # before anything is allocated for the payload
                 if length == 0:
                     self._frame(kind, _EMPTY)
                     return
@@ -153,6 +201,9 @@ class _FrameProtocol(asyncio.BufferedProtocol):
     def abort_connection(self):
         if self.transport is not None:
             self.transport.abort()
+
+    def _check_header(self, kind, length):
+        """Refuse a frame from its header (raise ChannelProtocolError); each side adds its rules."""
 
     def _frame(self, kind, body):  # each side's protocol handles its own frames
         raise TypeError(f"{type(self).__name__} must handle frames itself")
@@ -187,18 +238,57 @@ class ReceiverProtocol(_FrameProtocol):
         self._flush_scheduled = False
         self._done = False  # CLOSE received or we dropped the connection on purpose
         self._abort_timer = None
+        self._nonce = os.urandom(_NONCE)
+        self.authenticated = False
+        self._handshake_timer = None
 
     def connection_made(self, transport):
         self.transport = transport
         self._loop = asyncio.get_running_loop()
         self.peer = transport.get_extra_info("peername")
         self.server.connections.add(self)
+        _keepalive(transport)
+        self._handshake_timer = self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_expired)
+        self._write_frame(CHALLENGE, self._nonce)
+
+    def _handshake_expired(self):
+        if not self.authenticated:
+            log.warning("data connection from %s dropped: no authentication within %.0f s",
+                        self._peer_text(), HANDSHAKE_TIMEOUT_S)
+            self._drop()
+
+    def _peer_text(self):
+        return f"{self.peer[0]}:{self.peer[1]}" if self.peer else "an unknown peer"
+
+    def _drop(self):
+        """Close at once and keep nothing: the peer never proved it belongs to the cluster."""
+        self._broken = True
+        self._done = True
+        self.server.connections.discard(self)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _check_header(self, kind, length):
+        if not self.authenticated:
+            if kind != AUTH:
+                raise ChannelProtocolError(f"{KIND_NAMES[kind]} frame before authentication")
+        elif kind in (BATCH, STREAM) and self._outstanding <= 0:
+            raise ChannelProtocolError(f"{self._describe()}: the sender sent a batch without credit")
 
     def _describe(self):
         peer = f"{self.peer[0]}:{self.peer[1]}" if self.peer else "unknown peer"
         return f"channel {self.channel_id!r} (from {peer})"
 
     def _frame(self, kind, body):
+        if not self.authenticated:  # _check_header let only an AUTH of the right size through
+            data = body.to_pybytes()
+            nonce, mac = data[:_NONCE], data[_NONCE:]
+            if not hmac.compare_digest(mac, _mac(self.server.key, b"sender", self._nonce, nonce)):
+                raise ChannelProtocolError("the sender does not know the cluster secret")
+            self.authenticated = True
+            self._handshake_timer.cancel()
+            self._write_frame(AUTH_OK, _mac(self.server.key, b"receiver", nonce, self._nonce))
+            return
         ch = self.channel
         if ch is None:
             if kind != HELLO:
@@ -237,6 +327,10 @@ class ReceiverProtocol(_FrameProtocol):
             raise ChannelProtocolError(f"{self._describe()}: unexpected {KIND_NAMES[kind]} frame from a sender")
 
     def _protocol_error(self, exc):
+        if not self.authenticated:
+            log.warning("data connection from %s refused: %s", self._peer_text(), exc)
+            self._drop()
+            return
         if isinstance(exc, SabotError):
             err = exc
         else:
@@ -297,6 +391,8 @@ class ReceiverProtocol(_FrameProtocol):
         self.server.connections.discard(self)
         if self._abort_timer is not None:
             self._abort_timer.cancel()
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
         ch = self.channel
         if ch is not None and not self._done:
             reason = f": {exc}" if exc else ""
@@ -315,15 +411,38 @@ class ReceiverProtocol(_FrameProtocol):
 class SenderProtocol(_FrameProtocol):
     """The sending side's connection: reads CREDIT (and ERROR) frames."""
 
-    def __init__(self, channel):
+    def __init__(self, channel, key):
         super().__init__()
         self.channel = channel
-        self.closed = asyncio.get_running_loop().create_future()
+        self.key = key
+        loop = asyncio.get_running_loop()
+        self.closed = loop.create_future()
+        self.authenticated = loop.create_future()  # the receiver proved it knows the key
+        self._nonce = os.urandom(_NONCE)
+        self._server_nonce = None
 
     def connection_made(self, transport):
         self.transport = transport
+        _keepalive(transport)
+
+    def _check_header(self, kind, length):
+        if self._server_nonce is None and kind != CHALLENGE:
+            raise ChannelProtocolError(f"{KIND_NAMES[kind]} frame before the receiver's CHALLENGE")
+        if self._server_nonce is not None and not self.authenticated.done() and kind != AUTH_OK:
+            raise ChannelProtocolError(f"{KIND_NAMES[kind]} frame before the receiver's AUTH_OK")
 
     def _frame(self, kind, body):
+        if kind == CHALLENGE and self._server_nonce is None:
+            self._server_nonce = body.to_pybytes()
+            self._write_frame(AUTH, self._nonce + _mac(self.key, b"sender", self._server_nonce, self._nonce))
+            self._write_frame(HELLO, self.channel.channel_id.encode("utf-8"))
+            return
+        if kind == AUTH_OK and not self.authenticated.done():
+            if not hmac.compare_digest(body.to_pybytes(),
+                                       _mac(self.key, b"receiver", self._nonce, self._server_nonce)):
+                raise ChannelProtocolError("the receiving data server does not know the cluster secret")
+            self.authenticated.set_result(None)
+            return
         if kind == CREDIT:
             if body.size != CREDIT_BODY.size:
                 raise ChannelProtocolError(f"CREDIT frame of {body.size} bytes, expected {CREDIT_BODY.size}")
@@ -340,6 +459,8 @@ class SenderProtocol(_FrameProtocol):
             raise ChannelProtocolError(f"unexpected {KIND_NAMES[kind]} frame from a receiver")
 
     def _protocol_error(self, exc):
+        if not self.authenticated.done():
+            self.authenticated.set_exception(exc)
         self.channel.abort(
             ChannelProtocolError(
                 f"channel {self.channel.channel_id!r}: bad data from the receiver {self.channel.peer}: {exc}",
@@ -350,6 +471,10 @@ class SenderProtocol(_FrameProtocol):
 
     def connection_lost(self, exc):
         self.channel._server.connections.discard(self)
+        if not self.authenticated.done():
+            self.authenticated.set_exception(ChannelClosed(
+                f"channel {self.channel.channel_id!r}: the data server at {self.channel.peer} closed the "
+                "connection during the handshake (a different cluster secret?)", self.channel.channel_id))
         if not self.channel._closed:
             reason = f": {exc}" if exc else ""
             self.channel.abort(
@@ -382,6 +507,10 @@ class NetworkOutputChannel(OutputChannel):
         self._dictionary = False
 
     def _write(self, kind, payload=b""):
+        if len(payload) > MAX_FRAME_BYTES:
+            raise ChannelProtocolError(
+                f"channel {self.channel_id!r}: a {KIND_NAMES[kind]} frame of {len(payload)} bytes exceeds "
+                f"the data plane's limit of {MAX_FRAME_BYTES} bytes; use smaller batches", self.channel_id)
         self.metrics["wire_bytes_sent"] += self._protocol._write_frame(kind, payload)
 
     def _send_batch(self, batch):
@@ -450,7 +579,9 @@ async def connect(server, channel_id, host, port, timeout=10.0):
             # new connection leaks); asyncio.timeout re-raises it and only converts its
             # own expiry into TimeoutError.
             async with asyncio.timeout(max(remaining, 0.001)):
-                transport, protocol = await loop.create_connection(lambda: SenderProtocol(channel), host, port)
+                transport, protocol = await loop.create_connection(
+                    lambda: SenderProtocol(channel, server.key), host, port, ssl=server.client_ssl,
+                    server_hostname=host if server.client_ssl is not None else None)
             break
         except (OSError, TimeoutError) as exc:
             if not isinstance(exc, TimeoutError) and not _refused(exc):
@@ -467,5 +598,17 @@ async def connect(server, channel_id, host, port, timeout=10.0):
             delay = min(delay * 2, 0.5)
     channel._protocol = protocol
     server.connections.add(protocol)
-    protocol._write_frame(HELLO, channel_id.encode("utf-8"))
+    try:  # AUTH and HELLO go out when the CHALLENGE arrives; the receiver must prove itself too
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            await asyncio.shield(protocol.authenticated)
+    except BaseException as exc:
+        transport.abort()
+        server.connections.discard(protocol)
+        if isinstance(exc, TimeoutError):
+            raise ChannelClosed(f"channel {channel_id!r}: no handshake with the data server at {host}:{port} "
+                                f"within {HANDSHAKE_TIMEOUT_S:.0f} s", channel_id) from None
+        if isinstance(exc, (ChannelClosed, ChannelProtocolError)):
+            raise ChannelClosed(f"channel {channel_id!r}: handshake with the data server at {host}:{port} "
+                                f"failed: {exc}", channel_id) from None
+        raise
     return channel

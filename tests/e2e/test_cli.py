@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 
 import pyarrow as pa
@@ -137,7 +138,7 @@ def test_load_target_errors(tmp_path, monkeypatch):
         load_target("no_such_module_for_sabot")
 
 
-def test_job_commands_against_a_running_cluster(local_cluster, tmp_path, capsys, user_module):
+def test_job_commands_against_a_running_cluster(local_cluster, tmp_path, capsys, user_module, monkeypatch):
     url = local_cluster.url
     graph = (__import__("sabot.api.stream", fromlist=["Stream"]).Stream
              .from_table(pa.table({"key": [1, 2, 2], "value": [1.0, 2.0, 3.0]}))
@@ -145,6 +146,19 @@ def test_job_commands_against_a_running_cluster(local_cluster, tmp_path, capsys,
              .to_job_graph("cli-job", default_parallelism=1, shippable=True))
     spec = tmp_path / "job.json"
     spec.write_text(json.dumps(graph.to_dict()))
+    # the LocalCluster made its own secret: without it the CLI is refused
+    monkeypatch.delenv("SABOT_TOKEN", raising=False)
+    monkeypatch.delenv("SABOT_TOKEN_FILE", raising=False)
+    assert main(["job", "submit", str(spec), "--coordinator", url]) == 1
+    assert "401" in capsys.readouterr().err
+    # a token file others may read is refused; a private one works
+    token_file = tmp_path / "token"
+    token_file.write_text(local_cluster.token + "\n")
+    token_file.chmod(0o644)
+    assert main(["job", "list", "--coordinator", url, "--token-file", str(token_file)]) == 1
+    assert "chmod 600" in capsys.readouterr().err
+    token_file.chmod(0o600)
+    monkeypatch.setenv("SABOT_TOKEN_FILE", str(token_file))
     assert main(["job", "submit", str(spec), "--coordinator", url]) == 0
     job_id = capsys.readouterr().out.strip()
     assert local_cluster.wait(job_id, 30) == "FINISHED"
@@ -217,11 +231,25 @@ def test_cluster_start_in_the_foreground(pid_alive):
         line = _read_line(proc, "coordinator http")
         url = line.split("coordinator ")[1].split(",")[0]
         pids = json.loads(line.split("(pids ")[1].split(")")[0])
-        with urllib.request.urlopen(f"{url}/overview", timeout=10) as resp:
+        # it made its own secret and says where it is: without it, 401
+        token_file = _read_line(proc, "SABOT_TOKEN_FILE=").split("SABOT_TOKEN_FILE=")[1].split()[0]
+        assert os.stat(token_file).st_mode & 0o777 == 0o600
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{url}/overview", timeout=10)
+        assert refused.value.code == 401
+        with open(token_file) as f:
+            token = f.read().strip()
+        request = urllib.request.Request(f"{url}/overview", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
             assert json.loads(resp.read())["total_slots"] == 2
+        # the secret is in no process's command line
+        for pid in [proc.pid] + pids:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert token.encode() not in f.read()
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(20) == 0
         assert all(not pid_alive(p) for p in pids)
+        assert not os.path.exists(token_file)  # removed on exit
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -41,8 +41,9 @@ def unbounded_job(user_module, parallelism, **config):
     return stream.to_job_graph("endless", default_parallelism=parallelism, shippable=True, **config)
 
 
-def get_json(url):
-    with urllib.request.urlopen(url, timeout=10) as resp:
+def get_json(url, token=None):
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=10) as resp:
         return json.loads(resp.read())
 
 
@@ -67,7 +68,7 @@ def test_keyed_count_across_two_worker_processes(local_cluster, parallelism):
     info = local_cluster.job(job_id)
     seen_pids = set()
     for node_id, node in nodes.items():
-        listing = get_json(f"{node['url']}/tasks")
+        listing = get_json(f"{node['url']}/tasks", local_cluster.token)
         assert listing["pid"] == node["pid"] and node["pid"] in pids
         mine = {t["task_id"] for t in listing["tasks"] if t["job_id"] == job_id}
         expected = {t["task_id"] for t in info["tasks"] if t["node_id"] == node_id}
@@ -136,7 +137,7 @@ def test_second_job_while_one_runs_and_cancel_frees_slots(local_cluster, user_mo
     slots = client.slots()
     assert slots["free_slots"] == slots["total_slots"] == 4
     for node in client.nodes()["nodes"]:
-        tasks = [t for t in get_json(f"{node['url']}/tasks")["tasks"] if t["job_id"] == endless]
+        tasks = [t for t in get_json(f"{node['url']}/tasks", local_cluster.token)["tasks"] if t["job_id"] == endless]
         assert tasks and all(t["state"] in ("CANCELED", "FAILED") for t in tasks)
 
 

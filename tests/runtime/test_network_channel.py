@@ -326,8 +326,18 @@ def test_unreachable_server_fails_after_connect_timeout(run):
 # --------------------------------------------------------------------------- protocol violations
 
 
-async def raw_connect(address):
+async def raw_connect(address, key=b"", authenticate=True):
+    """A raw TCP connection to a data server; ``authenticate`` does the handshake with ``key``."""
     reader, writer = await asyncio.open_connection(*address)
+    if authenticate:
+        kind, length = struct.unpack("<BQ", await reader.readexactly(9))
+        assert kind == network.CHALLENGE and length == 16
+        challenge = await reader.readexactly(16)
+        nonce = b"n" * 16
+        writer.write(frame(network.AUTH, nonce + network._mac(key, b"sender", challenge, nonce)))
+        kind, length = struct.unpack("<BQ", await reader.readexactly(9))
+        assert kind == network.AUTH_OK, f"handshake refused (frame kind {kind})"
+        assert await reader.readexactly(length) == network._mac(key, b"receiver", nonce, challenge)
     return reader, writer
 
 
@@ -364,7 +374,7 @@ def test_garbage_connection_is_dropped_and_server_keeps_working(run):
             assert data[:1] == bytes([network.ERROR]) and b"unknown frame kind 255" in data
             writer.close()
             reader, writer = await raw_connect(p.rx.address)
-            writer.write(frame(network.SCHEMA, b"x"))  # anything but HELLO first
+            writer.write(frame(network.SCHEMA, b"x"))  # anything but HELLO first after the handshake
             await writer.drain()
             data = await asyncio.wait_for(reader.read(), 5.0)
             assert b"first frame must be HELLO, got SCHEMA" in data
@@ -373,5 +383,127 @@ def test_garbage_connection_is_dropped_and_server_keeps_working(run):
             out = await p.open("fine")
             await out.send(pa.record_batch({"x": [5]}))
             assert (await asyncio.wait_for(inp.recv(), 5.0)).to_pydict() == {"x": [5]}
+
+    run(body)
+
+
+# --------------------------------------------------------------------------- strangers
+
+
+class KeyedPair(Pair):
+    def __init__(self, rx_key=b"k" * 32, tx_key=b"k" * 32):
+        self.rx = DataServer(key=rx_key)
+        self.tx = DataServer(key=tx_key, connect_timeout=2.0)
+
+
+async def closed_silently(reader, challenge_read=False):
+    """Read until the server closes (or resets) the connection; True if it sent nothing but
+    its CHALLENGE: a stranger gets no ERROR text and no data."""
+    data = b""
+    try:
+        async with asyncio.timeout(5.0):
+            while chunk := await reader.read(65536):
+                data += chunk
+    except ConnectionResetError:
+        pass
+    if not challenge_read and data[:1] == bytes([network.CHALLENGE]):
+        data = data[9 + 16:]
+    return data == b""
+
+
+def vm_rss_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+
+def test_a_stranger_without_the_key_cannot_inject_rows(run):
+    async def body():
+        async with KeyedPair() as p:
+            inp = p.rx.input_channel("job/a#0->b#0")
+            # the real protocol with the wrong key: refused before HELLO, nothing registered
+            reader, writer = await raw_connect(p.rx.address, authenticate=False)
+            head = await reader.readexactly(9 + 16)
+            writer.write(frame(network.AUTH, b"n" * 16 + network._mac(b"wrong", b"sender", head[9:], b"n" * 16))
+                         + frame(network.HELLO, b"job/a#0->b#0"))
+            await writer.drain()
+            assert await closed_silently(reader, challenge_read=True)  # no ERROR text for strangers
+            # skipping the handshake: HELLO + rows at once
+            batch = pa.record_batch({"x": [666]})
+            reader, writer = await raw_connect(p.rx.address, authenticate=False)
+            writer.write(frame(network.HELLO, b"job/a#0->b#0") + frame(network.SCHEMA, batch.schema.serialize())
+                         + frame(network.BATCH, batch.serialize()))
+            await writer.drain()
+            assert await closed_silently(reader)
+            # a sender with the wrong key gets a clear error and never connects
+            wrong = DataServer(key=b"x" * 32, connect_timeout=2.0)
+            with pytest.raises(ChannelClosed, match="handshake"):
+                await wrong.output_channel("job/a#0->b#0", *p.rx.address)
+            await wrong.stop()
+            # nothing of the strangers is kept, and the real sender is served
+            assert set(p.rx._channels) == {"job/a#0->b#0"} and inp._sender is None
+            out = await p.open("job/a#0->b#0")
+            await out.send(pa.record_batch({"x": [1]}))
+            assert (await asyncio.wait_for(inp.recv(), 5.0)).to_pydict() == {"x": [1]}
+            await out.close()
+
+    run(body)
+
+
+def test_a_receiver_without_the_key_gets_no_rows(run):
+    async def body():
+        async with KeyedPair(rx_key=b"other" * 7) as p:
+            p.rx.input_channel("c")
+            with pytest.raises(ChannelClosed, match="handshake"):
+                await p.open("c")
+
+    run(body)
+
+
+def test_huge_frame_headers_are_refused_before_any_allocation(run):
+    async def body():
+        async with KeyedPair() as p:
+            before = vm_rss_kb()
+            # unauthenticated: a 16 GiB AUTH, a 16 GiB BATCH
+            for kind in (network.AUTH, network.BATCH):
+                reader, writer = await raw_connect(p.rx.address, authenticate=False)
+                writer.write(struct.pack("<BQ", kind, 16 << 30) + b"\0" * 65536)
+                try:
+                    await writer.drain()
+                except ConnectionResetError:
+                    pass
+                assert await closed_silently(reader)
+            # authenticated, but a batch frame above MAX_FRAME_BYTES
+            inp = p.rx.input_channel("c")
+            reader, writer = await raw_connect(p.rx.address, key=b"k" * 32)
+            writer.write(frame(network.HELLO, b"c") + struct.pack("<BQ", network.BATCH, 16 << 30))
+            await writer.drain()
+            data = await asyncio.wait_for(reader.read(), 5.0)  # CREDIT frames, then ERROR
+            assert b"exceeds the limit" in data, data
+            with pytest.raises(ChannelProtocolError, match="exceeds the limit"):
+                await asyncio.wait_for(inp.recv(), 5.0)
+            # ... and a 512 MB batch to a channel nobody registered (so no credit)
+            reader, writer = await raw_connect(p.rx.address, key=b"k" * 32)
+            writer.write(frame(network.HELLO, b"nobody") + struct.pack("<BQ", network.BATCH, 512 << 20))
+            await writer.drain()
+            data = await asyncio.wait_for(reader.read(), 5.0)
+            assert b"without credit" in data, data
+            assert vm_rss_kb() - before < 32 * 1024  # nothing near the declared sizes was allocated
+
+    run(body)
+
+
+def test_a_silent_stranger_is_dropped_after_the_handshake_timeout(run, monkeypatch):
+    monkeypatch.setattr(network, "HANDSHAKE_TIMEOUT_S", 0.3)
+
+    async def body():
+        async with KeyedPair() as p:
+            conns = [await raw_connect(p.rx.address, authenticate=False) for _ in range(20)]
+            start = asyncio.get_running_loop().time()
+            for reader, writer in conns:
+                assert await closed_silently(reader)
+                writer.close()
+            assert asyncio.get_running_loop().time() - start < 3.0
+            await asyncio.sleep(0.05)
+            assert not p.rx.connections  # nothing kept for them
 
     run(body)
