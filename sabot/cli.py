@@ -195,7 +195,7 @@ def cmd_coordinator(args):
         host=args.host, port=args.port, token=_token(args),
         heartbeat_interval_s=args.heartbeat_interval, heartbeat_timeout_s=args.heartbeat_timeout,
         slot_wait_timeout_s=args.slot_wait_timeout, refuse_oversized=not args.allow_oversized,
-        check_imports=not args.no_import_check,
+        check_imports=not args.no_import_check, allowed_function_modules=args.allow_functions,
     )
 
     async def main():
@@ -438,7 +438,10 @@ def build_parser():
     p.add_argument("--allow-oversized", action="store_true",
                    help="let jobs larger than the registered cluster wait for workers instead of refusing them")
     p.add_argument("--no-import-check", action="store_true",
-                   help="do not import operator functions at submit (user code only on the workers)")
+                   help="do not look for operator functions' packages at submit (user code only on the workers)")
+    p.add_argument("--allow-functions", metavar="MODULE", nargs="+",
+                   help="module prefixes user functions may come from (default: any package outside the "
+                        "standard library, pyarrow and sabot)")
     p.set_defaults(func=cmd_coordinator)
 
     p = sub.add_parser("worker", help="run a worker (TaskManager) that joins a coordinator",

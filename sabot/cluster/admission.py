@@ -40,8 +40,11 @@ def parse_job_graph(job_graph):
                              f"{type(exc).__name__}: {exc}") from exc
 
 
-def check_functions(job_graph, check_imports=True):
-    """Refuse lambdas and closures, and (``check_imports``) references that do not import here."""
+def check_functions(job_graph, check_imports=True, policy=None):
+    """Refuse lambdas and closures, references the policy refuses and (``check_imports``)
+    references whose top-level package cannot be found here. Nothing is imported: the
+    coordinator never runs user code (a module's top-level code runs only on the workers)."""
+    policy = policy or functions.FunctionPolicy()
     for op in job_graph.operators.values():
         refs = [op.function] + [v for k, v in sorted((op.parameters or {}).items())
                                 if k.endswith("function") and isinstance(v, str)]
@@ -52,11 +55,14 @@ def check_functions(job_graph, check_imports=True):
                 raise InvalidRequest(
                     f"operator {op.name!r} uses a lambda or closure ({ref}); only module-level functions "
                     "('package.module:function') can be shipped to workers")
-            if check_imports:
-                try:
-                    functions.resolve(ref)
-                except functions.FunctionReferenceError as exc:
-                    raise InvalidRequest(f"operator {op.name!r}: {exc}") from exc
+            try:
+                policy.check(ref, where=f"operator {op.name!r}: ")
+            except functions.FunctionReferenceError as exc:
+                raise InvalidRequest(str(exc)) from exc
+            if check_imports and not functions.module_exists(ref):
+                raise InvalidRequest(
+                    f"operator {op.name!r}: function {ref!r}: no module {ref.split(':')[0].split('.')[0]!r} can be "
+                    "found here (install the job's package where the coordinator runs, or turn check_imports off)")
 
 
 def with_unique_ids(job_graph, jobs, operator_ids):
@@ -102,12 +108,12 @@ def check_limits(job_graph, max_operators, max_tasks):
                              f"this coordinator takes at most {max_tasks} per job (max_tasks_per_job)")
 
 
-def admit(job_graph, *, max_operators, max_tasks, check_imports):
+def admit(job_graph, *, max_operators, max_tasks, check_imports, policy=None):
     """Parse a submission and check it against the limits, the graph rules and the function
     rules (pure: runs on a thread for big jobs); the JobGraph and its slot demand."""
     job_graph = parse_job_graph(job_graph)
     check_limits(job_graph, max_operators, max_tasks)
-    validate(job_graph, check_imports=check_imports)
+    validate(job_graph, check_imports=check_imports, policy=policy)
     return job_graph, TaskPlacer.demand(job_graph)
 
 
@@ -116,10 +122,10 @@ def expand(job_graph):
     return ExecutionGraph(job_graph), [op.operator_id for op in job_graph.topological_sort()]
 
 
-def validate(job_graph, check_imports=True):
+def validate(job_graph, check_imports=True, policy=None):
     """Refuse a job graph that does not validate or names functions the workers cannot use."""
     try:
         job_graph.validate()
     except GraphValidationError as exc:
         raise InvalidRequest(f"invalid job graph {getattr(job_graph, 'job_name', '?')!r}: {exc}") from exc
-    check_functions(job_graph, check_imports)
+    check_functions(job_graph, check_imports, policy)

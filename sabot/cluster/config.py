@@ -28,10 +28,14 @@ class CoordinatorConfig:
         slot_wait_timeout_s: how long a job may wait for free slots before it FAILS.
         refuse_oversized: refuse at submit a job needing more slots than all
             registered workers hold together (see the module docstring).
-        check_imports: import every operator's function reference at submit and
-            refuse the job (400) if it cannot be imported here. Turn off when
-            user code is installed only on the workers; a bad reference then
-            fails the job at deploy time, naming it.
+        check_imports: refuse at submit (400) a function reference whose top-level
+            package cannot be found here (found, not imported: the coordinator never runs
+            user code). Turn off when user code is installed only on the workers; a bad
+            reference then fails the job at deploy time, naming it.
+        allowed_function_modules: module prefixes user functions may come from; None: the
+            job's own packages (anything outside the standard library, pyarrow and sabot).
+            ``os``, ``subprocess``, ``builtins`` and the like are always refused; see
+            :class:`sabot.runtime.functions.FunctionPolicy`.
         request_timeout_s: bound on every request the coordinator makes to a worker
             (deploy, control, cancel, publish, fetching a result).
         checkpoint_dir: where checkpoints go (a directory or a pyarrow.fs URI) unless a
@@ -69,6 +73,7 @@ class CoordinatorConfig:
     slot_wait_timeout_s: float = 30.0
     refuse_oversized: bool = True
     check_imports: bool = True
+    allowed_function_modules: list = None
     request_timeout_s: float = 30.0
     checkpoint_dir: str = None
     checkpoint_timeout_s: float = 10.0

@@ -77,6 +77,7 @@ from sabot.execution.execution_graph import TaskState
 from sabot.execution.messages import TaskUpdate, checkpoint_answer_from_dict
 from sabot.execution.slot_pool import SlotPool
 from sabot.runtime.checkpoint_storage import CheckpointStorage
+from sabot.runtime.functions import FunctionPolicy
 from sabot.runtime.embedded import gather_results
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class ClusterCoordinator(WorkerListener):
                 f"heartbeat_timeout_s ({self.config.heartbeat_timeout_s}) must be larger than "
                 f"heartbeat_interval_s ({self.config.heartbeat_interval_s})")
         restart_strategy_from_config(self.config.restart_strategy)  # refuse a bad default early
+        self.function_policy = FunctionPolicy(self.config.allowed_function_modules)
         self.clock = clock or Clock()
         self.offload = offload
         self.slot_pool = SlotPool()
@@ -382,7 +384,8 @@ class ClusterCoordinator(WorkerListener):
         # parsed, checked and expanded on threads: a big job never holds the event loop
         job_graph, demand = await self.offload(
             admission.admit, job_graph, max_operators=self.config.max_operators_per_job,
-            max_tasks=self.config.max_tasks_per_job, check_imports=self.config.check_imports)
+            max_tasks=self.config.max_tasks_per_job, check_imports=self.config.check_imports,
+            policy=self.function_policy)
         self.placer.check_fits(job_graph, demand, self.config.refuse_oversized)
         try:
             strategy = restart_strategy_from_config(
