@@ -196,6 +196,7 @@ def cmd_coordinator(args):
         heartbeat_interval_s=args.heartbeat_interval, heartbeat_timeout_s=args.heartbeat_timeout,
         slot_wait_timeout_s=args.slot_wait_timeout, refuse_oversized=not args.allow_oversized,
         check_imports=not args.no_import_check, allowed_function_modules=args.allow_functions,
+        tls=_tls(args),
     )
 
     async def main():
@@ -225,7 +226,7 @@ def cmd_worker(args):
     async def main():
         worker = Worker(args.coordinator, num_slots=args.slots, cpu_cores_per_slot=args.cpu_per_slot,
                         memory_mb_per_slot=args.memory_per_slot, host=args.host, port=args.port,
-                        token=_token(args), node_id=args.node_id, threads=args.threads,
+                        token=_token(args), node_id=args.node_id, threads=args.threads, tls=_tls(args),
                         connect_timeout_s=args.connect_timeout)
         await worker.start()
         print(f"sabot worker {worker.node_id} at {worker.url} (pid {os.getpid()}) joined {args.coordinator}",
@@ -250,7 +251,7 @@ def cmd_cluster_start(args):
     from sabot.cluster.local import LocalCluster
 
     cluster = LocalCluster(workers=args.workers, slots_per_worker=args.slots, token=_token(args),
-                           coordinator_config={"port": args.port})
+                           coordinator_config={"port": args.port}, tls=_tls(args))
     token_file = None
     stop = []
     # Ctrl-C and SIGTERM both ask for a clean stop; handled as flags, never as an exception
@@ -342,7 +343,7 @@ def cmd_run(args):
 def _client(args):
     from sabot.cluster.client import SabotClient
 
-    return SabotClient(args.coordinator, token=_token(args))
+    return SabotClient(args.coordinator, token=_token(args), tls=_tls(args))
 
 
 def cmd_job_submit(args):
@@ -402,6 +403,18 @@ class _TokenOnCommandLine(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def _tls(args):
+    """A TlsConfig from --tls-cert/--tls-key/--tls-ca[/--tls-mutual], or None (then $SABOT_TLS_*)."""
+    from sabot.cluster.tls import TlsConfig
+
+    given = [getattr(args, n, None) for n in ("tls_cert", "tls_key", "tls_ca")]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ValueError("TLS needs --tls-cert, --tls-key and --tls-ca together")
+    return TlsConfig(*given, mutual=bool(getattr(args, "tls_mutual", False)))
+
+
 def _token(args):
     """The cluster secret from --token, --token-file, $SABOT_TOKEN or $SABOT_TOKEN_FILE (None: none)."""
     from sabot.cluster import protocol
@@ -415,6 +428,14 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"sabot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    def tls_args(p):
+        p.add_argument("--tls-cert", metavar="PEM", help="this process's certificate (default $SABOT_TLS_CERT)")
+        p.add_argument("--tls-key", metavar="PEM", help="its private key (default $SABOT_TLS_KEY)")
+        p.add_argument("--tls-ca", metavar="PEM", help="the CA every cluster member's certificate is signed by "
+                                                       "(default $SABOT_TLS_CA)")
+        p.add_argument("--tls-mutual", action="store_true",
+                       help="servers require client certificates too (default $SABOT_TLS_MUTUAL)")
+
     def token_arg(p):
         p.add_argument("--token-file", metavar="PATH",
                        help="file holding the cluster secret, readable by you only (default $SABOT_TOKEN, "
@@ -427,6 +448,7 @@ def build_parser():
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8081, help="port (default 8081; 0 = any free port)")
     token_arg(p)
+    tls_args(p)
     defaults = CoordinatorConfig()
     p.add_argument("--heartbeat-interval", type=float, default=defaults.heartbeat_interval_s,
                    help="seconds between worker heartbeats")
@@ -457,6 +479,7 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None, help="operator thread pool size")
     p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to keep trying the coordinator")
     token_arg(p)
+    tls_args(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("cluster", help="local clusters", description="Manage a local cluster.")
@@ -467,6 +490,7 @@ def build_parser():
     q.add_argument("--slots", type=int, default=2, help="slots per worker (default 2)")
     q.add_argument("--port", type=int, default=8081, help="coordinator port (default 8081; 0 = any)")
     token_arg(q)
+    tls_args(q)
     q.set_defaults(func=cmd_cluster_start)
 
     p = sub.add_parser("run", help="run a Stream or JobGraph on a fresh local cluster",
@@ -490,6 +514,7 @@ def build_parser():
         q.add_argument("--coordinator", default=os.environ.get("SABOT_COORDINATOR", DEFAULT_COORDINATOR),
                        help="coordinator URL (default $SABOT_COORDINATOR or http://127.0.0.1:8081)")
         token_arg(q)
+        tls_args(q)
 
     q = jsub.add_parser("submit", help="submit a job; prints its id",
                         description="Submit FILE_OR_MODULE[:ATTR], a JobGraph JSON file, or inline JSON.")

@@ -18,6 +18,7 @@ import urllib.request
 import pyarrow as pa
 
 from sabot.cluster import protocol
+from sabot.cluster.tls import TlsConfig
 from sabot.errors import JobFailed, SabotError
 from sabot.runtime.embedded import JobResult
 
@@ -41,16 +42,22 @@ class SabotClient:
 
     Args:
         url: the coordinator's ``http://host:port``.
-        token: sent as ``Authorization: Bearer <token>`` (default ``$SABOT_TOKEN``).
+        token: sent as ``Authorization: Bearer <token>`` (default ``$SABOT_TOKEN`` or the
+            file ``$SABOT_TOKEN_FILE``).
         timeout: seconds per request.
+        tls: a :class:`~sabot.cluster.tls.TlsConfig` (or dict) for an ``https://`` coordinator:
+            its CA verifies the server, its certificate answers a mutual-TLS server; None:
+            ``$SABOT_TLS_*`` if set, else the system's CAs.
     """
 
-    def __init__(self, url, token=None, timeout=30.0):
+    def __init__(self, url, token=None, timeout=30.0, tls=None):
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"coordinator URL must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")
         self.token = protocol.resolve_token(token)
         self.timeout = timeout
+        tls = TlsConfig.coerce(tls) or TlsConfig.from_env()
+        self._ssl = tls.client_context() if tls is not None and self.url.startswith("https://") else None
 
     def request(self, method, path, body=None, raw=False):
         """Send one request; return the decoded JSON (or bytes with ``raw``; None for 204)."""
@@ -61,7 +68,7 @@ class SabotClient:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:
                 payload = resp.read()
                 status = resp.status
         except urllib.error.HTTPError as exc:

@@ -62,6 +62,8 @@ class CoordinatorConfig:
             their results; beyond it the longest-ended is forgotten, on the coordinator and
             on its workers (see :mod:`sabot.cluster.retention`).
         ended_job_ttl_s: an ended job is forgotten this long after it ended.
+        tls: a :class:`~sabot.cluster.tls.TlsConfig` (or a dict of its fields): HTTPS,
+            WSS and TLS on the data plane; None: ``$SABOT_TLS_*`` if set, else plain TCP.
     """
 
     host: str = "127.0.0.1"
@@ -89,6 +91,7 @@ class CoordinatorConfig:
     idle_connection_timeout_s: float = 15.0
     retain_ended_jobs: int = 100
     ended_job_ttl_s: float = 3600.0
+    tls: object = None
 
     def http_limits(self):
         from sabot.cluster.web import HttpLimits

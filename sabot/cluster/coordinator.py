@@ -71,6 +71,8 @@ from sabot.cluster.rescaling import Rescaler
 from sabot.cluster.restart import InvalidRestartStrategy, restart_strategy_from_config
 from sabot.cluster.restore import resolve_restore
 from sabot.cluster.retention import EndedJobs
+from sabot.cluster.tls import TlsConfig
+from sabot.cluster.tls import scheme as tls_scheme
 from sabot.cluster.web import serve
 from sabot.errors import Conflict, IllegalStateTransition, InvalidRequest, JobFailed, NotFound, SlotsExhausted
 from sabot.execution.execution_graph import TaskState
@@ -115,12 +117,14 @@ class ClusterCoordinator(WorkerListener):
                 f"heartbeat_interval_s ({self.config.heartbeat_interval_s})")
         restart_strategy_from_config(self.config.restart_strategy)  # refuse a bad default early
         self.function_policy = FunctionPolicy(self.config.allowed_function_modules)
+        self.tls = TlsConfig.coerce(self.config.tls) or TlsConfig.from_env()
         self.clock = clock or Clock()
         self.offload = offload
         self.slot_pool = SlotPool()
         self.registry = NodeRegistry(self.slot_pool, self.clock, self.config.heartbeat_timeout_s,
-                                     on_lost=self._node_lost)
-        self.gateway = gateway or HttpWorkerGateway(self.registry, self.config.token, self.config.request_timeout_s)
+                                     on_lost=self._node_lost, scheme=tls_scheme(self.tls))
+        self.gateway = gateway or HttpWorkerGateway(self.registry, self.config.token, self.config.request_timeout_s,
+                                                    ssl=self.tls.client_context() if self.tls else None)
         self.liveness = LivenessServer(self.registry, self.config.host)
         self.placer = TaskPlacer(self.slot_pool, self.registry, self.clock)
         self.deployer = ExecutionDeployer(self.placer, self.gateway, self.offload)
@@ -179,9 +183,10 @@ class ClusterCoordinator(WorkerListener):
         await self.gateway.start()
         await self.liveness.start(self.config.liveness_port)
         if serve_http:
-            self._runner, (host, port) = await serve(build_coordinator_app(self), self.config.host,
-                                                     self.config.port, self.config.http_limits())
-            self._url = f"http://{host}:{port}"
+            self._runner, (host, port) = await serve(
+                build_coordinator_app(self), self.config.host, self.config.port, self.config.http_limits(),
+                ssl_context=self.tls.server_context() if self.tls else None)
+            self._url = f"{tls_scheme(self.tls)}://{host}:{port}"
         else:
             self._url = "in-process"
         self._monitor = asyncio.ensure_future(self._heartbeat_monitor())

@@ -107,10 +107,11 @@ class HttpWorkerGateway(WorkerGateway):
         request_timeout_s: bound on each request to a worker.
     """
 
-    def __init__(self, registry, token=None, request_timeout_s=30.0):
+    def __init__(self, registry, token=None, request_timeout_s=30.0, ssl=None):
         self.registry = registry
         self.token = token
         self.request_timeout_s = request_timeout_s
+        self.ssl = ssl  # client SSLContext when the cluster runs TLS
         self._session = None
         self._sockets = {}  # node_id -> WebSocketResponse
 
@@ -118,6 +119,7 @@ class HttpWorkerGateway(WorkerGateway):
         self._session = aiohttp.ClientSession(
             headers=protocol.auth_headers(self.token),
             timeout=aiohttp.ClientTimeout(total=self.request_timeout_s),
+            connector=aiohttp.TCPConnector(ssl=self.ssl) if self.ssl is not None else None,
         )
 
     async def close(self):

@@ -36,6 +36,7 @@ from sabot import _loop
 from sabot.cluster import protocol
 from sabot.cluster.client import SabotClient
 from sabot.cluster.coordinator import ClusterCoordinator, CoordinatorConfig
+from sabot.cluster.tls import TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,8 @@ class LocalCluster:
         token: the cluster secret; default ``$SABOT_TOKEN`` / ``$SABOT_TOKEN_FILE``, else a
             random one made for this cluster (workers get it in their environment, never
             on their command line; :meth:`client` uses it).
+        tls: a :class:`~sabot.cluster.tls.TlsConfig` (or dict) for every process of the
+            cluster (default ``$SABOT_TLS_*``, else none).
         coordinator_config: extra CoordinatorConfig fields (dict), e.g.
             ``{"slot_wait_timeout_s": 5}``.
         start_timeout_s: how long workers may take to start and register.
@@ -100,7 +103,7 @@ class LocalCluster:
 
     def __init__(self, workers=2, slots_per_worker=2, *, cpu_cores_per_slot=1.0, memory_mb_per_slot=1024,
                  token=None, coordinator_config=None, start_timeout_s=30.0, worker_threads=None,
-                 python_path=()):
+                 python_path=(), tls=None):
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
         if isinstance(slots_per_worker, bool) or not isinstance(slots_per_worker, int) or slots_per_worker < 1:
@@ -116,6 +119,8 @@ class LocalCluster:
         config.setdefault("host", "127.0.0.1")
         config.setdefault("port", 0)
         config["token"] = self.token
+        self.tls = TlsConfig.coerce(tls) or TlsConfig.coerce(config.get("tls")) or TlsConfig.from_env()
+        config["tls"] = self.tls
         self._config = CoordinatorConfig.coerce(config)
         self.start_timeout_s = start_timeout_s
         self.worker_threads = worker_threads
@@ -206,6 +211,8 @@ class LocalCluster:
         env = worker_environment(self.python_path)
         if self.token:
             env["SABOT_TOKEN"] = self.token
+        if self.tls is not None:
+            env.update(self.tls.to_env())
         return env
 
     def _spawn_worker(self):
@@ -332,7 +339,7 @@ class LocalCluster:
         return self.coordinator.url
 
     def client(self):
-        return SabotClient(self.url, token=self.token)
+        return SabotClient(self.url, token=self.token, tls=self.tls)
 
     def submit(self, job):
         """Submit a JobGraph (or Stream, or to_dict() dict); return the job id."""

@@ -36,7 +36,8 @@ class NodeRegistry:
         on_lost: ``callback(node, reason, task_ids)`` after a node left the pool.
     """
 
-    def __init__(self, slot_pool, clock, heartbeat_timeout_s, on_lost=None):
+    def __init__(self, slot_pool, clock, heartbeat_timeout_s, on_lost=None, scheme="http"):
+        self.scheme = scheme  # of the workers' URLs: https when the cluster runs TLS
         self.slot_pool = slot_pool
         self.clock = clock
         self.heartbeat_timeout_s = heartbeat_timeout_s
@@ -81,7 +82,7 @@ class NodeRegistry:
             node_id=request.node_id, host=request.host, port=request.port, data_host=request.data_host,
             data_port=request.data_port, num_slots=request.num_slots,
             cpu_cores_per_slot=request.cpu_cores_per_slot, memory_mb_per_slot=request.memory_mb_per_slot,
-            pid=request.pid, last_heartbeat=now,
+            pid=request.pid, last_heartbeat=now, scheme=self.scheme,
         )
         self.slot_pool.register_node(request.node_id, request.num_slots, request.cpu_cores_per_slot,
                                      request.memory_mb_per_slot, metadata={"url": node.url, "pid": request.pid})

@@ -254,10 +254,11 @@ class NodeInfo:
     last_heartbeat: float
     state: str = "REGISTERED"  # REGISTERED -> CONNECTED -> LOST | LEFT
     lost_reason: str = None
+    scheme: str = "http"  # https when the cluster runs TLS
 
     @property
     def url(self):
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def data_address(self):

@@ -171,13 +171,13 @@ def make_app(middlewares, limits: HttpLimits) -> web.Application:
     return app
 
 
-async def serve(app, host, port, limits: HttpLimits):
-    """Bind ``app``; returns ``(runner, (bound_host, bound_port))``. Idle connections close after
-    ``limits.idle_timeout_s``."""
+async def serve(app, host, port, limits: HttpLimits, ssl_context=None):
+    """Bind ``app`` (HTTPS with ``ssl_context``); returns ``(runner, (bound_host, bound_port))``.
+    Idle connections close after ``limits.idle_timeout_s``."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
                            keepalive_timeout=limits.idle_timeout_s)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     return runner, site._server.sockets[0].getsockname()[:2]
 

@@ -49,6 +49,8 @@ from aiohttp import web
 from sabot._core.liveness import HeartbeatThread
 from sabot._loop import LoopLag
 from sabot.cluster import liveness, protocol
+from sabot.cluster.tls import TlsConfig
+from sabot.cluster.tls import scheme as tls_scheme
 from sabot.cluster.web import HttpLimits, arrow_response, auth_middleware, error_middleware, make_app, read_json, serve
 from sabot.errors import Conflict, ControlTimeout, InvalidRequest, NotFound
 from sabot.execution.deployment import TaskDeploymentDescriptor
@@ -89,11 +91,14 @@ class Worker:
         threads: size of the thread pool operator code runs on.
         rejoin_timeout_s: how long a worker dropped by its coordinator keeps trying to
             register again before it gives up (default: ``connect_timeout_s``).
+        tls: a :class:`~sabot.cluster.tls.TlsConfig` (or dict): HTTPS for this worker's
+            server and its requests, WSS to the coordinator, TLS on the data plane; None:
+            ``$SABOT_TLS_*`` if set, else plain TCP.
     """
 
     def __init__(self, coordinator_url, num_slots=1, cpu_cores_per_slot=1.0, memory_mb_per_slot=1024,
                  host="127.0.0.1", port=0, token=None, *, node_id=None, data_port=0,
-                 connect_timeout_s=10.0, threads=None, rejoin_timeout_s=None):
+                 connect_timeout_s=10.0, threads=None, rejoin_timeout_s=None, tls=None):
         if isinstance(num_slots, bool) or not isinstance(num_slots, int) or num_slots < 1:
             raise ValueError(f"num_slots must be an integer >= 1, got {num_slots!r}")
         if not isinstance(cpu_cores_per_slot, (int, float)) or cpu_cores_per_slot <= 0:
@@ -108,6 +113,7 @@ class Worker:
         self.port = port
         self.token = protocol.resolve_token(token)
         protocol.check_binding(host, self.token, "worker")
+        self.tls = TlsConfig.coerce(tls) or TlsConfig.from_env()
         self.node_id = node_id
         self.data_port = data_port
         self.connect_timeout_s = connect_timeout_s
@@ -143,7 +149,10 @@ class Worker:
         """Start the data and control servers and join the coordinator."""
         self._closed = asyncio.Event()
         self._outbox = asyncio.Queue()
-        self.data_server = DataServer(host=self.host, key=protocol.derive_key(self.token, "sabot data plane"))
+        client_ssl = self.tls.client_context() if self.tls else None
+        self.data_server = DataServer(host=self.host, key=protocol.derive_key(self.token, "sabot data plane"),
+                                      server_ssl=self.tls.server_context() if self.tls else None,
+                                      client_ssl=client_ssl)
         await self.data_server.start(self.data_port)
         self.task_manager = TaskManager(self.data_server, on_update=self._on_task_update, threads=self.threads,
                                         on_checkpoint=self._on_checkpoint)
@@ -156,11 +165,14 @@ class Worker:
         app.router.add_get("/tasks/{task_id}/result", self._result)
         app.router.add_post("/jobs/{job_id}/finished", self._job_finished)
         app.router.add_post("/jobs/{job_id}/release", self._release_job)
-        self._runner, (_, self.port) = await serve(app, self.host, self.port, WORKER_HTTP_LIMITS)
-        self._url = f"http://{self.host}:{self.port}"
+        self._runner, (_, self.port) = await serve(app, self.host, self.port, WORKER_HTTP_LIMITS,
+                                                   ssl_context=self.tls.server_context() if self.tls else None)
+        self._url = f"{tls_scheme(self.tls)}://{self.host}:{self.port}"
         if self.node_id is None:
             self.node_id = f"worker-{os.getpid()}-{self.port}"
-        self._session = aiohttp.ClientSession(headers=protocol.auth_headers(self.token))
+        self._session = aiohttp.ClientSession(
+            headers=protocol.auth_headers(self.token),
+            connector=aiohttp.TCPConnector(ssl=client_ssl) if client_ssl is not None else None)
         try:
             await self._join(self.connect_timeout_s)
         except BaseException:

@@ -418,6 +418,8 @@ class SenderProtocol(_FrameProtocol):
         loop = asyncio.get_running_loop()
         self.closed = loop.create_future()
         self.authenticated = loop.create_future()  # the receiver proved it knows the key
+        # connect() may have given up waiting (timeout): a late failure is not "never retrieved"
+        self.authenticated.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._nonce = os.urandom(_NONCE)
         self._server_nonce = None
 
@@ -544,8 +546,8 @@ class NetworkOutputChannel(OutputChannel):
             self._write(CLOSE)
             if transport.can_write_eof():
                 transport.write_eof()
-            else:
-                transport.close()
+            # else (TLS has no half-close): the receiver closes the connection once it has
+            # read CLOSE; closing here could reset it with the receiver's CREDIT frames unread
         try:
             async with asyncio.timeout(self.close_timeout):
                 await asyncio.shield(protocol.closed)

@@ -145,5 +145,9 @@ class Outputs:
     def backpressured_seconds(self) -> float:
         return self._retired_backpressure + sum(e.backpressured_seconds for e in self.edges)
 
+    @property
+    def wire_bytes_sent(self) -> int:
+        return sum(ch.metrics.get("wire_bytes_sent", 0) for edge in self.edges for ch in edge.channels)
+
     def clear(self) -> None:
         self.edges = []

@@ -224,6 +224,9 @@ class Task:
         self.metrics["backpressured_seconds"] = self.outputs.backpressured_seconds
         self.metrics["peak_buffered_bytes"] = max(
             (ch.metrics.get("peak_buffered_bytes", 0) for ch in self.inputs), default=0)
+        # bytes that crossed a network connection (0 for in-process channels)
+        self.metrics["wire_bytes_received"] = sum(ch.metrics.get("wire_bytes_received", 0) for ch in self.inputs)
+        self.metrics["wire_bytes_sent"] = self.outputs.wire_bytes_sent
 
     async def _run(self):
         try:

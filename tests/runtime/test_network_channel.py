@@ -507,3 +507,48 @@ def test_a_silent_stranger_is_dropped_after_the_handshake_timeout(run, monkeypat
             assert not p.rx.connections  # nothing kept for them
 
     run(body)
+
+
+def test_tls_data_plane_carries_batches_and_refuses_plain_tcp(run, tmp_path, monkeypatch):
+    import trustme
+
+    monkeypatch.setattr(network, "HANDSHAKE_TIMEOUT_S", 1.0)
+
+    from sabot.cluster.tls import TlsConfig
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "node.pem"))
+    tls = TlsConfig(str(tmp_path / "node.pem"), str(tmp_path / "node.pem"), str(tmp_path / "ca.pem"), mutual=True)
+
+    async def body():
+        rx = DataServer(key=b"k" * 32, server_ssl=tls.server_context(), client_ssl=tls.client_context())
+        tx = DataServer(key=b"k" * 32, server_ssl=tls.server_context(), client_ssl=tls.client_context())
+        plain = DataServer(key=b"k" * 32, connect_timeout=1.0)
+        await rx.start()
+        try:
+            inp = rx.input_channel("c")
+            out = await tx.output_channel("c", *rx.address)
+            assert not isinstance(out, LocalOutputChannel)
+            batches = diverse_batches()
+
+            async def produce():
+                for b in batches:
+                    await out.send(b)
+                await out.send(events.EndOfStream())
+                await out.close()
+
+            producer = asyncio.ensure_future(produce())
+            got = [item for item in await drain(inp) if isinstance(item, pa.RecordBatch)]
+            await producer
+            assert len(got) == len(batches) and all(g.equals(b) for g, b in zip(got, batches))
+            rx.input_channel("d")
+            with pytest.raises(ChannelClosed):  # a plain TCP sender never completes a handshake
+                await plain.output_channel("d", *rx.address)
+        finally:
+            await plain.stop()
+            await tx.stop()
+            await rx.stop()
+
+    run(body)
