@@ -3,10 +3,14 @@
 Measures, in one process and one run:
   * baseline: a plain memory copy of the same bytes with numpy (np.copyto per batch);
   * (a) an in-process channel (batches are passed by reference);
-  * (b) a TCP loopback channel (Arrow IPC frames, credit frames back), sender and
-    receiver on the same event loop, so one core does both ends.
-Both channels run on the default asyncio loop and on uvloop. Figures are GB/s of
-``RecordBatch.nbytes`` and batches/s, and the ratio to the memory copy.
+  * (b) a TCP loopback channel (Arrow IPC frames, credit frames back; the connection
+    authenticated with the cluster key), sender and receiver on the same event loop, so
+    one core does both ends;
+  * (c) the same over TLS (certificates made with trustme), interleaved with (b): the
+    cost of TLS is the ratio of the two.
+All run on the default asyncio loop and on uvloop. Figures are GB/s of
+``RecordBatch.nbytes`` and batches/s (median of ``--repeat`` interleaved runs), and the
+ratio to the memory copy.
 
     python bench/bench_channels.py            # ~1 GiB per measurement
     python bench/bench_channels.py --quick    # 64 MiB
@@ -16,6 +20,7 @@ import argparse
 import asyncio
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -55,9 +60,26 @@ def bench_memcpy(batches, count):
     return elapsed
 
 
-async def pump(batches, count, tcp, credits):
-    rx = DataServer(credits=credits)
-    tx = DataServer()
+def tls_contexts():
+    """(server, client) SSLContexts from a throwaway CA (trustme, a test extra)."""
+    import trustme
+
+    from sabot.cluster.tls import TlsConfig
+
+    directory = tempfile.mkdtemp(prefix="sabot-bench-tls-")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(os.path.join(directory, "ca.pem"))
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(os.path.join(directory, "node.pem"))
+    node = os.path.join(directory, "node.pem")
+    tls = TlsConfig(node, node, os.path.join(directory, "ca.pem"))
+    return tls.server_context(), tls.client_context()
+
+
+async def pump(batches, count, tcp, credits, tls=None):
+    server_ssl, client_ssl = tls or (None, None)
+    key = b"bench-key" * 4
+    rx = DataServer(credits=credits, key=key, server_ssl=server_ssl)
+    tx = DataServer(key=key, client_ssl=client_ssl)
     try:
         if tcp:
             host, port = await rx.start()
@@ -101,6 +123,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="64 MiB instead of ~1 GiB per measurement")
     parser.add_argument("--credits", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of TCP and TLS (median)")
     args = parser.parse_args()
 
     batches = make_batches()
@@ -113,15 +136,33 @@ def main():
     run_on("asyncio", pump(batches, min(count, 32), True, args.credits))  # warm up sockets and imports
     base = bench_memcpy(batches, count)
     print(f"{'numpy memcpy (baseline)':34s} {total / base / 1e9:7.2f} GB/s {count / base:10.0f} batches/s  1.00x")
+    tls = tls_contexts()
+    run_on("asyncio", pump(batches, min(count, 32), True, args.credits, tls))  # warm up the TLS path
     for loop_kind in ("asyncio", "uvloop"):
-        for tcp in (False, True):
-            elapsed, out_m, in_m = run_on(loop_kind, pump(batches, count, tcp, args.credits))
-            name = f"{'tcp loopback' if tcp else 'in-process'} channel [{loop_kind}]"
-            print(
-                f"{name:34s} {total / elapsed / 1e9:7.2f} GB/s {count / elapsed:10.0f} batches/s "
-                f"{base / elapsed:5.2f}x memcpy   (sender backpressured {out_m['backpressured_seconds']:.2f} s,"
-                f" peak buffered {in_m['peak_buffered_bytes'] / 2**20:.1f} MiB)"
-            )
+        elapsed, out_m, in_m = run_on(loop_kind, pump(batches, count, False, args.credits))
+        report(f"in-process channel [{loop_kind}]", total, count, base, elapsed, out_m, in_m)
+        runs = {"tcp": [], "tls": []}
+        for _ in range(args.repeat):  # interleaved, so machine noise hits both alike
+            for mode in ("tcp", "tls"):
+                runs[mode].append(run_on(loop_kind, pump(batches, count, True, args.credits,
+                                                         tls if mode == "tls" else None)))
+        medians = {}
+        for mode, label in (("tcp", "tcp loopback"), ("tls", "tls loopback")):
+            ordered = sorted(runs[mode], key=lambda r: r[0])
+            elapsed, out_m, in_m = ordered[len(ordered) // 2]
+            medians[mode] = elapsed
+            spread = (ordered[-1][0] - ordered[0][0]) / elapsed * 100
+            report(f"{label} channel [{loop_kind}]", total, count, base, elapsed, out_m, in_m, spread)
+        print(f"{'  TLS / TCP throughput':34s} {medians['tcp'] / medians['tls']:7.2f}x")
+
+
+def report(name, total, count, base, elapsed, out_m, in_m, spread=None):
+    note = f", spread {spread:.0f} %" if spread is not None else ""
+    print(
+        f"{name:34s} {total / elapsed / 1e9:7.2f} GB/s {count / elapsed:10.0f} batches/s "
+        f"{base / elapsed:5.2f}x memcpy   (sender backpressured {out_m['backpressured_seconds']:.2f} s,"
+        f" peak buffered {in_m['peak_buffered_bytes'] / 2**20:.1f} MiB{note})"
+    )
 
 
 if __name__ == "__main__":
