@@ -198,6 +198,7 @@ def test_generated_requests_from_the_openapi_document_get_no_server_error(arun, 
             # also matches /jobs/submit, so its Allow header truthfully lists GET
             "--exclude-checks", "positive_data_acceptance,allow_header_conformance",
             "--max-examples", "25", "--seed", "1", "--no-color", "--workers", "1",
+            cwd=str(tmp_path),  # its cache directory goes there, not into the checkout
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await proc.communicate()
         return proc.returncode, out.decode(errors="replace")
