@@ -1,31 +1,46 @@
-"""The keyed-count job (issue 4) run embedded, against one vectorised pyarrow pass.
+"""The keyed-count job from every kind of input, against one vectorised pyarrow pass.
 
 5,000,000 records (key int64 over 100,000 keys, value float64 in [0, 1), ts int64):
-filter value > 0.5 -> map value2 = value * 2 -> key_by key -> running count and
-sum of value2 -> collect the final per-key table. The data is generated first and
-written to an Arrow IPC file, read by the job through pyarrow.dataset, so
-generation is outside the timing. Baseline, same process: filter, multiply,
-group_by over the in-memory table.
+filter value > 0.5 -> map value2 = value * 2 -> key_by key -> running count and sum of
+value2 -> collect the final per-key table. The job reads the records as a user would
+feed them:
 
-    python bench/bench_runtime.py [--quick] [--rows N]
+* ``table``: ``Stream.from_table`` of the in-memory table;
+* ``batches``: ``Stream.from_batches`` of its record batches;
+* ``ipc``: ``Stream.from_dataset`` of an Arrow IPC file holding them;
+* ``generator``: ``Stream.from_generator`` of the function that makes them (generation
+  is part of the job: its cost, measured alone, is printed beside).
+
+each embedded at parallelism 1 and 2, and (``--cluster``) on a LocalCluster of 2
+workers at parallelism 2. Baseline, same process, interleaved with the runs: filter,
+multiply and group_by over the in-memory table with pyarrow. Every result is checked
+against the baseline's. Also printed: p=2 / p=1 speed-up per input, and peak RSS of a
+from-table run relative to the table's size (``--rss``, in a child process).
+
+    python bench/bench_runtime.py [--quick] [--rows N] [--repeat 3] [--cluster] [--json out.json]
 """
 
 import argparse
 import os
-import statistics
+import subprocess
 import sys
 import tempfile
-import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.feather as feather
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _harness import measure, table as results_table, write_json  # noqa: E402
 
 from sabot import Stream  # noqa: E402
 from sabot.runtime.generators import keyed_records  # noqa: E402
 from sabot.testing import assert_tables_equal  # noqa: E402
+
+KEYS = 100_000
+BATCH = 65536
 
 
 def add_value2(batch):
@@ -38,49 +53,116 @@ def pyarrow_pass(table):
     return t.group_by("key").aggregate([("value2", "count"), ("value2", "sum")])
 
 
-def job(path, parallelism):
-    return (
-        Stream.from_dataset(path, format="ipc", name="source", parallelism=min(parallelism, 1))
-        .filter(pc.field("value") > 0.5, name="filter")
-        .map(add_value2, name="map")
-        .key_by("key")
-        .aggregate({"value2": ["count", "sum"]}, name="aggregate")
-        .collect(name="sink")
-    )
+def source(kind, table, path, rows, parallelism):
+    if kind == "table":
+        return Stream.from_table(table, batch_size=BATCH, name="source", parallelism=parallelism)
+    if kind == "batches":
+        return Stream.from_batches(table.to_batches(max_chunksize=BATCH), name="source", parallelism=parallelism)
+    if kind == "ipc":
+        return Stream.from_dataset(path, format="ipc", name="source", parallelism=parallelism)
+    return Stream.from_generator(keyed_records, total_rows=rows, batch_size=BATCH, parameters={"num_keys": KEYS},
+                                 name="source", parallelism=parallelism)
 
 
-def timed(fn, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+def job(kind, table, path, rows, parallelism, shippable=False):
+    stream = (source(kind, table, path, rows, parallelism)
+              .filter(pc.field("value") > 0.5, name="filter")
+              .map(add_value2 if not shippable else "_runtime_udfs:add_value2", name="map")
+              .key_by("key")
+              .aggregate({"value2": ["count", "sum"]}, name="aggregate")
+              .collect(name="sink"))
+    return stream
+
+
+def make_table(rows):
+    return pa.Table.from_batches(
+        [keyed_records(off, min(BATCH, rows - off), num_keys=KEYS) for off in range(0, rows, BATCH)])
+
+
+def peak_rss_ratio(rows):
+    """Peak RSS of a child that reads the table from an IPC file (memory-mapped, so making it
+    leaves no peak behind) and runs the from-table job at p=2, above the child's RSS before
+    the table, over the table's size (the table itself counts: 1.0x is the floor)."""
+    code = f"""
+import os, resource, sys, tempfile
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); sys.path.insert(0, {os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")!r})
+import pyarrow as pa, pyarrow.feather as feather
+import bench_runtime as b
+path = os.path.join(tempfile.mkdtemp(), "t.arrow")
+feather.write_feather(b.make_table({rows}), path, compression="uncompressed")
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS"))
+base = rss()
+t = feather.read_table(path, memory_map=False)
+b.job("table", t, None, {rows}, 2).run(default_parallelism=2)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(t.nbytes, base, peak)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    nbytes, base, peak = map(int, out)
+    return nbytes, (peak - base) / nbytes
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="500,000 rows")
     parser.add_argument("--rows", type=int, default=5_000_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--inputs", default="table,batches,ipc,generator")
+    parser.add_argument("--cluster", action="store_true", help="also a LocalCluster of 2 workers at p=2")
+    parser.add_argument("--rss", action="store_true", help="peak RSS of the from-table run vs the table's size")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args()
     rows = 500_000 if args.quick else args.rows
-    table = pa.Table.from_batches(
-        [keyed_records(off, min(65536, rows - off), num_keys=100_000) for off in range(0, rows, 65536)]
-    )
+    kinds = args.inputs.split(",")
+    table = make_table(rows)
+    ref = pyarrow_pass(table).select(["key", "value2_count", "value2_sum"])
+
+    def check(name, out):
+        if name != "pyarrow":
+            assert_tables_equal(out.table("sink"), ref, sort_by=["key"])
+
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "records.arrow")
-        feather.write_feather(table, path, compression="uncompressed", chunksize=65536)
-        base_t, ref = timed(lambda: pyarrow_pass(table), args.repeats)
-        print(f"rows: {rows:,}  (key int64 over 100,000 keys)")
-        print(f"pyarrow single vectorised pass: {base_t * 1e3:8.1f} ms  {rows / base_t / 1e6:6.1f} M records/s")
-        for parallelism in (1, 2):
-            graph_job = job(path, parallelism)
-            t, result = timed(lambda: graph_job.run(default_parallelism=parallelism), args.repeats)
-            assert_tables_equal(result.table("sink"), ref.select(["key", "value2_count", "value2_sum"]),
-                                sort_by=["key"])
-            print(f"sabot embedded, parallelism {parallelism}:  {t * 1e3:8.1f} ms  {rows / t / 1e6:6.1f} M records/s"
-                  f"  engine cost = {t / base_t:4.2f}x the pyarrow pass (target <= 3x at p=1)")
+        feather.write_feather(table, path, compression="uncompressed", chunksize=BATCH)
+        cases = {"pyarrow": lambda: pyarrow_pass(table)}
+        for kind in kinds:
+            for p in (1, 2):
+                stream = job(kind, table, path, rows, p)
+                cases[f"{kind} p={p}"] = (lambda s=stream, p=p: s.run(default_parallelism=p))
+        cluster = None
+        if args.cluster:
+            from sabot.cluster.local import LocalCluster
+
+            cluster = LocalCluster(workers=2, slots_per_worker=1, python_path=[os.path.dirname(__file__)]).start()
+            for kind in kinds:
+                graph = job(kind, table, path, rows, 2, shippable=True).to_job_graph(
+                    f"runtime-{kind}", default_parallelism=2, shippable=True)
+                cases[f"{kind} cluster p=2"] = (lambda g=graph: cluster.run(g, timeout=600))
+        try:
+            results = measure(cases, repeat=args.repeat, warmup=1, check=check)
+        finally:
+            if cluster is not None:
+                cluster.close()
+    gen = measure({"generation alone": lambda: make_table(rows)}, repeat=args.repeat, warmup=0)
+    print(f"{rows:,} records (key int64 over {KEYS:,} keys), median of {args.repeat} interleaved runs")
+    print(results_table(results, baseline="pyarrow", work=rows))
+    print(f"(generating the records alone takes {gen['generation alone'].median * 1e3:.1f} ms)")
+    for kind in kinds:
+        p1, p2 = results[f"{kind} p=1"].median, results[f"{kind} p=2"].median
+        line = f"{kind:>9}: p=2 is {p1 / p2:4.2f}x p=1 (target >= 1.7)"
+        if args.cluster:
+            line += f"; cluster p=2 is {p2 / results[f'{kind} cluster p=2'].median:4.2f}x embedded p=2 (target >= 0.8)"
+        print(line)
+    extra = {"rows": rows}
+    if args.rss:
+        nbytes, ratio = peak_rss_ratio(rows)
+        print(f"from-table run at p=2: peak RSS above the interpreter is {ratio:.2f}x the table's "
+              f"{nbytes / 2**20:.0f} MiB, the table included (target <= 2x)")
+        extra["from_table_rss_ratio"] = ratio
+    if args.json:
+        write_json(args.json, "bench_runtime", results, baseline="pyarrow", **extra)
 
 
 if __name__ == "__main__":
