@@ -70,6 +70,7 @@ class OutputEdgeSpec(Record):
     targets: list[ChannelTarget] = field(default_factory=list)
     key_by: list[str] | None = None
     assignment: list[int] | None = None
+    tag: str | None = None  # the side output this edge carries (None: the main output)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,10 +193,12 @@ def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=Non
             sources[d].append(cid)
         key_by = list(edge.key_by) if edge.key_by else None
         max_parallelism = operators[edge.downstream_operator_id].max_parallelism
+        # a downstream operator that reads a side output of its upstream says which one
+        tag = (operators[edge.downstream_operator_id].parameters or {}).get("side_output")
         table = assignments.get(edge.downstream_operator_id) if partitioning == "hash" else None
         for u, task in enumerate(ups):
             outputs[task.task_id].append(OutputEdgeSpec(
-                edge.downstream_operator_id, partitioning, max_parallelism, targets[u], key_by, table))
+                edge.downstream_operator_id, partitioning, max_parallelism, targets[u], key_by, table, tag))
         for d, task in enumerate(downs):
             inputs[task.task_id].append(InputGateSpec(edge.upstream_operator_id, partitioning, sources[d]))
     tdds = {}

@@ -369,13 +369,14 @@ class ExecutionGraph:
     def _assign_partitioning(self, edge: ExecutionEdge) -> None:
         jg = self.job_graph
         down = jg.operators[edge.downstream_operator_id]
+        keys = down.keys_for(edge.upstream_operator_id)
         edge.partitioning = choose_partitioning(
             jg.explicit_partitioning(edge.upstream_operator_id, edge.downstream_operator_id),
             self.parallelism_of(edge.upstream_operator_id),
             self.parallelism_of(edge.downstream_operator_id),
-            down.key_by,
+            keys,
         )
-        edge.key_by = tuple(down.key_by) if down.key_by and edge.partitioning == Partitioning.HASH else None
+        edge.key_by = tuple(keys) if keys and edge.partitioning == Partitioning.HASH else None
 
     # -- queries -----------------------------------------------------------------
 

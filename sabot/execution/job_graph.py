@@ -57,6 +57,8 @@ class OperatorType(str, Enum):
     AGGREGATE = "aggregate"
     WINDOW = "window"
     JOIN = "join"
+    TOP_N = "top_n"
+    PROCESS = "process"
     SINK = "sink"
 
     def __str__(self):
@@ -99,6 +101,10 @@ class StreamOperatorNode:
         stateful: the operator keeps state (state must move on rescale).
         key_by: key columns of the operator's input (keyed input gets HASH edges);
             an AGGREGATE or WINDOW with ``key_by`` is stateful.
+        input_key_by: key columns per upstream operator id, for an operator whose
+            inputs are keyed by different columns (a stream-stream join: each input
+            edge is HASH-partitioned by its own key columns, so equal keys meet in
+            one subtask). ``key_by`` then names the first input's columns.
         cpu_cores, memory_mb: resources one task of the operator asks for.
         function: user logic as an import reference ``"package.module:function"``.
         parameters: JSON-able configuration of built-in operators.
@@ -114,6 +120,7 @@ class StreamOperatorNode:
     operator_id: str = ""
     stateful: bool = False
     key_by: list[str] | None = None
+    input_key_by: dict[str, list[str]] | None = None
     cpu_cores: float = 0.5
     memory_mb: int = 256
     function: str | None = None
@@ -147,6 +154,13 @@ class StreamOperatorNode:
                 self.key_by = None
             elif not all(isinstance(k, str) for k in self.key_by):
                 raise TypeError(f"operator {self.name!r}: key_by must be column names, got {self.key_by!r}")
+        if self.input_key_by is not None:
+            if not isinstance(self.input_key_by, dict) or not all(
+                    isinstance(u, str) and isinstance(ks, (list, tuple)) and ks and all(isinstance(k, str) for k in ks)
+                    for u, ks in self.input_key_by.items()):
+                raise TypeError(f"operator {self.name!r}: input_key_by must map upstream operator ids to "
+                                f"non-empty lists of column names, got {self.input_key_by!r}")
+            self.input_key_by = {u: list(ks) for u, ks in self.input_key_by.items()} or None
         if self.key_by and self.operator_type in (OperatorType.AGGREGATE, OperatorType.WINDOW):
             self.stateful = True
         self.stateful = bool(self.stateful)
@@ -167,6 +181,12 @@ class StreamOperatorNode:
         """True when the operator's input is partitioned by key."""
         return bool(self.key_by)
 
+    def keys_for(self, upstream_id: str) -> list[str] | None:
+        """The key columns the input from ``upstream_id`` is partitioned by (None: unkeyed)."""
+        if self.input_key_by and upstream_id in self.input_key_by:
+            return self.input_key_by[upstream_id]
+        return self.key_by
+
     def to_dict(self) -> dict[str, Any]:
         """Every field as JSON-able data (``operator_type`` as its string value)."""
         return {
@@ -177,6 +197,7 @@ class StreamOperatorNode:
             "max_parallelism": self.max_parallelism,
             "stateful": self.stateful,
             "key_by": list(self.key_by) if self.key_by else None,
+            "input_key_by": {u: list(k) for u, k in self.input_key_by.items()} if self.input_key_by else None,
             "cpu_cores": self.cpu_cores,
             "memory_mb": self.memory_mb,
             "function": self.function,
@@ -429,7 +450,7 @@ class JobGraph:
                     f"edge {up.name!r} -> {down.name!r} is FORWARD but parallelism differs "
                     f"({self.parallelism_of(u)} vs {self.parallelism_of(d)}); FORWARD needs equal parallelism"
                 )
-            if part == Partitioning.HASH and not down.key_by:
+            if part == Partitioning.HASH and not down.keys_for(u):
                 raise GraphValidationError(
                     f"edge {up.name!r} -> {down.name!r} is HASH but {down.name!r} has no key_by"
                 )

@@ -26,7 +26,8 @@ from sabot._core.state import AGGREGATE_FUNCTIONS, aggregate_output_name, check_
 from sabot.errors import UnsupportedStateType
 
 __all__ = [
-    "AGGREGATE_FUNCTIONS", "DEFAULT_MAX_PARALLELISM", "MAX_MAX_PARALLELISM", "aggregate_output_name",
+    "AGGREGATE_FUNCTIONS", "ALL_AGGREGATE_FUNCTIONS", "Agg", "AggregateItem", "agg", "aggregate_names",
+    "check_aggregate_types", "compiled_engine_supports", "parse_aggregates", "DEFAULT_MAX_PARALLELISM", "MAX_MAX_PARALLELISM", "aggregate_output_name",
     "aggregate_output_schema", "check_key_fields", "decode_expression", "decode_schema", "decode_table",
     "encode_expression", "encode_schema", "encode_table", "normalise_aggregates",
 ]
@@ -34,38 +35,225 @@ __all__ = [
 
 # -- aggregates --------------------------------------------------------------------------
 
+#: every aggregate function. The compiled keyed state table runs ``count``, ``sum``,
+#: ``min``, ``max`` and ``mean`` over integer, boolean and floating-point columns; the
+#: Arrow partials engine runs everything else (strings, temporal and decimal columns,
+#: ``where`` filters, ``count_distinct``, ``first_value`` / ``last_value`` (by arrival),
+#: ``max_by`` / ``min_by`` (the value of the row with the largest / smallest ``by``)).
+ALL_AGGREGATE_FUNCTIONS = AGGREGATE_FUNCTIONS + ("count_distinct", "first_value", "last_value", "max_by", "min_by")
+_NUMERIC_ONLY = ("sum", "mean")
+_ORDERED = ("min", "max")
+
+
+class Agg:
+    """One aggregate with options (see :func:`agg`)."""
+
+    __slots__ = ("fn", "column", "where", "by", "name")
+
+    def __init__(self, fn, column="*", *, where=None, by=None, name=None):
+        if fn not in ALL_AGGREGATE_FUNCTIONS:
+            raise ValueError(f"unknown aggregate function {fn!r} for column {column!r}; expected one of "
+                             f"{ALL_AGGREGATE_FUNCTIONS}")
+        if where is not None and not isinstance(where, pc.Expression):
+            raise TypeError(f"where= takes a pyarrow compute expression, got {type(where).__name__}")
+        if fn in ("max_by", "min_by") and not by:
+            raise ValueError(f"{fn} needs by= (the column whose largest / smallest value picks the row)")
+        if by is not None and fn not in ("max_by", "min_by"):
+            raise ValueError(f"by= only applies to max_by / min_by, not {fn!r}")
+        if column == "*" and fn != "count":
+            raise ValueError(f"column '*' only works with 'count', not {fn!r}")
+        self.fn, self.column, self.where, self.by, self.name = fn, column, where, by, name
+
+    def __repr__(self):
+        extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("where", "by", "name") if getattr(self, k) is not None)
+        return f"agg({self.fn!r}, {self.column!r}{extra})"
+
+
+def agg(fn, column="*", *, where=None, by=None, name=None):
+    """An aggregate with options, for ``aggregate`` and ``window``.
+
+    Args:
+        fn: one of :data:`ALL_AGGREGATE_FUNCTIONS`.
+        column: the input column (``"*"`` for ``count`` of rows).
+        where: a boolean pyarrow expression: only rows where it is true count (SQL's
+            ``FILTER (WHERE ...)``).
+        by: for ``max_by`` / ``min_by``: the ordering column.
+        name: the output column (default ``"<column>_<fn>"``, ``"count"`` for ``count(*)``).
+
+    Example:
+        >>> agg("count_distinct", "bidder", where=pc.field("price") < 10_000, name="rank1_bidders")
+        agg('count_distinct', 'bidder', where=<pyarrow.compute.Expression (price < 10000)>, name='rank1_bidders')
+    """
+    return Agg(fn, column, where=where, by=by, name=name)
+
 
 def normalise_aggregates(aggregates):
-    """``{"col": "fn" | ["fn", ...]}`` or ``[("col", "fn"), ...]`` as ``[[col, fn], ...]``.
+    """Aggregates in their JSON form: ``[[col, fn], ...]``, with a third element
+    ``{"where": encoded expression, "by": col, "name": out}`` when an :class:`Agg` has options.
+
+    Accepts ``{"col": "fn" | ["fn", ...]}``, ``[("col", "fn"), Agg, ...]`` or
+    ``{"out_name": Agg | ("col", "fn")}``.
 
     Raises:
         ValueError: no aggregate, or an unknown function.
     """
+    items = []
     if isinstance(aggregates, dict):
-        items = []
-        for col, fns in aggregates.items():
-            for fn in [fns] if isinstance(fns, str) else fns:
-                items.append([col, fn])
+        for key, value in aggregates.items():
+            if isinstance(value, Agg):
+                items.append(value if value.name else Agg(value.fn, value.column, where=value.where,
+                                                          by=value.by, name=key))
+            elif isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value) \
+                    and value[1] in ALL_AGGREGATE_FUNCTIONS and value[0] not in ALL_AGGREGATE_FUNCTIONS:
+                items.append(Agg(value[1], value[0], name=key))
+            else:
+                for fn in [value] if isinstance(value, str) else value:
+                    items.append([key, fn])
     else:
-        items = [list(x) for x in aggregates]
+        items = [x if isinstance(x, Agg) else list(x) for x in aggregates]
     if not items:
         raise ValueError("aggregate needs at least one (column, function) pair")
-    for col, fn in items:
-        if fn not in AGGREGATE_FUNCTIONS:
+    out = []
+    for item in items:
+        if isinstance(item, Agg):
+            options = {}
+            if item.where is not None:
+                options["where"] = encode_expression(item.where)
+            if item.by is not None:
+                options["by"] = item.by
+            if item.name is not None:
+                options["name"] = item.name
+            out.append([item.column, item.fn, options] if options else [item.column, item.fn])
+            continue
+        col, fn = item[0], item[1]
+        if fn not in ALL_AGGREGATE_FUNCTIONS:
             raise ValueError(f"unknown aggregate function {fn!r} for column {col!r}; expected one of "
-                             f"{AGGREGATE_FUNCTIONS}")
+                             f"{ALL_AGGREGATE_FUNCTIONS}")
+        if fn in ("max_by", "min_by"):
+            raise ValueError(f"{fn} needs by=: use agg({fn!r}, {col!r}, by=...)")
+        if col == "*" and fn != "count":
+            raise ValueError(f"column '*' only works with 'count', not {fn!r}")
+        out.append([col, fn] + (list(item[2:3]) if len(item) > 2 and item[2] else []))
+    return out
+
+
+class AggregateItem:
+    """One normalised aggregate, decoded (what the runtime operators work with)."""
+
+    __slots__ = ("column", "fn", "where", "by", "name")
+
+    def __init__(self, column, fn, where, by, name):
+        self.column, self.fn, self.where, self.by, self.name = column, fn, where, by, name
+
+    @property
+    def plain(self):
+        """True when the compiled state table can run it (no options, a compiled function)."""
+        return self.fn in AGGREGATE_FUNCTIONS and self.where is None and self.by is None
+
+    def input_columns(self):
+        cols = [] if self.column is None else [self.column]
+        return cols + ([self.by] if self.by else [])
+
+
+def parse_aggregates(specs):
+    """``[AggregateItem, ...]`` from the JSON form; output names checked unique."""
+    items = []
+    for spec in specs:
+        col, fn = spec[0], spec[1]
+        options = spec[2] if len(spec) > 2 and spec[2] else {}
+        where = decode_expression(options["where"]) if options.get("where") else None
+        column = None if col == "*" else col
+        name = options.get("name") or aggregate_output_name(column, fn)
+        items.append(AggregateItem(column, fn, where, options.get("by"), name))
+    names = [i.name for i in items]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ValueError(f"aggregate output column(s) {clash} appear twice; give name= to tell them apart")
     return items
+
+
+def aggregate_names(specs):
+    return [i.name for i in parse_aggregates(specs)]
 
 
 def aggregate_output_type(input_type, fn):
     """The Arrow type of aggregate ``fn`` over a column of ``input_type`` (None: count(*))."""
-    if fn == "count":
+    if fn in ("count", "count_distinct"):
         return pa.int64()
     if fn == "mean":
         return pa.float64()
     if fn == "sum":
-        return pa.float64() if pa.types.is_floating(input_type) else pa.int64()
-    return pa.float64() if pa.types.is_floating(input_type) else input_type
+        if pa.types.is_floating(input_type):
+            return pa.float64()
+        if pa.types.is_decimal(input_type):
+            return pa.decimal128(38, input_type.scale)
+        return pa.int64()
+    if fn in ("min", "max") and pa.types.is_boolean(input_type):
+        return pa.bool_()
+    if fn in ("min", "max") and (pa.types.is_integer(input_type) or pa.types.is_floating(input_type)):
+        return pa.float64() if pa.types.is_floating(input_type) else input_type
+    return input_type
+
+
+def _orderable(t):
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_boolean(t)
+            or pa.types.is_temporal(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+            or pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t))
+
+
+def _numeric(t):
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def check_aggregate_types(schema, specs, what="aggregate"):
+    """Refuse (UnsupportedStateType) aggregates the column types cannot take, naming them.
+
+    sum/mean need numbers; min/max/max_by/min_by's ``by`` need an orderable type
+    (numbers, booleans, temporal, strings, binary); count_distinct a hashable scalar
+    type; where= a boolean expression over the input's columns.
+    """
+    if schema is None:
+        return
+    problems = []
+    for item in parse_aggregates(specs):
+        t = None if item.column is None else schema.field(item.column).type
+        if item.fn in _NUMERIC_ONLY and not _numeric(t):
+            problems.append(f"{item.fn}({item.column}) needs a numeric column, {item.column!r} is {t}")
+        elif item.fn in _ORDERED and not _orderable(t):
+            problems.append(f"{item.fn}({item.column}) needs an orderable column (numbers, booleans, "
+                            f"temporal, strings, binary), {item.column!r} is {t}")
+        elif item.fn == "count_distinct" and (pa.types.is_nested(t) or pa.types.is_dictionary(t)):
+            problems.append(f"count_distinct({item.column}) needs a scalar column, {item.column!r} is {t}")
+        if item.by is not None:
+            bt = schema.field(item.by).type
+            if not _orderable(bt):
+                problems.append(f"{item.fn}(..., by={item.by!r}): {item.by!r} is {bt}, not orderable")
+        if item.where is not None:
+            try:
+                wt = expression_types(schema, [item.where])[0]
+            except ValueError as exc:
+                problems.append(f"{item.name}: {exc}")
+            else:
+                if wt != pa.bool_():
+                    problems.append(f"{item.name}: where={item.where} is {wt}, not a boolean condition")
+    if problems:
+        raise UnsupportedStateType(f"{what}: " + "; ".join(problems))
+
+
+def compiled_engine_supports(schema, specs):
+    """True when the compiled keyed state table can run ``specs`` over ``schema``."""
+    items = parse_aggregates(specs)
+    if not all(i.plain for i in items):
+        return False
+    if schema is None:
+        return not any(i.fn in ("min", "max") for i in items)
+    for item in items:
+        if item.column is None:
+            continue
+        t = schema.field(item.column).type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+            return False
+    return True
 
 
 def aggregate_output_schema(schema, keys, specs):
@@ -73,9 +261,9 @@ def aggregate_output_schema(schema, keys, specs):
     if schema is None:
         return None
     fields = [schema.field(k) for k in keys]
-    for col, fn in specs:
-        input_type = None if col == "*" else schema.field(col).type
-        fields.append(pa.field(aggregate_output_name(col, fn), aggregate_output_type(input_type, fn)))
+    for item in parse_aggregates(specs):
+        input_type = None if item.column is None else schema.field(item.column).type
+        fields.append(pa.field(item.name, aggregate_output_type(input_type, item.fn)))
     return pa.schema(fields)
 
 
@@ -86,6 +274,41 @@ def check_key_fields(fields, what="aggregate"):
         check_key_types([f.type for f in fields], [f.name for f in fields])
     except UnsupportedStateType as exc:
         raise UnsupportedStateType(f"{what}: {exc}") from None
+
+
+# -- expressions ---------------------------------------------------------------------------
+
+
+def expression_types(schema, expressions):
+    """The Arrow type of each pyarrow expression over ``schema`` (evaluated on no rows).
+
+    Raises:
+        ValueError: an expression names a missing column or does not type-check.
+    """
+    from pyarrow import acero
+
+    names = [f"_{i}" for i in range(len(expressions))]
+    decl = acero.Declaration.from_sequence([
+        acero.Declaration("table_source", acero.TableSourceNodeOptions(schema.empty_table())),
+        acero.Declaration("project", acero.ProjectNodeOptions(list(expressions), names)),
+    ])
+    try:
+        return decl.to_table(use_threads=False).schema.types
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, KeyError) as exc:
+        raise ValueError(f"expression(s) {[str(e) for e in expressions]} do not evaluate over columns "
+                         f"{schema.names}: {exc}") from None
+
+
+def expression_columns(schema, expression):
+    """The top-level columns of ``schema`` that ``expression`` reads (each is tried without)."""
+    used = []
+    for name in schema.names:
+        rest = pa.schema([f for f in schema if f.name != name])
+        try:
+            expression_types(rest, [expression])
+        except ValueError:
+            used.append(name)
+    return used
 
 
 # -- inline data in JSON parameters --------------------------------------------------------

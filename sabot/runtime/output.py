@@ -12,6 +12,7 @@ import asyncio
 import numpy as np
 
 from sabot.runtime import events
+from sabot.runtime.operators.base import SideOutput
 from sabot.runtime.partitioner import make_partitioner
 
 __all__ = ["OutputEdge", "Outputs"]
@@ -78,11 +79,19 @@ class Outputs:
         """Partition output batches for every edge (runs on the thread pool).
 
         Returns ``[(edge index, channel index, batch)]``; credit-routed edges get channel
-        None here, the channel is picked at send time.
+        None here, the channel is picked at send time. A :class:`SideOutput` goes only to
+        the edges whose spec carries its tag; those edges get nothing else.
         """
         routed = []
         for edge_index, edge in enumerate(self.edges):
+            tag = edge.spec.tag
             for batch in batches:
+                if isinstance(batch, SideOutput):  # only to the edges consuming that side output
+                    if batch.tag != tag:
+                        continue
+                    batch = batch.batch
+                elif tag is not None:
+                    continue
                 if edge.by_credit:
                     if batch.num_rows:
                         routed.append((edge_index, None, batch))

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from sabot.errors import OperatorError
 from sabot.execution.execution_graph import TaskState
 from sabot.execution.messages import TaskUpdate
-from sabot.runtime import events
+from sabot.runtime import events, timers
 from sabot.runtime.alignment import BarrierAligner
 from sabot.runtime.channels import InputGate
 from sabot.runtime.inputs import InputState
@@ -111,6 +111,8 @@ class Task:
             max_parallelism=tdd.max_parallelism,
             metrics=self.metrics,
             checkpointing=tdd.checkpoint is not None,
+            input_operator_ids=[gate.upstream_operator_id for gate in tdd.inputs],
+            clock=timers.clock_for(tdd.operator),
         )
         # Creating the operator imports user code: a bad reference fails the deploy.
         self._operator_name = self.ctx.operator_name
@@ -341,15 +343,27 @@ class Task:
             return
         gate = self.gate = InputGate(self.inputs)
         state = self.input_state
+        proc_timers = timers.ProcessingTimers(self.operator, self.ctx.clock, gate.signal)
         if self.rescale.pending:
             gate.signal()
+        try:
+            await self._input_loop(gate, state, proc_timers)
+        finally:
+            proc_timers.close()
+
+    async def _input_loop(self, gate, state, proc_timers):
         while state.remaining:
+            now = proc_timers.due()
+            if now is not None:
+                await self._process(self.operator.on_processing_time, now)
+                continue
+            proc_timers.arm()
             waited = time.perf_counter()
             channel, item = await gate.next()
             self.metrics["idle_seconds"] += time.perf_counter() - waited
             if self.rescale.pending:
                 await self.rescale.apply()
-            if channel is None:  # a control message arrived
+            if channel is None:  # a control message arrived, or a processing-time timer is due
                 continue
             if isinstance(item, pa.RecordBatch):
                 self._note_record()

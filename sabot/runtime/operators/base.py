@@ -31,6 +31,10 @@ class TaskContext:
     max_parallelism: int
     metrics: dict = field(default_factory=dict)
     checkpointing: bool = False  # the job takes checkpoints (sinks then commit only on completion)
+    #: the upstream operator id of each input index ``process`` is called with
+    input_operator_ids: list = field(default_factory=list)
+    #: processing time in milliseconds since the epoch (a ``sabot.runtime.timers`` clock)
+    clock: object = None
 
     @property
     def operator_name(self):
@@ -41,8 +45,31 @@ class TaskContext:
         return self.operator.get("parameters") or {}
 
 
+class SideOutput:
+    """A batch for the side output ``tag`` (e.g. ``"late"``) instead of the main output.
+
+    An operator returns it among its batches; only edges to operators that consume
+    that side output receive it (a tag nobody consumes is dropped).
+    """
+
+    __slots__ = ("tag", "batch")
+
+    def __init__(self, tag, batch):
+        self.tag = tag
+        self.batch = batch
+
+    @property
+    def num_rows(self):
+        return self.batch.num_rows
+
+
 class Operator:
-    """Base class of every operator. Subclasses override what they need."""
+    """Base class of every operator. Subclasses override what they need.
+
+    Processing-time timers: an operator that has some returns the earliest one (ms
+    since the epoch, by ``ctx.clock``) from ``next_processing_time``; the task calls
+    ``on_processing_time(now)`` once the clock reached it, even when no input arrives.
+    """
 
     is_source = False
 
@@ -61,6 +88,21 @@ class Operator:
 
     def finish(self) -> list:
         return []
+
+    def next_processing_time(self):
+        """The earliest processing-time timer (ms), or None."""
+        return None
+
+    def on_processing_time(self, now_ms: int) -> list:
+        """Fire the processing-time timers due at ``now_ms``."""
+        return []
+
+    def input_side(self, input_index):
+        """The upstream operator id of input ``input_index``."""
+        ids = self.ctx.input_operator_ids
+        if 0 <= input_index < len(ids):
+            return ids[input_index]
+        raise OperatorError(f"operator {self.ctx.operator_name!r} has no input {input_index}; inputs: {ids}")
 
     def close(self):
         pass
