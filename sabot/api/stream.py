@@ -32,14 +32,19 @@ from sabot.errors import GraphValidationError, UnsupportedStateType
 from sabot.execution.job_graph import JobGraph, OperatorType, StreamOperatorNode
 from sabot.runtime import functions
 from sabot.runtime.embedded import run_coroutine, run_job_graph_async
+from sabot.api.joining import JoiningMixin
+from sabot.api.windowing import WindowingMixin
 from sabot.execution.operator_spec import (
-    aggregate_output_name,
     aggregate_output_schema,
+    check_aggregate_types,
     check_key_fields,
+    compiled_engine_supports,
     encode_expression,
     encode_schema,
     encode_table,
+    expression_types,
     normalise_aggregates,
+    parse_aggregates,
 )
 
 _names = itertools.count()
@@ -72,14 +77,15 @@ def _columns_error(what, missing, schema):
     )
 
 
-class Stream:
+class Stream(JoiningMixin, WindowingMixin):
     """A stream of Arrow record batches: one operator of a plan and what it emits."""
 
-    def __init__(self, plan, node, schema=None, key_by=None):
+    def __init__(self, plan, node, schema=None, key_by=None, input_schema=None):
         self._plan = plan
         self._node = node
         self.schema = schema
         self._key_by = key_by
+        self._input_schema = input_schema  # what the operator reads (its late records' schema)
 
     # -- sources ----------------------------------------------------------------------
 
@@ -188,7 +194,7 @@ class Stream:
         for other in ups:
             plan.merge(other._plan)
         plan.add(node, [s._node.operator_id for s in ups])
-        return Stream(plan, node, schema)
+        return Stream(plan, node, schema, input_schema=ups[0].schema)
 
     def _check_columns(self, names, what):
         if self.schema is None:
@@ -230,16 +236,49 @@ class Stream:
         return self._then(OperatorType.FLAT_MAP, name, schema, key_by=self._key_by,
                           function=functions.reference_of(function), parameters=params)
 
-    def select(self, *columns, name=None):
-        """Project columns: ``select("a", "b")`` or rename with ``select({"a": "x"})``."""
+    def select(self, *columns, name=None, **expressions):
+        """Project and compute columns.
+
+        ``select("a", "b")`` picks columns, ``select({"a": "x"})`` renames, and keyword
+        arguments compute columns from pyarrow expressions, evaluated over whole batches:
+        ``select("auction", price=pc.field("price") * 0.908)``. Positional columns come
+        first, then the keyword ones in order.
+
+        Example:
+            >>> s.select("auction", "bidder", total=pc.multiply(pc.field("price"), 2))  # doctest: +SKIP
+        """
         if len(columns) == 1 and isinstance(columns[0], (dict, list, tuple)):
             columns = columns[0]
         renames = dict(columns) if isinstance(columns, dict) else {c: c for c in columns}
         self._check_columns(list(renames), "select")
+        if not expressions:
+            if not renames:
+                raise ValueError("select needs at least one column")
+            schema = None
+            if self.schema is not None:
+                schema = pa.schema([self.schema.field(c).with_name(n) for c, n in renames.items()])
+            params = {"columns": renames if isinstance(columns, dict) else list(columns)}
+            return self._then(OperatorType.SELECT, name, schema, key_by=self._key_by, parameters=params)
+        outputs = [(new, pc.field(old)) for old, new in renames.items()]
+        for out_name, expr in expressions.items():
+            if isinstance(expr, str):
+                expr = pc.field(expr)
+            if not isinstance(expr, pc.Expression):
+                raise TypeError(f"select: {out_name}= takes a pyarrow compute expression or a column name, "
+                                f"got {type(expr).__name__}")
+            outputs.append((out_name, expr))
+        names = [n for n, _ in outputs]
+        clash = sorted({n for n in names if names.count(n) > 1})
+        if clash:
+            raise GraphValidationError(f"select: output column(s) {clash} given twice")
         schema = None
         if self.schema is not None:
-            schema = pa.schema([self.schema.field(c).with_name(n) for c, n in renames.items()])
-        params = {"columns": renames if isinstance(columns, dict) else list(columns)}
+            try:
+                types = expression_types(self.schema, [e for _, e in outputs])
+            except ValueError as exc:
+                raise GraphValidationError(f"select after {self._node.name!r}: {exc}") from None
+            schema = pa.schema([pa.field(n, t) for n, t in zip(names, types)])
+        params = {"expressions": [[n, encode_expression(e)] for n, e in outputs]}
         return self._then(OperatorType.SELECT, name, schema, key_by=self._key_by, parameters=params)
 
     def union(self, *others, name=None):
@@ -266,31 +305,50 @@ class Stream:
         return self._key_by
 
     def aggregate(self, aggregates, *, emit="final", name=None):
-        """Running keyed aggregation: ``{"col": ["count", "sum", "min", "max", "mean"]}``.
+        """Running keyed aggregation.
+
+        ``aggregates``: ``{"col": ["count", "sum", "min", "max", "mean", ...]}``, or a list
+        of ``(col, fn)`` pairs and :func:`sabot.agg` objects for options: ``where=`` (SQL's
+        ``FILTER (WHERE ...)``), ``by=`` (``max_by`` / ``min_by``) and ``name=``; or
+        ``{"out_name": agg(...)}``. Functions: count, sum, min, max, mean, count_distinct
+        (exact), first_value, last_value (by arrival), max_by, min_by (the value of the
+        row with the largest / smallest ``by``, ties by arrival). min / max take any
+        orderable column (numbers, temporal, strings, binary); types an aggregate cannot
+        take are refused here, when the job is built.
 
         Keyed by the ``key_by`` column(s), one or several (integer, temporal, boolean,
         string, binary or dictionary columns; not floating point). The output has the
         key columns, with their input names and types, then one column per aggregate
-        (``"<col>_<fn>"``, ``"count"`` for ``"*"``). ``emit="final"`` emits one row per
-        key when the input ends; ``"updates"`` emits the updated rows of the keys each
-        batch touched.
+        (``"<col>_<fn>"``, ``"count"`` for ``"*"``, or its ``name``). ``emit="final"``
+        emits one row per key when the input ends; ``"updates"`` emits the updated rows
+        of the keys each batch touched.
+
+        Plain count / sum / min / max / mean over numbers run on the compiled keyed state
+        table; everything else on Arrow partials (the same results, slower).
 
         Example:
             >>> Stream.from_table(t).key_by("region", "day").aggregate({"amount": ["sum"]})  # doctest: +SKIP
+            >>> s.key_by("day").aggregate([agg("count_distinct", "bidder", where=pc.field("price") < 100,
+            ...                                name="small_bidders")])  # doctest: +SKIP
         """
         keys = self._keys("aggregate")
         specs = normalise_aggregates(aggregates)
-        self._check_columns([c for c, _ in specs if c != "*"], "aggregate")
+        self._check_columns([c for s in specs for c in parse_aggregates([s])[0].input_columns()], "aggregate")
         if emit not in ("final", "updates"):
             raise ValueError(f"emit must be 'final' or 'updates', got {emit!r}")
         if self.schema is not None:
             try:
                 check_key_fields([self.schema.field(k) for k in keys], f"aggregate after key_by{tuple(keys)}")
+                check_aggregate_types(self.schema, specs, f"aggregate after key_by{tuple(keys)}")
             except UnsupportedStateType as exc:
                 raise GraphValidationError(str(exc)) from None
+        try:
+            items = parse_aggregates(specs)
+        except ValueError as exc:
+            raise GraphValidationError(f"aggregate: {exc}") from None
         # output: the key columns (names and types as in the input), then the aggregates
         schema = aggregate_output_schema(self.schema, keys, specs)
-        names = list(keys) + [aggregate_output_name(c, fn) for c, fn in specs]
+        names = list(keys) + [i.name for i in items]
         clash = sorted({n for n in names if names.count(n) > 1})
         if clash:
             raise GraphValidationError(
@@ -298,26 +356,10 @@ class Stream:
                 f"(key columns {list(keys)}, aggregates {[n for n in names[len(keys):]]}); rename "
                 "a key column first"
             )
-        return self._then(OperatorType.AGGREGATE, name, schema, key_by=keys, stateful=True,
-                          parameters={"aggregates": specs, "emit": emit})
-
-    def window(self, size, aggregates, *, slide=None, time_column=None, name=None):
-        """Keyed event-time tumbling (or sliding, with ``slide``) window aggregates."""
-        keys = self._keys("window")
-        specs = normalise_aggregates(aggregates)
-        time_column = time_column or self._event_time_column()
-        if time_column is None:
-            raise GraphValidationError("window needs time_column= (or a source with_watermarks)")
-        self._check_columns([time_column] + [c for c, _ in specs if c != "*"], "window")
-        schema = None
-        base = aggregate_output_schema(self.schema, keys, specs)
-        if base is not None:
-            ts_type = self.schema.field(time_column).type
-            schema = pa.schema(list(base)[: len(keys)] + [pa.field("window_start", ts_type),
-                               pa.field("window_end", ts_type)] + list(base)[len(keys):])
-        params = {"size": int(size), "slide": int(slide) if slide else None,
-                  "time_column": time_column, "aggregates": specs}
-        return self._then(OperatorType.WINDOW, name, schema, key_by=keys, stateful=True, parameters=params)
+        params = {"aggregates": specs, "emit": emit}
+        if not compiled_engine_supports(self.schema, specs):
+            params["kind"] = "arrow"
+        return self._then(OperatorType.AGGREGATE, name, schema, key_by=keys, stateful=True, parameters=params)
 
     def _event_time_column(self):
         seen, stack = set(), [self._node.operator_id]
@@ -335,23 +377,6 @@ class Stream:
             stack.extend(incoming.get(op, []))
         return None
 
-    def join_table(self, table, on, *, right_on=None, how="left", name=None):
-        """Enrich each row with the matching row of a static table (unique keys)."""
-        on = [on] if isinstance(on, str) else list(on)
-        right_on = [right_on] if isinstance(right_on, str) else list(right_on or on)
-        self._check_columns(on, "join_table")
-        missing = [c for c in right_on if table.schema.get_field_index(c) < 0]
-        if missing:
-            raise _columns_error("join_table (static table)", missing, table.schema)
-        if how not in ("left", "inner"):
-            raise ValueError(f"how must be 'left' or 'inner', got {how!r}")
-        schema = None
-        if self.schema is not None:
-            extra = [f for f in table.schema if f.name not in right_on]
-            schema = pa.schema(list(self.schema) + extra)
-        params = {"table": encode_table(table), "on": on, "right_on": right_on, "how": how}
-        return self._then(OperatorType.JOIN, name, schema, key_by=self._key_by, parameters=params)
-
     # -- sinks -------------------------------------------------------------------------
 
     def _sink(self, name, parameters, function=None):
@@ -363,8 +388,12 @@ class Stream:
         return StreamSink(node._plan, node._node, node.schema)
 
     def collect(self, *, name=None):
-        """Gather the stream into a table, returned by ``run()``."""
-        return self._sink(name, {"kind": "collect"})
+        """Gather the stream into a table, returned by ``run()`` (empty, with the stream's
+        schema, when no row arrives)."""
+        params = {"kind": "collect"}
+        if self.schema is not None:
+            params["schema"] = encode_schema(self.schema)
+        return self._sink(name, params)
 
     def to_parquet(self, path, *, name=None, format="parquet", mode="error"):
         """Write part files (``part-<lineage>-<subtask>-<n>``) into directory ``path``, exactly once

@@ -27,7 +27,9 @@ from sabot.errors import UnsupportedStateType
 
 __all__ = [
     "AGGREGATE_FUNCTIONS", "ALL_AGGREGATE_FUNCTIONS", "Agg", "AggregateItem", "agg", "aggregate_names",
-    "check_aggregate_types", "compiled_engine_supports", "parse_aggregates", "DEFAULT_MAX_PARALLELISM", "MAX_MAX_PARALLELISM", "aggregate_output_name",
+    "check_aggregate_types", "compiled_engine_supports", "parse_aggregates", "JOIN_TYPES", "RANK_FUNCTIONS",
+    "check_join_keys", "expression_columns", "expression_types", "join_output_names", "join_output_schema",
+    "normalise_order_by", "top_n_output_schema", "window_output_schema", "DEFAULT_MAX_PARALLELISM", "MAX_MAX_PARALLELISM", "aggregate_output_name",
     "aggregate_output_schema", "check_key_fields", "decode_expression", "decode_schema", "decode_table",
     "encode_expression", "encode_schema", "encode_table", "normalise_aggregates",
 ]
@@ -274,6 +276,96 @@ def check_key_fields(fields, what="aggregate"):
         check_key_types([f.type for f in fields], [f.name for f in fields])
     except UnsupportedStateType as exc:
         raise UnsupportedStateType(f"{what}: {exc}") from None
+
+
+# -- windows, joins, top-N: output schemas ------------------------------------------------
+
+JOIN_TYPES = ("inner", "left", "right", "full")
+RANK_FUNCTIONS = ("row_number", "rank", "dense_rank")
+
+
+def window_output_schema(schema, keys, specs, time_type):
+    """Keys, ``window_start``, ``window_end`` (``time_type``), then the aggregates."""
+    base = aggregate_output_schema(schema, keys, specs)
+    if base is None:
+        return None
+    fields = list(base)
+    return pa.schema(fields[:len(keys)] + [pa.field("window_start", time_type), pa.field("window_end", time_type)]
+                     + fields[len(keys):])
+
+
+def join_output_names(left_names, right_names, suffix="_right"):
+    """Output names of a join's right columns: a name the left side has gets ``suffix``.
+
+    Raises:
+        ValueError: a suffixed name still clashes.
+    """
+    left = list(left_names)
+    out = []
+    for name in right_names:
+        new = name + suffix if name in left else name
+        if new in left or new in out:
+            raise ValueError(f"join: right column {name!r} would be named {new!r}, which the output already "
+                             f"has; pick another suffix (left columns: {left})")
+        out.append(new)
+    return out
+
+
+def join_output_schema(left, right, right_names, how, time_type=None):
+    """Left fields, then right fields renamed (nullable where an outer join pads), then the
+    window columns of a window join by size (``time_type``)."""
+    if left is None or right is None:
+        return None
+    fields = [f.with_nullable(True) if how in ("right", "full") else f for f in left]
+    fields += [f.with_name(n).with_nullable(True) if how in ("left", "full") else f.with_name(n)
+               for f, n in zip(right, right_names)]
+    if time_type is not None:
+        fields += [pa.field("window_start", time_type), pa.field("window_end", time_type)]
+    return pa.schema(fields)
+
+
+def check_join_keys(left, right, left_on, right_on, what="join"):
+    """Join keys must have the same types on both sides (equal values hash alike only then)."""
+    if left is None or right is None:
+        return
+    bad = []
+    for lc, rc in zip(left_on, right_on):
+        lt, rt = left.field(lc).type, right.field(rc).type
+        lt = lt.value_type if pa.types.is_dictionary(lt) else lt
+        rt = rt.value_type if pa.types.is_dictionary(rt) else rt
+        if lt != rt:
+            bad.append(f"{lc!r} ({lt}) vs {rc!r} ({rt})")
+    if bad:
+        raise ValueError(f"{what}: key types differ: {', '.join(bad)}; cast one side first (equal keys of "
+                         "different types hash to different subtasks)")
+
+
+def top_n_output_schema(schema, rank_column=None, time_type=None):
+    """The input columns, then ``window_start``/``window_end`` (``time_type``), then the rank."""
+    if schema is None:
+        return None
+    fields = list(schema)
+    if time_type is not None:
+        fields += [pa.field("window_start", time_type), pa.field("window_end", time_type)]
+    if rank_column:
+        fields.append(pa.field(rank_column, pa.int64()))
+    return pa.schema(fields)
+
+
+def normalise_order_by(order_by):
+    """``["a", ("b", "descending")]`` as ``[["a", "ascending"], ["b", "descending"]]``."""
+    if isinstance(order_by, str) or (isinstance(order_by, tuple) and len(order_by) == 2
+                                     and order_by[1] in ("ascending", "descending")):
+        order_by = [order_by]
+    out = []
+    for item in order_by:
+        col, direction = (item, "ascending") if isinstance(item, str) else tuple(item)
+        if direction not in ("ascending", "descending"):
+            raise ValueError(f"order_by: direction of {col!r} must be 'ascending' or 'descending', got {direction!r}")
+        out.append([col, direction])
+    if not out:
+        raise ValueError("order_by needs at least one column")
+    return out
 
 
 # -- expressions ---------------------------------------------------------------------------

@@ -61,7 +61,10 @@ def gather_results(job_id, job_graph, reports, fetch_table):
         if (node.parameters or {}).get("kind", "collect") == "collect":
             parts = [t for t in (fetch_table(r.task_id) for r in ordered) if t is not None]
             if parts:
-                result.tables[node.name] = pa.concat_tables(parts)
+                # subtasks that saw no row give the declared schema's empty table; the schema
+                # of the rows that came wins if the two differ (e.g. metadata)
+                full = [t for t in parts if t.num_rows]
+                result.tables[node.name] = pa.concat_tables(full) if full else parts[0]
     return result
 
 

@@ -2,6 +2,7 @@
 
 from sabot.runtime.operators.base import (
     Operator,
+    SideOutput,
     SourceOperator,
     TaskContext,
     create_operator,
@@ -12,10 +13,15 @@ from sabot.runtime.operators.base import (
 )
 from sabot.runtime.operators import transforms  # noqa: F401  (registers)
 from sabot.runtime.operators import aggregate  # noqa: F401
+from sabot.runtime.operators import aggregate_arrow  # noqa: F401
 from sabot.runtime.operators import sources  # noqa: F401
 from sabot.runtime.operators import sinks  # noqa: F401
 from sabot.runtime.operators import window  # noqa: F401
 from sabot.runtime.operators import join  # noqa: F401
+from sabot.runtime.operators import joins  # noqa: F401
+from sabot.runtime.operators import topn  # noqa: F401
+from sabot.runtime.operators import session  # noqa: F401
+from sabot.runtime.operators import process  # noqa: F401
 
-__all__ = ["Operator", "SourceOperator", "TaskContext", "create_operator", "register", "rescalable_source_kinds",
+__all__ = ["Operator", "SideOutput", "SourceOperator", "TaskContext", "create_operator", "register", "rescalable_source_kinds",
            "source_class", "source_is_rescalable"]

@@ -17,7 +17,13 @@ import pyarrow as pa
 from sabot._core import partition
 from sabot._core.state import KeyedAggregateTable, pack_keys, unpack_keys
 from sabot.errors import OperatorError, UnsupportedStateType
-from sabot.execution.operator_spec import aggregate_output_name, check_key_fields, decode_schema, encode_schema
+from sabot.execution.operator_spec import (
+    AGGREGATE_FUNCTIONS,
+    aggregate_output_name,
+    check_key_fields,
+    decode_schema,
+    encode_schema,
+)
 from sabot.runtime.operators.base import Operator, register
 from sabot.runtime.operators.transforms import check_columns
 
@@ -73,6 +79,11 @@ class KeyedAggregate(Operator):
                 "aggregation needs at least one key column"
             )
         self.keys = list(keys)
+        plain = [s for s in self.params["aggregates"] if len(s) == 2 and s[1] in AGGREGATE_FUNCTIONS]
+        if len(plain) != len(self.params["aggregates"]):
+            raise OperatorError(
+                f"aggregate {self.ctx.operator_name!r}: the compiled engine runs {AGGREGATE_FUNCTIONS} without "
+                "options; this operator's aggregates need parameter kind='arrow' (the Stream API sets it)")
         self.specs = [(None if c == "*" else c, fn) for c, fn in self.params["aggregates"]]
         self.emit = self.params.get("emit", "final")
         self.table = None

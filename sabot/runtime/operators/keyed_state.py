@@ -132,7 +132,7 @@ def bundle(parts, meta=None):
         for start, stop in zip(bounds[:-1], bounds[1:]):
             kgs.append(int(sorted_kg[start]))
             names.append(name)
-            datas.append(_ipc(body.slice(int(start), int(stop - start))))
+            datas.append(_ipc(body.slice(int(start), int(stop - start))).to_pybytes())
     if not kgs:
         return None
     return pa.Table.from_arrays([pa.array(kgs, pa.int32()), pa.array(names, pa.string()),

@@ -6,7 +6,8 @@ Arrow buffer bytes received).
 
 Parameter formats (``parameters["kind"]``):
 
-* ``"collect"``: ``{}``; ``result()`` is the gathered ``pyarrow.Table``.
+* ``"collect"``: ``{"schema": b64 | None}``; ``result()`` is the gathered ``pyarrow.Table``
+  (no batch at all: an empty table of the declared schema, or None without one).
 * ``"files"``: ``{"path": dir, "format": "parquet" | "ipc", "rows_per_file": int |
   None, "mode": "error" | "overwrite" | "append"}``; writes
   ``part-{lineage}-{subtask}-{n:05d}.parquet`` / ``.arrow``, published by two-phase
@@ -27,6 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from sabot.errors import OperatorError
+from sabot.execution.operator_spec import decode_schema
 from sabot.runtime import functions
 from sabot.runtime.operators.base import Operator, register
 
@@ -69,6 +71,9 @@ class CollectSink(_Sink):
         super().__init__(ctx)
         self._batches = []
         self.schema = None
+        declared = self.params.get("schema")
+        # the plan's schema for the stream: an empty result is an empty table of it
+        self.declared = decode_schema(declared) if declared else None
 
     def process(self, batch, input_index):
         if self.schema is None:
@@ -85,7 +90,7 @@ class CollectSink(_Sink):
 
     def result(self):
         if self.schema is None:
-            return None
+            return self.declared.empty_table() if self.declared is not None else None
         return pa.Table.from_batches(self._batches, schema=self.schema)
 
     def snapshot_state(self, checkpoint_id):

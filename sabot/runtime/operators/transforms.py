@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 from sabot.errors import OperatorError
 from sabot.execution.operator_spec import decode_expression, decode_schema
 from sabot.runtime.operators.base import Operator, register
+from sabot.runtime.operators.expressions import project
 
 
 def check_columns(ctx, schema, names, what):
@@ -129,16 +130,32 @@ class FlatMap(_SchemaChecked):
 
 @register("select")
 class Select(Operator):
-    """Project columns, optionally renaming: {"columns": [names]} or {"columns": {old: new}}."""
+    """Project columns, optionally renaming: {"columns": [names]} or {"columns": {old: new}};
+    or compute them: {"expressions": [[name, base64 pyarrow expression], ...]}, evaluated over
+    the whole batch at once (Acero's project node)."""
 
     def open(self):
+        exprs = self.params.get("expressions")
+        self.expressions = None
+        if exprs:
+            self.names = [name for name, _ in exprs]
+            self.expressions = [decode_expression(e) for _, e in exprs]
+            return
         cols = self.params.get("columns")
         if not cols:
-            raise OperatorError(f"select {self.ctx.operator_name!r} needs 'columns'")
+            raise OperatorError(f"select {self.ctx.operator_name!r} needs 'columns' or 'expressions'")
         self.renames = dict(cols) if isinstance(cols, dict) else {c: c for c in cols}
         self.checked_schema = None
 
     def process(self, batch, input_index):
+        if self.expressions is not None:
+            try:
+                table = project(batch, self.expressions, self.names)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, KeyError) as exc:
+                raise OperatorError(
+                    f"select {self.ctx.operator_name!r}: expressions {[str(e) for e in self.expressions]} failed "
+                    f"on columns {batch.schema.names}: {exc}") from exc
+            return [b for b in table.combine_chunks().to_batches() if b.num_rows] or []
         if batch.schema is not self.checked_schema:
             check_columns(self.ctx, batch.schema, list(self.renames), "selected")
             self.checked_schema = batch.schema
