@@ -242,13 +242,19 @@ class Stream(JoiningMixin, WindowingMixin):
         ``select("a", "b")`` picks columns, ``select({"a": "x"})`` renames, and keyword
         arguments compute columns from pyarrow expressions, evaluated over whole batches:
         ``select("auction", price=pc.field("price") * 0.908)``. Positional columns come
-        first, then the keyword ones in order.
+        first, then the keyword ones in order. A dict with expressions,
+        ``select({"name": pc.field("name"), "total": ...})``, maps output names to
+        expressions (or column names), for names a keyword cannot take.
 
         Example:
             >>> s.select("auction", "bidder", total=pc.multiply(pc.field("price"), 2))  # doctest: +SKIP
         """
         if len(columns) == 1 and isinstance(columns[0], (dict, list, tuple)):
             columns = columns[0]
+        if isinstance(columns, dict) and any(isinstance(v, pc.Expression) for v in columns.values()):
+            # {output: expression or column}: for output names that clash with keywords (name=)
+            expressions = {**columns, **expressions}
+            columns = ()
         renames = dict(columns) if isinstance(columns, dict) else {c: c for c in columns}
         self._check_columns(list(renames), "select")
         if not expressions:
@@ -395,7 +401,8 @@ class Stream(JoiningMixin, WindowingMixin):
             params["schema"] = encode_schema(self.schema)
         return self._sink(name, params)
 
-    def to_parquet(self, path, *, name=None, format="parquet", mode="error"):
+    def to_parquet(self, path, *, name=None, format="parquet", mode="error", partition_by=None,
+                   success_file="_SUCCESS"):
         """Write part files (``part-<lineage>-<subtask>-<n>``) into directory ``path``, exactly once
         with checkpoints (two-phase commit).
 
@@ -403,10 +410,25 @@ class Stream(JoiningMixin, WindowingMixin):
         default), replaced (``"overwrite"``: the other job's part files are deleted at the
         start) or added to (``"append"``). A job restored from a checkpoint goes on with
         the files of the job it was restored from.
+
+        ``partition_by``: columns whose values make Hive-style directories
+        (``dt=2024-01-01/hm=10%3A05/part-...``; the files hold the other columns); each
+        partition is committed exactly once, and gets ``success_file`` when the job finished.
         """
         if mode not in ("error", "overwrite", "append"):
             raise ValueError(f"to_parquet: mode must be 'error', 'overwrite' or 'append', got {mode!r}")
+        if partition_by:
+            partition_by = [partition_by] if isinstance(partition_by, str) else list(partition_by)
+            self._check_columns(partition_by, "to_parquet(partition_by=)")
+            return self._sink(name, {"kind": "partitioned_files", "path": str(path), "format": format,
+                                     "mode": mode, "partition_by": partition_by, "success_file": success_file})
         return self._sink(name, {"kind": "files", "path": str(path), "format": format, "mode": mode})
+
+    def to_files(self, path, *, partition_by=None, format="parquet", mode="error", name=None,
+                 success_file="_SUCCESS"):
+        """Alias of :meth:`to_parquet` (``format="ipc"`` writes Arrow IPC files)."""
+        return self.to_parquet(path, name=name, format=format, mode=mode, partition_by=partition_by,
+                               success_file=success_file)
 
     def sink(self, function, *, name=None):
         """Call ``function(batch)`` for every batch."""

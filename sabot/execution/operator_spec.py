@@ -247,6 +247,8 @@ def compiled_engine_supports(schema, specs):
     items = parse_aggregates(specs)
     if not all(i.plain for i in items):
         return False
+    if len({(i.column, i.fn) for i in items}) != len(items):  # the compiled table takes each pair once
+        return False
     if schema is None:
         return not any(i.fn in ("min", "max") for i in items)
     for item in items:

@@ -16,6 +16,7 @@ from sabot.runtime.operators import aggregate  # noqa: F401
 from sabot.runtime.operators import aggregate_arrow  # noqa: F401
 from sabot.runtime.operators import sources  # noqa: F401
 from sabot.runtime.operators import sinks  # noqa: F401
+from sabot.runtime.operators import partitioned_sink  # noqa: F401
 from sabot.runtime.operators import window  # noqa: F401
 from sabot.runtime.operators import join  # noqa: F401
 from sabot.runtime.operators import joins  # noqa: F401

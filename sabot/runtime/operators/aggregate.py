@@ -23,6 +23,7 @@ from sabot.execution.operator_spec import (
     check_key_fields,
     decode_schema,
     encode_schema,
+    parse_aggregates,
 )
 from sabot.runtime.operators.base import Operator, register
 from sabot.runtime.operators.transforms import check_columns
@@ -79,12 +80,13 @@ class KeyedAggregate(Operator):
                 "aggregation needs at least one key column"
             )
         self.keys = list(keys)
-        plain = [s for s in self.params["aggregates"] if len(s) == 2 and s[1] in AGGREGATE_FUNCTIONS]
-        if len(plain) != len(self.params["aggregates"]):
+        items = parse_aggregates(self.params["aggregates"])
+        if not all(i.plain for i in items):
             raise OperatorError(
                 f"aggregate {self.ctx.operator_name!r}: the compiled engine runs {AGGREGATE_FUNCTIONS} without "
-                "options; this operator's aggregates need parameter kind='arrow' (the Stream API sets it)")
-        self.specs = [(None if c == "*" else c, fn) for c, fn in self.params["aggregates"]]
+                "where= or by=; this operator's aggregates need parameter kind='arrow' (the Stream API sets it)")
+        self.specs = [(i.column, i.fn) for i in items]
+        self.output_names = [i.name for i in items]  # the table names <column>_<fn>; name= renames
         self.emit = self.params.get("emit", "final")
         self.table = None
         self.packed = None        # decided by the first batch or restored snapshot
@@ -127,6 +129,12 @@ class KeyedAggregate(Operator):
                 )
 
     def _output(self, table):
+        out = self._columns(table)
+        if self.output_names != self.value_names:
+            out = out.rename_columns(out.column_names[:len(self.keys)] + self.output_names)
+        return out
+
+    def _columns(self, table):
         if not self.packed:
             return table.select([self.keys[0]] + self.value_names)
         if self.key_fields is None:

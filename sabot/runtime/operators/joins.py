@@ -58,7 +58,7 @@ from sabot.runtime.operators.window import WindowAssigner, event_times
 JOIN_KINDS = ("regular", "interval", "window")
 HOW = ("inner", "left", "right", "full")
 _NEVER = np.iinfo(np.int64).max
-_WS, _WE = "__ws", "__we"
+_WS, _WE = "__sabot_ws", "__sabot_we"  # a held row's window, next to the user's columns
 
 
 class _Side:

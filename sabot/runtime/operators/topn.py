@@ -51,7 +51,7 @@ from sabot.runtime.operators.keyed_state import group_ids
 from sabot.runtime.operators.window import WindowAssigner, event_times
 
 RANKS = ("row_number", "rank", "dense_rank")
-_SEQ, _WS, _WE, _RANK = "__seq", "__ws", "__we", "__rank"
+_SEQ, _WS, _WE = "__sabot_seq", "__sabot_ws", "__sabot_we"  # internal columns next to the user's
 _COMPACT_ROWS = 1 << 16
 
 
