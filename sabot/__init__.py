@@ -8,6 +8,9 @@ run it in this process with ``.run()``, or on a cluster of worker processes with
 from sabot._version import __version__
 from sabot.api.stream import Stream, StreamSink
 from sabot.errors import JobFailed, OperatorError, SabotError
+from sabot.execution.operator_spec import agg
+from sabot.runtime.operators.process import KeyedProcessFunction
 from sabot.runtime.embedded import JobResult
 
-__all__ = ["JobFailed", "JobResult", "OperatorError", "SabotError", "Stream", "StreamSink", "__version__"]
+__all__ = ["JobFailed", "JobResult", "KeyedProcessFunction", "OperatorError", "SabotError", "Stream", "StreamSink",
+           "__version__", "agg"]

@@ -33,6 +33,7 @@ from sabot.execution.job_graph import JobGraph, OperatorType, StreamOperatorNode
 from sabot.runtime import functions
 from sabot.runtime.embedded import run_coroutine, run_job_graph_async
 from sabot.api.joining import JoiningMixin
+from sabot.api.pushdown import pushdown
 from sabot.api.windowing import WindowingMixin
 from sabot.execution.operator_spec import (
     aggregate_output_schema,
@@ -56,6 +57,7 @@ class _Plan:
     def __init__(self):
         self.nodes = {}  # operator_id -> StreamOperatorNode
         self.edges = []  # (upstream_id, downstream_id)
+        self.source_schemas = {}  # file sources: operator_id -> schema (for push-down)
 
     def add(self, node, upstream_ids=()):
         self.nodes[node.operator_id] = node
@@ -68,6 +70,7 @@ class _Plan:
             return self
         self.nodes.update(other.nodes)
         self.edges.extend(e for e in other.edges if e not in self.edges)
+        self.source_schemas.update(other.source_schemas)
         return self
 
 
@@ -145,7 +148,12 @@ class Stream(JoiningMixin, WindowingMixin):
 
     @classmethod
     def from_dataset(cls, path, *, format="parquet", columns=None, batch_size=None, name=None, parallelism=None):
-        """Files through ``pyarrow.dataset`` (Parquet, Arrow IPC, CSV), split by file."""
+        """Files through ``pyarrow.dataset`` (Parquet, Arrow IPC, CSV), split by file.
+
+        When the job is built, the source reads only the columns its consumers use, and the
+        expression filters right behind it are pushed into the scan (row groups whose
+        statistics exclude them are skipped).
+        """
         dataset = ds.dataset(path, format=format)
         schema = dataset.schema
         if columns:
@@ -154,7 +162,9 @@ class Stream(JoiningMixin, WindowingMixin):
                 raise _columns_error(f"from_dataset({path!r})", missing, schema)
             schema = pa.schema([schema.field(c) for c in columns])
         params = {"kind": "dataset", "path": str(path), "format": format, "columns": columns, "batch_size": batch_size}
-        return cls._source(name, params, schema, parallelism)
+        stream = cls._source(name, params, schema, parallelism)
+        stream._plan.source_schemas[stream._node.operator_id] = schema
+        return stream
 
     @classmethod
     def from_parquet(cls, path, **kwargs):
@@ -339,7 +349,11 @@ class Stream(JoiningMixin, WindowingMixin):
         """
         keys = self._keys("aggregate")
         specs = normalise_aggregates(aggregates)
-        self._check_columns([c for s in specs for c in parse_aggregates([s])[0].input_columns()], "aggregate")
+        try:
+            items = parse_aggregates(specs)
+        except ValueError as exc:
+            raise GraphValidationError(f"aggregate: {exc}") from None
+        self._check_columns([c for i in items for c in i.input_columns()], "aggregate")
         if emit not in ("final", "updates"):
             raise ValueError(f"emit must be 'final' or 'updates', got {emit!r}")
         if self.schema is not None:
@@ -348,10 +362,6 @@ class Stream(JoiningMixin, WindowingMixin):
                 check_aggregate_types(self.schema, specs, f"aggregate after key_by{tuple(keys)}")
             except UnsupportedStateType as exc:
                 raise GraphValidationError(str(exc)) from None
-        try:
-            items = parse_aggregates(specs)
-        except ValueError as exc:
-            raise GraphValidationError(f"aggregate: {exc}") from None
         # output: the key columns (names and types as in the input), then the aggregates
         schema = aggregate_output_schema(self.schema, keys, specs)
         names = list(keys) + [i.name for i in items]
@@ -446,7 +456,14 @@ class Stream(JoiningMixin, WindowingMixin):
         ``shippable=True`` refuses lambdas and closures, which only run in this process.
         """
         job = JobGraph(job_name=job_name, default_parallelism=default_parallelism, **config)
+        pushed = pushdown(self._plan, self._plan.source_schemas)
         for node in self._plan.nodes.values():
+            if node.operator_id in pushed:  # a copy: the push-down depends on the whole plan
+                node = node.copy()
+                node.parameters["filter"] = (encode_expression(pushed[node.operator_id]["filter"])
+                                             if pushed[node.operator_id]["filter"] is not None else None)
+                if pushed[node.operator_id]["columns"] is not None:
+                    node.parameters["columns"] = pushed[node.operator_id]["columns"]
             job.add_operator(node)
         for up, down in self._plan.edges:
             job.connect(up, down)

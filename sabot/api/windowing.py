@@ -17,6 +17,7 @@ from sabot.execution.operator_spec import (
     encode_schema,
     normalise_aggregates,
     normalise_order_by,
+    parse_aggregates,
     top_n_output_schema,
     window_output_schema,
 )
@@ -44,6 +45,10 @@ class WindowingMixin:
         return out
 
     def _check_aggregates(self, specs, what):
+        try:
+            parse_aggregates(specs)
+        except ValueError as exc:
+            raise GraphValidationError(f"{what}: {exc}") from None
         self._check_columns([c for s in specs for c in ([s[0]] if s[0] != "*" else []) +
                              ([s[2]["by"]] if len(s) > 2 and s[2].get("by") else [])], what)
         try:
@@ -67,7 +72,8 @@ class WindowingMixin:
                 window's output): a second aggregation per window.
             time: ``"event"`` or ``"processing"`` (the task's clock at arrival; windows fire
                 when the clock passes their end, even without input).
-            clock: processing time's clock, an import reference (tests; default: the system clock).
+            clock: processing time's clock: an import reference to a function returning one
+                (``sabot.runtime.timers.ManualClock`` in tests; default: the system clock).
 
         Output: keys, ``window_start``, ``window_end``, then the aggregates. Late records
         (every window of theirs has fired) go to :meth:`late_records`.

@@ -8,8 +8,8 @@ otherwise a wake-up of the input gate is armed for the timer's time, so timers f
 even when no record arrives.
 
 Time is passed in: a task's clock is :class:`SystemClock` unless the operator names
-another with the parameter ``"clock"`` (an import reference to a clock object or to a
-function returning one). Tests use :class:`ManualClock`: time moves only when the
+another with the parameter ``"clock"`` (an import reference to a function returning a
+clock: an object with ``now_ms()``). Tests use :class:`ManualClock`: time moves only when the
 test says, and moving it wakes the tasks waiting on it.
 """
 

@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sabot.errors import OperatorError
-from sabot.execution.operator_spec import decode_expression, decode_schema
+from sabot.execution.operator_spec import decode_expression, decode_schema, join_output_names
 from sabot.runtime.operators import keyed_state
 from sabot.runtime.operators.base import Operator, SideOutput, register
 from sabot.runtime.operators.expressions import mask as where_mask
@@ -87,8 +87,6 @@ class _Side:
                                 f"available columns: {schema.names}")
         if self.schema is None:
             self.schema = schema
-        if self.names is None:
-            self.names = list(self.schema.names)
         self.checked = schema
 
     def times(self, table):
@@ -164,8 +162,18 @@ class StreamJoin(Operator):
             return self._hold_for_window(side, table)
         return self._probe_and_hold(side, other, table)
 
+    def _names(self):
+        """Output names: as the plan gave them, else the inputs' with the right ones suffixed."""
+        if self.left.names is None and self.left.schema is not None:
+            self.left.names = list(self.left.schema.names)
+        if self.right.names is None and self.right.schema is not None and self.left.names is not None:
+            self.right.names = join_output_names(self.left.names, self.right.schema.names,
+                                                 self.params.get("suffix", "_right"))
+
     def _assemble(self, left, right):
         """Output rows from aligned left and right column lists."""
+        if self.left.names is None or self.right.names is None:
+            self._names()
         return pa.Table.from_arrays(list(left) + list(right), names=self.left.names + self.right.names)
 
     def _pad(self, side, table):
@@ -405,9 +413,6 @@ class StreamJoin(Operator):
             side.rows.append(body, keyed_state.key_hashes(body, side.on),
                              matched=table.column("__matched").to_numpy(zero_copy_only=False),
                              expire=table.column("__expire").to_numpy())
-        for side in (self.left, self.right):
-            if side.names is None and side.schema is not None:
-                side.names = list(side.schema.names)
 
 
 def _batches(tables):

@@ -246,32 +246,41 @@ class MapState(_State):
     def remove(self, rows, map_keys):
         self._kill_matching(self._probe_table(rows, map_keys))
 
-    def entries(self, rows):
-        keys = _rows_table(rows, self.keys)
+    def _entries_of(self, keys):
+        """(row of ``keys``, stored row id) for every entry of those keys (the map is indexed by
+        key and map key, so this groups the alive entries by key instead)."""
         alive = self.rows.alive_rows()
-        empty = pa.table({"row": pa.array([], pa.int64()), "key": pa.array([], self.key_type),
-                          "value": pa.array([], self.value_type)})
+        none = np.zeros(0, dtype=np.int64)
         if len(alive) == 0 or keys.num_rows == 0:
-            return empty
-        stored = self.rows.take(alive, self.keys + ["key", "value"])
+            return none, none
+        stored = self.rows.take(alive, self.keys)
         both = [pa.chunked_array(keys.column(k).chunks + stored.column(k).chunks, type=keys.schema.field(k).type)
                 for k in self.keys]
         gid, _ = keyed_state.group_ids(both)
         probe_gid, stored_gid = gid[:keys.num_rows], gid[keys.num_rows:]
-        pairs_row, pairs_stored = [], []
         order = np.argsort(stored_gid, kind="stable")
         sorted_gid = stored_gid[order]
         left = np.searchsorted(sorted_gid, probe_gid, "left")
-        right = np.searchsorted(sorted_gid, probe_gid, "right")
-        counts = right - left
-        if counts.sum() == 0:
-            return empty
-        pairs_row = np.repeat(np.arange(keys.num_rows), counts)
+        counts = np.searchsorted(sorted_gid, probe_gid, "right") - left
+        total = int(counts.sum())
+        if total == 0:
+            return none, none
+        rows = np.repeat(np.arange(keys.num_rows, dtype=np.int64), counts)
         starts = np.repeat(left - (np.cumsum(counts) - counts), counts)
-        pairs_stored = order[np.arange(int(counts.sum())) + starts]
-        found = stored.take(pa.array(pairs_stored))
-        return pa.table({"row": pa.array(pairs_row, pa.int64()), "key": found.column("key"),
+        return rows, alive[order[np.arange(total) + starts]]
+
+    def entries(self, rows):
+        rows_idx, ids = self._entries_of(_rows_table(rows, self.keys))
+        if len(ids) == 0:
+            return pa.table({"row": pa.array([], pa.int64()), "key": pa.array([], self.key_type),
+                             "value": pa.array([], self.value_type)})
+        found = self.rows.take(ids, ["key", "value"])
+        return pa.table({"row": pa.array(rows_idx, pa.int64()), "key": found.column("key"),
                          "value": found.column("value")})
+
+    def clear(self, rows):
+        _, ids = self._entries_of(_rows_table(rows, self.keys))
+        self.rows.kill(np.unique(ids))
 
 
 class _Timers(_State):

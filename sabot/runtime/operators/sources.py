@@ -19,8 +19,9 @@ Parameter formats (``parameters["kind"]``):
   "batch_size": int, "parameters": {...}}``; unit = global batch ``b`` covering rows
   ``[b * batch_size, (b + 1) * batch_size)``; position = batches emitted.
 * ``"dataset"``: ``{"path": str, "format": "parquet" | "ipc" | "csv", "columns":
-  list | None, "batch_size": int | None}``; unit = one file (fragment, sorted by
-  path); position = ``[fragment index, batches read from it]``.
+  list | None, "filter": base64 expression | None, "batch_size": int | None}``; unit =
+  one file (fragment, sorted by path); position = ``[fragment index, batches read from
+  it]`` (batches after the filter: deterministic for one filter).
 """
 
 import logging
@@ -31,7 +32,7 @@ import pyarrow.dataset as ds
 
 from sabot.errors import OperatorError
 from sabot.runtime import functions
-from sabot.execution.operator_spec import decode_table
+from sabot.execution.operator_spec import decode_expression, decode_table
 from sabot.runtime.operators.base import SourceOperator, register
 
 log = logging.getLogger(__name__)
@@ -402,6 +403,8 @@ class DatasetSource(SourceOperator):
                 f"dataset source {name!r}: unknown format {self.format!r}; expected one of {DATASET_FORMATS}"
             )
         self.columns = self.params.get("columns") or None
+        encoded = self.params.get("filter")
+        self.filter = decode_expression(encoded) if encoded else None  # pushed down by the Stream API
         self.batch_size = _positive_int(ctx, self.params, "batch_size", None)
         self._fragment = ctx.subtask_index  # global index of the next fragment to read
         self._batches = 0  # batches of that fragment already emitted
@@ -464,13 +467,13 @@ class DatasetSource(SourceOperator):
         if self._total_rows is None and self.format != "csv":  # CSV would need a full read
             self._open_dataset()
             self._total_rows = sum(
-                f.count_rows() for f in self._fragments[self.ctx.subtask_index::self.ctx.parallelism]
+                f.count_rows(filter=self.filter) for f in self._fragments[self.ctx.subtask_index::self.ctx.parallelism]
             )
         return self._total_rows
 
     def read(self):
         self._open_dataset()
-        kwargs = {"columns": self.columns}
+        kwargs = {"columns": self.columns, "filter": self.filter}
         if self.batch_size is not None:
             kwargs["batch_size"] = self.batch_size
         while self._fragment < len(self._fragments):
