@@ -26,6 +26,8 @@ class Episodes(KeyedProcessFunction):
     its start + EPISODE: then one row (start, rows, sum of v, distinct s) and the key is idle
     again. A processing-time timer PROC_DELAY ms after the start emits a "proc" row."""
 
+    episode = EPISODE
+
     def open(self, ctx):
         self.first = ctx.value_state("first", pa.int64())
         self.values = ctx.list_state("values", pa.schema([("v", pa.int64())]))
@@ -37,7 +39,7 @@ class Episodes(KeyedProcessFunction):
         if len(starts):
             rows = batch.take(pa.array(starts))
             self.first.update(rows, rows.column("t"))
-            ctx.register_event_time_timer(rows, pc.add(rows.column("t"), EPISODE))
+            ctx.register_event_time_timer(rows, pc.add(rows.column("t"), self.episode))
             now = ctx.current_processing_time
             ctx.register_processing_time_timer(rows, pa.array(np.full(len(starts), now + PROC_DELAY)))
         self.values.add(batch, batch.select(["v"]))
@@ -67,3 +69,33 @@ class Episodes(KeyedProcessFunction):
             for state in (self.first, self.values, self.by_s):
                 state.clear(event)
         return out
+
+
+class WholeStream(Episodes):
+    """One episode per key over the whole input (its timer fires at the end): a result that
+    does not depend on when watermarks arrive. No processing-time rows."""
+
+    episode = 1 << 60
+
+    def process(self, batch, ctx):
+        first = self.first.get(batch)
+        starts = first_rows_per_key(batch, first.is_null().to_numpy(zero_copy_only=False))
+        if len(starts):
+            rows = batch.take(pa.array(starts))
+            self.first.update(rows, rows.column("t"))
+            ctx.register_event_time_timer(rows, pc.add(rows.column("t"), self.episode))
+        self.values.add(batch, batch.select(["v"]))
+        counts = pa.Table.from_batches([batch]).group_by(["k", "s"], use_threads=False).aggregate([([], "count_all")])
+        have = pc.fill_null(self.by_s.get(counts, counts.column("s")), 0)
+        self.by_s.put(counts, counts.column("s"), pc.add(have, counts.column("count_all")))
+
+
+def as_episode_input(batch):
+    """keyed_records rows as the process functions' input: k, t, v, s."""
+    import time
+
+    time.sleep(0.002)
+    key = batch.column("key")
+    return pa.RecordBatch.from_arrays(
+        [key, batch.column("ts"), pa.compute.cast(pa.compute.floor(pa.compute.multiply(batch.column("value"), 10)), pa.int64()),
+         pa.compute.cast(pa.compute.bit_wise_and(key, 3), pa.string())], names=["k", "t", "v", "s"])

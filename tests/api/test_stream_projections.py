@@ -1,0 +1,161 @@
+"""The Stream API's projections, push-down into file sources, partitioned file sink, empty
+results and join_table's suffix."""
+
+import asyncio
+import os
+
+import aiohttp
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from sabot import Stream
+from sabot.errors import GraphValidationError
+from sabot.runtime.operators.base import TaskContext, create_operator
+from sabot.testing import assert_tables_equal, in_process_cluster, run_stream
+
+TABLE = pa.table({"k": pa.array(np.arange(1000) % 7, pa.int64()), "p": pa.array(np.arange(1000), pa.int64()),
+                  "s": pa.array([f"x{i % 13}" for i in range(1000)]), "f": pa.array(np.linspace(0, 1, 1000))})
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_select_computes_expressions_over_whole_batches(parallelism):
+    s = Stream.from_table(TABLE, batch_size=128).select(
+        "k", total=pc.field("p") * 2 + pc.field("k"), upper=pc.utf8_upper(pc.field("s")),
+        big=pc.field("f") > 0.5)
+    assert s.schema == pa.schema([("k", pa.int64()), ("total", pa.int64()), ("upper", pa.string()),
+                                  ("big", pa.bool_())])
+    got = run_stream(s, default_parallelism=parallelism)
+    expected = pa.table({"k": TABLE["k"], "total": pc.add(pc.multiply(TABLE["p"], 2), TABLE["k"]),
+                         "upper": pc.utf8_upper(TABLE["s"]), "big": pc.greater(TABLE["f"], 0.5)})
+    assert_tables_equal(got, expected)
+
+
+def test_select_with_an_expression_dict_and_build_time_errors():
+    t = pa.table({"name": ["a", "b"], "v": [1, 2]})
+    got = run_stream(Stream.from_table(t).select({"name": pc.utf8_upper(pc.field("name")), "w": "v"}))
+    assert got.to_pydict() == {"name": ["A", "B"], "w": [1, 2]}
+    with pytest.raises(GraphValidationError, match="do not evaluate over columns"):
+        Stream.from_table(t).select(x=pc.field("nope") + 1)
+    with pytest.raises(GraphValidationError, match="do not evaluate"):
+        Stream.from_table(t).select(x=pc.field("name") + 1)
+    with pytest.raises(GraphValidationError, match=r"output column\(s\) \['v'\] given twice"):
+        Stream.from_table(t).select("v", v=pc.field("v"))
+
+
+def _source_bytes(result):
+    return sum(t["metrics"]["bytes_in"] for t in result.tasks if t["operator_name"] == "files")
+
+
+def test_file_sources_read_only_the_columns_used_and_push_filters_into_the_scan(tmp_path):
+    wide = TABLE.append_column("pad", pa.array(["y" * 200] * 1000))
+    pq.write_table(wide, tmp_path / "a.parquet", row_group_size=100)
+
+    def job():
+        return (Stream.from_parquet(str(tmp_path), name="files").filter(pc.field("p") >= 900)
+                .key_by("k").aggregate({"f": "sum"}).collect())
+
+    graph = job().to_job_graph()
+    src = next(n for n in graph.operators.values() if n.name == "files")
+    assert src.parameters["columns"] == ["k", "p", "f"]
+    assert src.parameters["filter"] is not None
+    result = job().run(default_parallelism=2)
+    expected = TABLE.filter(pc.field("p") >= 900).group_by("k").aggregate([("f", "sum")]).select(["k", "f_sum"])
+    assert_tables_equal(result.table(), expected)
+    # the scan skipped 9 of 10 row groups and the padding column
+    full = Stream.from_parquet(str(tmp_path), name="files").map(lambda b: b).collect().run()
+    assert _source_bytes(result) * 20 < _source_bytes(full)
+    # a consumer whose needs are unknown (a user function) reads everything
+    opaque = Stream.from_parquet(str(tmp_path), name="files").map(lambda b: b).collect().to_job_graph()
+    src = next(n for n in opaque.operators.values() if n.name == "files")
+    assert src.parameters.get("columns") is None and src.parameters.get("filter") is None
+
+
+def _sink(tmp_path, subtask=0, checkpointing=True):
+    op = {"name": "parts", "operator_id": "parts", "operator_type": "sink", "key_by": None, "function": None,
+          "parameters": {"kind": "partitioned_files", "path": str(tmp_path / "out"), "partition_by": ["dt", "hm"]}}
+    ctx = TaskContext("job", f"parts-{subtask}", 0, op, subtask, 1, 128, {}, checkpointing)
+    sink = create_operator(ctx)
+    sink.open()
+    return sink
+
+
+def _read(tmp_path):
+    part = ds.partitioning(pa.schema([("dt", pa.string()), ("hm", pa.string())]), flavor="hive")
+    return ds.dataset(str(tmp_path / "out"), partitioning=part).to_table()
+
+
+def test_partitioned_sink_commits_each_partition_exactly_once_across_a_restore(tmp_path):
+    rows = pa.table({"v": pa.array(range(12), pa.int64()), "dt": ["d1"] * 6 + ["d2"] * 6,
+                     "hm": ["10:00", "10:01"] * 6})
+    sink = _sink(tmp_path)
+    sink.process(rows.slice(0, 4).to_batches()[0], 0)
+    state = sink.snapshot_state(1)["state"]
+    sink.notify_checkpoint_complete(1)
+    assert sorted(_read(tmp_path)["v"].to_pylist()) == [0, 1, 2, 3]
+    sink.process(rows.slice(4, 4).to_batches()[0], 0)  # after the checkpoint: lost with the failure
+    sink.snapshot_state(2)  # staged for checkpoint 2, which never completes
+    sink.close()
+    again = _sink(tmp_path)
+    again.restore_state(None, state, 1)
+    assert sorted(_read(tmp_path)["v"].to_pylist()) == [0, 1, 2, 3]
+    again.process(rows.slice(4, 8).to_batches()[0], 0)  # the replay after checkpoint 1
+    again.finish()
+    again.notify_job_finished()
+    got = _read(tmp_path)
+    assert_tables_equal(got.select(["v", "dt", "hm"]), rows)
+    dirs = sorted(os.path.relpath(r, tmp_path / "out") for r, _, f in os.walk(tmp_path / "out") if "_SUCCESS" in f)
+    assert dirs == ["dt=d1/hm=10%3A00", "dt=d1/hm=10%3A01", "dt=d2/hm=10%3A00", "dt=d2/hm=10%3A01"]
+
+
+def test_partitioned_sink_in_a_job(tmp_path):
+    t = TABLE.append_column("dt", pc.cast(pc.divide(TABLE["p"], 400), pa.string())).append_column(
+        "hm", pc.utf8_slice_codeunits(TABLE["s"], 0, 2))
+    Stream.from_table(t, batch_size=64).to_files(str(tmp_path / "out"), partition_by=["dt", "hm"]).run(
+        default_parallelism=2)
+    got = _read(tmp_path)
+    assert_tables_equal(got.select(t.column_names), t)
+
+
+EMPTY = pa.table({"k": [1, 2], "v": [1.0, 2.0]})
+
+
+def test_an_empty_result_is_an_empty_table_of_the_declared_schema():
+    stream = Stream.from_table(EMPTY).filter(pc.field("v") > 5).key_by("k").aggregate({"v": ["sum"]})
+    got = stream.collect(name="o").run(default_parallelism=2).table("o")
+    assert got.num_rows == 0 and got.schema == pa.schema([("k", pa.int64()), ("v_sum", pa.float64())])
+    got = run_stream(Stream.from_table(EMPTY).filter(pc.field("v") > 5))
+    assert got.num_rows == 0 and got.schema == EMPTY.schema
+
+
+def test_an_empty_result_over_http():
+    async def body():
+        async with in_process_cluster(workers=1, slots=2) as (c, _):
+            stream = Stream.from_table(EMPTY).filter(pc.field("v") > 5).key_by("k").aggregate({"v": ["sum"]})
+            job_id = await c.submit_stream_job(stream.collect(name="o").to_job_graph(default_parallelism=2))
+            await c.wait_for_job(job_id, 30)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{c.url}/jobs/{job_id}/result") as resp:
+                    info = await resp.json()
+                async with session.get(f"{c.url}/jobs/{job_id}/result/o") as resp:
+                    status, data = resp.status, await resp.read()
+            return info, status, data
+
+    info, status, data = asyncio.run(asyncio.wait_for(body(), 60))
+    assert info["tables"]["o"]["num_rows"] == 0
+    assert status == 200
+    table = pa.ipc.open_stream(data).read_all()
+    assert table.num_rows == 0 and table.column_names == ["k", "v_sum"]
+
+
+def test_join_table_suffixes_clashing_columns_in_the_declared_schema():
+    s = (Stream.from_table(pa.table({"k": [1, 2], "x": [10, 20]}))
+         .join_table(pa.table({"k": [1, 2], "x": [100, 200]}), on="k"))
+    assert s.schema.names == ["k", "x", "x_right"]
+    assert run_stream(s.select("k", "x", "x_right")).to_pydict() == {"k": [1, 2], "x": [10, 20], "x_right": [100, 200]}
+    s = (Stream.from_table(pa.table({"k": [1, 2], "x": [10, 20]}))
+         .join_table(pa.table({"k": [1, 2], "x": [100, 200]}), on="k", suffix="_t"))
+    assert run_stream(s).column_names == ["k", "x", "x_t"]
