@@ -66,9 +66,12 @@ def _view(events_stream, kind, struct, schema):
             .select({**ordered, SEQ: pc.field(SEQ)}, name=f"{struct}_view"))
 
 
-def sources(num_events=None, *, batch_size=8192, parallelism=None, **config):
-    """The person, auction and bid views over one event source (``num_events=None``: unbounded)."""
-    stream = Stream.from_generator(sequenced_events, total_rows=num_events, batch_size=batch_size,
+def sources(num_events=None, *, batch_size=8192, parallelism=None, generator=sequenced_events, **config):
+    """The person, auction and bid views over one event source (``num_events=None``: unbounded).
+
+    ``generator``: the event generator (default :func:`sequenced_events`; tests slow it down).
+    """
+    stream = Stream.from_generator(generator, total_rows=num_events, batch_size=batch_size,
                                    parameters=config, name="nexmark_events", parallelism=parallelism,
                                    time_column="dateTime", max_out_of_orderness=WATERMARK_DELAY_MS)
     return Views(_view(stream, 0, "person", PERSON_SCHEMA), _view(stream, 1, "auction", AUCTION_SCHEMA),
@@ -335,12 +338,13 @@ def q22(v):
 QUERIES = {name: globals()[name] for name in (f"q{i}" for i in range(23)) if name != "q6"}
 
 
-def build(name, num_events, *, batch_size=8192, parallelism=None, path=None, clock=None, **config):
+def build(name, num_events, *, batch_size=8192, parallelism=None, path=None, clock=None,
+          generator=sequenced_events, **config):
     """A runnable job: the event source, query ``name`` and a collect sink named ``name``
     (q10 with ``path``: its partitioned file sink instead)."""
     if name not in QUERIES:
         raise ValueError(f"unknown Nexmark query {name!r}; expected one of {sorted(QUERIES)}")
-    views = sources(num_events, batch_size=batch_size, parallelism=parallelism, **config)
+    views = sources(num_events, batch_size=batch_size, parallelism=parallelism, generator=generator, **config)
     if name == "q10" and path is not None:
         return q10(views, path)
     stream = q12(views, clock) if name == "q12" else QUERIES[name](views)

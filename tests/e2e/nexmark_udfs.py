@@ -1,0 +1,13 @@
+"""A slowed-down Nexmark event generator for the kill -9 tests (imported by reference)."""
+
+import time
+
+from sabot.nexmark.queries import sequenced_events
+
+#: seconds each generated batch takes, so a test job runs long enough to be killed mid-way
+SLEEP_S = 0.05
+
+
+def slow_events(offset, num_rows, **config):
+    time.sleep(SLEEP_S)
+    return sequenced_events(offset, num_rows, **config)
