@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sabot.errors import OperatorError
-from sabot.execution.operator_spec import decode_expression, decode_schema, join_output_names
+from sabot.execution.operator_spec import decode_expression, decode_schema, expression_columns, join_output_names
 from sabot.runtime.operators import keyed_state
 from sabot.runtime.operators.base import Operator, SideOutput, register
 from sabot.runtime.operators.expressions import mask as where_mask
@@ -126,6 +126,7 @@ class StreamJoin(Operator):
         self.left = _Side("left", p, self.how in ("left", "full"))
         self.right = _Side("right", p, self.how in ("right", "full"))
         self.where = decode_expression(p["where"]) if p.get("where") else None
+        self._where_reads = None  # the output columns `where` reads (found on first use)
         self.ttl = p.get("ttl")
         self.lower, self.upper = p.get("lower"), p.get("upper")
         if self.kind == "interval":
@@ -199,15 +200,31 @@ class StreamJoin(Operator):
         i, j = i[ok], j[ok]
         if len(i) == 0:
             return i, j, None
+        if self.where is not None:  # on the columns it reads, before gathering whole rows
+            keep = where_mask(self._where_columns(side, other, table, i, j), self.where)
+            i, j = i[keep], j[keep]
+            if len(i) == 0:
+                return i, j, None
         mine = table.take(pa.array(i))
         theirs = other.rows.take(j)
         joined = self._assemble(mine.columns, theirs.columns) if side is self.left else \
             self._assemble(theirs.columns, mine.columns)
-        if self.where is not None:
-            keep = where_mask(joined, self.where)
-            if not keep.all():
-                i, j, joined = i[keep], j[keep], joined.filter(pa.array(keep))
         return i, j, joined
+
+    def _where_columns(self, side, other, table, i, j):
+        """The pairs' values of the output columns ``where`` reads, as a table."""
+        if self._where_reads is None:
+            self._names()
+            schema = pa.schema([f.with_name(n) for f, n in zip(self.left.schema, self.left.names)]
+                               + [f.with_name(n) for f, n in zip(self.right.schema, self.right.names)])
+            self._where_reads = expression_columns(schema, self.where)
+        cols = {}
+        for s, rows, source in ((side, i, table), (other, j, None)):
+            for name, out in zip(s.schema.names, s.names):
+                if out in self._where_reads:
+                    cols[out] = (source.column(name).take(pa.array(rows)) if source is not None
+                                 else s.rows.take(rows, [name]).column(0))
+        return pa.table(cols)
 
     def _expiry(self, side, table):
         if self.kind == "interval":

@@ -19,9 +19,6 @@ import pyarrow.compute as pc
 
 __all__ = ["KeyedRows", "SortedRuns", "keys_equal", "pairs_of"]
 
-_CONSOLIDATE_CHUNKS = 64
-
-
 def pairs_of(sorted_hashes, sorted_rows, hashes):
     """``(probe_index, row)`` for every probe hash equal to a stored hash (sorted input)."""
     left = np.searchsorted(sorted_hashes, hashes, side="left")
@@ -84,35 +81,37 @@ def keys_equal(left_cols, right_cols):
 class KeyedRows:
     """Rows of one schema with their key hashes; probe in bulk, kill, compact.
 
+    Rows are kept in segments whose sizes grow geometrically (a new batch is a segment;
+    neighbours of similar size are concatenated), so each row is copied O(log n) times
+    and a gather touches O(log n) contiguous segments (Arrow gathers from a many-chunked
+    column by concatenating it first).
+
     Args:
         side_arrays: names of per-row numpy arrays kept alongside (``{name: dtype}``).
     """
 
     def __init__(self, side_arrays=None):
         self.side_dtypes = dict(side_arrays or {})
-        self.chunks = []  # tables, in row order
+        self.segments = []  # [first row id, table], in row order
         self.schema = None
         self.hashes = np.zeros(0, dtype=np.uint64)
         self.alive = np.zeros(0, dtype=bool)
         self.side = {n: np.zeros(0, dtype=d) for n, d in self.side_dtypes.items()}
         self.index = SortedRuns()
         self.num_alive = 0
-        self._table = None
 
     def __len__(self):
         return len(self.hashes)
 
     @property
     def table(self):
-        """Every row (dead ones too) as one table; row ids index it."""
-        if self._table is None:
-            if not self.chunks:
-                return None
-            self._table = pa.concat_tables(self.chunks)
-            if self._table.num_columns and self._table.column(0).num_chunks > _CONSOLIDATE_CHUNKS:
-                self._table = self._table.combine_chunks()
-            self.chunks = [self._table]
-        return self._table
+        """Every row (dead ones too) as one table; row ids index it (None when empty)."""
+        if not self.segments:
+            return None
+        if len(self.segments) > 1:
+            merged = pa.concat_tables([t for _, t in self.segments]).combine_chunks()
+            self.segments = [[0, merged]]
+        return self.segments[0][1]
 
     def append(self, table, hashes, **side):
         """Add rows; returns their row ids."""
@@ -126,8 +125,10 @@ class KeyedRows:
             self.schema = table.schema
         elif not table.schema.equals(self.schema):
             table = table.cast(self.schema)
-        self.chunks.append(table)
-        self._table = None
+        self.segments.append([start, table])
+        while len(self.segments) > 1 and 2 * self.segments[-1][1].num_rows >= self.segments[-2][1].num_rows:
+            (_, t2), (s1, t1) = self.segments.pop(), self.segments.pop()
+            self.segments.append([s1, pa.concat_tables([t1, t2]).combine_chunks()])
         self.hashes = np.concatenate((self.hashes, hashes))
         self.alive = np.concatenate((self.alive, np.ones(n, dtype=bool)))
         for name, dtype in self.side_dtypes.items():
@@ -148,8 +149,31 @@ class KeyedRows:
         return p[keep], r[keep]
 
     def take(self, rows, columns=None):
-        table = self.table if columns is None else self.table.select(columns)
-        return table.take(pa.array(rows, type=pa.int64()))
+        """The rows ``rows`` (row ids, any order) of ``columns`` (all by default), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(self.segments) == 1:
+            t = self.segments[0][1]
+            return (t if columns is None else t.select(columns)).take(pa.array(rows))
+        starts = np.array([s for s, _ in self.segments], dtype=np.int64)
+        seg = np.searchsorted(starts, rows, side="right") - 1
+        order = np.argsort(seg, kind="stable")
+        sorted_seg = seg[order]
+        bounds = np.flatnonzero(np.concatenate(([True], sorted_seg[1:] != sorted_seg[:-1], [True])))
+        parts = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            k = sorted_seg[a]
+            t = self.segments[k][1]
+            t = t if columns is None else t.select(columns)
+            parts.append(t.take(pa.array(rows[order[a:b]] - starts[k])))
+        if not parts:
+            schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
+            return schema.empty_table()
+        gathered = pa.concat_tables(parts).combine_chunks() if len(parts) > 1 else parts[0]
+        if len(parts) == 1 or np.all(order[1:] > order[:-1]):
+            return gathered
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return gathered.take(pa.array(inverse))
 
     def kill(self, rows):
         if len(rows) == 0:
@@ -166,10 +190,10 @@ class KeyedRows:
     def compact(self):
         """Drop dead rows; row ids change (callers must not hold them across this)."""
         keep = self.alive_rows()
-        table = self.table.take(pa.array(keep)) if self.table is not None else None
+        table = self.take(keep) if self.segments else None
         hashes = self.hashes[keep]
         side = {n: a[keep] for n, a in self.side.items()}
-        self.chunks, self._table = ([table] if table is not None and table.num_rows else []), None
+        self.segments = [[0, table.combine_chunks()]] if table is not None and table.num_rows else []
         self.hashes = hashes
         self.alive = np.ones(len(keep), dtype=bool)
         self.side = side
@@ -179,10 +203,10 @@ class KeyedRows:
 
     def alive_table(self, with_side=()):
         """The alive rows, with the named side arrays appended as columns."""
-        rows = self.alive_rows()
-        if self.table is None:
+        if not self.segments:
             return None
-        table = self.table.take(pa.array(rows))
+        rows = self.alive_rows()
+        table = self.take(rows)
         for name in with_side:
             table = table.append_column(name, pa.array(self.side[name][rows]))
         return table

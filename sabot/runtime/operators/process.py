@@ -106,6 +106,16 @@ def _last_per_key(keys_table):
     return last
 
 
+def _scatter(rows, n, i, j, value_type):
+    """An array of n values: stored row j's ``value`` at position i, null elsewhere."""
+    if len(i) == 0:
+        return pa.nulls(n, value_type)
+    found = rows.take(j, ["value"]).column("value").combine_chunks()
+    pos = np.full(n, -1, dtype=np.int64)
+    pos[i] = np.arange(len(i))
+    return found.take(pa.array(pos, mask=pos < 0))
+
+
 class _State:
     """Rows keyed by (key columns [+ sub key]), found through their hash."""
 
@@ -159,13 +169,7 @@ class ValueState(_State):
 
     def get(self, rows):
         keys = _rows_table(rows, self.keys)
-        i, j = self._find(keys)
-        pos = np.full(keys.num_rows, -1, dtype=np.int64)
-        pos[i] = j
-        if self.rows.table is None:
-            return pa.nulls(keys.num_rows, self.type)
-        values = self.rows.table.column("value")
-        return values.take(pa.array(pos, mask=pos < 0)).combine_chunks()
+        return _scatter(self.rows, keys.num_rows, *self._find(keys), self.type)
 
     def update(self, rows, values):
         keys = _rows_table(rows, self.keys)
@@ -236,12 +240,7 @@ class MapState(_State):
 
     def get(self, rows, map_keys):
         probe = self._probe_table(rows, map_keys)
-        i, j = self._find(probe)
-        pos = np.full(probe.num_rows, -1, dtype=np.int64)
-        pos[i] = j
-        if self.rows.table is None:
-            return pa.nulls(probe.num_rows, self.value_type)
-        return self.rows.table.column("value").take(pa.array(pos, mask=pos < 0)).combine_chunks()
+        return _scatter(self.rows, probe.num_rows, *self._find(probe), self.value_type)
 
     def remove(self, rows, map_keys):
         self._kill_matching(self._probe_table(rows, map_keys))
