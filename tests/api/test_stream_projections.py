@@ -159,3 +159,22 @@ def test_join_table_suffixes_clashing_columns_in_the_declared_schema():
     s = (Stream.from_table(pa.table({"k": [1, 2], "x": [10, 20]}))
          .join_table(pa.table({"k": [1, 2], "x": [100, 200]}), on="k", suffix="_t"))
     assert run_stream(s).column_names == ["k", "x", "x_t"]
+
+
+def test_late_records_reach_their_own_sink_and_only_it():
+    # batches of 5 rows; the 4th batch goes back in time: its rows are behind the watermark
+    t = pa.table({"k": [i % 3 for i in range(20)], "t": [0, 1, 2, 3, 4, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24,
+                                                           1, 2, 25, 3, 26]})
+    windowed = (Stream.from_table(t, batch_size=5, parallelism=1).with_watermarks("t")  # one source: one clock
+                .key_by("k").window(5, {"*": "count"}))
+    late = windowed.late_records().collect(name="late")
+    windowed.collect(name="main")
+    result = late.run(default_parallelism=2)
+    assert sorted(result.table("late")["t"].to_pylist()) == [1, 2, 3]
+    assert result.table("late").schema == t.schema
+    main = result.table("main")
+    on_time = t.take([i for i in range(20) if i not in (15, 16, 18)])  # the late rows' positions
+    expected = on_time.append_column("window_start", pc.multiply(pc.divide(on_time["t"], 5), 5)).group_by(
+        ["k", "window_start"]).aggregate([([], "count_all")])
+    assert sorted(zip(main["k"].to_pylist(), main["window_start"].to_pylist(), main["count"].to_pylist())) == sorted(
+        zip(expected["k"].to_pylist(), expected["window_start"].to_pylist(), expected["count_all"].to_pylist()))

@@ -76,12 +76,23 @@ def test_top_n():
     assert_tables_equal(got, expected.cast(got.schema))
 
 
-@pytest.mark.parametrize("kind", ["regular", "interval"])
+@pytest.mark.parametrize("kind", ["regular", "interval", "window"])
 def test_join(kind):
     left, right = source(seed=1, keys=30_000), source(seed=2, keys=30_000, name="right")
     if kind == "regular":
         joined = left.join(right, on="key", how="left", name="op")
         cond = ""
+    elif kind == "window":
+        joined = left.window_join(right, on="key", size=20_000, how="full", name="op")
+        got = run(joined)
+        win = "SELECT *, (ts // 20000) * 20000 AS ws FROM {}"
+        expected = duck(f"""SELECT l.key, l.value, l.ts, l.value2, r.key AS key_right, r.value AS value_right,
+                              r.ts AS ts_right, r.value2 AS value2_right, coalesce(l.ws, r.ws) AS window_start,
+                              coalesce(l.ws, r.ws) + 20000 AS window_end
+                            FROM ({win.format('l')}) l FULL JOIN ({win.format('r')}) r ON l.key = r.key AND l.ws = r.ws""",
+                        l=input_table(seed=1, keys=30_000), r=input_table(seed=2, keys=30_000))
+        assert_tables_equal(got, expected.cast(got.schema))
+        return
     else:
         joined = left.interval_join(right, on="key", lower=-20_000, upper=5_000, how="full", name="op")
         cond = " AND l.ts BETWEEN r.ts - 20000 AND r.ts + 5000"
