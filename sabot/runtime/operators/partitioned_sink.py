@@ -1,7 +1,9 @@
 """A partitioned file sink: Hive-style directories from columns (``dt=2024-01-01/hm=10%3A05/``).
 
 Parameters: ``{"kind": "partitioned_files", "path": dir, "partition_by": [columns],
-"format": "parquet" | "ipc", "rows_per_file": int | None, "success_file": "_SUCCESS" | None}``.
+"format": "parquet" | "ipc", "mode": "error" | "overwrite" | "append", "rows_per_file": int |
+None, "success_file": "_SUCCESS" | None}`` (``mode`` and the part-file names per partition
+directory as :class:`~sabot.runtime.operators.sinks.FileSink` has them).
 
 Each batch is split by the values of the partition columns (one grouping pass); each
 partition's rows (without the partition columns, as Hive stores them) go to that
@@ -65,10 +67,12 @@ class PartitionedFileSink(_Sink):
         self.success_file = self.params.get("success_file", "_SUCCESS")
         self.children = {}  # partition directory (relative) -> FileSink
         self._lock = threading.Lock()
+        self.lineage = None  # the restored lineage (a job restored from another's checkpoint), else the job's
         probe = self._child("probe")  # checks format and path once, and gives the file system
         self.fs = probe.fs
         self.children.clear()
-        self._own = probe._own
+        self.lineage = probe.lineage
+        self._own = probe._own  # this lineage's and subtask's part files, in any partition
         self.schema = None
 
     def _child(self, rel):
@@ -81,6 +85,8 @@ class PartitionedFileSink(_Sink):
         ctx = TaskContext(self.ctx.job_id, self.ctx.task_id, self.ctx.attempt, operator, self.ctx.subtask_index,
                           self.ctx.parallelism, self.ctx.max_parallelism, {}, self.ctx.checkpointing)
         child = FileSink(ctx)
+        if self.lineage is not None and child.lineage != self.lineage:
+            child._set_lineage(self.lineage)
         self.children[rel] = child
         return child
 
@@ -109,7 +115,7 @@ class PartitionedFileSink(_Sink):
     def snapshot_state(self, checkpoint_id):
         with self._lock:
             states = {rel: child.snapshot_state(checkpoint_id)["state"] for rel, child in self.children.items()}
-        return {"keyed": None, "state": {"partitions": states}}
+        return {"keyed": None, "state": {"lineage": self.lineage, "partitions": states}}
 
     def notify_checkpoint_complete(self, checkpoint_id):
         with self._lock:
@@ -120,6 +126,12 @@ class PartitionedFileSink(_Sink):
         if keyed is not None and keyed.num_rows:
             raise OperatorError(f"partitioned file sink {self.ctx.operator_name!r} keeps no keyed state")
         partitions = (state or {}).get("partitions") or {}
+        lineage = (state or {}).get("lineage")
+        if lineage is not None and lineage != self.lineage:  # go on with the files of the restored job
+            self.lineage = lineage
+            probe = self._child("probe")
+            self.children.clear()
+            self._own = probe._own
         with self._lock:
             for rel, child_state in partitions.items():
                 self._child(rel).restore_state(None, child_state, checkpoint_id)
