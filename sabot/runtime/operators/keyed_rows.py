@@ -151,6 +151,9 @@ class KeyedRows:
     def take(self, rows, columns=None):
         """The rows ``rows`` (row ids, any order) of ``columns`` (all by default), in that order."""
         rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0 or not self.segments:
+            schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
+            return schema.empty_table()
         if len(self.segments) == 1:
             t = self.segments[0][1]
             return (t if columns is None else t.select(columns)).take(pa.array(rows))
@@ -165,9 +168,6 @@ class KeyedRows:
             t = self.segments[k][1]
             t = t if columns is None else t.select(columns)
             parts.append(t.take(pa.array(rows[order[a:b]] - starts[k])))
-        if not parts:
-            schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
-            return schema.empty_table()
         gathered = pa.concat_tables(parts).combine_chunks() if len(parts) > 1 else parts[0]
         if len(parts) == 1 or np.all(order[1:] > order[:-1]):
             return gathered

@@ -240,3 +240,18 @@ def test_a_self_join_reads_its_input_twice():
     expected = duck("SELECT a.k, a.t, a.a, b.k AS k_2, b.t AS t_2, b.a AS a_2 FROM l a JOIN l b ON a.k = b.k", l=lt)
     assert_tables_equal(got, expected.cast(got.schema))
     assert np.all(got["k"].to_numpy() == got["k_2"].to_numpy())
+
+
+def test_held_rows_survive_every_row_dying():
+    from sabot.runtime.operators.keyed_rows import KeyedRows
+
+    rows = KeyedRows({"flag": bool})
+    for start in range(0, 3000, 500):  # several segments
+        t = pa.table({"k": pa.array(range(start, start + 500), pa.int64())})
+        rows.append(t, np.arange(start, start + 500, dtype=np.uint64))
+    assert rows.take([2999, 0, 1500]).column("k").to_pylist() == [2999, 0, 1500]
+    rows.kill(np.arange(3000))  # every row dead: compacts to nothing
+    assert rows.num_alive == 0 and rows.take([]).num_rows == 0 and rows.alive_table() is None
+    rows.append(pa.table({"k": pa.array([7], pa.int64())}), np.array([7], dtype=np.uint64))
+    p, r = rows.probe(np.array([7, 8], dtype=np.uint64))
+    assert p.tolist() == [0] and rows.take(r).column("k").to_pylist() == [7]
