@@ -13,7 +13,6 @@ SEEN = []
 
 
 def reset(start_ms=1_000):
-    global CLOCK
     CLOCK._now = start_ms
     GATE.clear()
     SEEN.clear()

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sabot.errors import OperatorError
 from sabot.execution.operator_spec import decode_expression, decode_schema, expression_columns, join_output_names

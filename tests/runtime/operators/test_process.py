@@ -7,7 +7,7 @@ import sys
 
 import pyarrow as pa
 import pytest
-from harness import feed, finish, main_rows, make_op, restore_midway
+from harness import feed, main_rows, make_op, restore_midway
 
 from sabot import Stream
 from sabot.execution.operator_spec import encode_schema
