@@ -178,3 +178,30 @@ def test_late_records_reach_their_own_sink_and_only_it():
         ["k", "window_start"]).aggregate([([], "count_all")])
     assert sorted(zip(main["k"].to_pylist(), main["window_start"].to_pylist(), main["count"].to_pylist())) == sorted(
         zip(expected["k"].to_pylist(), expected["window_start"].to_pylist(), expected["count_all"].to_pylist()))
+
+
+def test_a_listing_that_races_a_directory_being_created_is_tried_again(tmp_path):
+    import pyarrow.fs as pafs
+
+    from sabot.runtime.operators.sinks import list_directory
+
+    local = pafs.LocalFileSystem()
+
+    class Racy:
+        """Fails a listing once, as pyarrow's allow_not_found does while another subtask
+        creates the directory (seen: 'Cannot list directory ... No such file')."""
+
+        failures = 0
+
+        def get_file_info(self, what):
+            if isinstance(what, pafs.FileSelector) and not self.failures:
+                self.failures += 1
+                raise FileNotFoundError(f"Cannot list directory '{what.base_dir}'")
+            return local.get_file_info(what)
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("")
+    racy = Racy()
+    assert [i.base_name for i in list_directory(racy, str(tmp_path / "x"))] == ["f"]  # listed again
+    assert racy.failures == 1
+    assert list_directory(Racy(), str(tmp_path / "missing")) == []

@@ -35,7 +35,7 @@ import pyarrow.fs as pafs
 from sabot.errors import OperatorError
 from sabot.runtime.operators.base import TaskContext, register
 from sabot.runtime.operators.keyed_state import group_ids
-from sabot.runtime.operators.sinks import FileSink, _Sink
+from sabot.runtime.operators.sinks import FileSink, _Sink, list_directory
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class PartitionedFileSink(_Sink):
         """Delete this subtask's files in partition directories the checkpoint does not know."""
         root = self.path.rstrip("/")
         root = pafs.FileSystem.from_uri(root)[1] if "://" in root else os.path.abspath(root)
-        infos = self.fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        infos = list_directory(self.fs, root, recursive=True)
         removed = 0
         for info in infos:
             if info.type != pafs.FileType.File or not self._own.match(info.base_name):

@@ -154,7 +154,7 @@ def check_output_directory(fs, directory, lineage, mode):
         return f"unknown mode {mode!r}; expected one of {OUTPUT_MODES}"
     if mode != "error":
         return None
-    infos = fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+    infos = list_directory(fs, directory)
     marker = _read_marker(fs, directory)
     if marker is not None and marker.get("lineage") != lineage:
         return (f"{directory} holds the output of job {marker.get('job_id')}; "
@@ -167,6 +167,22 @@ def check_output_directory(fs, directory, lineage, mode):
                 f"{' ...' if len(foreign) > 3 else ''}); write to another directory, or pass mode='overwrite' "
                 "to replace them or mode='append' to add to them")
     return None
+
+
+def list_directory(fs, directory, recursive=False):
+    """The entries of ``directory`` ([] when it does not exist).
+
+    pyarrow's ``allow_not_found`` is not atomic: while another subtask creates the directory
+    (or its parent) the listing can still fail with FileNotFoundError, so a failed listing of
+    a directory that exists is tried again.
+    """
+    for _ in range(5):
+        try:
+            return fs.get_file_info(pafs.FileSelector(directory, recursive=recursive, allow_not_found=True))
+        except FileNotFoundError:
+            if fs.get_file_info(directory).type == pafs.FileType.NotFound:
+                return []
+    return fs.get_file_info(pafs.FileSelector(directory, recursive=recursive, allow_not_found=True))
 
 
 def _read_marker(fs, directory):
@@ -186,7 +202,7 @@ def claim_output_directory(fs, directory, lineage, mode, job_id):
     if marker is not None and marker.get("lineage") == lineage:
         return
     if mode == "overwrite":
-        for info in fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True)):
+        for info in list_directory(fs, directory):
             if info.type == pafs.FileType.File and _part_lineage(info.base_name) not in (None, lineage):
                 try:
                     fs.delete_file(info.path)
@@ -463,7 +479,7 @@ class FileSink(_Sink):
 
     def _discard_uncovered(self, checkpoint_id):
         """Delete this subtask's files that checkpoint ``checkpoint_id`` does not cover."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self.dir, allow_not_found=True))
+        infos = list_directory(self.fs, self.dir)
         keep = set(self.committed)
         removed = []
         for info in infos:
@@ -515,7 +531,7 @@ class FileSink(_Sink):
                 self._commit(self.pending.pop(c), c)
             self._commit(self.closed, "end-of-input")
             self.closed = []
-            for info in self.fs.get_file_info(pafs.FileSelector(self.dir, allow_not_found=True)):
+            for info in list_directory(self.fs, self.dir):
                 m = self._own.match(info.base_name)
                 if m and m.group(2) is not None and int(m.group(2)) != self.ctx.attempt:
                     try:
