@@ -122,7 +122,9 @@ def test_big_submissions_beside_a_running_job_leave_it_running(tmp_path):
         assert info["state"] == "RUNNING" and info["restarts"] == 0
         assert len(cluster.coordinator.nodes) == 2 and not cluster.coordinator.registry.lost
         lag = client.overview()["loop_lag"]
-        assert lag["max_ms"] < 1000, lag  # expanded, checked and serialised off the loop (8.9 s held before)
+        # expanded, checked and serialised off the loop: 8.9 s held before; well under 1 s on a quiet
+        # machine, up to ~2 s seen at load average 6 (the bound is about the loop, not speed)
+        assert lag["max_ms"] < 3000, lag
         cluster.cancel(other)
 
 
