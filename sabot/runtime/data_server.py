@@ -2,13 +2,16 @@
 
 Channels whose two ends live in this process are in-process queues
 (:class:`~sabot.runtime.channels.LocalOutputChannel`); others are TCP connections to
-the receiving process's DataServer (:mod:`sabot.runtime.network`).
+the receiving process's DataServer (:mod:`sabot.runtime.network`), whose large batches
+go through shared memory when both processes are on one host (:mod:`sabot.runtime.shm`).
 """
 
 import asyncio
 import logging
+import os
 
 from sabot.runtime import network
+from sabot.runtime import shm as _shm  # the name shm is DataServer's switch
 from sabot.runtime.channels import (
     ChannelClosed,
     DuplicateChannel,
@@ -21,6 +24,17 @@ from sabot.runtime.channels import (
 log = logging.getLogger(__name__)
 
 __all__ = ["DataServer"]
+
+#: environment switch: ``SABOT_SHM=0`` keeps every channel on TCP (both directions)
+SHM_ENV = "SABOT_SHM"
+#: default ring per channel: address space; only the pages batches in flight use are backed
+DEFAULT_SHM_RING_BYTES = 64 << 20
+#: default smallest batch (IPC bytes) sent through the ring; below it a TCP frame is cheaper
+DEFAULT_SHM_MIN_BYTES = 64 << 10
+
+
+_MIN_RING = _shm.HEADER_BYTES + _shm.PAGE
+_MAX_RING = _shm.MAX_RING_BYTES
 
 
 def _job_of(channel_id):
@@ -41,12 +55,32 @@ class DataServer:
             (:mod:`sabot.runtime.network`). b"": a cluster without a secret.
         server_ssl, client_ssl: ``ssl.SSLContext`` for the listener and for connections
             to other data servers (TLS); None: plain TCP.
+        shm: offer (as a sender) and accept (as a receiver) shared-memory rings for
+            channels between processes of one host; None: on where the platform has
+            ``memfd_create`` unless ``$SABOT_SHM`` is ``0``. TLS settings do not apply to
+            what goes through shared memory: it never leaves the host.
+        shm_ring_bytes: size of each sending channel's ring (virtual: pages are backed
+            as batches use them); it bounds what batches a receiver keeps may pin, after
+            which batches go over TCP.
+        shm_min_bytes: batches whose IPC form is smaller go over TCP.
     """
 
     def __init__(self, host="127.0.0.1", credits=8, *, connect_timeout=10.0, key=b"", server_ssl=None,
-                 client_ssl=None):
+                 client_ssl=None, shm=None, shm_ring_bytes=DEFAULT_SHM_RING_BYTES,
+                 shm_min_bytes=DEFAULT_SHM_MIN_BYTES):
         if not isinstance(key, bytes):
             raise TypeError(f"key must be bytes, got {type(key).__name__}")
+        if shm is None:
+            shm = os.environ.get(SHM_ENV, "1") != "0"
+        self.shm = bool(shm) and _shm.AVAILABLE
+        if isinstance(shm_ring_bytes, bool) or not isinstance(shm_ring_bytes, int) \
+                or shm_ring_bytes % _shm.PAGE or not _MIN_RING <= shm_ring_bytes <= _MAX_RING:
+            raise ValueError(f"shm_ring_bytes must be a multiple of {_shm.PAGE} between {_MIN_RING} and "
+                             f"{_MAX_RING}, got {shm_ring_bytes!r}")
+        if isinstance(shm_min_bytes, bool) or not isinstance(shm_min_bytes, int) or shm_min_bytes < 0:
+            raise ValueError(f"shm_min_bytes must be an int >= 0, got {shm_min_bytes!r}")
+        self.shm_ring_bytes = shm_ring_bytes
+        self.shm_min_bytes = shm_min_bytes
         self.host = host
         self.key = key
         self.server_ssl = server_ssl
