@@ -111,6 +111,10 @@ _SMALL_FRAME_LIMIT = 1 << 16  # HELLO, EVENT, CREDIT, ERROR, CLOSE payloads
 HANDSHAKE_TIMEOUT_S = 5.0
 _NONCE = 16
 _MAC = 32
+#: the stage before authentication: one header and an AUTH frame, the largest handshake frame
+_HANDSHAKE_STAGE = HEADER.size + _NONCE + _MAC
+#: the stage after it (bytes a read may take in while no large payload is being read)
+_STAGE_BYTES = 1 << 16
 _FIXED_SIZES = {CHALLENGE: _NONCE, AUTH: _NONCE + _MAC, AUTH_OK: _MAC, SHM_OFFER: shm.OFFER.size,
                 SHM_ACCEPT: 16, SHM_BATCH: shm.DOORBELL.size, SHM_STREAM: shm.DOORBELL.size}
 
@@ -151,12 +155,22 @@ def _as_bytes_view(buf):
 
 
 class _FrameProtocol(asyncio.BufferedProtocol):
-    """Reads frames with ``recv_into`` directly into each frame's own buffer."""
+    """Reads frames with ``recv_into``: small ones many at a time, large payloads in place.
+
+    Bytes arrive in a staging buffer, so one read takes in every small frame waiting
+    (credits, doorbells, events) instead of a read per header and per payload. A
+    payload too big for the stage gets its own (64-byte aligned) Arrow buffer: what of
+    it is already staged is copied there and the rest is read straight into it. Until
+    the peer has authenticated, the stage holds exactly one header and the largest
+    handshake frame.
+    """
 
     def __init__(self):
         self.transport = None
-        self._header = bytearray(HEADER.size)
-        self._header_view = memoryview(self._header)
+        self._stage = bytearray(_HANDSHAKE_STAGE)
+        self._stage_view = memoryview(self._stage)
+        self._start = 0  # first byte of the stage not yet parsed
+        self._end = 0  # end of the bytes read into the stage
         self._kind = 0
         self._body = None
         self._body_view = None
@@ -165,43 +179,34 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self._scratch = None
         self._eof_sent = False
 
+    def _grow_stage(self):
+        """The peer authenticated: stage many frames per read from now on."""
+        if len(self._stage) < _STAGE_BYTES:
+            stage = bytearray(_STAGE_BYTES)
+            pending = self._end - self._start
+            stage[:pending] = self._stage_view[self._start:self._end]
+            self._stage, self._stage_view = stage, memoryview(stage)
+            self._start, self._end = 0, pending
+
     def get_buffer(self, sizehint):
         if self._broken:  # read and drop whatever else the peer sends
             if self._scratch is None:
                 self._scratch = memoryview(bytearray(1 << 16))
             return self._scratch
         if self._body_view is None:
-            return self._header_view[self._pos:]
+            return self._stage_view[self._end:]
         return self._body_view[self._pos:]
 
     def buffer_updated(self, nbytes):
         if self._broken:
             return
-        self._pos += nbytes
         try:
             if self._body_view is None:
-                if self._pos < HEADER.size:
-                    return
-                kind, length = HEADER.unpack(self._header)
-                self._pos = 0
-                if kind not in KIND_NAMES:
-                    raise ChannelProtocolError(f"unknown frame kind {kind} (known: {sorted(KIND_NAMES)})")
-                if kind in _FIXED_SIZES and length != _FIXED_SIZES[kind]:
-                    raise ChannelProtocolError(f"{KIND_NAMES[kind]} frame of {length} bytes, expected "
-                                               f"{_FIXED_SIZES[kind]}")
-                limit = MAX_FRAME_BYTES if kind in (SCHEMA, BATCH, STREAM) else _SMALL_FRAME_LIMIT
-                if length > limit:
-                    raise ChannelProtocolError(
-                        f"{KIND_NAMES[kind]} frame of {length} bytes exceeds the limit of {limit} bytes"
-                    )
-                self._check_header(kind, length)  # before anything is allocated for the payload
-                if length == 0:
-                    self._frame(kind, _EMPTY)
-                    return
-                self._kind = kind
-                self._body = pa.allocate_buffer(length)
-                self._body_view = memoryview(self._body).cast("B")
-            elif self._pos == len(self._body_view):
+                self._end += nbytes
+                self._parse_stage()
+                return
+            self._pos += nbytes
+            if self._pos == len(self._body_view):
                 kind, body = self._kind, self._body
                 self._body = self._body_view = None
                 self._pos = 0
@@ -209,6 +214,51 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         except Exception as exc:  # a bad frame must not escape into the event loop
             self._broken = True
             self._protocol_error(exc)
+
+    def _parse_stage(self):
+        while not self._broken and self._body_view is None:
+            start, end = self._start, self._end
+            if end - start < HEADER.size:
+                break
+            kind, length = HEADER.unpack_from(self._stage, start)
+            self._check_frame(kind, length)  # before anything is allocated for the payload
+            at = start + HEADER.size
+            staged = end - at
+            if length <= staged:
+                self._start = at + length
+                if length == 0:
+                    body = _EMPTY
+                else:
+                    body = pa.allocate_buffer(length)
+                    memoryview(body).cast("B")[:] = self._stage_view[at:at + length]
+                self._frame(kind, body)
+            elif HEADER.size + length > len(self._stage):  # its own buffer, read into in place
+                body = pa.allocate_buffer(length)
+                view = memoryview(body).cast("B")
+                view[:staged] = self._stage_view[at:end]
+                self._kind, self._body, self._body_view, self._pos = kind, body, view, staged
+                self._start = self._end = 0
+            else:
+                break  # the rest of a small frame is on its way
+        start, end = self._start, self._end
+        if start == end:
+            self._start = self._end = 0
+        elif start:  # keep the partial frame at the front: the stage always has room for it
+            self._stage_view[:end - start] = self._stage_view[start:end]
+            self._start, self._end = 0, end - start
+
+    def _check_frame(self, kind, length):
+        if kind not in KIND_NAMES:
+            raise ChannelProtocolError(f"unknown frame kind {kind} (known: {sorted(KIND_NAMES)})")
+        if kind in _FIXED_SIZES and length != _FIXED_SIZES[kind]:
+            raise ChannelProtocolError(f"{KIND_NAMES[kind]} frame of {length} bytes, expected "
+                                       f"{_FIXED_SIZES[kind]}")
+        limit = MAX_FRAME_BYTES if kind in (SCHEMA, BATCH, STREAM) else _SMALL_FRAME_LIMIT
+        if length > limit:
+            raise ChannelProtocolError(
+                f"{KIND_NAMES[kind]} frame of {length} bytes exceeds the limit of {limit} bytes"
+            )
+        self._check_header(kind, length)
 
     def _write_frame(self, kind, payload=b""):
         transport = self.transport
@@ -314,6 +364,7 @@ class ReceiverProtocol(_FrameProtocol):
                 raise ChannelProtocolError("the sender does not know the cluster secret")
             self.authenticated = True
             self._handshake_timer.cancel()
+            self._grow_stage()
             self._write_frame(AUTH_OK, _mac(self.server.key, b"receiver", nonce, self._nonce))
             return
         ch = self.channel
@@ -506,6 +557,7 @@ class SenderProtocol(_FrameProtocol):
                                        _mac(self.key, b"receiver", self._nonce, self._server_nonce)):
                 raise ChannelProtocolError("the receiving data server does not know the cluster secret")
             self.authenticated.set_result(None)
+            self._grow_stage()
             return
         if kind == CREDIT:
             if body.size != CREDIT_BODY.size:
