@@ -7,10 +7,13 @@ Measures, in one process and one run:
     authenticated with the cluster key), sender and receiver on the same event loop, so
     one core does both ends;
   * (c) the same over TLS (certificates made with trustme), interleaved with (b): the
-    cost of TLS is the ratio of the two.
-All run on the default asyncio loop and on uvloop. Figures are GB/s of
-``RecordBatch.nbytes`` and batches/s (median of ``--repeat`` interleaved runs), and the
-ratio to the memory copy.
+    cost of TLS is the ratio of the two;
+  * (d) between two processes of this host (a receiving DataServer in a child process):
+    through shared memory (the same-host ring, doorbells over TCP), interleaved with
+    (e) plain TCP between the same two processes (shared memory switched off).
+(b) and (c) keep shared memory off. All run on the default asyncio loop and on uvloop.
+Figures are GB/s of ``RecordBatch.nbytes`` and batches/s (median of ``--repeat``
+interleaved runs), and the ratio to the memory copy.
 
     python bench/bench_channels.py            # ~1 GiB per measurement
     python bench/bench_channels.py --quick    # 64 MiB
@@ -19,6 +22,7 @@ ratio to the memory copy.
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,10 +41,10 @@ ROWS = 64 * 1024
 POOL = 16  # distinct batches cycled through, so the data set need not be held in memory
 
 
-def make_batches():
+def make_batches(rows=ROWS):
     rng = np.random.default_rng(0)
     return [
-        pa.record_batch({"k": rng.integers(0, 1 << 40, ROWS), "v": rng.random(ROWS)})
+        pa.record_batch({"k": rng.integers(0, 1 << 40, rows), "v": rng.random(rows)})
         for _ in range(POOL)
     ]
 
@@ -75,11 +79,14 @@ def tls_contexts():
     return tls.server_context(), tls.client_context()
 
 
+KEY = b"bench-key" * 4
+
+
 async def pump(batches, count, tcp, credits, tls=None):
     server_ssl, client_ssl = tls or (None, None)
-    key = b"bench-key" * 4
-    rx = DataServer(credits=credits, key=key, server_ssl=server_ssl)
-    tx = DataServer(key=key, client_ssl=client_ssl)
+    key = KEY
+    rx = DataServer(credits=credits, key=key, server_ssl=server_ssl, shm=False)
+    tx = DataServer(key=key, client_ssl=client_ssl, shm=False)
     try:
         if tcp:
             host, port = await rx.start()
@@ -105,11 +112,86 @@ async def pump(batches, count, tcp, credits, tls=None):
                 break
         await producer
         elapsed = time.perf_counter() - start
-        assert rows == count * ROWS, (rows, count * ROWS)
+        assert rows == count * batches[0].num_rows, (rows, count)
         return elapsed, dict(out.metrics), dict(inp.metrics)
     finally:
         if tx is not rx:
             await tx.stop()
+        await rx.stop()
+
+
+class Peer:
+    """A child process running a receiving DataServer on ``loop_kind``: the other end of (d) and (e)."""
+
+    def __init__(self, loop_kind, credits):
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--peer", loop_kind,
+                                      "--credits", str(credits)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.address = ("127.0.0.1", int(self.proc.stdout.readline()))
+        self.runs = 0
+
+    def expect(self):
+        """Tell the child to read the next channel; returns its id."""
+        self.runs += 1
+        channel_id = f"bench-{self.runs}"
+        self.proc.stdin.write(channel_id + "\n")
+        self.proc.stdin.flush()
+        return channel_id
+
+    def result(self):
+        rows, shm_batches = map(int, self.proc.stdout.readline().split())
+        return rows, shm_batches
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+async def pump_to_peer(batches, count, peer, use_shm, shm_min_bytes=0):
+    tx = DataServer(key=KEY, shm=use_shm, shm_min_bytes=shm_min_bytes)
+    try:
+        channel_id = peer.expect()
+        out = await tx.output_channel(channel_id, *peer.address)
+        assert out.shared_memory == use_shm, "the shared-memory offer was not taken"
+        start = time.perf_counter()
+        for i in range(count):
+            await out.send(batches[i % POOL])
+        await out.send(events.EndOfStream())
+        await out.close()  # returns once the receiver has read everything and closed its end
+        elapsed = time.perf_counter() - start
+        metrics = dict(out.metrics)
+    finally:
+        await tx.stop()
+    rows, shm_batches = peer.result()
+    assert rows == count * batches[0].num_rows, (rows, count)
+    assert shm_batches == (count if use_shm else 0), shm_batches
+    return elapsed, metrics, {"peak_buffered_bytes": 0}
+
+
+async def serve_peer(credits):
+    """The child's side: receive each channel the parent names, count rows, report."""
+    rx = DataServer(credits=credits, key=KEY)
+    host, port = await rx.start()
+    print(port, flush=True)
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            channel_id = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+            if not channel_id:
+                return
+            inp = rx.input_channel(channel_id)
+            rows = 0
+            while True:
+                item = await inp.recv()
+                if isinstance(item, pa.RecordBatch):
+                    rows += item.num_rows
+                    del item  # frees the ring's region at once
+                else:
+                    break
+            shm_batches = inp.metrics.get("shm_batches_received", 0)
+            rx.release(channel_id)
+            print(rows, shm_batches, flush=True)
+    finally:
         await rx.stop()
 
 
@@ -124,7 +206,17 @@ def main():
     parser.add_argument("--quick", action="store_true", help="64 MiB instead of ~1 GiB per measurement")
     parser.add_argument("--credits", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of TCP and TLS (median)")
+    parser.add_argument("--threshold", action="store_true",
+                        help="only shared memory against TCP between two processes by batch size (uvloop): "
+                             "where DataServer.shm_min_bytes should lie")
+    parser.add_argument("--peer", choices=("asyncio", "uvloop"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peer:
+        run_on(args.peer, serve_peer(args.credits))
+        return
+    if args.threshold:
+        threshold(args)
+        return
 
     batches = make_batches()
     batch_bytes = batches[0].nbytes
@@ -154,6 +246,44 @@ def main():
             spread = (ordered[-1][0] - ordered[0][0]) / elapsed * 100
             report(f"{label} channel [{loop_kind}]", total, count, base, elapsed, out_m, in_m, spread)
         print(f"{'  TLS / TCP throughput':34s} {medians['tcp'] / medians['tls']:7.2f}x")
+        peer = Peer(loop_kind, args.credits)
+        try:
+            run_on(loop_kind, pump_to_peer(batches, min(count, 32), peer, True))  # warm up both processes
+            runs = {"shm": [], "tcp2": []}
+            for _ in range(args.repeat):
+                for mode in ("shm", "tcp2"):
+                    runs[mode].append(run_on(loop_kind, pump_to_peer(batches, count, peer, mode == "shm")))
+        finally:
+            peer.close()
+        for mode, label in (("shm", "shared memory, 2 processes"), ("tcp2", "tcp, 2 processes")):
+            ordered = sorted(runs[mode], key=lambda r: r[0])
+            elapsed, out_m, in_m = ordered[len(ordered) // 2]
+            medians[mode] = elapsed
+            spread = (ordered[-1][0] - ordered[0][0]) / elapsed * 100
+            report(f"{label} [{loop_kind}]", total, count, base, elapsed, out_m, in_m, spread)
+        print(f"{'  shared memory / TCP (2 processes)':34s} {medians['tcp2'] / medians['shm']:7.2f}x")
+
+
+def threshold(args):
+    """Shared memory against TCP between two processes, by batch size: time per batch."""
+    peer = Peer("uvloop", args.credits)
+    try:
+        print(f"{'batch (IPC bytes)':>18s} {'shm us/batch':>13s} {'tcp us/batch':>13s} {'tcp/shm time':>13s}")
+        for rows in (16, 64, 128, 256, 512, 1024, 4096, 16384, 65536):
+            batches = make_batches(rows)
+            size = pa.ipc.get_record_batch_size(batches[0])
+            count = max(64, min(20_000, (256 << 20) // size))
+            if args.quick:
+                count //= 4
+            run_on("uvloop", pump_to_peer(batches, min(count, 64), peer, True))  # warm up
+            runs = {"shm": [], "tcp": []}
+            for _ in range(args.repeat):
+                for mode in ("shm", "tcp"):
+                    runs[mode].append(run_on("uvloop", pump_to_peer(batches, count, peer, mode == "shm"))[0])
+            shm_t, tcp_t = (sorted(runs[m])[len(runs[m]) // 2] / count * 1e6 for m in ("shm", "tcp"))
+            print(f"{size:>18,d} {shm_t:13.1f} {tcp_t:13.1f} {tcp_t / shm_t:12.2f}x")
+    finally:
+        peer.close()
 
 
 def report(name, total, count, base, elapsed, out_m, in_m, spread=None):

@@ -29,8 +29,10 @@ __all__ = ["DataServer"]
 SHM_ENV = "SABOT_SHM"
 #: default ring per channel: address space; only the pages batches in flight use are backed
 DEFAULT_SHM_RING_BYTES = 64 << 20
-#: default smallest batch (IPC bytes) sent through the ring; below it a TCP frame is cheaper
-DEFAULT_SHM_MIN_BYTES = 64 << 10
+#: default smallest batch (IPC bytes) sent through the ring. Measured between two processes
+#: (``bench/bench_channels.py --threshold``): TCP is as fast or faster up to ~2 KiB, the ring
+#: faster from ~4 KiB (1.2x at 4-16 KiB, 2x at 64 KiB, 4x at 1 MiB); 8 KiB keeps a margin.
+DEFAULT_SHM_MIN_BYTES = 8 << 10
 
 
 _MIN_RING = _shm.HEADER_BYTES + _shm.PAGE
