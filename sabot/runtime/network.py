@@ -437,8 +437,11 @@ class ReceiverProtocol(_FrameProtocol):
             log.warning("data connection from %s refused: %s", self._peer_text(), exc)
             self._drop()
             return
+        self.ring = None
         if isinstance(exc, SabotError):
-            err = exc
+            # kept by the channel until it is released: without the frames of the bad frame's
+            # handling (they hold the ring's mapping, and the sender's bytes)
+            err = exc.with_traceback(None)
         else:
             err = ChannelProtocolError(
                 f"{self._describe()}: bad data from the sender: {type(exc).__name__}: {exc}", self.channel_id

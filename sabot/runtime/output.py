@@ -156,7 +156,11 @@ class Outputs:
 
     @property
     def wire_bytes_sent(self) -> int:
-        return sum(ch.metrics.get("wire_bytes_sent", 0) for edge in self.edges for ch in edge.channels)
+        return self.channel_total("wire_bytes_sent")
+
+    def channel_total(self, metric) -> int:
+        """A channel metric summed over every output channel (0 where a channel lacks it)."""
+        return sum(ch.metrics.get(metric, 0) for edge in self.edges for ch in edge.channels)
 
     def clear(self) -> None:
         self.edges = []

@@ -281,7 +281,9 @@ class ReceiverRing:
             raise ChannelProtocolError(f"doorbell names slot {slot}; the ring has {NSLOTS}")
         if offset % MESSAGE_ALIGN:
             raise ChannelProtocolError(f"doorbell offset {offset} is not a multiple of {MESSAGE_ALIGN}")
-        if length == 0 or offset > self.data_size or length > self.data_size - offset:
+        if length == 0:
+            raise ChannelProtocolError("doorbell names an empty region")
+        if offset > self.data_size or length > self.data_size - offset:
             raise ChannelProtocolError(f"doorbell names bytes [{offset}, {offset + length}) outside the ring's "
                                        f"data area of {self.data_size} bytes")
         self._next_seq += 1

@@ -229,6 +229,12 @@ class Task:
         # bytes that crossed a network connection (0 for in-process channels)
         self.metrics["wire_bytes_received"] = sum(ch.metrics.get("wire_bytes_received", 0) for ch in self.inputs)
         self.metrics["wire_bytes_sent"] = self.outputs.wire_bytes_sent
+        # batches (and their IPC bytes) that crossed to or from another process of this host through
+        # a shared-memory ring instead of the connection
+        for name in ("shm_batches_received", "shm_bytes_received"):
+            self.metrics[name] = sum(ch.metrics.get(name, 0) for ch in self.inputs)
+        for name in ("shm_batches_sent", "shm_bytes_sent"):
+            self.metrics[name] = self.outputs.channel_total(name)
 
     async def _run(self):
         try:
