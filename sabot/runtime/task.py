@@ -335,6 +335,7 @@ class Task:
                     max_ts = batch_max
                     if watermark is None or max_ts - out_of_orderness > watermark:
                         watermark = max_ts - out_of_orderness
+                        self.metrics["watermark"] = watermark
                         await self.outputs.broadcast(events.Watermark(watermark))
         self.source_done = True
         self.rescale.source_ended()
@@ -411,6 +412,7 @@ class Task:
     async def _advance_event_time(self, watermark):
         if watermark is None:
             return
+        self.metrics["watermark"] = watermark  # reported, so the dashboard shows event time
         await self._process(self.operator.on_watermark, watermark)
         await self.outputs.broadcast(events.Watermark(watermark))
 
