@@ -141,7 +141,17 @@ class CheckpointRecord:
             "num_acks": self.num_acks,
             "expected": self.expected,
             "failure_reason": self.failure_reason,
+            "operator_sizes": self.operator_sizes(),
         }
+
+    def operator_sizes(self) -> dict:
+        """Bytes of state per operator id, from the acknowledged state handles."""
+        sizes: dict = {}
+        for handle in self.handles:
+            if isinstance(handle, Mapping) and handle.get("operator_id") is not None:
+                op = handle["operator_id"]
+                sizes[op] = sizes.get(op, 0) + int(handle.get("size_bytes") or 0)
+        return sizes
 
 
 def _task_table(tasks, what: str) -> dict:

@@ -69,7 +69,8 @@ def test_completes_only_when_every_task_acked(cc, clock):
     cc.trigger()
     per_task = {"src-0": (100, 0.0, 3.0), "src-1": (150, 0.5, 4.0), "map-0": (1000, 12.5, 30.0),
                 "sink-0": (7, 2.0, 8.0)}
-    handles = {t: [{"path": f"{t}.arrow"}] for t in TASKS}
+    handles = {t: [{"path": f"{t}.arrow", "operator_id": t.split("-")[0], "size_bytes": per_task[t][0]}]
+               for t in TASKS}
     for i, t in enumerate(TASKS):
         clock.advance(0.010)
         size, align, dur = per_task[t]
@@ -90,7 +91,8 @@ def test_completes_only_when_every_task_acked(cc, clock):
     (entry,) = cc.history()
     assert entry == {"id": 1, "state": "COMPLETED", "trigger_time": 1_700_000_000.0,
                      "duration_ms": pytest.approx(40.0), "size_bytes": 1257, "alignment_ms": 12.5,
-                     "max_task_duration_ms": 30.0, "num_acks": 4, "expected": 4, "failure_reason": None}
+                     "max_task_duration_ms": 30.0, "num_acks": 4, "expected": 4, "failure_reason": None,
+                     "operator_sizes": {"src": 250, "map": 1000, "sink": 7}}
     assert cc.counts["completed"] == 1 and cc.counts["in_progress"] == 0
 
 
