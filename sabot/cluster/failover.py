@@ -170,7 +170,7 @@ class Failover:
         previous = previous[0] if previous is not None else None
         if previous is not None and not previous.done():
             previous.cancel()
-        task = self.spawn(self._restart(job, decision, message, previous))
+        task = self.spawn(self._restart(job, decision, message, previous, failing_task=first))
         self._restarts[job.job_id] = (task, decision.task_ids)
 
     async def cancel(self, job) -> None:
@@ -187,7 +187,7 @@ class Failover:
 
     # -- the restart --------------------------------------------------------------------------
 
-    async def _restart(self, job, decision, cause, previous=None):
+    async def _restart(self, job, decision, cause, previous=None, failing_task=None):
         started = self.clock.now()
         ids = decision.task_ids
         graph = job.exec_graph
@@ -227,7 +227,7 @@ class Failover:
             if checkpoint is not None:
                 job.restored_from = {"job_id": job.job_id, "checkpoint_id": checkpoint.checkpoint_id,
                                      "path": checkpoint.path, "at": self.clock.wall()}
-            entry = {"restart": job.restarts, "cause": cause, "tasks": len(ids),
+            entry = {"restart": job.restarts, "cause": cause, "task_id": failing_task, "tasks": len(ids),
                      "checkpoint_id": checkpoint.checkpoint_id if checkpoint is not None else None,
                      "skipped_checkpoints": [s["reason"] for s in skipped], "seconds": None,
                      "time": self.clock.wall()}
