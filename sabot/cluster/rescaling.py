@@ -53,7 +53,7 @@ _ids = itertools.count(1)
 class RescaleRecord:
     """One live rescale or rebalance of one operator, as the job detail shows it."""
 
-    def __init__(self, rescale_id, job_id, operator_id, operator_name, kind, plan, wall_now):
+    def __init__(self, rescale_id, job_id, operator_id, operator_name, kind, plan, wall_now, requested_at=None):
         self.rescale_id = rescale_id
         self.job_id = job_id
         self.operator_id = operator_id
@@ -71,6 +71,14 @@ class RescaleRecord:
         self.imbalance_after = None
         self.moved_key_groups = None
         self.frontier = None  # a source rescale: first unit left to the new tasks
+        # the timeline (wall clock): asked for, new tasks deployed, upstream routing
+        # switched to them, every old task's state handed over
+        self.requested_at = wall_now if requested_at is None else requested_at
+        self.deployed_at = None
+        self.switched_at = None
+        self.handoffs_at = {}  # old task id -> when its state handoff was reported
+        self.assignment_before = None  # key group -> subtask, of a keyed operator
+        self.assignment_after = None
         self.done = asyncio.Event()
 
     @property
@@ -81,6 +89,26 @@ class RescaleRecord:
         if not last or not first:
             return None
         return max(0.0, (min(first) - max(last)) * 1e3)
+
+    def timeline(self):
+        """The steps of the move in order, each with its wall time and ms since it was requested.
+
+        A step not reached (yet) has ``at`` None. ``resumed`` is the first record the
+        new tasks processed.
+        """
+        first = min(self.new_first_record.values()) if self.new_first_record else None
+        steps = [
+            ("requested", self.requested_at),
+            ("deployed", self.deployed_at),
+            ("switched", self.switched_at),
+            ("state_moved", max(self.handoffs_at.values())
+             if self.handoffs_at and len(self.handoffs_at) == len(self.plan["old_task_ids"]) else None),
+            ("resumed", first),
+            ("completed", self.completed_at),
+        ]
+        return [{"step": step, "at": at,
+                 "offset_ms": None if at is None else round((at - self.requested_at) * 1e3, 3)}
+                for step, at in steps]
 
     def to_dict(self):
         total = None if self.completed_at is None else (self.completed_at - self.started_at) * 1e3
@@ -108,6 +136,9 @@ class RescaleRecord:
             "frontier": self.frontier,
             "source_paused_ms": max((m["source_paused_ms"] for m in self.old_done.values()
                                      if m.get("source_paused_ms") is not None), default=None),
+            "requested_at": self.requested_at,
+            "completed_at": self.completed_at,
+            "timeline": self.timeline(),
         }
 
 
@@ -230,6 +261,7 @@ class Rescaler:
             Conflict: the job is not RUNNING, another rescale goes on, or there are not
                 enough slots (the job keeps its parallelism).
         """
+        requested_at = self.clock.wall()
         job = self.get_job(job_id)
         node = self._check(job, operator_id, new_parallelism)
         await self._quiesce_checkpoints(job)
@@ -242,6 +274,7 @@ class Rescaler:
                 f"for {capacity} tasks of it; the job keeps running at parallelism {current}. Add workers or ask "
                 "for less")
         rescale_id = f"rescale-{next(_ids)}"
+        before = self.assignment_of(job, operator_id).tolist() if node.key_by else None
         plan = job.exec_graph.rescale_operator(operator_id, new_parallelism)
         job.demand = self.placer.demand(job.job_graph)
         new_tasks = [job.exec_graph.tasks[t] for t in plan["new_task_ids"]]
@@ -252,13 +285,17 @@ class Rescaler:
                        f"check promised ({capacity})")
             self.fail_job(job, message)
             raise Conflict(message)
-        record = RescaleRecord(rescale_id, job_id, operator_id, node.name, kind, plan, self.clock.wall())
+        record = RescaleRecord(rescale_id, job_id, operator_id, node.name, kind, plan, self.clock.wall(),
+                               requested_at=requested_at)
         self.records.setdefault(job_id, []).append(record)
         self.active[job_id] = record
         if assignment is not None:
             job.assignments[operator_id] = [int(x) for x in assignment]
         else:
             job.assignments.pop(operator_id, None)
+        if before is not None:
+            record.assignment_before = before
+            record.assignment_after = self.assignment_of(job, operator_id).tolist()
         if job.checkpointing is not None:
             job.checkpointing.tasks_changed("the job was rescaled")
         self.spawn(self._carry_out(job, record, assignment))
@@ -298,6 +335,7 @@ class Rescaler:
             errors = await self.deployer.deploy(job, list(msgs.deploy.values()))
             if errors:
                 raise errors[0]
+            record.deployed_at = self.clock.wall()
             if msgs.is_source:
                 await self._carry_out_source(job, record, msgs)
                 return
@@ -307,6 +345,7 @@ class Rescaler:
                 if self.active.get(job.job_id) is not record:
                     return  # given up meanwhile (a failure and restart): send nothing more
                 await asyncio.gather(*(self._control(m) for m in step.values()))
+            record.switched_at = self.clock.wall()
         except Exception as exc:
             if self.active.get(job.job_id) is not record:
                 return  # this rescale was already given up; the job has moved on
@@ -333,6 +372,7 @@ class Rescaler:
         resume = build_source_resume_messages(job.exec_graph, record.plan, record.rescale_id, record.frontier)
         await asyncio.gather(*(self._control(m) for step in ("source_finish", "source_start")
                                for m in resume[step].values()))
+        record.switched_at = self.clock.wall()
 
     async def _control(self, message):
         """Send a control message to the worker of the task it names; the worker's answer."""
@@ -362,6 +402,7 @@ class Rescaler:
         state = update.state
         if state == TaskState.FINISHED and update.handed_off:
             record.old_done[task_id] = update.metrics
+            record.handoffs_at[task_id] = self.clock.wall()
             task.apply_report(state)
             self.placer.release([task_id])
             if len(record.old_done) == len(record.plan["old_task_ids"]):
@@ -503,7 +544,8 @@ class Rescaler:
             rates += (counts - before[0]) / (at - before[1])
         return rates
 
-    def _assignment(self, job, op_id):
+    def assignment_of(self, job, op_id):
+        """The key-group table of an operator: key group -> subtask (numpy int32)."""
         current = job.assignments.get(op_id)
         if current is None:
             node = job.job_graph.operators[op_id]
@@ -520,7 +562,7 @@ class Rescaler:
             if kg is None or kg.sum() <= 0:
                 continue
             parallelism = job.exec_graph.parallelism_of(op_id)
-            current = self._assignment(job, op_id)
+            current = self.assignment_of(job, op_id)
             measured = imbalance(np.bincount(current, weights=kg, minlength=parallelism))
             auto.last_imbalance[node.name] = round(float(measured), 4)
             previous = [r for r in self.records.get(job.job_id, []) if r.operator_id == op_id and r.kind == "rebalance"]
