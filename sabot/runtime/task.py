@@ -137,6 +137,7 @@ class Task:
         self._future = None
         self._metrics_final = False  # the task ended: its channel figures are final
         self.ended_at = None  # time.monotonic() when the attempt reached a terminal state
+        self._idle_since = None  # perf_counter() when the current wait for input began
 
     @property
     def operator_name(self):
@@ -216,6 +217,8 @@ class Task:
         if not self._metrics_final:
             self._collect_channel_metrics()
         metrics = dict(self.metrics)
+        if self._idle_since is not None:  # a long wait counts as idle while it lasts, not only once it ends
+            metrics["idle_seconds"] += time.perf_counter() - self._idle_since
         counts = self.outputs.key_group_counts()
         if counts:
             metrics["key_group_counts"] = counts
@@ -365,8 +368,11 @@ class Task:
                 await self._process(self.operator.on_processing_time, now)
                 continue
             proc_timers.arm()
-            waited = time.perf_counter()
-            channel, item = await gate.next()
+            waited = self._idle_since = time.perf_counter()
+            try:
+                channel, item = await gate.next()
+            finally:
+                self._idle_since = None
             self.metrics["idle_seconds"] += time.perf_counter() - waited
             if self.rescale.pending:
                 await self.rescale.apply()
