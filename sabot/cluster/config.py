@@ -64,6 +64,11 @@ class CoordinatorConfig:
         ended_job_ttl_s: an ended job is forgotten this long after it ended.
         tls: a :class:`~sabot.cluster.tls.TlsConfig` (or a dict of its fields): HTTPS,
             WSS and TLS on the data plane; None: ``$SABOT_TLS_*`` if set, else plain TCP.
+        metrics_sample_interval_s: how often each running job's throughput is sampled
+            into its history (``GET /jobs/{job_id}/throughput``).
+        metrics_history_s: how much throughput history is kept per job (a ring buffer
+            of ``metrics_history_s / metrics_sample_interval_s`` points).
+        session_ttl_s: how long a dashboard login (session cookie) stays valid.
     """
 
     host: str = "127.0.0.1"
@@ -92,6 +97,9 @@ class CoordinatorConfig:
     retain_ended_jobs: int = 100
     ended_job_ttl_s: float = 3600.0
     tls: object = None
+    metrics_sample_interval_s: float = 1.0
+    metrics_history_s: float = 300.0
+    session_ttl_s: float = 12 * 3600.0
 
     def http_limits(self):
         from sabot.cluster.web import HttpLimits

@@ -14,6 +14,7 @@ of state (see ``docs/control-plane.md``):
 :mod:`~.failover`           restarts of pipelined regions from the latest checkpoint
 :mod:`~.restore`            starting a job from a checkpoint
 :mod:`~.rescaling`          live rescales and auto-rebalance
+:mod:`~.live_metrics`       live rates and throughput history (the dashboard's figures)
 :mod:`~.views`              the JSON the HTTP API shows
 ==========================  ==========================================================
 
@@ -63,6 +64,7 @@ from sabot.cluster.failover import Failover
 from sabot.cluster.gateway import HttpWorkerGateway, WorkerListener
 from sabot.cluster.http_api import CoordinatorMetrics, build_coordinator_app
 from sabot.cluster.job import JobRecord, JobState
+from sabot.cluster.live_metrics import LiveMetrics
 from sabot.cluster.liveness import LivenessServer
 from sabot.cluster.nodes import NodeRegistry
 from sabot.cluster.placement import ExecutionDeployer, TaskPlacer
@@ -146,6 +148,12 @@ class ClusterCoordinator(WorkerListener):
                                  on_failure=self.failover.on_failure, fail_job=self._fail_job)
         self.metrics = CoordinatorMetrics(self)
         self.loop_lag = LoopLag()
+        if not self.config.metrics_sample_interval_s > 0 or not self.config.metrics_history_s > 0:
+            raise ValueError("metrics_sample_interval_s and metrics_history_s must be positive, got "
+                             f"{self.config.metrics_sample_interval_s} and {self.config.metrics_history_s}")
+        self.live = LiveMetrics(capacity=max(1, round(self.config.metrics_history_s
+                                                      / self.config.metrics_sample_interval_s)))
+        self._sampler = None
         self._runner = None
         self._monitor = None
         self._url = None
@@ -191,6 +199,7 @@ class ClusterCoordinator(WorkerListener):
             self._url = "in-process"
         self._monitor = asyncio.ensure_future(self._heartbeat_monitor())
         self.loop_lag.start()
+        self._sampler = asyncio.ensure_future(self._sample_metrics())
         log.info("coordinator listening on %s", self._url)
         return self
 
@@ -202,6 +211,8 @@ class ClusterCoordinator(WorkerListener):
         self._monitor.cancel()
         self._monitor = None
         self.loop_lag.stop()
+        self._sampler.cancel()
+        self._sampler = None
         for job in list(self.jobs.values()):
             if not job.terminal:
                 try:
@@ -248,6 +259,14 @@ class ClusterCoordinator(WorkerListener):
                 self._forget_due_jobs()
             except Exception:
                 log.exception("heartbeat check failed")
+
+    async def _sample_metrics(self):
+        while True:
+            await self.clock.sleep(self.config.metrics_sample_interval_s)
+            try:
+                self.live.sample(list(self.jobs.values()), self.clock.wall())
+            except Exception:
+                log.exception("sampling job metrics failed")
 
     # -- workers -----------------------------------------------------------------------
 
@@ -322,6 +341,7 @@ class ClusterCoordinator(WorkerListener):
             log.debug("stale update for %s dropped", update.attempt_id)
             return
         job.reports[task.task_id] = update
+        self.live.on_report(job, update)
         source = job.job_graph.operators[task.operator_id].operator_type.value == "source"
         metrics = update.metrics
         job.exec_graph.update_task_metrics(task.task_id, metrics.get("rows_out" if source else "rows_in", 0),
@@ -728,10 +748,30 @@ class ClusterCoordinator(WorkerListener):
     # -- views (JSON for the HTTP API) -------------------------------------------------
 
     def job_summary(self, job):
-        return views.job_summary(job, self.clock.now())
+        return views.job_summary(job, self.clock.now(), self.live.job_rate(job))
 
     def job_details(self, job):
-        return views.job_details(job, self.clock.now(), self.rescaler.details(job))
+        return views.job_details(job, self.clock.now(), self.rescaler.details(job), self.live.job_rate(job))
+
+    def job_plan(self, job_id):
+        """``GET /jobs/{job_id}/plan``: operators and edges with their partitioning."""
+        return views.job_plan(self.get_job(job_id))
+
+    def subtasks_view(self, job_id):
+        """``GET /jobs/{job_id}/subtasks``: rates, busy / back-pressured / idle shares per subtask."""
+        return views.subtasks_view(self.get_job(job_id), self.live)
+
+    def throughput_view(self, job_id):
+        """``GET /jobs/{job_id}/throughput``: rows per second per operator over the last minutes."""
+        return views.throughput_view(self.get_job(job_id), self.live, self.config.metrics_sample_interval_s)
+
+    def key_groups_view(self, job_id):
+        """``GET /jobs/{job_id}/key-groups``: load per key group and key-group tables of keyed operators."""
+        return views.key_groups_view(self.get_job(job_id), self.live, self.rescaler)
+
+    def exceptions_view(self, job_id):
+        """``GET /jobs/{job_id}/exceptions``: restarts with their root causes, and the final failure."""
+        return views.exceptions_view(self.get_job(job_id))
 
     def job_tasks(self, job_id, offset=0, limit=views.MAX_TASKS_IN_DETAILS):
         """``GET /jobs/{job_id}/tasks``: a page of the job's tasks."""
