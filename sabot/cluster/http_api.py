@@ -16,11 +16,20 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from sabot.cluster.dashboard import PUBLIC_ROUTES, Dashboard
 from sabot.cluster.job import JobState
 from sabot.cluster.protocol import MAX_SLOTS_PER_WORKER
 from sabot.cluster.rescaling import AUTO_REBALANCE_INTERVAL_S, AUTO_REBALANCE_THRESHOLD, auto_rebalance_settings
 from sabot.cluster.views import MAX_TASKS_IN_DETAILS
-from sabot.cluster.web import arrow_response, auth_middleware, dumps, error_middleware, make_app, read_json
+from sabot.cluster.web import (
+    SessionStore,
+    arrow_response,
+    auth_middleware,
+    dumps,
+    error_middleware,
+    make_app,
+    read_json,
+)
 from sabot.errors import InvalidRequest, NotFound
 from sabot.execution.ids import ID_PATTERN
 from sabot.execution.execution_graph import TaskState
@@ -98,6 +107,7 @@ def metrics_middleware(metrics):
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _NODE_ID = {"name": "node_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _SINK = {"name": "sink", "in": "path", "required": True, "schema": {"type": "string"}}
+_ASSET = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 async def json_response_off_loop(data, status=200):
@@ -121,8 +131,12 @@ def _query_int(request, name, default, minimum, maximum):
     return value
 
 
-def _routes(c):
-    """(method, path, handler, summary, parameters, request body schema, responses)."""
+def _routes(c, dashboard=None):
+    """(method, path, handler, summary, parameters, request body schema, responses).
+
+    ``dashboard``: the :class:`~sabot.cluster.dashboard.Dashboard` serving the page and
+    the login (None when only the table's shape is needed).
+    """
 
     async def health(request):
         return web.json_response({"status": "ok", "workers": len(c.nodes), "time": time.time()})
@@ -205,6 +219,11 @@ def _routes(c):
         settings = await c.enable_auto_rebalance(job_id, interval, threshold)
         return web.json_response(settings)
 
+    def view(name):
+        async def handler(request):
+            return await json_response_off_loop(getattr(c, name)(request.match_info["job_id"]))
+        return handler
+
     async def checkpoints(request):
         return web.json_response(json.loads(json.dumps(c.checkpoints_view(request.match_info["job_id"]),
                                                        default=str)))
@@ -246,7 +265,23 @@ def _routes(c):
         return ws
 
     job_ok = {"200": "the job (see summary)", "404": "unknown job"}
+    d = dashboard
     return [
+        ("GET", "/", d and d.index, "The web dashboard (HTML). With a token configured and neither the bearer "
+         "header nor a session (POST /login): a redirect to the login page", [], None,
+         {"200": "the dashboard page (text/html)", "303": "to /login"}),
+        ("GET", "/login", d and d.login_form, "The dashboard's login page (HTML; a form that POSTs the token)",
+         [], None, {"200": "the login page (text/html)", "303": "already logged in: to the dashboard"}),
+        ("GET", "/dashboard/{name}", d and d.asset, "A file of the dashboard (app.js, style.css)", [_ASSET], None,
+         {"200": "the file", "401": "no token or session", "404": "no such file"}),
+        ("POST", "/login", d and d.login, "Log in to the dashboard: the token as the form field 'token' or "
+         "{\"token\": ...}. Sets an HttpOnly, SameSite=Strict session cookie (a random id, never the token), "
+         "accepted instead of the bearer header; a POST with only the cookie must send 'X-Sabot-Dashboard: 1'",
+         [], {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
+         {"200": "logged in (JSON body)", "303": "logged in (form): to the dashboard",
+          "400": "no token given", "401": "wrong token"}),
+        ("POST", "/logout", d and d.logout, "Log out of the dashboard: forget the session, clear the cookie", [],
+         None, {"200": "logged out (JSON)", "303": "logged out (form): to the login page"}),
         ("GET", "/health", health, "Liveness and number of workers", [], None, {"200": "ok"}),
         ("GET", "/overview", overview, "Cluster overview: workers, slots, jobs by state", [], None, {"200": "overview"}),
         ("GET", "/nodes", nodes, "Registered workers (and recently lost ones)", [], None, {"200": "nodes"}),
@@ -297,6 +332,23 @@ def _routes(c):
         ("GET", "/jobs/{job_id}/checkpoints", checkpoints, "Checkpoint history (id, state, trigger time, "
          "duration, size, alignment), counts, latest completed, restored-from and skipped corrupt "
          "checkpoints", [_JOB_ID], None, {"200": "checkpoints", "404": "unknown job"}),
+        ("GET", "/jobs/{job_id}/plan", view("job_plan"), "The job's plan: operators (topological order) with "
+         "type, parallelism, max_parallelism and key, and the edges between them with their partitioning "
+         "(FORWARD, HASH, REBALANCE, BROADCAST)", [_JOB_ID], None, {"200": "plan", "404": "unknown job"}),
+        ("GET", "/jobs/{job_id}/subtasks", view("subtasks_view"), "Per operator and per subtask: state, worker, "
+         "slot, rows in/out, rows per second in/out and the busy / back-pressured / idle shares of time "
+         "(between the tasks' last reports), watermark; per operator the sums and the mean and max shares",
+         [_JOB_ID], None, {"200": "operators with their subtasks", "404": "unknown job"}),
+        ("GET", "/jobs/{job_id}/throughput", view("throughput_view"), "Rows per second in and out of each "
+         "operator, sampled every metrics_sample_interval_s over the last metrics_history_s (a bounded ring "
+         "buffer)", [_JOB_ID], None, {"200": "samples, oldest first", "404": "unknown job"}),
+        ("GET", "/jobs/{job_id}/key-groups", view("key_groups_view"), "Keyed operators: rows per second and in "
+         "total per key group (measured by the upstream hash partitioners), per subtask, the imbalance, the "
+         "key-group -> subtask table, and the tables before and after each of the latest rescales and "
+         "rebalances", [_JOB_ID], None, {"200": "keyed operators", "404": "unknown job"}),
+        ("GET", "/jobs/{job_id}/exceptions", view("exceptions_view"), "Restart history, newest first, with each "
+         "root cause and failing task (operator, subtask), the last failure with its traceback, and the failure "
+         "that ended the job", [_JOB_ID], None, {"200": "exceptions", "404": "unknown job"}),
         ("GET", "/jobs/{job_id}/result", result, "Result of a finished job: sink summaries and collected "
          "table shapes", [_JOB_ID], None,
          {"200": "result", "404": "unknown job", "409": "job not finished, failed or canceled"}),
@@ -349,13 +401,15 @@ def openapi_document():
         "openapi": "3.0.3",
         "info": {"title": "Sabot coordinator API", "version": "1",
                  "description": "Every error is {\"error\": \"...\"}. With a token configured every request needs "
-                                "'Authorization: Bearer <token>' (else 401)."},
+                                "'Authorization: Bearer <token>' (else 401), or the dashboard's session cookie "
+                                "(POST /login)."},
         "components": {
             "schemas": {"Error": {"type": "object", "required": ["error"],
                                   "properties": {"error": {"type": "string"}}}},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "session": {"type": "apiKey", "in": "cookie", "name": "sabot_session"}},
         },
-        "security": [{"bearer": []}, {}],
+        "security": [{"bearer": []}, {"session": []}, {}],
         "paths": paths,
     }
 
@@ -368,9 +422,12 @@ class _NoCoordinator:
 
 
 def build_coordinator_app(coordinator):
-    """The aiohttp Application serving ``coordinator``."""
+    """The aiohttp Application serving ``coordinator`` (the API and the dashboard)."""
+    sessions = SessionStore(ttl_s=coordinator.config.session_ttl_s)
     app = make_app([metrics_middleware(coordinator.metrics), error_middleware,
-                    auth_middleware(coordinator.config.token)], coordinator.config.http_limits())
-    for method, path, handler, *_ in _routes(coordinator):
+                    auth_middleware(coordinator.config.token, sessions, PUBLIC_ROUTES)],
+                   coordinator.config.http_limits())
+    dashboard = Dashboard(coordinator.config.token, sessions)
+    for method, path, handler, *_ in _routes(coordinator, dashboard):
         app.router.add_route(method, path, handler)
     return app

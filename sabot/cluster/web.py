@@ -7,9 +7,12 @@ The one place where errors become HTTP status codes: domain code raises
 """
 
 import asyncio
+import collections
 import hmac
 import io
 import logging
+import secrets
+import time
 from dataclasses import dataclass
 
 import orjson
@@ -32,8 +35,9 @@ from sabot.errors import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ARROW_STREAM", "HttpLimits", "Unauthorized", "arrow_response", "auth_middleware", "error_middleware",
-           "make_app", "read_json", "serve", "status_of"]
+__all__ = ["ARROW_STREAM", "CSRF_HEADER", "SESSION_COOKIE", "Forbidden", "HttpLimits", "SessionStore",
+           "Unauthorized", "arrow_response", "auth_middleware", "authenticated_by", "error_middleware", "make_app",
+           "read_json", "serve", "status_of"]
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
@@ -42,9 +46,14 @@ class Unauthorized(SabotError, PermissionError):
     """A request without the cluster's secret (or with a wrong one)."""
 
 
+class Forbidden(SabotError, PermissionError):
+    """An authenticated request that may not do what it asks (a cookie-only POST from another page)."""
+
+
 #: exception type -> HTTP status, most specific first (the first isinstance match wins)
 STATUS_BY_TYPE = (
     (Unauthorized, 401),
+    (Forbidden, 403),
     (InvalidRequest, 400),
     (GraphValidationError, 400),
     (SlotRequestTooLarge, 400),
@@ -104,19 +113,96 @@ async def error_middleware(request, handler):
         return error_response(status, message)
 
 
-def auth_middleware(token):
-    """Require ``Authorization: Bearer <token>`` on every request when a token is set."""
+#: the dashboard's session cookie (a random session id; never the token)
+SESSION_COOKIE = "sabot_session"
+#: a request authenticated by the session cookie alone must carry this header to change
+#: anything: another site's page cannot set it without a CORS preflight, which is refused
+CSRF_HEADER = "X-Sabot-Dashboard"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class SessionStore:
+    """Dashboard logins: random session ids held in memory, each valid for ``ttl_s``.
+
+    At most ``max_sessions`` are kept (the oldest login goes first), so a flood of
+    logins cannot grow memory. Restarting the coordinator logs everyone out.
+    """
+
+    def __init__(self, ttl_s=12 * 3600.0, max_sessions=1000, clock=time.monotonic):
+        self.ttl_s = float(ttl_s)
+        self.max_sessions = int(max_sessions)
+        self.clock = clock
+        self._expiry = collections.OrderedDict()  # session id -> monotonic expiry, oldest first
+
+    def create(self) -> str:
+        session_id = secrets.token_urlsafe(32)
+        self._expiry[session_id] = self.clock() + self.ttl_s
+        while len(self._expiry) > self.max_sessions:
+            self._expiry.popitem(last=False)
+        return session_id
+
+    def valid(self, session_id) -> bool:
+        if not session_id:
+            return False
+        expiry = self._expiry.get(session_id)
+        if expiry is None:
+            return False
+        if expiry <= self.clock():
+            del self._expiry[session_id]
+            return False
+        return True
+
+    def revoke(self, session_id) -> None:
+        self._expiry.pop(session_id, None)
+
+    def __len__(self):
+        return len(self._expiry)
+
+
+def bearer_ok(request, token) -> bool:
+    """Does the request carry ``Authorization: Bearer <token>``?"""
+    header = request.headers.get("Authorization", "")
+    given = header[7:] if header.startswith("Bearer ") else ""
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def authenticated_by(request, token, sessions=None):
+    """How the request proves it knows the token: "token" (bearer header), "session"
+    (a valid dashboard session cookie), "open" (no token configured) or None."""
+    if not token:
+        return "open"
+    if bearer_ok(request, token):
+        return "token"
+    if sessions is not None and sessions.valid(request.cookies.get(SESSION_COOKIE)):
+        return "session"
+    return None
+
+
+def auth_middleware(token, sessions=None, public=frozenset()):
+    """Require ``Authorization: Bearer <token>`` on every request when a token is set.
+
+    Args:
+        sessions: a :class:`SessionStore`: a valid ``sabot_session`` cookie is accepted
+            too (the dashboard's login); a request with only the cookie must send the
+            ``X-Sabot-Dashboard: 1`` header to use a method other than GET/HEAD on a route
+            that is not public (else 403).
+        public: ``(method, path)`` pairs served without authentication (the login page,
+            the login itself); their handlers call :func:`authenticated_by` themselves.
+    """
 
     @web.middleware
     async def check(request, handler):
-        if token:
-            header = request.headers.get("Authorization", "")
-            given = header[7:] if header.startswith("Bearer ") else ""
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                raise Unauthorized(
-                    "missing or wrong token: send 'Authorization: Bearer <token>' (the --token / SABOT_TOKEN "
-                    "this server was started with)"
-                )
+        how = authenticated_by(request, token, sessions)
+        public_route = (request.method, request.path) in public
+        if how is None and not public_route:
+            raise Unauthorized(
+                "missing or wrong token: send 'Authorization: Bearer <token>' (the --token / SABOT_TOKEN "
+                "this server was started with)"
+            )
+        if (how == "session" and request.method not in _SAFE_METHODS and not public_route
+                and request.headers.get(CSRF_HEADER) != "1"):
+            raise Forbidden(f"a request authenticated by the dashboard's session cookie must send the header "
+                            f"'{CSRF_HEADER}: 1' to {request.method} {request.path}")
         return await handler(request)
 
     return check
