@@ -257,6 +257,15 @@ def test_job_graph_and_subtask_table_match_the_api(browser, cluster, job, consol
     browser.execute_script("arguments[0].focus()", node)
     node.send_keys("\n")
     assert browser.execute_script("return document.getElementById('rescale-operator').value") == ids["per-key totals"]
+    # keyboard: arrow keys move between the tabs
+    from selenium.webdriver.common.keys import Keys
+
+    browser.find_element("id", "tab-graph").send_keys(Keys.ARROW_RIGHT)
+    wait_for(lambda: browser.execute_script("return document.activeElement.id") == "tab-checkpoints"
+             and browser.current_url.endswith("/checkpoints"), 5, "the Checkpoints tab")
+    browser.find_element("id", "tab-checkpoints").send_keys(Keys.ARROW_LEFT)
+    wait_for(lambda: browser.current_url.endswith("/graph") and browser.find_element("id", "panel-graph").is_displayed(),
+             5, "the Overview tab again")
     unlabeled = browser.execute_script(
         "return Array.from(document.querySelectorAll('main input, main select')).filter(e => !e.labels || "
         "!e.labels.length).map(e => e.id)")

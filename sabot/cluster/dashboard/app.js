@@ -196,7 +196,10 @@
     else if (value.shares) {
       td.append(shareBar(value.shares[0], value.shares[1], value.shares[2]), el('span', { text: value.text }));
     } else if (value.code) td.append(el('code', { text: value.code }));
-    else if (value.pre) {
+    else if (value.head !== undefined) {
+      td.append(el('span', { class: 'cause', text: value.head }));
+      if (value.tail) td.append(el('details', {}, el('summary', { text: 'traceback' }), el('pre', { class: 'trace', text: value.tail })));
+    } else if (value.pre) {
       td.append(el('details', {}, el('summary', { text: value.text }), el('pre', { class: 'trace', text: value.pre })));
     } else td.textContent = value.text;
   }
@@ -876,18 +879,18 @@
           const task = failure.task || {};
           this.rootCause.append(
             el('p', {}, el('b', { text: view.failure ? 'The job failed: ' : 'Last failure (the job restarted): ' }),
-              el('span', { class: 'cause', text: failure.error })),
+              el('span', { class: 'cause', text: splitCause(failure.error).head })),
             el('p', { class: 'small' }, 'Failing task: ', el('b', { text: taskName(task) }),
               failure.time ? ' · at ' + fmtDateTime(failure.time) : '', failure.type ? ' · ' + failure.type : ''),
-            failure.traceback ? el('details', {}, el('summary', { text: 'Traceback' }),
-              el('pre', { class: 'trace', text: failure.traceback })) : null);
+            failure.traceback || splitCause(failure.error).tail ? el('details', {}, el('summary', { text: 'Traceback' }),
+              el('pre', { class: 'trace', text: failure.traceback || splitCause(failure.error).tail })) : null);
         }
       }
       syncRows(this.restarts.tbody, view.history, (h) => h.restart + ':' + h.time, [
-        { value: (h) => fmtDateTime(h.time) },
+        { value: (h) => fmtTime(h.time) },
         { value: (h) => h.restart },
         { value: (h) => taskName(h.task) },
-        { value: (h) => h.cause },
+        { value: (h) => splitCause(h.cause) },
         { value: (h) => (h.checkpoint_id === null ? 'none (from the start)' : '#' + h.checkpoint_id) },
         { value: (h) => h.tasks_restarted },
         { value: (h) => (h.restart_seconds === null ? 'in progress' : fmtSeconds(h.restart_seconds)) },
@@ -969,6 +972,13 @@
 
   function truncate(text, n) {
     return text.length > n ? text.slice(0, n - 1) + '…' : text;
+  }
+
+  /** An error message without the traceback some carry after '--- original traceback ---', and that traceback. */
+  function splitCause(message) {
+    const text = message || '';
+    const at = text.indexOf('--- original traceback ---');
+    return at < 0 ? { head: text, tail: '' } : { head: text.slice(0, at).trim(), tail: text.slice(at).trim() };
   }
 
   function taskName(task) {
