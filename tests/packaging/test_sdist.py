@@ -32,14 +32,17 @@ def test_sdist_holds_what_a_build_needs(built):
     assert {p.relative_to(REPO).as_posix() for p in (REPO / "sabot").rglob("*.py")} <= files
     assert {"setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", "PKG-INFO",
             "examples/fraud_detection.py", "docs/hash.md", "tests/conftest.py"} <= files
+    # the dashboard's static files (served by the coordinator)
+    assert {f"sabot/cluster/dashboard/{name}" for name in ("index.html", "login.html", "app.js", "style.css")} <= files
     # what the README's commands point to travels with it
     assert {p.relative_to(REPO).as_posix() for p in (REPO / "tests" / "_core").glob("*.py")} <= files
 
 
 def test_sdist_holds_no_generated_or_built_files(built):
     # this checkout may hold an in-place build (pip install -e . puts .c/.cpp/.so beside the sources)
+    # (Cython's annotated .html beside the core; the dashboard's .html are product files)
     generated = [f for f in sdist_files(built.sdist)
-                 if re.search(r"\.(c|cpp|so|o|html|pyc)$|(^|/)(build|__pycache__|\.ci|bench)/", f)]
+                 if re.search(r"\.(c|cpp|so|o|pyc)$|^sabot/_core/.*\.html$|(^|/)(build|__pycache__|\.ci|bench)/", f)]
     assert not generated
 
 
