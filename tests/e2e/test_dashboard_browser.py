@@ -69,6 +69,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def cluster(user_module):
+    # the browser shares the machine's two cores with the cluster: a generous heartbeat timeout
     c = LocalCluster(workers=2, slots_per_worker=2, token=TOKEN,
                      coordinator_config={"slot_wait_timeout_s": 20, "heartbeat_timeout_s": 5.0, "restart_strategy":
                                          {"type": "fixed-delay", "attempts": 2, "delay_ms": 200}})
@@ -179,8 +180,7 @@ def test_login_then_overview_shows_jobs_live(browser, cluster, job, console):
     cookie = browser.get_cookie("sabot_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and TOKEN not in cookie["value"]
     assert TOKEN not in browser.current_url
-    wait_for(lambda: "2 / 0" not in browser.find_element("id", "card-workers").text
-             and browser.find_element("id", "card-workers").text.split("\n")[1] == "2", 10, "two workers")
+    wait_for(lambda: browser.find_element("id", "card-workers").text.split("\n")[1] == "2", 10, "two workers")
     # a job submitted now appears without a reload
     client = cluster.client()
     job_id = client.submit(streaming_job("shown-live"))
