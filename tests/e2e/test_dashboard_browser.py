@@ -6,7 +6,8 @@ person would look at and do: the job graph, the subtask table against
 ``GET /jobs/{id}``, a live rescale started from the page with its timeline, a
 checkpoint triggered from the page, the key groups, a failing job's exceptions, a
 refused action's error, and no JavaScript console errors. Screenshots of the main
-pages go to ``docs/screenshots/`` (linked from the README).
+pages go to a temporary directory, or to the directory named by ``SABOT_SCREENSHOTS``
+(``SABOT_SCREENSHOTS=docs/screenshots`` refreshes the README's pictures).
 
 Skips (saying why) only when Chromium or chromedriver is not installed
 (``apt-get install chromium chromium-driver``; ``.ci/run`` does it).
@@ -15,6 +16,7 @@ Skips (saying why) only when Chromium or chromedriver is not installed
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +33,8 @@ from rescale_jobs import slow_add_value2
 pytestmark = pytest.mark.timeout(240)
 
 TOKEN = "dashboard-test-token"
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# a test run leaves the checkout as it found it: the README's pictures change only on request
+SCREENSHOTS = Path(os.environ.get("SABOT_SCREENSHOTS") or tempfile.mkdtemp(prefix="sabot-screenshots-")).resolve()
 
 
 def _chromium():
