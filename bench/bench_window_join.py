@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 import sabot._core.partition  # noqa: E402,F401  (loads the compiled module before the operators)
 from sabot.runtime import generators  # noqa: E402
-from sabot.execution.operator_spec import encode_table  # noqa: E402
+from sabot.runtime.tables import TableStore, new_ref  # noqa: E402
 from sabot.runtime.operators.base import TaskContext  # noqa: E402
 from sabot.runtime.operators.join import LookupJoin  # noqa: E402
 from sabot.runtime.operators.window import WindowOperator  # noqa: E402
@@ -44,7 +44,16 @@ def ctx(operator_type, params, key_by=None):
     return TaskContext(job_id="bench", task_id="t", attempt=0,
                        operator={"name": operator_type, "operator_type": operator_type, "key_by": key_by,
                                  "function": None, "parameters": params},
-                       subtask_index=0, parallelism=1, max_parallelism=128)
+                       subtask_index=0, parallelism=1, max_parallelism=128, tables=TABLES)
+
+
+TABLES = TableStore()  # the static tables the join refers to
+
+
+def table_ref(table):
+    ref = new_ref(table)
+    TABLES.put(ref["table_id"], table)
+    return ref
 
 
 def best_of(fn, repeat):
@@ -102,7 +111,7 @@ def bench_window(batches, table, size, slide, repeat):
 def bench_join(batches, table, repeat):
     dim_keys = np.arange(0, 2 * NUM_KEYS, 2)  # half of the stream's keys match
     dim = pa.table({"key": dim_keys, "segment": pa.array(dim_keys % 17), "weight": dim_keys * 0.5})
-    params = {"table": encode_table(dim), "on": ["key"], "right_on": None, "how": "left"}
+    params = {"table": table_ref(dim), "on": ["key"], "right_on": None, "how": "left"}
 
     def run_operator():
         op = LookupJoin(ctx("join", params))

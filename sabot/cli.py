@@ -355,7 +355,7 @@ def cmd_job_submit(args):
             body = json.load(f)
     else:
         obj, _ = load_target(source)
-        body = to_job_graph(obj, args.parallelism).to_dict()
+        body = to_job_graph(obj, args.parallelism)  # submit() uploads its in-memory tables first
     job_id = _client(args).submit(body)
     print(job_id)
     return 0

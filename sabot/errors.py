@@ -59,12 +59,16 @@ class UnsupportedStateType(SabotError, TypeError):
 # -- control plane: what a request asked for, against what the cluster holds ---------------
 #
 # Domain code raises these; only the HTTP layer (sabot.cluster.web) turns them into
-# status codes (400, 404, 409, 504).
+# status codes (400, 404, 409, 413, 504).
 
 
 class InvalidRequest(SabotError, ValueError):
     """A request (a job, a rescale, a setting) is malformed or out of range; the message says
     what was wrong and what was expected."""
+
+
+class PayloadTooLarge(InvalidRequest):
+    """A request body larger than the server accepts (HTTP 413)."""
 
 
 class NotFound(SabotError, LookupError):

@@ -16,7 +16,6 @@ from sabot.execution.operator_spec import (
     check_join_keys,
     encode_expression,
     encode_schema,
-    encode_table,
     expression_types,
     join_output_names,
     join_output_schema,
@@ -198,5 +197,5 @@ class JoiningMixin:
             except ValueError as exc:
                 raise GraphValidationError(f"join_table: {exc}") from None
             schema = pa.schema(list(self.schema) + [f.with_name(n) for f, n in zip(extra, names)])
-        params = {"table": encode_table(table), "on": on, "right_on": right_on, "how": how, "suffix": suffix}
+        params = {"table": self._plan.add_table(table), "on": on, "right_on": right_on, "how": how, "suffix": suffix}
         return self._then(OperatorType.JOIN, name, schema, key_by=self._key_by, parameters=params)

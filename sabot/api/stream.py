@@ -30,7 +30,7 @@ import pyarrow.dataset as ds
 
 from sabot.errors import GraphValidationError, UnsupportedStateType
 from sabot.execution.job_graph import JobGraph, OperatorType, StreamOperatorNode
-from sabot.runtime import functions
+from sabot.runtime import functions, tables
 from sabot.runtime.embedded import run_coroutine, run_job_graph_async
 from sabot.api.joining import JoiningMixin
 from sabot.api.pushdown import pushdown
@@ -42,7 +42,6 @@ from sabot.execution.operator_spec import (
     compiled_engine_supports,
     encode_expression,
     encode_schema,
-    encode_table,
     expression_types,
     normalise_aggregates,
     parse_aggregates,
@@ -58,6 +57,7 @@ class _Plan:
         self.nodes = {}  # operator_id -> StreamOperatorNode
         self.edges = []  # (upstream_id, downstream_id)
         self.source_schemas = {}  # file sources: operator_id -> schema (for push-down)
+        self.tables = {}  # table id -> the in-memory table an operator refers to (sabot.runtime.tables)
 
     def add(self, node, upstream_ids=()):
         self.nodes[node.operator_id] = node
@@ -65,12 +65,19 @@ class _Plan:
             self.edges.append((up, node.operator_id))
         return node
 
+    def add_table(self, table):
+        """Keep ``table`` with the plan; the reference its operator's parameters hold."""
+        ref = tables.new_ref(table)
+        self.tables[ref["table_id"]] = table
+        return ref
+
     def merge(self, other):
         if other is self:
             return self
         self.nodes.update(other.nodes)
         self.edges.extend(e for e in other.edges if e not in self.edges)
         self.source_schemas.update(other.source_schemas)
+        self.tables.update(other.tables)
         return self
 
 
@@ -105,23 +112,35 @@ class Stream(JoiningMixin, WindowingMixin):
 
     @classmethod
     def from_table(cls, table, *, batch_size=65536, name=None, parallelism=None):
-        """A bounded source over an in-memory table (shipped inside the JobGraph)."""
+        """A bounded source over an in-memory table, sliced into batches of ``batch_size`` rows.
+
+        The job refers to the table; it does not copy it. An embedded run
+        (:meth:`run`) reads it where it is; submitting to a cluster uploads it once,
+        and each worker maps one copy that its subtasks share (see
+        :mod:`sabot.runtime.tables`).
+        """
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
         if not isinstance(table, pa.Table):
             raise TypeError(f"from_table expects a pyarrow.Table or RecordBatch, got {type(table).__name__}")
-        params = {"kind": "table", "data": encode_table(table), "batch_size": batch_size}
-        return cls._source(name, params, table.schema, parallelism)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"from_table: batch_size must be a positive integer, got {batch_size!r}")
+        stream = cls._source(name, {"kind": "table", "batch_size": batch_size}, table.schema, parallelism)
+        stream._node.parameters["data"] = stream._plan.add_table(table)
+        return stream
 
     @classmethod
     def from_batches(cls, batches, *, name=None, parallelism=None):
-        """A bounded source over a list of record batches (kept as they are)."""
+        """A bounded source over a list of record batches, emitted as they are (by
+        reference, as :meth:`from_table`); subtask ``i`` of ``P`` emits batches
+        ``i, i + P, …``."""
         batches = list(batches)
         if not batches:
             raise ValueError("from_batches needs at least one batch (the schema comes from it)")
         table = pa.Table.from_batches(batches)
-        params = {"kind": "table", "data": encode_table(table), "batch_size": max(b.num_rows for b in batches) or 1}
-        return cls._source(name, params, table.schema, parallelism)
+        stream = cls._source(name, {"kind": "table", "batch_size": None}, table.schema, parallelism)
+        stream._node.parameters["data"] = stream._plan.add_table(table)
+        return stream
 
     @classmethod
     def from_generator(cls, function, *, total_rows=None, batch_size=65536, parameters=None,
@@ -456,6 +475,8 @@ class Stream(JoiningMixin, WindowingMixin):
         ``shippable=True`` refuses lambdas and closures, which only run in this process.
         """
         job = JobGraph(job_name=job_name, default_parallelism=default_parallelism, **config)
+        used = {ref["table_id"] for node in self._plan.nodes.values() for ref in tables.refs_in(node.parameters)}
+        job.tables = {table_id: t for table_id, t in self._plan.tables.items() if table_id in used}
         pushed = pushdown(self._plan, self._plan.source_schemas)
         for node in self._plan.nodes.values():
             if node.operator_id in pushed:  # a copy: the push-down depends on the whole plan

@@ -19,7 +19,9 @@ import pyarrow as pa
 
 from sabot.cluster import protocol
 from sabot.cluster.tls import TlsConfig
+from sabot.cluster.web import ARROW_STREAM
 from sabot.errors import JobFailed, SabotError
+from sabot.runtime import tables
 from sabot.runtime.embedded import JobResult
 
 __all__ = ["ApiError", "SabotClient"]
@@ -59,13 +61,13 @@ class SabotClient:
         tls = TlsConfig.coerce(tls) or TlsConfig.from_env()
         self._ssl = tls.client_context() if tls is not None and self.url.startswith("https://") else None
 
-    def request(self, method, path, body=None, raw=False):
+    def request(self, method, path, body=None, raw=False, content_type="application/json"):
         """Send one request; return the decoded JSON (or bytes with ``raw``; None for 204)."""
         data = None
         headers = dict(protocol.auth_headers(self.token))
         if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
+            data = body if isinstance(body, (bytes, memoryview)) else json.dumps(body).encode()
+            headers["Content-Type"] = content_type
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:
@@ -107,21 +109,29 @@ class SabotClient:
         return self.request("GET", "/openapi.json")
 
     def submit(self, job):
-        """Submit a JobGraph, a Stream, or a ``to_dict()`` dict; return the job id."""
-        if hasattr(job, "to_job_graph"):
-            job = job.to_job_graph(shippable=True)
-        if hasattr(job, "to_dict"):
-            job = job.to_dict()
-        return self.request("POST", "/jobs/submit", job)["job_id"]
+        """Submit a JobGraph, a Stream, or a ``to_dict()`` dict; return the job id. The
+        in-memory tables the job refers to are uploaded first (once each)."""
+        return self.request("POST", "/jobs/submit", self._shipped(job))["job_id"]
 
     def submit_restored(self, job, restore_from):
         """Submit a job that starts from the checkpoint ``restore_from`` names (a job id or
         a checkpoint path); return the new job id."""
+        return self.request("POST", "/jobs/submit",
+                            {"job_graph": self._shipped(job), "restore_from": restore_from})["job_id"]
+
+    def _shipped(self, job):
         if hasattr(job, "to_job_graph"):
             job = job.to_job_graph(shippable=True)
-        if hasattr(job, "to_dict"):
-            job = job.to_dict()
-        return self.request("POST", "/jobs/submit", {"job_graph": job, "restore_from": restore_from})["job_id"]
+        for table_id, table in getattr(job, "tables", {}).items():
+            self.upload_table(table_id, table)
+        return job.to_dict() if hasattr(job, "to_dict") else job
+
+    def upload_table(self, table_id, table):
+        """Upload an in-memory table a job refers to (``PUT /tables/{table_id}``)."""
+        sink = pa.BufferOutputStream()
+        tables.write_ipc(table, sink)
+        return self.request("PUT", f"/tables/{table_id}", memoryview(sink.getvalue()),
+                            content_type=ARROW_STREAM)
 
     def trigger_checkpoint(self, job_id):
         """Start a checkpoint of a running job now; return its id."""

@@ -69,6 +69,10 @@ class CoordinatorConfig:
         metrics_history_s: how much throughput history is kept per job (a ring buffer
             of ``metrics_history_s / metrics_sample_interval_s`` points).
         session_ttl_s: how long a dashboard login (session cookie) stays valid.
+        max_table_bytes: the largest in-memory table a client may upload for its jobs
+            (``PUT /tables/{table_id}``, 413 above); uploads go to a temp directory of
+            this coordinator, deleted on stop.
+        max_unused_tables: uploaded tables no job uses yet, kept at most (the oldest goes).
     """
 
     host: str = "127.0.0.1"
@@ -98,6 +102,8 @@ class CoordinatorConfig:
     ended_job_ttl_s: float = 3600.0
     tls: object = None
     metrics_sample_interval_s: float = 1.0
+    max_table_bytes: int = 64 * 1024 ** 3
+    max_unused_tables: int = 64
     metrics_history_s: float = 300.0
     session_ttl_s: float = 12 * 3600.0
 

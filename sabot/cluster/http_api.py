@@ -10,6 +10,7 @@ and the OpenAPI document (``GET /openapi.json``), so they cannot drift apart.
 import asyncio
 import json
 import logging
+import re
 import time
 
 from aiohttp import web
@@ -22,6 +23,8 @@ from sabot.cluster.protocol import MAX_SLOTS_PER_WORKER
 from sabot.cluster.rescaling import AUTO_REBALANCE_INTERVAL_S, AUTO_REBALANCE_THRESHOLD, auto_rebalance_settings
 from sabot.cluster.views import MAX_TASKS_IN_DETAILS
 from sabot.cluster.web import (
+    ARROW_STREAM,
+    LIMITS,
     SessionStore,
     arrow_response,
     auth_middleware,
@@ -33,6 +36,7 @@ from sabot.cluster.web import (
 from sabot.errors import InvalidRequest, NotFound
 from sabot.execution.ids import ID_PATTERN
 from sabot.execution.execution_graph import TaskState
+from sabot.runtime.tables import TABLE_ID_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,15 @@ _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": 
 _NODE_ID = {"name": "node_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _SINK = {"name": "sink", "in": "path", "required": True, "schema": {"type": "string"}}
 _ASSET = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_TABLE_ID = {"name": "table_id", "in": "path", "required": True,
+             "schema": {"type": "string", "pattern": f"^{TABLE_ID_PATTERN}$"}}
+
+
+def _table_id(request):
+    table_id = request.match_info["table_id"]
+    if not re.fullmatch(TABLE_ID_PATTERN, table_id):
+        raise InvalidRequest(f"a table id is 32 lowercase hex digits, got {table_id[:80]!r}")
+    return table_id
 
 
 async def json_response_off_loop(data, status=200):
@@ -248,6 +261,28 @@ def _routes(c, dashboard=None):
     async def metrics(request):
         return web.Response(body=c.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
+    async def put_table(request):
+        table_id = _table_id(request)
+        timeout = request.app[LIMITS].body_timeout_s
+
+        async def chunks():
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(request.content.readany(), timeout)
+                except asyncio.TimeoutError:
+                    raise InvalidRequest(f"PUT /tables/{table_id}: nothing of the body arrived for {timeout:g} s") \
+                        from None
+                if not chunk:
+                    return
+                yield chunk
+
+        info = await c.receive_table(table_id, chunks(), request.content_length)
+        return web.json_response(info, status=201 if info.pop("new") else 200)
+
+    async def get_table(request):
+        path = c.table_path(_table_id(request))
+        return web.FileResponse(path, headers={"Content-Type": ARROW_STREAM})
+
     async def openapi(request):
         return web.json_response(openapi_document())
 
@@ -355,6 +390,14 @@ def _routes(c, dashboard=None):
         ("GET", "/jobs/{job_id}/result/{sink}", result_table, "The table a collect sink gathered, as an Arrow "
          "IPC stream", [_JOB_ID, _SINK], None,
          {"200": "Arrow IPC stream", "404": "unknown job or sink", "409": "job not finished"}),
+        ("PUT", "/tables/{table_id}", put_table, "Upload an in-memory table a job refers to (an Arrow IPC "
+         "stream; SabotClient.submit does it before POST /jobs/submit). Kept until the jobs using it are "
+         "forgotten; the workers fetch it once each. Any content type: the bytes must be one Arrow IPC stream",
+         [_TABLE_ID], ("application/octet-stream", {"type": "string", "format": "binary"}),
+         {"201": "kept: table_id, num_rows, nbytes", "200": "already here", "400": "not an Arrow IPC stream, "
+          "a bad id, or a stalled body", "413": "larger than max_table_bytes"}),
+        ("GET", "/tables/{table_id}", get_table, "An uploaded table, as the Arrow IPC stream it was uploaded as",
+         [_TABLE_ID], None, {"200": "Arrow IPC stream", "400": "a bad id", "404": "unknown table"}),
         ("GET", "/metrics", metrics, "Prometheus metrics", [], None, {"200": "Prometheus text format"}),
         ("GET", "/openapi.json", openapi, "This document", [], None, {"200": "OpenAPI 3 document"}),
         ("POST", "/workers/register", register, "A worker joins with its slots", [],
@@ -395,7 +438,8 @@ def openapi_document():
             },
         }
         if body is not None:
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+            media, schema = body if isinstance(body, tuple) else ("application/json", body)
+            op["requestBody"] = {"required": True, "content": {media: {"schema": schema}}}
         paths.setdefault(path, {})[method.lower()] = op
     return {
         "openapi": "3.0.3",

@@ -28,6 +28,7 @@ from sabot.errors import (
     JobFailed,
     NotFound,
     SabotError,
+    PayloadTooLarge,
     SlotRequestTooLarge,
     SlotsExhausted,
     UnknownNode,
@@ -54,6 +55,7 @@ class Forbidden(SabotError, PermissionError):
 STATUS_BY_TYPE = (
     (Unauthorized, 401),
     (Forbidden, 403),
+    (PayloadTooLarge, 413),
     (InvalidRequest, 400),
     (GraphValidationError, 400),
     (SlotRequestTooLarge, 400),

@@ -56,6 +56,7 @@ from sabot.errors import Conflict, ControlTimeout, InvalidRequest, NotFound
 from sabot.execution.deployment import TaskDeploymentDescriptor
 from sabot.execution.messages import CheckpointComplete, TriggerCheckpoint, control_from_dict
 from sabot.runtime.data_server import DataServer
+from sabot.runtime.tables import refs_in
 from sabot.runtime.task_manager import TaskManager
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ CONTROL_REPLY_TIMEOUT_S = 10.0
 SEND_BATCH = 256
 #: how long deploying many tasks may run before it lets the event loop serve others
 YIELD_EVERY_S = 0.005
+#: a table download from the coordinator that sends nothing for this long fails the deployment
+TABLE_READ_TIMEOUT_S = 30.0
 
 
 class Worker:
@@ -138,6 +141,7 @@ class Worker:
         self._stopping = False
         self._url = None
         self._shut_down = False
+        self._table_fetches = {}  # table id -> the download in progress
 
     @property
     def url(self):
@@ -414,6 +418,7 @@ class Worker:
         if self.task_manager is not None and not self._shut_down:
             self._shut_down = True
             await self.task_manager.shutdown()
+            self.task_manager.tables.clear()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -435,6 +440,7 @@ class Worker:
     async def _health(self, request):
         return web.json_response({"status": "ok", "node_id": self.node_id, "pid": os.getpid(),
                                   "tasks": len(self.task_manager.tasks), "joins": self.joins,
+                                  "tables": len(self.task_manager.tables), "table_bytes": self.task_manager.tables.nbytes,
                                   "loop_lag": self.loop_lag.snapshot()})
 
     async def _deploy(self, request):
@@ -447,6 +453,7 @@ class Worker:
         tdds = await asyncio.to_thread(
             lambda: [TaskDeploymentDescriptor.from_dict(item, f"task deployment descriptor {i}")
                      for i, item in enumerate(items)])
+        await self._fetch_tables(tdds)
         deployed = []
         started = time.perf_counter()
         for tdd in tdds:
@@ -463,6 +470,45 @@ class Worker:
                 ) from exc
             deployed.append(tdd.task_id)
         return web.json_response({"deployed": deployed, "node_id": self.node_id})
+
+    async def _fetch_tables(self, tdds):
+        """Fetch, once per worker, the in-memory tables these tasks refer to, from the
+        coordinator into anonymous memory files that the tasks map (and share)."""
+        refs = {ref["table_id"]: ref for tdd in tdds for ref in refs_in(tdd.operator.get("parameters"))}
+        missing = [ref for table_id, ref in refs.items() if table_id not in self.task_manager.tables]
+        if missing:
+            await asyncio.gather(*(self._fetch_table(ref) for ref in missing))
+
+    async def _fetch_table(self, ref):
+        table_id = ref["table_id"]
+        fetching = self._table_fetches.get(table_id)
+        if fetching is None:  # one download per table, however many deployments wait for it
+            fetching = self._table_fetches[table_id] = asyncio.ensure_future(self._download_table(ref))
+            fetching.add_done_callback(lambda _: self._table_fetches.pop(table_id, None))
+        try:
+            await asyncio.shield(fetching)
+        except Exception as exc:
+            raise InvalidRequest(f"worker {self.node_id} cannot fetch table {table_id} from the coordinator: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+
+    async def _download_table(self, ref):
+        table_id = ref["table_id"]
+        started = time.perf_counter()
+        fd = os.memfd_create(f"sabot-table-{table_id}", os.MFD_CLOEXEC)
+        try:
+            async with self._session.get(f"{self.coordinator_url}/tables/{table_id}",
+                                         timeout=aiohttp.ClientTimeout(sock_connect=TABLE_READ_TIMEOUT_S,
+                                                                       sock_read=TABLE_READ_TIMEOUT_S)) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"GET /tables/{table_id}: HTTP {resp.status}: {(await resp.text())[:300]}")
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    os.write(fd, chunk)
+        except BaseException:
+            os.close(fd)
+            raise
+        table = await asyncio.to_thread(self.task_manager.tables.adopt_memfd, table_id, fd, ref.get("num_rows"))
+        log.info("worker %s fetched table %s (%d rows, %.1f MB) in %.2f s", self.node_id, table_id,
+                 table.num_rows, table.nbytes / 1e6, time.perf_counter() - started)
 
     def _known(self, task_id):
         if task_id not in self.task_manager.tasks:

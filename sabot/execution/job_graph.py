@@ -258,6 +258,9 @@ class JobGraph:
                 or checkpoint_interval_ms <= 0):
             raise ValueError(f"checkpoint_interval_ms must be a positive int or None, got {checkpoint_interval_ms!r}")
         self.job_id = job_id or uuid.uuid4().hex
+        #: table id -> the in-memory tables its operators refer to (sabot.runtime.tables);
+        #: not part of to_dict(): they travel beside the graph, once
+        self.tables = {}
         self.job_name = job_name
         self.default_parallelism = int(default_parallelism)
         self.checkpoint_interval_ms = None if checkpoint_interval_ms is None else int(checkpoint_interval_ms)

@@ -5,7 +5,8 @@ JobGraph and what the runtime operators read back.
   for count(*), kept by the compiled state table itself), the output schema, and which
   key columns can key them.
 - ``max_parallelism``: the default and the bound (the key-group kernels' own constants).
-- Inline data in JSON parameters: tables and schemas as base64 Arrow IPC, pyarrow
+- Inline data in JSON parameters: schemas as base64 Arrow IPC (tables travel by
+  reference, see :mod:`sabot.runtime.tables`), pyarrow
   compute expressions pickled (expressions are data, not code: they cannot run anything
   when unpickled beyond building the expression).
 
@@ -30,8 +31,8 @@ __all__ = [
     "check_aggregate_types", "compiled_engine_supports", "parse_aggregates", "JOIN_TYPES", "RANK_FUNCTIONS",
     "check_join_keys", "expression_columns", "expression_types", "join_output_names", "join_output_schema",
     "normalise_order_by", "top_n_output_schema", "window_output_schema", "DEFAULT_MAX_PARALLELISM", "MAX_MAX_PARALLELISM", "aggregate_output_name",
-    "aggregate_output_schema", "check_key_fields", "decode_expression", "decode_schema", "decode_table",
-    "encode_expression", "encode_schema", "encode_table", "normalise_aggregates",
+    "aggregate_output_schema", "check_key_fields", "decode_expression", "decode_schema",
+    "encode_expression", "encode_schema", "normalise_aggregates",
 ]
 
 
@@ -406,20 +407,6 @@ def expression_columns(schema, expression):
 
 
 # -- inline data in JSON parameters --------------------------------------------------------
-
-
-def encode_table(table) -> str:
-    """Arrow IPC stream, base64: how small in-memory tables travel inside a JobGraph."""
-    if isinstance(table, pa.RecordBatch):
-        table = pa.Table.from_batches([table])
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return base64.b64encode(sink.getvalue().to_pybytes()).decode("ascii")
-
-
-def decode_table(data: str) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(base64.b64decode(data))).read_all()
 
 
 def encode_schema(schema: pa.Schema) -> str:

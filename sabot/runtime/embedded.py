@@ -16,6 +16,7 @@ from sabot import _loop
 from sabot.errors import JobFailed
 from sabot.execution.deployment import build_deployment_descriptors
 from sabot.runtime.data_server import DataServer
+from sabot.runtime.tables import TableStore
 from sabot.runtime.task_manager import TaskManager
 
 
@@ -83,7 +84,8 @@ async def run_job_graph_async(job_graph, timeout=None, threads=None):
             failures.append(report)
             failed.set()
 
-    manager = TaskManager(server, on_update=on_update, threads=threads)
+    # the job graph's in-memory tables, by reference: the tasks read them where they are
+    manager = TaskManager(server, on_update=on_update, threads=threads, tables=TableStore(job_graph.tables))
     try:
         for tdd in build_deployment_descriptors(exec_graph, job_id).values():
             await manager.deploy(tdd)

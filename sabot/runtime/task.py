@@ -79,7 +79,7 @@ class Task:
         on_checkpoint: called with a checkpoint acknowledgement or decline.
     """
 
-    def __init__(self, tdd, data_server, executor, on_update=None, on_checkpoint=None):
+    def __init__(self, tdd, data_server, executor, on_update=None, on_checkpoint=None, tables=None):
         self.tdd = tdd
         self.attempt_id = tdd.attempt_id
         self.task_id = tdd.task_id
@@ -113,6 +113,7 @@ class Task:
             checkpointing=tdd.checkpoint is not None,
             input_operator_ids=[gate.upstream_operator_id for gate in tdd.inputs],
             clock=timers.clock_for(tdd.operator),
+            tables=tables,
         )
         # Creating the operator imports user code: a bad reference fails the deploy.
         self._operator_name = self.ctx.operator_name

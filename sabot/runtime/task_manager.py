@@ -11,6 +11,7 @@ from sabot.execution.deployment import TaskDeploymentDescriptor
 from sabot.execution.execution_graph import TaskState
 from sabot.execution.ids import AttemptId
 from sabot.execution.messages import CheckpointDecline
+from sabot.runtime.tables import TableStore, refs_in
 from sabot.runtime.task import Task
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,14 @@ class TaskManager:
         threads: size of the pool operator code runs on (default: cpu count).
         max_ended_tasks: ended tasks kept at most; the coordinator releases a job's tasks
             (:meth:`release_job`) when it forgets the job, this bounds them if it never does.
+        tables: the :class:`~sabot.runtime.tables.TableStore` of this process (in-memory
+            tables the tasks' operators refer to); a job's tables go with :meth:`release_job`.
     """
 
     def __init__(self, data_server, on_update=None, threads=None, report_interval=0.5, on_checkpoint=None,
-                 max_ended_tasks=MAX_ENDED_TASKS):
+                 max_ended_tasks=MAX_ENDED_TASKS, tables=None):
         self.data_server = data_server
+        self.tables = tables if tables is not None else TableStore()
         self.on_update = on_update
         self.on_checkpoint = on_checkpoint
         self.executor = concurrent.futures.ThreadPoolExecutor(
@@ -66,7 +70,8 @@ class TaskManager:
                 f"task {task_id!r}: attempt {tdd.attempt} is not newer than attempt {old.attempt} that ran here; "
                 "a superseded deployment is refused"
             )
-        task = Task(tdd, self.data_server, self.executor, on_checkpoint=self.on_checkpoint,
+        self.tables.use(tdd.job_id, [ref["table_id"] for ref in refs_in(tdd.operator.get("parameters"))])
+        task = Task(tdd, self.data_server, self.executor, on_checkpoint=self.on_checkpoint, tables=self.tables,
                     on_update=lambda update, task_id=task_id: self._task_changed(task_id, update))
         self._ended.pop(task_id, None)
         self.tasks[task_id] = task
@@ -186,6 +191,7 @@ class TaskManager:
                 del self.tasks[task.task_id]
                 self._ended.pop(task.task_id, None)
         self.data_server.release_job(job_id)
+        self.tables.release_job(job_id)
         return len(tasks)
 
     def _task_changed(self, task_id, update):

@@ -49,6 +49,16 @@ async def http(method, url, json=None, data=None, token=None):
             return resp.status, await resp.read()
 
 
+async def upload_tables(url, job_graph):
+    """Upload the in-memory tables ``job_graph`` refers to, as SabotClient.submit does."""
+    for table_id, table in job_graph.tables.items():
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        status, _ = await http("PUT", f"{url}/tables/{table_id}", data=sink.getvalue().to_pybytes())
+        assert status == 201
+
+
 async def until(predicate, timeout=10.0, what="condition"):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -297,9 +307,10 @@ def test_bad_submissions_get_4xx_and_running_jobs_are_unaffected(arun, user_modu
             assert status == 400 and "no_such_module_xyz" in err["error"] and "broken" in err["error"]
             # the coordinator does not import user modules: a missing function in a module that
             # exists fails the job when the workers import it, naming the function
-            bad = Stream.from_table(table).map(f"{user_module}:missing_fn", name="broken2").collect()
-            status, answer = await http("POST", url, json=bad.to_job_graph("bad2", restart_strategy={"type": "none"})
-                                        .to_dict())
+            bad = Stream.from_table(table).map(f"{user_module}:missing_fn", name="broken2").collect() \
+                .to_job_graph("bad2", restart_strategy={"type": "none"})
+            await upload_tables(c.url, bad)
+            status, answer = await http("POST", url, json=bad.to_dict())
             assert status == 201
             assert await c.wait_for_job(answer["job_id"], 30) == "FAILED"
             assert "missing_fn" in c.jobs[answer["job_id"]].failure["error"]

@@ -107,6 +107,7 @@ def test_a_worker_never_told_bounds_its_ended_tasks():
         try:
             for i in range(8):
                 graph = Stream.from_table(table).collect(name="out").to_job_graph(f"j{i}", default_parallelism=2)
+                manager.tables.add(graph.tables)  # as a worker fetches them
                 for tdd in build_deployment_descriptors(graph.to_execution_graph(), graph.job_id).values():
                     await manager.deploy(tdd)
                 await asyncio.wait_for(manager.wait(), 30)

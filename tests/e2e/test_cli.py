@@ -140,8 +140,11 @@ def test_load_target_errors(tmp_path, monkeypatch):
 
 def test_job_commands_against_a_running_cluster(local_cluster, tmp_path, capsys, user_module, monkeypatch):
     url = local_cluster.url
+    # a JSON job file is self-contained: its source is a generator (an in-memory table
+    # travels beside a graph, uploaded by SabotClient.submit, not inside its JSON)
     graph = (__import__("sabot.api.stream", fromlist=["Stream"]).Stream
-             .from_table(pa.table({"key": [1, 2, 2], "value": [1.0, 2.0, 3.0]}))
+             .from_generator("sabot.runtime.generators:keyed_records", total_rows=1000, batch_size=100,
+                             parameters={"num_keys": 10})
              .key_by("key").aggregate({"value": ["sum"]}).collect(name="sums")
              .to_job_graph("cli-job", default_parallelism=1, shippable=True))
     spec = tmp_path / "job.json"

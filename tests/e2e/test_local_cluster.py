@@ -91,7 +91,7 @@ def test_every_endpoint_over_http(local_cluster, user_module):
     assert "/jobs/{job_id}" in client.openapi()["paths"]
 
     table = keyed_table(10_000, 50)
-    job_id = client.submit(keyed_count_job(2, table).to_dict())
+    job_id = client.submit(keyed_count_job(2, table))  # its table uploaded first, then the graph
     assert client.wait(job_id, 60) == "FINISHED"
     assert_tables_equal(client.result(job_id).table("counts"), reference_counts(table))
     assert job_id in [j["job_id"] for j in client.jobs()]

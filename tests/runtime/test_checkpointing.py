@@ -18,6 +18,7 @@ from sabot.runtime.data_server import DataServer
 from sabot.runtime.checkpoint_storage import CheckpointStorage
 from sabot.runtime.embedded import gather_results
 from sabot.runtime.generators import keyed_records
+from sabot.runtime.tables import TableStore
 from sabot.runtime.task_manager import TaskManager
 from sabot.testing import assert_tables_equal
 
@@ -43,7 +44,8 @@ async def run_attempt(job, exec_graph, storage, restore=None, checkpoint_after=N
     """Deploy every task; optionally checkpoint after a delay and kill after another."""
     server = DataServer()
     acks, failures = [], []
-    manager = TaskManager(server, on_update=lambda s: s.state.value == "FAILED" and failures.append(s),
+    manager = TaskManager(server, tables=TableStore(job.tables),
+                          on_update=lambda s: s.state.value == "FAILED" and failures.append(s),
                           on_checkpoint=acks.append)
     spec = CheckpointSpec(storage.uri, 3)
     tdds = build_deployment_descriptors(exec_graph, job.job_id, restore=restore, checkpoint=spec)

@@ -299,6 +299,7 @@ def test_live_rescale_of_a_multi_key_aggregate_keeps_exact_result():
     from sabot.runtime.data_server import DataServer
     from sabot.runtime.embedded import gather_results
     from sabot.runtime.generators import keyed_records
+    from sabot.runtime.tables import TableStore
     from sabot.runtime.task_manager import TaskManager
 
     total = 200_000
@@ -314,7 +315,8 @@ def test_live_rescale_of_a_multi_key_aggregate_keeps_exact_result():
     async def run():
         server = DataServer()
         failures = []
-        manager = TaskManager(server, on_update=lambda s: s.state.value == "FAILED" and failures.append(s))
+        manager = TaskManager(server, tables=TableStore(job.tables),
+                              on_update=lambda s: s.state.value == "FAILED" and failures.append(s))
         exec_graph = job.to_execution_graph()
         op_id = next(op for op, node in job.operators.items() if node.name == "aggregate")
         try:

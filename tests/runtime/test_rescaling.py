@@ -22,6 +22,7 @@ from sabot.execution.rescale import build_rescale_messages, build_source_resume_
 from sabot.runtime.data_server import DataServer
 from sabot.runtime.embedded import gather_results
 from sabot.runtime.generators import keyed_records
+from sabot.runtime.tables import TableStore
 from sabot.runtime.task_manager import TaskManager
 from sabot.testing import assert_tables_equal
 
@@ -58,7 +59,8 @@ async def rescale(manager, exec_graph, job, op_name, new_parallelism, n, assignm
 async def run_with_rescales(job, steps, delay=0.08):
     server = DataServer()
     failures = []
-    manager = TaskManager(server, on_update=lambda s: s.state.value == "FAILED" and failures.append(s))
+    manager = TaskManager(server, tables=TableStore(job.tables),
+                          on_update=lambda s: s.state.value == "FAILED" and failures.append(s))
     exec_graph = job.to_execution_graph()
     try:
         for tdd in build_deployment_descriptors(exec_graph, job.job_id).values():
@@ -218,7 +220,8 @@ async def rescale_source(manager, exec_graph, job, new_parallelism, n):
 async def run_with_source_rescales(job, parallelisms, delay=0.1):
     server = DataServer()
     failures = []
-    manager = TaskManager(server, on_update=lambda s: s.state.value == "FAILED" and failures.append(s))
+    manager = TaskManager(server, tables=TableStore(job.tables),
+                          on_update=lambda s: s.state.value == "FAILED" and failures.append(s))
     exec_graph = job.to_execution_graph()
     op_id = next(op for op, node in job.operators.items() if node.name == "source")
     try:
@@ -343,7 +346,8 @@ def test_rescale_while_a_checkpoint_barrier_is_in_flight():
     async def scenario(tmp):
         server = DataServer()
         failures, acks = [], []
-        manager = TaskManager(server, on_update=lambda s: s.state.value == "FAILED" and failures.append(s),
+        manager = TaskManager(server, tables=TableStore(job.tables),
+                              on_update=lambda s: s.state.value == "FAILED" and failures.append(s),
                               on_checkpoint=acks.append)
         exec_graph = job.to_execution_graph()
         spec = CheckpointSpec(CheckpointStorage(tmp).uri, 3)

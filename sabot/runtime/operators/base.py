@@ -35,6 +35,22 @@ class TaskContext:
     input_operator_ids: list = field(default_factory=list)
     #: processing time in milliseconds since the epoch (a ``sabot.runtime.timers`` clock)
     clock: object = None
+    #: the process's :class:`~sabot.runtime.tables.TableStore` (in-memory tables the job refers to)
+    tables: object = None
+
+    def table(self, ref, what):
+        """The table a reference parameter names, or an OperatorError saying what is wrong."""
+        from sabot.runtime.tables import MissingTable, is_ref
+
+        if not is_ref(ref):
+            raise OperatorError(f"{what} of {self.operator_name!r} must be a table reference "
+                                f'{{"table_id": "<32 hex>", ...}} (sabot.runtime.tables), got {ref!r:.80}')
+        if self.tables is None:
+            raise OperatorError(f"{what} of {self.operator_name!r}: this process has no table store")
+        try:
+            return self.tables.get(ref)
+        except MissingTable as exc:
+            raise OperatorError(f"{what} of {self.operator_name!r}: {exc}") from None
 
     @property
     def operator_name(self):

@@ -1,6 +1,6 @@
 """Enrichment join of a stream against a static Arrow table.
 
-Parameters: ``{"table": base64 Arrow IPC, "on": [stream key columns], "right_on":
+Parameters: ``{"table": table reference (:mod:`sabot.runtime.tables`), "on": [stream key columns], "right_on":
 [table key columns] | None (= on), "how": "inner" | "left", "suffix": "_right"}``.
 
 The static table is a lookup table, so its keys must be unique: duplicate keys
@@ -28,7 +28,6 @@ import pyarrow.compute as pc
 
 import sabot._core.partition as _partition
 from sabot.errors import OperatorError
-from sabot.execution.operator_spec import decode_table
 from sabot.runtime.operators.base import Operator, register
 
 log = logging.getLogger(__name__)
@@ -139,8 +138,6 @@ class LookupJoin(Operator):
         if self.how not in JOIN_TYPES:
             raise OperatorError(f"join {name!r}: unknown join type how={self.how!r}; expected one of {JOIN_TYPES}")
         self.suffix = p.get("suffix") or "_right"
-        if not isinstance(p.get("table"), str):
-            raise OperatorError(f"join {name!r} needs 'table': the static table as base64 Arrow IPC")
         self.table = None
         self.schema = None  # the stream's schema, bound on the first batch
 
@@ -148,10 +145,7 @@ class LookupJoin(Operator):
 
     def open(self):
         name = self.ctx.operator_name
-        try:
-            table = decode_table(self.params["table"])
-        except (pa.ArrowInvalid, ValueError) as exc:
-            raise OperatorError(f"join {name!r}: cannot decode the static table: {exc}") from exc
+        table = self.ctx.table(self.params.get("table"), "parameter 'table' (the static table) of join")
         missing = [c for c in self.right_on if table.schema.get_field_index(c) < 0]
         if missing:
             raise OperatorError(

@@ -83,7 +83,8 @@ class PartitionedFileSink(_Sink):
         params["kind"] = "files"
         params["path"] = f"{self.path.rstrip('/')}/{rel}"
         ctx = TaskContext(self.ctx.job_id, self.ctx.task_id, self.ctx.attempt, operator, self.ctx.subtask_index,
-                          self.ctx.parallelism, self.ctx.max_parallelism, {}, self.ctx.checkpointing)
+                          self.ctx.parallelism, self.ctx.max_parallelism, {}, self.ctx.checkpointing,
+                          tables=self.ctx.tables)
         child = FileSink(ctx)
         if self.lineage is not None and child.lineage != self.lineage:
             child._set_lineage(self.lineage)

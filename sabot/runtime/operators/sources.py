@@ -13,8 +13,9 @@ replaces for the new subtasks, and their checkpointed state is ``{"position",
 
 Parameter formats (``parameters["kind"]``):
 
-* ``"table"``: ``{"data": base64 Arrow IPC, "batch_size": int | None}``; unit =
-  one slice of ``batch_size`` rows; position = slices emitted.
+* ``"table"``: ``{"data": table reference (:mod:`sabot.runtime.tables`), "batch_size":
+  int | None}``; unit = one slice of ``batch_size`` rows, or with ``batch_size`` None
+  one record batch of the table as it was given; position = units emitted.
 * ``"generator"``: ``{"function": "module:fn", "total_rows": int | None,
   "batch_size": int, "parameters": {...}}``; unit = global batch ``b`` covering rows
   ``[b * batch_size, (b + 1) * batch_size)``; position = batches emitted.
@@ -32,7 +33,7 @@ import pyarrow.dataset as ds
 
 from sabot.errors import OperatorError
 from sabot.runtime import functions
-from sabot.execution.operator_spec import decode_expression, decode_table
+from sabot.execution.operator_spec import decode_expression
 from sabot.runtime.operators.base import SourceOperator, register
 
 log = logging.getLogger(__name__)
@@ -246,36 +247,37 @@ class _CountingSource(SourceOperator):
 
 @register("source", kind="table")
 class TableSource(_CountingSource):
-    """An in-memory Arrow table shipped inline in the JobGraph.
+    """An in-memory Arrow table, by reference (the rows stay in the process's table store).
 
-    Slice ``k`` holds rows ``[k * batch_size, (k + 1) * batch_size)``; subtask ``i``
-    emits slices ``i, i + P, …`` as zero-copy batches (one slice that spans two
-    chunks of the table comes out as two batches).
+    With ``batch_size``, slice ``k`` holds rows ``[k * batch_size, (k + 1) * batch_size)``
+    (one slice that spans two chunks of the table comes out as two batches); without,
+    unit ``k`` is the table's ``k``-th record batch, as it was given. Subtask ``i``
+    emits units ``i, i + P, …``, zero-copy.
     """
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        data = self.params.get("data")
-        if not isinstance(data, str):
-            raise OperatorError(
-                f"source {ctx.operator_name!r}: parameter 'data' must be base64 Arrow IPC "
-                f"(sabot.execution.operator_spec.encode_table), got {type(data).__name__}"
-            )
-        try:
-            self.table = decode_table(data)
-        except (pa.ArrowInvalid, ValueError) as exc:
-            raise OperatorError(f"source {ctx.operator_name!r}: cannot decode the inline table: {exc}") from exc
-        self.batch_size = _positive_int(ctx, self.params, "batch_size", DEFAULT_BATCH_SIZE)
-        self.num_slices = -(-self.table.num_rows // self.batch_size)
+        self.table = ctx.table(self.params.get("data"), "parameter 'data' of source")
+        if self.params.get("batch_size") is None:
+            self.batch_size = None
+            self.batches = [b for b in self.table.to_batches() if b.num_rows]
+            self.num_slices = len(self.batches)
+        else:
+            self.batch_size = _positive_int(ctx, self.params, "batch_size", DEFAULT_BATCH_SIZE)
+            self.num_slices = -(-self.table.num_rows // self.batch_size)
 
     @property
     def num_units(self):
         return self.num_slices
 
+    def _unit_rows(self, k):
+        if self.batch_size is None:
+            return self.batches[k].num_rows
+        return min(self.batch_size, self.table.num_rows - k * self.batch_size)
+
     @property
     def total_rows(self):
-        return sum(min(self.batch_size, self.table.num_rows - k * self.batch_size)
-                   for k in self._all_units(self.num_slices))
+        return sum(self._unit_rows(k) for k in self._all_units(self.num_slices))
 
     def read(self):
         if self.table.num_rows == 0:
@@ -286,9 +288,12 @@ class TableSource(_CountingSource):
                 yield pa.RecordBatch.from_pylist([], schema=self.table.schema)
             return
         for k in self._unit_indexes(self.num_slices):
-            piece = self.table.slice(k * self.batch_size, self.batch_size)
-            batches = [b for b in piece.to_batches() if b.num_rows]
-            # Count the slice before yielding its last batch: a position read
+            if self.batch_size is None:
+                batches = [self.batches[k]]
+            else:
+                piece = self.table.slice(k * self.batch_size, self.batch_size)
+                batches = [b for b in piece.to_batches() if b.num_rows]
+            # Count the unit before yielding its last batch: a position read
             # right after it was emitted must already include it.
             for j, batch in enumerate(batches):
                 if j == len(batches) - 1:

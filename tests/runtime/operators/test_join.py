@@ -5,20 +5,29 @@ import pyarrow as pa
 import pytest
 
 from sabot.errors import OperatorError
-from sabot.execution.operator_spec import encode_table
+from sabot.runtime.tables import TableStore, new_ref
 from sabot.runtime.operators.base import TaskContext, create_operator
 from sabot.runtime.operators.join import LookupJoin
 
 
+
+STORE = TableStore()  # the tables the operators refer to, as a worker's store holds them
+
+
+def table_ref(table):
+    ref = new_ref(table)
+    STORE.put(ref["table_id"], table)
+    return ref
+
 def make_join(table, on, right_on=None, how="inner", suffix=None, name="enrich"):
-    params = {"table": encode_table(table), "on": on, "right_on": right_on, "how": how}
+    params = {"table": table_ref(table), "on": on, "right_on": right_on, "how": how}
     if suffix is not None:
         params["suffix"] = suffix
     ctx = TaskContext(
         job_id="job", task_id=f"{name}-0", attempt=0,
         operator={"name": name, "operator_type": "join", "key_by": None, "function": None,
                   "parameters": params},
-        subtask_index=0, parallelism=1, max_parallelism=128,
+        subtask_index=0, parallelism=1, max_parallelism=128, tables=STORE,
     )
     op = create_operator(ctx)
     op.open()

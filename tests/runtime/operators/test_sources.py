@@ -11,17 +11,26 @@ import pytest
 
 from sabot.errors import OperatorError
 from sabot.runtime import functions, generators
-from sabot.execution.operator_spec import encode_table
+from sabot.runtime.tables import TableStore, new_ref
 from sabot.runtime.operators.base import TaskContext, create_operator
 from sabot.runtime.operators.sources import DatasetSource, GeneratorSource, TableSource
 
+
+
+STORE = TableStore()  # the tables the operators refer to, as a worker's store holds them
+
+
+def table_ref(table):
+    ref = new_ref(table)
+    STORE.put(ref["table_id"], table)
+    return ref
 
 def make_source(params, subtask=0, parallelism=1, name="src"):
     ctx = TaskContext(
         job_id="job", task_id=f"{name}-{subtask}", attempt=0,
         operator={"name": name, "operator_type": "source", "key_by": None, "function": None,
                   "parameters": params},
-        subtask_index=subtask, parallelism=parallelism, max_parallelism=128,
+        subtask_index=subtask, parallelism=parallelism, max_parallelism=128, tables=STORE,
     )
     op = create_operator(ctx)
     op.open()
@@ -54,7 +63,7 @@ def sample_table(n=50):
 @pytest.mark.parametrize("parallelism", [1, 2, 3])
 def test_table_source_union_over_subtasks_is_the_input(parallelism):
     table = sample_table(50)
-    params = {"kind": "table", "data": encode_table(table), "batch_size": 7}
+    params = {"kind": "table", "data": table_ref(table), "batch_size": 7}
     parts, total = [], 0
     for i in range(parallelism):
         op = make_source(params, i, parallelism)
@@ -73,7 +82,7 @@ def test_table_source_union_over_subtasks_is_the_input(parallelism):
 
 def test_table_source_slices_are_zero_copy():
     table = sample_table(20)
-    op = make_source({"kind": "table", "data": encode_table(table), "batch_size": 8})
+    op = make_source({"kind": "table", "data": table_ref(table), "batch_size": 8})
     base = op.table.column("x").chunk(0).buffers()[1].address
     batches = read_all(op)
     assert [b.column("x").offset for b in batches] == [0, 8, 16]
@@ -84,7 +93,7 @@ def test_table_source_over_several_chunks():
     # from_batches ships uneven batches; a slice spanning two chunks comes out as two batches
     chunks = [pa.record_batch({"id": list(range(a, b))}) for a, b in [(0, 3), (3, 8), (8, 10)]]
     table = pa.Table.from_batches(chunks)
-    params = {"kind": "table", "data": encode_table(table), "batch_size": 5}
+    params = {"kind": "table", "data": table_ref(table), "batch_size": 5}
     for parallelism in (1, 2):
         rows = []
         for i in range(parallelism):
@@ -95,7 +104,7 @@ def test_table_source_over_several_chunks():
 @pytest.mark.parametrize("parallelism,stop_after", [(1, 3), (2, 2), (3, 1)])
 def test_table_source_resumes_from_position(parallelism, stop_after):
     table = sample_table(100)
-    params = {"kind": "table", "data": encode_table(table), "batch_size": 6}
+    params = {"kind": "table", "data": table_ref(table), "batch_size": 6}
     for i in range(parallelism):
         full = read_all(make_source(params, i, parallelism))
         first = make_source(params, i, parallelism)
@@ -113,7 +122,7 @@ def test_table_source_resumes_from_position(parallelism, stop_after):
 
 def test_empty_table_source_sends_its_schema_once():
     table = sample_table(0)
-    params = {"kind": "table", "data": encode_table(table), "batch_size": 4}
+    params = {"kind": "table", "data": table_ref(table), "batch_size": 4}
     first = read_all(make_source(params, 0, 2))
     assert len(first) == 1 and first[0].num_rows == 0 and first[0].schema.equals(table.schema)
     assert read_all(make_source(params, 1, 2)) == []
@@ -123,11 +132,11 @@ def test_empty_table_source_sends_its_schema_once():
 def test_table_source_bad_parameters():
     table = sample_table(5)
     with pytest.raises(OperatorError, match="batch_size"):
-        make_source({"kind": "table", "data": encode_table(table), "batch_size": 0})
+        make_source({"kind": "table", "data": table_ref(table), "batch_size": 0})
     with pytest.raises(OperatorError, match="data"):
         make_source({"kind": "table", "data": None})
     with pytest.raises(OperatorError, match="position"):
-        make_source({"kind": "table", "data": encode_table(table)}).seek(-1)
+        make_source({"kind": "table", "data": table_ref(table)}).seek(-1)
 
 
 def test_unknown_source_kind_names_the_known_ones():
@@ -344,7 +353,7 @@ def _rows(batches, column):
 
 def _counting_params(kind, n, batch_size):
     if kind == "table":
-        return {"kind": "table", "data": encode_table(sample_table(n)), "batch_size": batch_size}
+        return {"kind": "table", "data": table_ref(sample_table(n)), "batch_size": batch_size}
     return {"kind": "generator", "function": GEN, "total_rows": n, "batch_size": batch_size, "parameters": {}}
 
 
@@ -430,7 +439,7 @@ def test_table_source_pause_waits_for_the_unit_being_emitted():
     # a slice that spans two chunks comes out as two batches: after the first one the
     # source is inside a unit, and the next unit is the one after it
     table = pa.concat_tables([sample_table(10).slice(0, 5), sample_table(10).slice(5, 5)])
-    op = make_source({"kind": "table", "data": encode_table(table), "batch_size": 4})
+    op = make_source({"kind": "table", "data": table_ref(table), "batch_size": 4})
     it = op.read()
     first = next(it)
     assert first.num_rows == 4 and op.at_unit_boundary and op.next_unit == 1
