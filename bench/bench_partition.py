@@ -31,7 +31,6 @@ import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import sabot._core.morsel as morsel  # noqa: E402
 import sabot._core.partition as partition  # noqa: E402
 
 try:
@@ -127,12 +126,13 @@ def main(argv=None):
     keys = batch.column("key")
     # --- hashing alone
     t_hash = best(lambda: partition.hash_columns(keys), repeat + 2)
-    sched = morsel.MorselScheduler(2)
-    t_hash2 = best(lambda: sched.hash_columns(keys), repeat + 2)
+    t_rep1 = best(lambda: partition.repartition(batch, "key", 64, num_threads=1), repeat + 2)
+    t_rep2 = best(lambda: partition.repartition(batch, "key", 64, num_threads=2), repeat + 2)
     t_kcopy = best(lambda: np.frombuffer(keys.buffers()[1], dtype=np.uint8).copy(), repeat + 2)
     gb = n * 8 / 1e9
     print(f"hash int64 keys: 1 thread {t_hash * 1e3:.1f} ms = {gb / t_hash:.2f} GB/s;"
-          f" 2 threads (morsels) {t_hash2 * 1e3:.1f} ms = {gb / t_hash2:.2f} GB/s;"
+          f" repartition into 64 on 1 / 2 native threads {t_rep1 * 1e3:.1f} / {t_rep2 * 1e3:.1f} ms"
+          f" (x{t_rep1 / t_rep2:.2f});"
           f" memcpy of the keys {t_kcopy * 1e3:.1f} ms (hash/memcpy x{t_hash / t_kcopy:.2f})", flush=True)
 
     results = []

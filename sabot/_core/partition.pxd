@@ -8,9 +8,9 @@
 #                  appended to P sequential output streams (fixed width, bits,
 #                  variable width, row indices for nested types).
 #
-# Other compiled modules (morsel.pyx) cimport HashPlan and the range kernels to run
-# them on morsels from several threads; every kernel below touches only the rows
-# [start, stop) it is given and needs no GIL.
+# repartition() runs the range kernels below on slices of one batch from several
+# native threads (num_threads); every kernel touches only the rows [start, stop) it
+# is given and needs no GIL.
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
 
