@@ -49,8 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
 import shutil
 import tempfile
 import types
@@ -66,6 +64,7 @@ from sabot.cluster.failover import Failover
 from sabot.cluster.gateway import HttpWorkerGateway, WorkerListener
 from sabot.cluster.http_api import CoordinatorMetrics, build_coordinator_app
 from sabot.cluster.job import JobRecord, JobState
+from sabot.cluster.job_tables import JobTables
 from sabot.cluster.live_metrics import LiveMetrics
 from sabot.cluster.liveness import LivenessServer
 from sabot.cluster.nodes import NodeRegistry
@@ -78,14 +77,12 @@ from sabot.cluster.retention import EndedJobs
 from sabot.cluster.tls import TlsConfig
 from sabot.cluster.tls import scheme as tls_scheme
 from sabot.cluster.web import serve
-from sabot.errors import (Conflict, IllegalStateTransition, InvalidRequest, JobFailed, NotFound, PayloadTooLarge,
-                          SlotsExhausted)
+from sabot.errors import Conflict, IllegalStateTransition, InvalidRequest, JobFailed, NotFound, SlotsExhausted
 from sabot.execution.execution_graph import TaskState
 from sabot.execution.messages import TaskUpdate, checkpoint_answer_from_dict
 from sabot.execution.slot_pool import SlotPool
 from sabot.runtime.checkpoint_storage import CheckpointStorage
 from sabot.runtime.functions import FunctionPolicy
-from sabot.runtime.tables import TableStore, refs_in
 from sabot.runtime.embedded import gather_results
 
 log = logging.getLogger(__name__)
@@ -166,7 +163,7 @@ class ClusterCoordinator(WorkerListener):
         self.checkpoint_root = self.config.checkpoint_dir
         #: in-memory tables of the jobs (uploaded by clients, or handed over in process);
         #: workers fetch them with GET /tables/{table_id}
-        self.tables = TableStore()
+        self.tables = JobTables(self.config.max_table_bytes, self.config.max_unused_tables, self.offload)
 
     # -- the seed's view -------------------------------------------------------------------
 
@@ -195,7 +192,7 @@ class ClusterCoordinator(WorkerListener):
         if self.checkpoint_root is None:
             self._own_checkpoint_dir = tempfile.mkdtemp(prefix="sabot-checkpoints-")
             self.checkpoint_root = self._own_checkpoint_dir
-        self.tables.directory = tempfile.mkdtemp(prefix="sabot-tables-")
+        self.tables.start()
         await self.gateway.start()
         await self.liveness.start(self.config.liveness_port)
         if serve_http:
@@ -238,10 +235,7 @@ class ClusterCoordinator(WorkerListener):
             shutil.rmtree(self._own_checkpoint_dir, ignore_errors=True)
             self._own_checkpoint_dir = None
             self.checkpoint_root = self.config.checkpoint_dir
-        self.tables.clear()
-        if self.tables.directory is not None:
-            shutil.rmtree(self.tables.directory, ignore_errors=True)
-            self.tables.directory = None
+        self.tables.stop()
         self.registry.quiet = False
         log.info("coordinator %s stopped", self._url)
 
@@ -420,8 +414,7 @@ class ClusterCoordinator(WorkerListener):
         """
         if hasattr(job_graph, "to_job_graph"):  # a Stream: its graph, with its in-memory tables
             job_graph = await self.offload(job_graph.to_job_graph, shippable=True)
-        if getattr(job_graph, "tables", None):  # handed over in this process: written once, for the workers
-            await self.offload(self.tables.add, job_graph.tables)
+        await self.tables.hand_over(getattr(job_graph, "tables", None))  # written once, for the workers
         # parsed, checked and expanded on threads: a big job never holds the event loop
         job_graph, demand = await self.offload(
             admission.admit, job_graph, max_operators=self.config.max_operators_per_job,
@@ -438,7 +431,7 @@ class ClusterCoordinator(WorkerListener):
         while job_graph.job_id in self._taken_job_ids() or self._operator_ids.intersection(job_graph.operators):
             # another submission took these ids meanwhile (rare): rename again, here
             job_graph = admission.with_unique_ids(job_graph, self._taken_job_ids(), self._operator_ids)
-        table_ids = self._check_tables(job_graph)
+        table_ids = self.tables.check(job_graph)
         self._reserved_job_ids.add(job_graph.job_id)
         self._operator_ids.update(job_graph.operators)
         self.tables.use(job_graph.job_id, table_ids)
@@ -458,57 +451,6 @@ class ClusterCoordinator(WorkerListener):
         else:
             self._scheduling[job.job_id] = (self._spawn(self._wait_for_slots(job, pending)), pending)
         return job.job_id
-
-    def _check_tables(self, job_graph):
-        """The ids of the tables the job refers to; InvalidRequest if one was not uploaded."""
-        table_ids = []
-        for op in job_graph.operators.values():
-            for ref in refs_in(op.parameters):
-                if ref["table_id"] not in self.tables:
-                    raise InvalidRequest(
-                        f"operator {op.name!r} refers to table {ref['table_id']}, which this coordinator does not "
-                        "have: upload it first (PUT /tables/{table_id}, an Arrow IPC stream; SabotClient.submit "
-                        "does it)")
-                table_ids.append(ref["table_id"])
-        return table_ids
-
-    async def receive_table(self, table_id, chunks, size_hint=None):
-        """Keep the Arrow IPC stream ``chunks`` (an async iterator of bytes) as table
-        ``table_id``; its ``{"table_id", "num_rows", "nbytes"}``. ``PUT /tables/{id}``."""
-        limit = self.config.max_table_bytes
-        if size_hint is not None and size_hint > limit:
-            raise PayloadTooLarge(f"a table of {size_hint} bytes is larger than max_table_bytes={limit}")
-        if table_id in self.tables:
-            table = self.tables.get(table_id)
-            return {"table_id": table_id, "num_rows": table.num_rows, "nbytes": table.nbytes, "new": False}
-        path = os.path.join(self.tables.directory, f"{table_id}.upload-{secrets.token_hex(4)}")
-        received = 0
-        try:
-            with open(path, "wb") as out:
-                async for chunk in chunks:
-                    received += len(chunk)
-                    if received > limit:
-                        raise PayloadTooLarge(f"the table upload passed max_table_bytes={limit}")
-                    out.write(chunk)
-            final = os.path.join(self.tables.directory, f"{table_id}.arrows")
-            os.replace(path, final)
-            path = final
-            table = await self.offload(self.tables.adopt_file, table_id, path)
-        except ValueError as exc:
-            raise InvalidRequest(f"PUT /tables/{table_id}: the body must be one Arrow IPC stream: {exc}") from None
-        finally:
-            if os.path.exists(path) and table_id not in self.tables:
-                os.unlink(path)
-        self.tables.limit_unused(self.config.max_unused_tables)
-        log.info("table %s received: %d rows, %d bytes", table_id, table.num_rows, received)
-        return {"table_id": table_id, "num_rows": table.num_rows, "nbytes": table.nbytes, "new": True}
-
-    def table_path(self, table_id):
-        """The file of table ``table_id`` (``GET /tables/{id}``); NotFound if unknown."""
-        if table_id not in self.tables:
-            raise NotFound(f"no table {table_id} here (uploaded tables live until the jobs using them are "
-                           "forgotten)")
-        return self.tables.path_of(table_id)
 
     def _taken_job_ids(self):
         return set(self.jobs) | self._reserved_job_ids

@@ -276,11 +276,11 @@ def _routes(c, dashboard=None):
                     return
                 yield chunk
 
-        info = await c.receive_table(table_id, chunks(), request.content_length)
+        info = await c.tables.receive(table_id, chunks(), request.content_length)
         return web.json_response(info, status=201 if info.pop("new") else 200)
 
     async def get_table(request):
-        path = c.table_path(_table_id(request))
+        path = c.tables.path_of(_table_id(request))
         return web.FileResponse(path, headers={"Content-Type": ARROW_STREAM})
 
     async def openapi(request):

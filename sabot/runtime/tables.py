@@ -102,6 +102,9 @@ class TableStore:
     def __len__(self):
         return len(self._tables)
 
+    def ids(self):
+        return list(self._tables)
+
     @property
     def nbytes(self):
         return sum(t.nbytes for t in list(self._tables.values()))

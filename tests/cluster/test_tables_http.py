@@ -33,7 +33,7 @@ def test_a_table_job_runs_on_workers_that_each_fetch_the_table_once(arun):
             stream = (Stream.from_table(table, batch_size=1000, parallelism=4).join_table(dim, on="key")
                       .key_by("key").aggregate({"value": ["count", "sum"]}).collect(name="counts"))
             job_id = await asyncio.to_thread(client.submit, stream)
-            assert sorted(c.tables._tables) == sorted(stream.to_job_graph().tables)  # the source's and the join's
+            assert sorted(c.tables.ids()) == sorted(stream.to_job_graph().tables)  # the source's and the join's
             assert await c.wait_for_job(job_id, 60) == "FINISHED"
             # the source's 4 subtasks ran on both workers, the join (parallelism 1) on one:
             # one copy of a table per worker that needs it, however many subtasks read it
