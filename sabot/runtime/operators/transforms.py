@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 from sabot.errors import OperatorError
 from sabot.execution.operator_spec import decode_expression, decode_schema
 from sabot.runtime.operators.base import Operator, register
-from sabot.runtime.operators.expressions import project
+from sabot.runtime.operators.expressions import filter_batch, project
 
 
 def check_columns(ctx, schema, names, what):
@@ -59,8 +59,8 @@ class Filter(Operator):
     def process(self, batch, input_index):
         if self.expression is not None:
             try:
-                out = batch.filter(self.expression)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as exc:
+                out = filter_batch(batch, self.expression)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError, TypeError) as exc:
                 raise OperatorError(
                     f"filter {self.ctx.operator_name!r}: expression {self.expression} failed on "
                     f"columns {batch.schema.names}: {exc}"
