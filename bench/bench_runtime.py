@@ -33,7 +33,7 @@ import pyarrow.feather as feather
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import measure, table as results_table, write_json  # noqa: E402
+from _harness import Report, constant, measure, table as results_table  # noqa: E402
 
 from sabot import Stream  # noqa: E402
 from sabot.runtime.generators import keyed_records  # noqa: E402
@@ -157,15 +157,29 @@ def main():
         if args.cluster:
             line += f"; cluster p=2 is {p2 / results[f'{kind} cluster p=2'].median:4.2f}x embedded p=2 (target >= 0.8)"
         print(line)
-    extra = {"rows": rows}
+    report = Report("bench_runtime", rows=rows, keys=KEYS, batch=BATCH, repeat=args.repeat)
+    report.add("keyed count", results, baseline="pyarrow")
+    names = {"table": "an in-memory table", "batches": "record batches", "ipc": "an Arrow IPC file",
+             "generator": "a generator"}
+    for kind in kinds:
+        report.headline(f"keyed-count job, {rows:,} records from {names[kind]}, embedded p=1",
+                        "keyed count", f"{kind} p=1")
+    if "table" in kinds:
+        report.headline("keyed-count job from a table, p=2 vs p=1 (target: time <= 1/1.7 = 0.59x)",
+                        "keyed count", "table p=2", baseline="table p=1")
+        if args.cluster:
+            report.headline("keyed-count job from a table, LocalCluster p=2 vs embedded p=2 (target: time <= 1.25x)",
+                            "keyed count", "table cluster p=2", baseline="table p=2")
+    report.figure("generation_alone_s", gen["generation alone"].median)
     if args.rss:
         nbytes, ratio = peak_rss_ratio(rows)
         print(f"from-table run at p=2: peak RSS above the interpreter is {ratio:.2f}x the table's "
               f"{nbytes / 2**20:.0f} MiB, the table included (target <= 2x)")
-        extra["from_table_rss_ratio"] = ratio
+        report.add("rss", {"peak RSS": constant("peak RSS", ratio * nbytes, "B"),
+                           "table": constant("table", nbytes, "B")}, baseline="table")
+        report.headline("peak RSS of the from-table run at p=2 (target <= 2x the table)", "rss", "peak RSS")
     if args.json:
-        write_json(args.json, "bench_runtime", results, baseline="pyarrow", **extra)
-
+        report.write(args.json)
 
 if __name__ == "__main__":
     main()
