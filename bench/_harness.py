@@ -165,6 +165,13 @@ def format_value(value, unit="s"):
     return f"{value:.3g} {unit}"
 
 
+def format_ratio(r):
+    """A ratio with two decimals, or two significant digits below 0.1 (0.037x, not 0.04x)."""
+    if r is None or (isinstance(r, float) and math.isnan(r)):
+        return "n/a"
+    return f"{r:.2f}x" if abs(r) >= 0.1 else f"{r:.2g}x"
+
+
 def table(results, *, baseline, work=None, unit="records", ratio="time / baseline"):
     """A text table: median, spread, rate (``work`` per second, for times) and the ratio
     of each median to ``baseline``'s."""
@@ -174,7 +181,7 @@ def table(results, *, baseline, work=None, unit="records", ratio="time / baselin
     for name, st in results.items():
         rate = f"{work / st.median / 1e6:9.2f} M {unit}/s" if work and st.unit == "s" else ""
         lines.append(f"{name:<{width}}  {format_value(st.median, st.unit):>12}  {st.spread_pct:5.0f} %  {rate:>16}  "
-                     f"{st.median / base:5.2f}x")
+                     f"{format_ratio(st.median / base):>6}")
     return "\n".join(lines)
 
 

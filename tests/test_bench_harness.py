@@ -99,6 +99,7 @@ def test_format_value():
     assert format_value(2.1e9, "B/s") == "2.10 GB/s"
     assert format_value(240e6, "B") == "240.00 MB"
     assert format_value(12.3e6, "ops/s") == "12.30 M ops/s"
+    assert _harness.format_ratio(1.333) == "1.33x" and _harness.format_ratio(0.0373) == "0.037x"
 
 
 def sample_report(tmp_path):
