@@ -19,13 +19,12 @@ import argparse
 import gc
 import os
 import sys
-import time
 import tracemalloc
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import Report, constant, measure, stats, table  # noqa: E402
+from _harness import Report, constant, measure, table  # noqa: E402
 from sabot.execution.execution_graph import ExecutionGraph, Partitioning  # noqa: E402
 from sabot.execution.job_graph import JobGraph, OperatorType, StreamOperatorNode  # noqa: E402
 
@@ -119,7 +118,6 @@ def main(argv=None):
                          "sabot P / 10": lambda: ExecutionGraph(small_job)},
                         repeat=repeat, warmup=1, check=check)
     t_naive = small_res["naive (an edge object per pair) P / 10"].median
-    t_ours_small = small_res["sabot P / 10"].median
     mem_naive = peak_mb(lambda: naive_build(small))
     scale = (p / small) ** 2
     t_build = full["ExecutionGraph(job)"].median

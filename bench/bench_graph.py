@@ -18,7 +18,6 @@ import argparse
 import graphlib
 import os
 import sys
-import time
 
 import numpy as np
 

@@ -34,7 +34,7 @@ import os
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import Report, collect, measure, summarize, table  # noqa: E402
+from _harness import Report, collect, summarize, table  # noqa: E402
 
 from sabot._core.slots import SlotTable
 from sabot.execution.slot_pool import SlotPool, SlotRequest
