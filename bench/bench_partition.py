@@ -17,19 +17,25 @@ distinct ~12-character strings). Baselines, measured in this process on the same
 Sabot's time includes hashing the key. ``sabot`` is ``repartition`` as called by
 default (``num_threads=None``: 2 threads for batches this large on a machine with 2+
 cores); ``sabot-1t`` forces one thread (the baselines are single threaded, except
-polars, which uses its own thread pool). Each figure is the median of several runs
-(the machine is shared and noisy).
+polars, which uses its own thread pool). Each figure is the median of ``--repeat`` runs
+interleaved across the contenders after a warm-up (the machine is shared and noisy).
+Sabot's partitions are checked against argsort+take's (same rows, same order) on the
+first run and their sizes on every run; the baselines' row counts on every run.
+
+    python bench/bench_partition.py [--quick] [--rows N] [--repeat 5] [--json out.json]
 """
 
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import Report, measure, table  # noqa: E402
 
 import sabot._core.partition as partition  # noqa: E402
 
@@ -37,17 +43,6 @@ try:
     import polars as pl
 except ImportError:  # pragma: no cover - polars is a bench extra
     pl = None
-
-
-def best(fn, repeat):
-    """Median wall time of ``repeat`` runs (named best for history)."""
-    ts = []
-    for _ in range(repeat):
-        s = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - s)
-    ts.sort()
-    return ts[len(ts) // 2]
 
 
 def make_int_batch(n, distinct, rng):
@@ -86,75 +81,115 @@ def argsort_take(batch, pids, num_partitions):
     return [taken.slice(s, c) for s, c in zip(starts, counts)]
 
 
-def run_case(label, batch, num_partitions, repeat, results):
+def partition_check(batch, pids, num_partitions):
+    """check(name, out): sabot's partitions equal argsort+take's (first time: every row;
+    then the sizes); the baselines hold every row."""
+    counts = np.bincount(pids, minlength=num_partitions)
+    reference = argsort_take(batch, pids, num_partitions)
+    checked = set()
+
+    def check(name, out):
+        if name.startswith("sabot"):
+            assert [b.num_rows for b in out] == counts.tolist(), f"{name}: partition sizes differ"
+            if name not in checked:
+                for i, (got, want) in enumerate(zip(out, reference)):
+                    assert got.equals(want), f"{name}: partition {i} differs from argsort+take's"
+                checked.add(name)
+        elif name == "memcpy":
+            assert sum(a.nbytes for a in out) >= batch.nbytes - 64 * len(out), "memcpy copied too little"
+        elif name == "polars":
+            assert sum(df.height for df in out) == batch.num_rows and len(out) == int((counts > 0).sum())
+        else:
+            assert [b.num_rows for b in out] == counts.tolist(), f"{name}: partition sizes differ"
+    return check
+
+
+def run_case(label, batch, num_partitions, repeat):
     mp = max(128, num_partitions)
     pids, _ = partition.partition_ids(batch, "key", num_partitions, max_parallelism=mp)
-    t_sabot = best(lambda: partition.repartition(batch, "key", num_partitions, max_parallelism=mp), repeat)
-    t_sabot1 = best(lambda: partition.repartition(batch, "key", num_partitions, max_parallelism=mp,
-                                                  num_threads=1), repeat)
-    t_copy = best(lambda: memcpy_all(batch), repeat)
-    t_argsort = best(lambda: argsort_take(batch, pids, num_partitions), max(1, repeat - 1))
-    row = {"case": label, "P": num_partitions, "sabot": t_sabot, "sabot1": t_sabot1, "memcpy": t_copy,
-           "argsort+take": t_argsort}
+    cases = {
+        "memcpy": lambda: memcpy_all(batch),
+        "sabot": lambda: partition.repartition(batch, "key", num_partitions, max_parallelism=mp),
+        "sabot-1t": lambda: partition.repartition(batch, "key", num_partitions, max_parallelism=mp, num_threads=1),
+        "argsort+take": lambda: argsort_take(batch, pids, num_partitions),
+    }
     if pl is not None:
         df = pl.from_arrow(batch).with_columns(pl.Series("pid", pids.astype(np.int32)))
-        row["polars"] = best(lambda: df.partition_by("pid", maintain_order=True), max(1, repeat - 1))
-    results.append(row)
-    mb = batch.nbytes / 1e6
-    line = (f"{label:<10} P={num_partitions:<4} {mb:7.0f} MB  sabot {t_sabot * 1e3:6.1f} ms"
-            f" (1t {t_sabot1 * 1e3:6.1f} ms, x{t_sabot1 / t_copy:4.2f} memcpy)"
-            f"  memcpy {t_copy * 1e3:7.1f} ms (x{t_sabot / t_copy:4.2f})"
-            f"  argsort+take {t_argsort * 1e3:8.1f} ms (sabot {t_argsort / t_sabot:4.1f}x faster)")
-    if "polars" in row:
-        line += f"  polars {row['polars'] * 1e3:8.1f} ms (sabot {row['polars'] / t_sabot:4.1f}x faster)"
-    print(line, flush=True)
+        cases["polars"] = lambda: df.partition_by("pid", maintain_order=True)
+    results = measure(cases, repeat=repeat, warmup=1, check=partition_check(batch, pids, num_partitions))
+    print(f"\n{label} P={num_partitions}, {batch.nbytes / 1e6:.0f} MB (sabot's time includes hashing the key):")
+    print(table(results, baseline="memcpy", work=batch.num_rows, unit="rows"))
+    return results
+
+
+def bench_hashing(batch, keys, n, repeat):
+    ref_hash = partition.hash_columns(keys)
+
+    def check_hash(name, out):
+        if name == "hash int64 keys (1 thread)":
+            assert np.array_equal(out, ref_hash), "hash_columns is not deterministic"
+        elif name.startswith("repartition"):
+            assert sum(b.num_rows for b in out) == n
+
+    hashing = measure({
+        "memcpy of the keys": lambda: np.frombuffer(keys.buffers()[1], dtype=np.uint8).copy(),
+        "hash int64 keys (1 thread)": lambda: partition.hash_columns(keys),
+        "repartition into 64, 1 native thread": lambda: partition.repartition(batch, "key", 64, num_threads=1),
+        "repartition into 64, 2 native threads": lambda: partition.repartition(batch, "key", 64, num_threads=2),
+    }, repeat=repeat + 2, warmup=1, check=check_hash)
+    print("\nhashing and repartition by thread count:")
+    print(table(hashing, baseline="memcpy of the keys", work=n, unit="rows"))
+    return hashing
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1,000,000 rows instead of 10,000,000")
     ap.add_argument("--rows", type=int, default=None, help="rows per batch (overrides --quick)")
+    ap.add_argument("--repeat", type=int, default=5, help="interleaved repetitions")
+    ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = ap.parse_args(argv)
     n = args.rows or (1_000_000 if args.quick else 10_000_000)
     distinct = min(1_000_000, n)
-    repeat = 5
+    repeat = args.repeat
     rng = np.random.default_rng(42)
     print(f"rows={n:,} distinct keys={distinct:,} cpu_count={os.cpu_count()} "
-          f"polars={'yes' if pl is not None else 'missing'}", flush=True)
+          f"polars={'yes' if pl is not None else 'missing'}; median of {repeat} interleaved runs", flush=True)
+    report = Report("bench_partition", rows=n, distinct_keys=distinct, repeat=repeat)
 
     batch = make_int_batch(n, distinct, rng)
     keys = batch.column("key")
-    # --- hashing alone
-    t_hash = best(lambda: partition.hash_columns(keys), repeat + 2)
-    t_rep1 = best(lambda: partition.repartition(batch, "key", 64, num_threads=1), repeat + 2)
-    t_rep2 = best(lambda: partition.repartition(batch, "key", 64, num_threads=2), repeat + 2)
-    t_kcopy = best(lambda: np.frombuffer(keys.buffers()[1], dtype=np.uint8).copy(), repeat + 2)
-    gb = n * 8 / 1e9
-    print(f"hash int64 keys: 1 thread {t_hash * 1e3:.1f} ms = {gb / t_hash:.2f} GB/s;"
-          f" repartition into 64 on 1 / 2 native threads {t_rep1 * 1e3:.1f} / {t_rep2 * 1e3:.1f} ms"
-          f" (x{t_rep1 / t_rep2:.2f});"
-          f" memcpy of the keys {t_kcopy * 1e3:.1f} ms (hash/memcpy x{t_hash / t_kcopy:.2f})", flush=True)
+    report.add("hash", bench_hashing(batch, keys, n, repeat), baseline="memcpy of the keys")
 
-    results = []
     for p in (8, 64, 256):
-        run_case("int64-key", batch, p, repeat, results)
+        report.add(f"int64-key P={p}", run_case("int64-key", batch, p, repeat), baseline="memcpy")
     del batch, keys
     sbatch = make_str_batch(n, distinct, rng)
-    t_shash = best(lambda: partition.hash_columns(sbatch, "key"), repeat)
+    shash = measure({"hash string keys": lambda: partition.hash_columns(sbatch, "key")}, repeat=repeat, warmup=1)
+    t_shash = shash["hash string keys"].median
     sbytes = sbatch.column("key").nbytes / 1e9
-    print(f"hash string keys: {t_shash * 1e3:.1f} ms = {sbytes / t_shash:.2f} GB/s "
+    print(f"\nhash string keys: {t_shash * 1e3:.1f} ms = {sbytes / t_shash:.2f} GB/s "
           f"({n / t_shash / 1e6:.0f} M keys/s)", flush=True)
-    run_case("str-key", sbatch, 64, repeat, results)
+    report.add("str-key P=64", run_case("str-key", sbatch, 64, repeat), baseline="memcpy")
 
     print("\nsummary (ratios; >1 means sabot is faster, memcpy column is sabot/memcpy):")
-    for r in results:
+    for group, g in report.groups.items():
+        if group == "hash":
+            continue
+        r = {k: v.median for k, v in g["results"].items()}
         pol = f"{r['polars'] / r['sabot']:5.2f}" if "polars" in r else "  n/a"
-        print(f"  {r['case']:<10} P={r['P']:<4} vs polars {pol}  vs argsort+take "
+        print(f"  {group:<14} vs polars {pol}  vs argsort+take "
               f"{r['argsort+take'] / r['sabot']:5.2f}  sabot/memcpy {r['sabot'] / r['memcpy']:5.2f}"
-              f"  | 1 thread: vs polars {r.get('polars', float('nan')) / r['sabot1']:5.2f}"
-              f"  vs argsort+take {r['argsort+take'] / r['sabot1']:5.2f}"
-              f"  sabot/memcpy {r['sabot1'] / r['memcpy']:5.2f}")
-
+              f"  | 1 thread: vs polars {r.get('polars', float('nan')) / r['sabot-1t']:5.2f}"
+              f"  vs argsort+take {r['argsort+take'] / r['sabot-1t']:5.2f}"
+              f"  sabot/memcpy {r['sabot-1t'] / r['memcpy']:5.2f}")
+    title = f"repartition {n / 1e6:g}M rows ({n * 24 / 1e6:.0f} MB) into 64 partitions"
+    report.headline(title + " vs a memcpy", "int64-key P=64", "sabot")
+    if pl is not None:
+        report.headline(title + " vs polars partition_by", "int64-key P=64", "sabot", baseline="polars")
+    report.headline(title + " vs argsort+take", "int64-key P=64", "sabot", baseline="argsort+take")
+    if args.json:
+        report.write(args.json)
 
 if __name__ == "__main__":
     main()
