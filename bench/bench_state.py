@@ -11,18 +11,22 @@ Hashing is excluded on purpose (the table takes precomputed hashes, which come f
 sabot._core.partition in the engine); a numpy splitmix64 stands in here and is done
 before timing.
 
-Usage: python bench/bench_state.py [--quick]
+Every group is run interleaved after a warm-up (median of ``--repeat``); the table's
+result is checked against pyarrow's on every run, a restore against the snapshotted table.
+
+Usage: python bench/bench_state.py [--quick] [--repeat N] [--json out.json]
 """
 
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import Report, measure, table as results_table  # noqa: E402
 from sabot._core.state import KeyedAggregateTable  # noqa: E402
 
 BATCH = 65_536
@@ -35,15 +39,6 @@ def splitmix64(x):
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
-
-
-def best_of(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def bench_updates(n_rows, n_keys, repeat, string_keys=False):
@@ -76,19 +71,22 @@ def bench_updates(n_rows, n_keys, repeat, string_keys=False):
         return table.group_by("k").aggregate([("v", "count"),
                                               ("v", "sum")])
 
-    t_state = best_of(run_table, repeat)
-    t_arrow = best_of(run_arrow, repeat)
-    # sanity: both computed the same thing (not timed)
-    ours = run_table().result().sort_by("key")
     ref = run_arrow().sort_by("k")
-    assert ours.column("key").equals(ref.column("k"))
-    assert ours.column("count").equals(ref.column("v_count"))
-    assert np.allclose(ours.column("v_sum").to_numpy(), ref.column("v_sum").to_numpy())
+
+    def check(name, out):
+        if name == "KeyedAggregateTable":
+            ours = out.result().sort_by("key")
+            assert ours.column("key").equals(ref.column("k")), "keys differ from pyarrow's"
+            assert ours.column("count").equals(ref.column("v_count")), "counts differ from pyarrow's"
+            assert np.allclose(ours.column("v_sum").to_numpy(), ref.column("v_sum").to_numpy()), "sums differ"
+
+    results = measure({"pyarrow group_by": run_arrow, "KeyedAggregateTable": run_table},
+                      repeat=repeat, warmup=1, check=check)
     kind = "string" if string_keys else "int64"
-    print(f"update count+sum, {kind} keys, {n_rows:,} rows / {n_keys:,} keys, batches of {BATCH:,}:")
-    print(f"  KeyedAggregateTable     {t_state * 1e3:8.1f} ms   {n_rows / t_state / 1e6:7.1f} M rows/s")
-    print(f"  pyarrow group_by (1x)   {t_arrow * 1e3:8.1f} ms   {n_rows / t_arrow / 1e6:7.1f} M rows/s")
-    print(f"  ratio table/arrow time  {t_state / t_arrow:8.2f}x  (< 1 means faster than one group_by)")
+    print(f"update count+sum, {kind} keys, {n_rows:,} rows / {n_keys:,} keys, batches of {BATCH:,} "
+          f"(< 1 means faster than one group_by):")
+    print(results_table(results, baseline="pyarrow group_by", work=n_rows, unit="rows"))
+    return results
 
 
 def bench_snapshot(n_keys, repeat):
@@ -99,33 +97,57 @@ def bench_snapshot(n_keys, repeat):
     t = KeyedAggregateTable(pa.int64(), [(None, "count"), ("v", "sum")], MAX_PARALLELISM)
     t.update(pa.array(keys), hashes, kgs, {"v": pa.array(rng.random(n_keys))})
 
-    t_snap = best_of(t.snapshot, repeat)
     snap = t.snapshot()
     fresh = KeyedAggregateTable(pa.int64(), [(None, "count"), ("v", "sum")], MAX_PARALLELISM)
-    t_restore = best_of(lambda: fresh.restore(snap), repeat)
-    t_half = best_of(lambda: t.snapshot((0, MAX_PARALLELISM // 2)), repeat)
-    assert fresh.result().equals(t.result())
+    expected = t.result()
+
+    def restore():
+        fresh.restore(snap)
+        return fresh
+
+    def check(name, out):
+        if name == "snapshot()":
+            assert out.equals(snap), "snapshot changed"
+        elif name == "restore() into empty":
+            assert out.result().equals(expected), "restored table differs"
+        elif name == "numpy copy of its columns":
+            assert len(out) == snap.num_columns
+
     # baseline: a plain copy of the same bytes (what a snapshot cannot beat)
-    t_copy = best_of(lambda: [c.to_numpy().copy() for c in snap.columns], repeat)
+    results = measure({"numpy copy of its columns": lambda: [c.to_numpy().copy() for c in snap.columns],
+                       "snapshot()": t.snapshot,
+                       "snapshot(half range)": lambda: t.snapshot((0, MAX_PARALLELISM // 2)),
+                       "restore() into empty": restore}, repeat=repeat, warmup=1, check=check)
     print(f"snapshot / restore, {n_keys:,} int64 keys ({snap.nbytes / 1e6:.1f} MB of state):")
-    print(f"  snapshot()              {t_snap * 1e3:8.2f} ms   ({t_snap / t_copy:5.2f}x a numpy copy of its columns)")
-    print(f"  snapshot(half range)    {t_half * 1e3:8.2f} ms")
-    print(f"  restore() into empty    {t_restore * 1e3:8.2f} ms   ({t_restore / t_copy:5.2f}x a numpy copy)")
+    print(results_table(results, baseline="numpy copy of its columns"))
+    return results
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a few seconds)")
+    ap.add_argument("--repeat", type=int, default=None, help="interleaved repetitions (default 5, --quick 3)")
+    ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = ap.parse_args()
+    repeat = args.repeat or (3 if args.quick else 5)
+    report = Report("bench_state", repeat=repeat, batch=BATCH)
     if args.quick:
-        bench_updates(500_000, 10_000, 2)
-        bench_updates(200_000, 10_000, 2, string_keys=True)
-        bench_snapshot(100_000, 2)
+        updates = [(500_000, 10_000, False), (200_000, 10_000, True)]
+        snapshots = [100_000]
     else:
-        bench_updates(5_000_000, 100_000, 3)
-        bench_updates(2_000_000, 100_000, 2, string_keys=True)
-        bench_snapshot(100_000, 3)
-        bench_snapshot(1_000_000, 3)
+        updates = [(5_000_000, 100_000, False), (2_000_000, 100_000, True)]
+        snapshots = [100_000, 1_000_000]
+    for rows, keys, strings in updates:
+        group = f"update, {'string' if strings else 'int64'} keys, {rows:,} rows / {keys:,} keys"
+        report.add(group, bench_updates(rows, keys, repeat, string_keys=strings), baseline="pyarrow group_by")
+        report.headline(f"keyed-state update (count + sum), {rows:,} rows / {keys:,} "
+                        f"{'string' if strings else 'int64'} keys", group, "KeyedAggregateTable")
+    for keys in snapshots:
+        group = f"snapshot, {keys:,} keys"
+        report.add(group, bench_snapshot(keys, repeat), baseline="numpy copy of its columns")
+    report.headline(f"keyed-state snapshot, {snapshots[-1]:,} keys", group, "snapshot()")
+    if args.json:
+        report.write(args.json)
 
 
 if __name__ == "__main__":
