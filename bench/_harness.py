@@ -177,10 +177,10 @@ def table(results, *, baseline, work=None, unit="records", ratio="time / baselin
     of each median to ``baseline``'s."""
     base = results[baseline].median
     width = max(len(n) for n in results)
-    lines = [f"{'case':<{width}}  {'median':>12}  {'spread':>7}  {'rate':>16}  {ratio} ({baseline})"]
+    lines = [f"{'case':<{width}}  {'median':>12}  {'spread':>7}  {'rate':>18}  {ratio} ({baseline})"]
     for name, st in results.items():
-        rate = f"{work / st.median / 1e6:9.2f} M {unit}/s" if work and st.unit == "s" else ""
-        lines.append(f"{name:<{width}}  {format_value(st.median, st.unit):>12}  {st.spread_pct:5.0f} %  {rate:>16}  "
+        rate = format_value(work / st.median, f"{unit}/s") if work and st.unit == "s" else ""
+        lines.append(f"{name:<{width}}  {format_value(st.median, st.unit):>12}  {st.spread_pct:5.0f} %  {rate:>18}  "
                      f"{format_ratio(st.median / base):>6}")
     return "\n".join(lines)
 

@@ -13,9 +13,11 @@ Baseline, measured in the same process on the same tables: writing them with
 ``pyarrow.ipc.new_file`` to local files directly, and reading them back with
 ``pyarrow.ipc.open_file(...).read_all()`` -- i.e. the bare cost of the bytes.
 Ratios are sabot / baseline (1.0 = no overhead). Files go to the page cache (no
-fsync), on a temporary local directory. Best of N repeats.
+fsync), on a temporary local directory. All cases run interleaved after a warm-up
+(median of ``--repeat``); every read is checked (all keys, and on its first run the
+same rows as the snapshots), every ``latest()`` finds the checkpoint written last.
 
-Usage: python bench/bench_checkpoint_storage.py [--quick]
+Usage: python bench/bench_checkpoint_storage.py [--quick] [--repeat N] [--json out.json]
 """
 
 import argparse
@@ -23,13 +25,14 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import Report, measure, table  # noqa: E402
 from sabot._core.partition import hash_columns, key_group_range, key_groups  # noqa: E402
 from sabot._core.state import KeyedAggregateTable  # noqa: E402
 from sabot.runtime.checkpoint_storage import CheckpointStorage  # noqa: E402
@@ -38,15 +41,6 @@ MAXP = 128
 WRITE_PARALLELISM = 2
 JOB = "bench-job"
 OP = "keyed-count"
-
-
-def best_of(fn, repeat):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def build_state(n_keys):
@@ -70,33 +64,25 @@ def build_state(n_keys):
 def run(n_keys, repeat, workdir):
     snaps = build_state(n_keys)
     assert sum(s.num_rows for s in snaps) == n_keys
+    expected = pa.concat_tables(snaps).sort_by("key")
     root = os.path.join(workdir, f"chk-{n_keys}")
     storage = CheckpointStorage(root, retain=2)
     chk_ids = iter(range(1, 1_000_000))
+    current = {}  # the checkpoint written last (retain=2 keeps it while the reads run)
 
     def write():
         cid = next(chk_ids)
         handles = []
         for s, snap in enumerate(snaps):
             handles += storage.write_keyed_state(JOB, cid, OP, s, snap, MAXP)
-        return storage.commit(JOB, cid, {"bench": True}, handles=handles)
+        current["completed"] = storage.commit(JOB, cid, {"bench": True}, handles=handles)
+        return current["completed"]
 
-    t_write, completed = best_of(write, repeat)
-    mb = completed.size_bytes / 1e6
-    nfiles = len(completed.handles)
-
-    t_latest, latest = best_of(lambda: storage.latest(JOB), repeat)
-    assert latest.checkpoint_id == completed.checkpoint_id
+    write()  # so that the reads have a checkpoint before the first write case runs
 
     def read_at(p):
-        rows = 0
-        for s in range(p):
-            rows += storage.read_keyed_state(latest, OP, key_group_range(s, MAXP, p)).num_rows
-        assert rows == n_keys
-        return rows
-
-    t_read2, _ = best_of(lambda: read_at(2), repeat)
-    t_read3, _ = best_of(lambda: read_at(3), repeat)
+        return [storage.read_keyed_state(current["completed"], OP, key_group_range(s, MAXP, p))
+                for s in range(p)]
 
     base_dir = os.path.join(workdir, f"base-{n_keys}")
     os.makedirs(base_dir, exist_ok=True)
@@ -107,47 +93,67 @@ def run(n_keys, repeat, workdir):
                 w.write_table(snap)
 
     def base_read():
-        rows = 0
+        tables = []
         for s in range(len(snaps)):
             with pa.OSFile(os.path.join(base_dir, f"s{s}.arrow")) as f:
-                rows += ipc.open_file(f).read_all().num_rows
-        return rows
+                tables.append(ipc.open_file(f).read_all())
+        return tables
 
-    t_bwrite, _ = best_of(base_write, repeat)
-    t_bread, rows = best_of(base_read, repeat)
-    assert rows == n_keys
-    return {
-        "keys": n_keys, "mb": mb, "files": nfiles, "write": t_write, "latest": t_latest,
-        "read2": t_read2, "read3": t_read3, "bwrite": t_bwrite, "bread": t_bread,
-    }
+    checked = set()
+
+    def check(name, out):
+        if name.startswith("read") or name == "ipc read":
+            assert sum(t.num_rows for t in out) == n_keys, f"{name}: {sum(t.num_rows for t in out)} rows"
+            if name not in checked:
+                got = pa.concat_tables(out).select(expected.column_names).sort_by("key")
+                assert got.equals(expected), f"{name}: the rows read differ from the snapshots"
+                checked.add(name)
+        elif name == "latest()":
+            assert out.checkpoint_id == current["completed"].checkpoint_id, "latest() missed the last checkpoint"
+
+    results = measure({"ipc write": base_write, "write+commit": write,
+                       "ipc read": base_read, "latest()": lambda: storage.latest(JOB),
+                       "read p=2": lambda: read_at(2), "read p=3": lambda: read_at(3)},
+                      repeat=repeat, warmup=1, check=check)
+    completed = current["completed"]
+    return results, completed.size_bytes, len(completed.handles)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes (10k and 100k keys), 1 repeat")
+    ap.add_argument("--quick", action="store_true", help="small sizes (10k and 100k keys), 3 repeats")
+    ap.add_argument("--repeat", type=int, default=None, help="interleaved repetitions (default 5, --quick 3)")
+    ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = ap.parse_args()
     sizes = [10_000, 100_000] if args.quick else [100_000, 1_000_000]
-    repeat = 1 if args.quick else 5
+    repeat = args.repeat or (3 if args.quick else 5)
     workdir = tempfile.mkdtemp(prefix="sabot-bench-chk-")
+    report = Report("bench_checkpoint_storage", write_parallelism=WRITE_PARALLELISM, max_parallelism=MAXP,
+                    repeat=repeat)
     try:
         print(f"checkpoint storage: count+sum state over int64 keys, written by {WRITE_PARALLELISM} "
-              f"subtasks, max_parallelism={MAXP}, best of {repeat}")
-        hdr = (f"{'keys':>10} {'MB':>7} {'files':>5} | {'write+commit s':>14} {'MB/s':>7} "
-               f"{'vs ipc':>6} | {'latest() s':>10} | {'read p=2 s':>10} {'MB/s':>7} {'vs ipc':>6} "
-               f"| {'read p=3 s':>10} | {'ipc write s':>11} {'ipc read s':>10}")
-        print(hdr)
-        print("-" * len(hdr))
-        for n in sizes:
-            r = run(n, repeat, workdir)
-            print(f"{r['keys']:>10,} {r['mb']:>7.1f} {r['files']:>5} | {r['write']:>14.4f} "
-                  f"{r['mb'] / r['write']:>7.0f} {r['write'] / r['bwrite']:>6.2f} | {r['latest']:>10.4f} | "
-                  f"{r['read2']:>10.4f} {r['mb'] / r['read2']:>7.0f} {r['read2'] / r['bread']:>6.2f} | "
-                  f"{r['read3']:>10.4f} | {r['bwrite']:>11.4f} {r['bread']:>10.4f}")
-        print("vs ipc = time / time of plain pyarrow.ipc on the same tables (1.0 = no overhead); "
+              f"subtasks, max_parallelism={MAXP}, median of {repeat} interleaved runs; "
+              "vs ipc = time / time of plain pyarrow.ipc on the same tables (1.0 = no overhead); "
               "latest() reads and CRC-checks every file.")
+        for n in sizes:
+            results, size, files = run(n, repeat, workdir)
+            write = {k: results[k] for k in ("ipc write", "write+commit")}
+            read = {k: results[k] for k in ("ipc read", "latest()", "read p=2", "read p=3")}
+            print(f"\n{n:,} keys, {size / 1e6:.1f} MB in {files} files, write:")
+            print(table(write, baseline="ipc write", work=size, unit="B"))
+            print("read:")
+            print(table(read, baseline="ipc read", work=size, unit="B"))
+            report.add(f"write, {n:,} keys", write, baseline="ipc write")
+            report.add(f"read, {n:,} keys", read, baseline="ipc read")
+            report.figure(f"size_bytes_{n}", size)
+        n = sizes[-1]
+        report.headline(f"checkpoint write+commit of {n:,} keys of state ({size / 1e6:.1f} MB) vs plain Arrow IPC",
+                        f"write, {n:,} keys", "write+commit")
+        report.headline(f"checkpoint read at p=2 of {n:,} keys vs plain Arrow IPC", f"read, {n:,} keys", "read p=2")
+        if args.json:
+            report.write(args.json)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()
