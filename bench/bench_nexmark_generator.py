@@ -23,25 +23,24 @@ baselines, ...), two baselines produce exactly as many bytes as that batch holds
 cost its bytes at the baseline's speed (1.0 = as fast as the baseline writes those
 bytes). Each figure is the median of the interleaved repetitions, with min..max. The
 machine is shared: keep runs short and compare ratios rather than absolute figures.
+Every generated batch is checked (its row count, and its first rows equal a second call's:
+the generator is deterministic per offset).
+
+    python bench/bench_nexmark_generator.py [--quick] [--rows N] [--repeat R] [--json out.json]
 """
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import Report, measure  # noqa: E402
+
 from sabot.nexmark import auctions, bids, events, persons  # noqa: E402
-
-
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
 
 
 def write_bytes(nbytes):
@@ -56,41 +55,52 @@ def random_bytes(nbytes, seed):
 
 
 def run(rows, repeat, config):
-    """Interleaved measurements: {name: {"gen": [s], "write": [s], "random": [s], "nbytes": int}}."""
+    """Interleaved measurements: {function: {"gen"|"write"|"fill"|"random": Stats, "nbytes": int, "rows": int}}."""
     functions = {"bids": (bids, rows), "persons": (persons, rows // 5), "auctions": (auctions, rows // 5),
                  "events": (events, rows)}
-    results = {name: {"gen": [], "write": [], "fill": [], "random": [], "nbytes": 0, "rows": n}
-               for name, (_, n) in functions.items()}
-    touched = {}
-    for name, (fn, n) in functions.items():  # warm-up: caches (pools, channel table), first-touch pages
-        results[name]["nbytes"] = fn(0, n, **config).nbytes
-        touched[name] = write_bytes(results[name]["nbytes"])
-        random_bytes(results[name]["nbytes"], 0)
-    for r in range(repeat):
-        for name, (fn, n) in functions.items():
-            offset = (r + 1) * n  # fresh rows each time: nothing is cached per batch
-            nbytes = results[name]["nbytes"]
-            seconds, batch = timed(lambda: fn(offset, n, **config))
-            assert batch.num_rows == n
-            results[name]["gen"].append(seconds)
-            del batch
-            results[name]["write"].append(timed(lambda: write_bytes(nbytes))[0])
-            results[name]["fill"].append(timed(lambda: touched[name].fill(1))[0])
-            results[name]["random"].append(timed(lambda: random_bytes(nbytes, r))[0])
-    return results
+    info, touched, cases = {}, {}, {}
+    for name, (fn, n) in functions.items():
+        nbytes = fn(0, n, **config).nbytes
+        info[name] = {"nbytes": nbytes, "rows": n}
+        touched[name] = write_bytes(nbytes)
+        offsets = iter(range(1, 1 << 30))
+
+        def gen(fn=fn, n=n, offsets=offsets):
+            offset = next(offsets) * n  # fresh rows each time: nothing is cached per batch
+            return offset, fn(offset, n, **config)
+
+        seeds = iter(range(1 << 30))
+        cases[f"{name}"] = gen
+        cases[f"{name} write"] = lambda nbytes=nbytes: write_bytes(nbytes)
+        cases[f"{name} fill"] = lambda name=name: touched[name].fill(1)
+        cases[f"{name} random"] = lambda nbytes=nbytes, seeds=seeds: random_bytes(nbytes, next(seeds))
+
+    def check(case, out):
+        if case in functions:
+            offset, batch = out
+            fn, n = functions[case]
+            assert batch.num_rows == n, f"{case}: {batch.num_rows} rows, expected {n}"
+            again = fn(offset, 16, **config)
+            assert batch.slice(0, 16).equals(again), f"{case} is not deterministic at offset {offset}"
+
+    results = measure(cases, repeat=repeat, warmup=1, check=check)
+    for name in functions:
+        for kind in ("write", "fill", "random"):
+            info[name][kind] = results[f"{name} {kind}"]
+        info[name]["gen"] = results[name]
+    return info, results
 
 
 def report(results):
-    print(f"rows/s = rows per call / median seconds of {len(results['bids']['gen'])} interleaved runs "
+    print(f"rows/s = rows per call / median seconds of {len(results['bids']['gen'].samples)} interleaved runs "
           f"(min..max in brackets); baselines produce the generator's bytes per call")
     print(f"{'function':<10}{'rows/call':>10}{'bytes/row':>10}{'generator rows/s':>29}{'write (same bytes)':>29}"
           f"{'fill (same bytes)':>29}{'random (same bytes)':>29}{'vs write':>10}{'vs fill':>9}{'vs random':>10}")
     for name, r in results.items():
         rows = r["rows"]
 
-        def rate(samples):
-            med = statistics.median(samples)
-            return rows / med, rows / max(samples), rows / min(samples)
+        def rate(st):
+            return rows / st.median, rows / st.high, rows / st.low
 
         gen, write, fill, rand = rate(r["gen"]), rate(r["write"]), rate(r["fill"]), rate(r["random"])
 
@@ -106,12 +116,24 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="200,000 bids / events per call, 5 repetitions")
     parser.add_argument("--rows", type=int, default=None, help="bids / events per call (default 1,000,000)")
     parser.add_argument("--repeat", type=int, default=None, help="interleaved repetitions (default 9)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args(argv)
     rows = args.rows or (200_000 if args.quick else 1_000_000)
     repeat = args.repeat or (5 if args.quick else 9)
     # the Flink benchmark's rate (10M events/s of event time) and the reference defaults otherwise
     config = {"event_rate": 10_000_000}
-    report(run(rows, repeat, config))
+    info, results = run(rows, repeat, config)
+    report(info)
+    doc = Report("bench_nexmark_generator", rows=rows, repeat=repeat, **config)
+    for name, r in info.items():
+        doc.add(name, {"generator": r["gen"], "write": r["write"], "fill": r["fill"], "random": r["random"]},
+                baseline="random")
+        doc.figure(f"{name}_bytes_per_row", r["nbytes"] / r["rows"])
+    doc.headline(f"Nexmark events(), {rows:,} events per call, vs numpy PCG64 filling the same bytes",
+                 "events", "generator",
+                 note=f"{rows / info['events']['gen'].median / 1e6:.2f} M events/s")
+    if args.json:
+        doc.write(args.json)
 
 
 if __name__ == "__main__":
