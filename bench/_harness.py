@@ -63,11 +63,13 @@ class Timed(NamedTuple):
     value: Any = None
 
 
-def _rounds(cases, repeat, warmup, check, number=1):
+def _rounds(cases, repeat, warmup, check, number=1, keep=False):
     """Run every case ``warmup`` rounds untimed, then ``repeat`` rounds, round-robin.
 
     Returns ``{name: [(seconds, value), ...]}``; seconds are per call (``number`` calls
-    per sample) and come from a returned :class:`Timed` when there is one.
+    per sample) and come from a returned :class:`Timed` when there is one. Values are
+    kept only with ``keep`` (else None): a case's output is dropped once checked, so
+    results do not pile up in memory while the others run.
     """
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
@@ -91,7 +93,9 @@ def _rounds(cases, repeat, warmup, check, number=1):
     runs = {name: [] for name in cases}
     for _ in range(repeat):
         for name, fn in cases.items():
-            runs[name].append(once(name, fn))
+            elapsed, out = once(name, fn)
+            runs[name].append((elapsed, out if keep else None))
+            del out
     return runs
 
 
@@ -127,7 +131,7 @@ def measure(cases, *, repeat=5, warmup=1, check=None, number=1):
 def collect(cases, *, repeat=5, warmup=0, check=None):
     """Run each case like :func:`measure` does (warm-up, interleaved) and return
     ``{name: [what each timed call returned]}``: for figures a case reports itself."""
-    runs = _rounds(cases, repeat, warmup, check)
+    runs = _rounds(cases, repeat, warmup, check, keep=True)
     return {name: [v for _, v in r] for name, r in runs.items()}
 
 

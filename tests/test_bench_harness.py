@@ -178,3 +178,21 @@ def test_run_all_reports_a_failing_script_and_goes_on(tmp_path, monkeypatch):
     assert bad == [("bench_bad", "python bench/bench_bad.py --quick", "**FAILED**: exit 3: it broke")]
     good = run_all.run_script(run_all.SCRIPTS[1], True, str(out), lambda line: None)
     assert good == [("good one", "python bench/bench_good.py --quick", "2.00 s (spread 0 %) = 2.00× b (1.00 s)")]
+
+
+def test_measure_drops_each_output_once_checked():
+    """Outputs must not pile up while the other cases run (big batches would swap)."""
+    import weakref
+
+    class Out:
+        pass
+
+    refs = []
+
+    def case():
+        o = Out()
+        refs.append(weakref.ref(o))
+        return o
+
+    measure({"a": case}, repeat=3, warmup=1)
+    assert all(r() is None for r in refs)
