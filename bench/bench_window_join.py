@@ -14,21 +14,26 @@ Measures, in one process, driving the operator objects directly (no tasks/channe
   4. ``keyed_records`` generation rate vs ``numpy.random.default_rng`` for the same
      columns (the price of counter-based, replayable generation).
 
-Data generation is excluded from the operator timings. Best of ``repeat`` runs.
+Data generation is excluded from the operator timings. Each operator and its
+baselines run interleaved after a warm-up (median of ``--repeat``); every window result
+is checked against pyarrow's (same (key, window) rows, counts, sums and maxima), every
+join against ``Table.join``'s and the index_in lookup's.
 
-Usage: python bench/bench_window_join.py [--quick]
+Usage: python bench/bench_window_join.py [--quick] [--repeat N] [--json out.json]
 """
 
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import Report, measure, table as results_table  # noqa: E402
+
 import sabot._core.partition  # noqa: E402,F401  (loads the compiled module before the operators)
 from sabot.runtime import generators  # noqa: E402
 from sabot.runtime.tables import TableStore, new_ref  # noqa: E402
@@ -54,21 +59,6 @@ def table_ref(table):
     ref = new_ref(table)
     TABLES.put(ref["table_id"], table)
     return ref
-
-
-def best_of(fn, repeat):
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
-
-
-def report(label, n, t, base_label, base_t):
-    print(f"  {label:<44} {t * 1e3:9.1f} ms  {n / t / 1e6:7.2f} M rows/s")
-    print(f"  {base_label:<44} {base_t * 1e3:9.1f} ms  {n / base_t / 1e6:7.2f} M rows/s")
-    print(f"  ratio operator / baseline: {t / base_t:.2f}x")
 
 
 def bench_window(batches, table, size, slide, repeat):
@@ -99,13 +89,22 @@ def bench_window(batches, table, size, slide, repeat):
         return (pa.concat_tables(parts).group_by(["key", "window_start"])
                 .aggregate([("value", "count"), ("value", "sum"), ("value", "max")]))
 
-    t_op, got = best_of(run_operator, repeat)
-    t_pa, expected = best_of(run_pyarrow, repeat)
-    assert got.num_rows == expected.num_rows, (got.num_rows, expected.num_rows)
-    assert got["value_count"].to_numpy().sum() == expected["value_count"].to_numpy().sum()
+    expected = run_pyarrow().sort_by([("key", "ascending"), ("window_start", "ascending")])
+
+    def check(name, out):
+        got = out.sort_by([("key", "ascending"), ("window_start", "ascending")])
+        assert got.num_rows == expected.num_rows, (name, got.num_rows, expected.num_rows)
+        for col in ("key", "window_start", "value_count", "value_max"):
+            assert got[col].to_numpy().tolist() == expected[col].to_numpy().tolist(), f"{name}: {col} differs"
+        assert np.allclose(got["value_sum"].to_numpy(), expected["value_sum"].to_numpy()), f"{name}: sums differ"
+
+    results = measure({"pyarrow one pass (assign + group_by)": run_pyarrow,
+                       "WindowOperator (batches + watermarks)": run_operator},
+                      repeat=repeat, warmup=1, check=check)
     kind = "tumbling" if slide is None else f"sliding slide={slide}"
-    print(f"window {kind} size={size}: {got.num_rows} (key, window) results")
-    report("WindowOperator (batches + watermarks)", table.num_rows, t_op, "pyarrow one pass (assign + group_by)", t_pa)
+    print(f"window {kind} size={size}: {expected.num_rows} (key, window) results")
+    print(results_table(results, baseline="pyarrow one pass (assign + group_by)", work=table.num_rows, unit="rows"))
+    return results
 
 
 def bench_join(batches, table, repeat):
@@ -135,49 +134,79 @@ def bench_join(batches, table, repeat):
                 names=b.schema.names + ["segment", "weight"]))
         return out
 
-    t_op, got = best_of(run_operator, repeat)
-    t_join, expected = best_of(run_table_join, repeat)
-    t_in, via_index_in = best_of(run_index_in, repeat)
-    got_t = pa.Table.from_batches(got)
-    assert got_t.num_rows == expected.num_rows == table.num_rows
-    assert got_t.select(["segment", "weight"]).equals(pa.Table.from_batches(via_index_in).select(["segment", "weight"]))
+    expected = run_table_join().sort_by("ts")
+    via_index_in = pa.Table.from_batches(run_index_in())
+
+    def check(name, out):
+        got = out if isinstance(out, pa.Table) else pa.Table.from_batches(out)
+        assert got.num_rows == table.num_rows, (name, got.num_rows)
+        got = got.sort_by("ts")  # Table.join does not keep the input order
+        assert got.select(["segment", "weight"]).equals(via_index_in.select(["segment", "weight"])), \
+            f"{name}: differs from the index_in lookup"
+        assert got.select(expected.column_names).equals(expected), f"{name}: differs from Table.join"
+
+    results = measure({"pyarrow Table.join, whole input at once": run_table_join,
+                       "LookupJoin (per batch, prebuilt lookup)": run_operator,
+                       "per-batch pc.index_in (rebuilds set per batch)": run_index_in},
+                      repeat=repeat, warmup=1, check=check)
     print(f"enrichment join, static table {dim.num_rows} rows (left join, ~50% match):")
-    report("LookupJoin (per batch, prebuilt lookup)", table.num_rows, t_op, "pyarrow Table.join, whole input at once", t_join)
-    print(f"  per-batch pc.index_in (rebuilds set per batch) {t_in * 1e3:9.1f} ms  ratio operator / it: {t_op / t_in:.2f}x")
+    print(results_table(results, baseline="pyarrow Table.join, whole input at once", work=table.num_rows, unit="rows"))
+    return results
 
 
 def bench_generator(n, repeat):
-    t_gen, _ = best_of(lambda: generators.keyed_records(0, n, num_keys=NUM_KEYS), repeat)
-
     def numpy_rng():
         rng = np.random.default_rng(0)
         return pa.RecordBatch.from_arrays(
             [pa.array(rng.integers(0, NUM_KEYS, n)), pa.array(rng.random(n)), pa.array(np.arange(n))],
             names=["key", "value", "ts"])
 
-    t_np, _ = best_of(numpy_rng, repeat)
+    reference = generators.keyed_records(0, n, num_keys=NUM_KEYS)
+
+    def check(name, out):
+        assert out.num_rows == n, name
+        if name.startswith("keyed_records"):
+            assert out.equals(reference), "keyed_records is not deterministic"
+
+    results = measure({"numpy default_rng (sequential)": numpy_rng,
+                       "keyed_records (counter-based, replayable)":
+                           lambda: generators.keyed_records(0, n, num_keys=NUM_KEYS)},
+                      repeat=repeat, warmup=1, check=check)
     print("generator keyed_records:")
-    report("keyed_records (counter-based, replayable)", n, t_gen, "numpy default_rng (sequential)", t_np)
+    print(results_table(results, baseline="numpy default_rng (sequential)", work=n, unit="rows"))
+    return results
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small input (about 200k rows)")
+    parser.add_argument("--repeat", type=int, default=None, help="interleaved repetitions (default 5, --quick 3)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args()
     n = 200_000 if args.quick else 2_000_000
-    repeat = 2 if args.quick else 3
+    repeat = args.repeat or (3 if args.quick else 5)
     table = pa.Table.from_batches([generators.keyed_records(0, n, num_keys=NUM_KEYS)])
     batches = table.to_batches(max_chunksize=BATCH)
-    print(f"{n:,} rows over {NUM_KEYS:,} keys, batches of {BATCH:,}")
-    bench_window(batches, table, 10_000, None, repeat)
-    bench_window(batches, table, 10_000, 2_500, repeat)
+    report = Report("bench_window_join", rows=n, keys=NUM_KEYS, batch=BATCH, repeat=repeat)
+    window_base = "pyarrow one pass (assign + group_by)"
+    print(f"{n:,} rows over {NUM_KEYS:,} keys, batches of {BATCH:,}, median of {repeat} interleaved runs")
+    report.add("tumbling, 100,000 keys", bench_window(batches, table, 10_000, None, repeat), baseline=window_base)
+    report.add("sliding, 100,000 keys", bench_window(batches, table, 10_000, 2_500, repeat), baseline=window_base)
     # fewer keys: each (key, window) aggregates many rows, the common case
     few = pa.Table.from_batches([generators.keyed_records(0, n, num_keys=1_000)])
     print("-- 1,000 keys:")
-    bench_window(few.to_batches(max_chunksize=BATCH), few, 100_000, None, repeat)
-    bench_join(batches, table, repeat)
-    bench_generator(n, repeat)
-
+    report.add("tumbling, 1,000 keys", bench_window(few.to_batches(max_chunksize=BATCH), few, 100_000, None, repeat),
+               baseline=window_base)
+    report.add("join", bench_join(batches, table, repeat), baseline="pyarrow Table.join, whole input at once")
+    report.add("generator", bench_generator(n, repeat), baseline="numpy default_rng (sequential)")
+    report.headline(f"keyed tumbling window (count, sum, max), {n:,} rows, 1,000 keys",
+                    "tumbling, 1,000 keys", "WindowOperator (batches + watermarks)")
+    report.headline(f"sliding window (4 windows a row), {n:,} rows, 100,000 keys",
+                    "sliding, 100,000 keys", "WindowOperator (batches + watermarks)")
+    report.headline(f"enrichment join against a 100,000-row table, {n:,} rows", "join",
+                    "LookupJoin (per batch, prebuilt lookup)")
+    if args.json:
+        report.write(args.json)
 
 if __name__ == "__main__":
     main()
