@@ -12,11 +12,14 @@ Measures, in one process and one run:
     through shared memory (the same-host ring, doorbells over TCP), interleaved with
     (e) plain TCP between the same two processes (shared memory switched off).
 (b) and (c) keep shared memory off. All run on the default asyncio loop and on uvloop.
-Figures are GB/s of ``RecordBatch.nbytes`` and batches/s (median of ``--repeat``
-interleaved runs), and the ratio to the memory copy.
+Figures are GB/s of ``RecordBatch.nbytes`` and batches/s (median of ``--repeat`` runs,
+all of one loop's cases interleaved after a small warm-up), and the ratio to the memory
+copy's throughput. Every channel run checks that every row arrived (and, between
+processes, that shared memory carried every batch, or none with it off).
 
     python bench/bench_channels.py            # ~1 GiB per measurement
     python bench/bench_channels.py --quick    # 64 MiB
+    python bench/bench_channels.py --json out.json
 """
 
 import argparse
@@ -33,6 +36,9 @@ import uvloop
 
 # Runnable from a checkout without installing: `python bench/bench_channels.py`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import Report, collect, summarize, table  # noqa: E402
 
 from sabot.runtime import events  # noqa: E402
 from sabot.runtime.data_server import DataServer  # noqa: E402
@@ -205,11 +211,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="64 MiB instead of ~1 GiB per measurement")
     parser.add_argument("--credits", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of TCP and TLS (median)")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of every channel (median)")
     parser.add_argument("--threshold", action="store_true",
                         help="only shared memory against TCP between two processes by batch size (uvloop): "
                              "where DataServer.shm_min_bytes should lie")
     parser.add_argument("--peer", choices=("asyncio", "uvloop"), help=argparse.SUPPRESS)
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args()
     if args.peer:
         run_on(args.peer, serve_peer(args.credits))
@@ -223,45 +230,54 @@ def main():
     count = (64 << 20) // batch_bytes if args.quick else (1 << 30) // batch_bytes
     total = count * batch_bytes
     print(f"{count} batches of {ROWS} rows (int64 + float64), {batch_bytes / 2**20:.2f} MiB each, "
-          f"{total / 2**30:.2f} GiB per measurement, credits={args.credits}")
-
-    run_on("asyncio", pump(batches, min(count, 32), True, args.credits))  # warm up sockets and imports
-    base = bench_memcpy(batches, count)
-    print(f"{'numpy memcpy (baseline)':34s} {total / base / 1e9:7.2f} GB/s {count / base:10.0f} batches/s  1.00x")
+          f"{total / 2**30:.2f} GiB per measurement, credits={args.credits}, median of {args.repeat} "
+          f"interleaved runs")
     tls = tls_contexts()
-    run_on("asyncio", pump(batches, min(count, 32), True, args.credits, tls))  # warm up the TLS path
+    report = Report("bench_channels", batches=count, rows_per_batch=ROWS, bytes=total, credits=args.credits,
+                    repeat=args.repeat)
     for loop_kind in ("asyncio", "uvloop"):
-        elapsed, out_m, in_m = run_on(loop_kind, pump(batches, count, False, args.credits))
-        report(f"in-process channel [{loop_kind}]", total, count, base, elapsed, out_m, in_m)
-        runs = {"tcp": [], "tls": []}
-        for _ in range(args.repeat):  # interleaved, so machine noise hits both alike
-            for mode in ("tcp", "tls"):
-                runs[mode].append(run_on(loop_kind, pump(batches, count, True, args.credits,
-                                                         tls if mode == "tls" else None)))
-        medians = {}
-        for mode, label in (("tcp", "tcp loopback"), ("tls", "tls loopback")):
-            ordered = sorted(runs[mode], key=lambda r: r[0])
-            elapsed, out_m, in_m = ordered[len(ordered) // 2]
-            medians[mode] = elapsed
-            spread = (ordered[-1][0] - ordered[0][0]) / elapsed * 100
-            report(f"{label} channel [{loop_kind}]", total, count, base, elapsed, out_m, in_m, spread)
-        print(f"{'  TLS / TCP throughput':34s} {medians['tcp'] / medians['tls']:7.2f}x")
         peer = Peer(loop_kind, args.credits)
         try:
-            run_on(loop_kind, pump_to_peer(batches, min(count, 32), peer, True))  # warm up both processes
-            runs = {"shm": [], "tcp2": []}
-            for _ in range(args.repeat):
-                for mode in ("shm", "tcp2"):
-                    runs[mode].append(run_on(loop_kind, pump_to_peer(batches, count, peer, mode == "shm")))
+            warm = min(count, 32)  # sockets, imports, the TLS path, both processes
+            run_on(loop_kind, pump(batches, warm, True, args.credits))
+            run_on(loop_kind, pump(batches, warm, True, args.credits, tls))
+            run_on(loop_kind, pump_to_peer(batches, warm, peer, True))
+            run_on(loop_kind, pump_to_peer(batches, warm, peer, False))
+
+            def memcpy():
+                return bench_memcpy(batches, count), {"backpressured_seconds": 0.0}, {"peak_buffered_bytes": 0}
+
+            cases = {
+                "memcpy": memcpy,
+                "in-process channel": lambda: run_on(loop_kind, pump(batches, count, False, args.credits)),
+                "tcp loopback": lambda: run_on(loop_kind, pump(batches, count, True, args.credits)),
+                "tls loopback": lambda: run_on(loop_kind, pump(batches, count, True, args.credits, tls)),
+                "shared memory, 2 processes": lambda: run_on(loop_kind, pump_to_peer(batches, count, peer, True)),
+                "tcp, 2 processes": lambda: run_on(loop_kind, pump_to_peer(batches, count, peer, False)),
+            }
+            runs = collect(cases, repeat=args.repeat, warmup=0)
         finally:
             peer.close()
-        for mode, label in (("shm", "shared memory, 2 processes"), ("tcp2", "tcp, 2 processes")):
-            ordered = sorted(runs[mode], key=lambda r: r[0])
-            elapsed, out_m, in_m = ordered[len(ordered) // 2]
-            medians[mode] = elapsed
-            spread = (ordered[-1][0] - ordered[0][0]) / elapsed * 100
-            report(f"{label} [{loop_kind}]", total, count, base, elapsed, out_m, in_m, spread)
-        print(f"{'  shared memory / TCP (2 processes)':34s} {medians['tcp2'] / medians['shm']:7.2f}x")
+        rates = summarize({name: [total / r[0] for r in rs] for name, rs in runs.items()}, unit="B/s")
+        print(f"\n[{loop_kind}]")
+        print(table(rates, baseline="memcpy", ratio="throughput / memcpy's"))
+        base = rates["memcpy"].median
+        for name, rs in runs.items():
+            if name == "memcpy":
+                continue
+            elapsed, out_m, in_m = sorted(rs, key=lambda r: r[0])[len(rs) // 2]
+            report_line(f"{name} [{loop_kind}]", total, count, total / base, elapsed, out_m, in_m,
+                        rates[name].spread_pct)
+        print(f"{'  TLS / TCP throughput':34s} {rates['tls loopback'].median / rates['tcp loopback'].median:7.2f}x")
+        print(f"{'  shared memory / TCP (2 processes)':34s} "
+              f"{rates['shared memory, 2 processes'].median / rates['tcp, 2 processes'].median:7.2f}x")
+        report.add(loop_kind, rates, baseline="memcpy")
+    report.headline("channel between 2 processes of one host, shared memory [uvloop] (target >= 0.5x memcpy)",
+                    "uvloop", "shared memory, 2 processes")
+    report.headline("channel between 2 processes, TCP [uvloop]", "uvloop", "tcp, 2 processes")
+    report.headline("TLS loopback channel vs TCP loopback [uvloop]", "uvloop", "tls loopback", baseline="tcp loopback")
+    if args.json:
+        report.write(args.json)
 
 
 def threshold(args):
@@ -286,7 +302,7 @@ def threshold(args):
         peer.close()
 
 
-def report(name, total, count, base, elapsed, out_m, in_m, spread=None):
+def report_line(name, total, count, base, elapsed, out_m, in_m, spread=None):
     note = f", spread {spread:.0f} %" if spread is not None else ""
     print(
         f"{name:34s} {total / elapsed / 1e9:7.2f} GB/s {count / elapsed:10.0f} batches/s "
