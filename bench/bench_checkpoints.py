@@ -6,19 +6,25 @@
 2. Duration and size of one checkpoint holding 100,000 and 1,000,000 keys of
    keyed state (triggered on demand once every key has been seen).
 
-    python bench/bench_checkpoints.py [--quick]
+Runs with and without checkpoints alternate after a warm-up (median of ``--repeats``
+of each); every run's per-key counts and sums are checked against pyarrow's.
+
+    python bench/bench_checkpoints.py [--quick] [--repeats N] [--json out.json]
 """
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import pyarrow.compute as pc
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+from _harness import Report, collect, summarize, table  # noqa: E402
 
 from sabot.api.stream import Stream
 from sabot.cluster.local import LocalCluster
@@ -35,13 +41,31 @@ def keyed_count(total_rows, num_keys, interval_ms, parallelism=2, emit="final"):
                                checkpoint_interval_ms=interval_ms)
 
 
-def throughput(cluster, rows, keys, interval_ms):
+def reference(rows, keys):
+    """pyarrow's per-key count and sum of value over value > 0.5, chunk by chunk (no full table)."""
+    parts = []
+    for off in range(0, rows, 1 << 20):
+        t = pa.Table.from_batches([keyed_records(off, min(1 << 20, rows - off), num_keys=keys)])
+        t = t.filter(pc.field("value") > 0.5)
+        parts.append(t.group_by("key").aggregate([("value", "count"), ("value", "sum")]))
+    merged = pa.concat_tables(parts).group_by("key").aggregate([("value_count", "sum"), ("value_sum", "sum")])
+    return merged.rename_columns(["key", "value_count", "value_sum"]).sort_by("key")
+
+
+def throughput(cluster, rows, keys, interval_ms, expected=None):
+    start = time.perf_counter()  # submit -> FINISHED (submit returns once every task is deployed)
     job_id = cluster.submit(keyed_count(rows, keys, interval_ms))
-    start = time.perf_counter()
     state = cluster.wait(job_id, 300)
     elapsed = time.perf_counter() - start
     assert state == "FINISHED", cluster.job(job_id)["failure"]
     done = (cluster.checkpoints(job_id)["counts"] or {}).get("completed", 0)
+    if expected is not None:
+        got = cluster.result(job_id).table("sink").sort_by("key")
+        assert got.column("key").equals(expected.column("key")), "keys differ from pyarrow's"
+        assert got.column("value_count").cast(pa.int64()).equals(expected.column("value_count").cast(pa.int64())), \
+            "counts differ from pyarrow's"
+        assert np.allclose(got.column("value_sum").to_numpy(), expected.column("value_sum").to_numpy()), \
+            "sums differ from pyarrow's"
     return rows / elapsed, done
 
 
@@ -64,7 +88,7 @@ def checkpoint_of(cluster, keys):
         time.sleep(0.002)
     record["committed_ms"] = (time.perf_counter() - started) * 1e3
     assert record["state"] == "COMPLETED", record
-    latest = cluster.coordinator.jobs[job_id].storage.latest(job_id)
+    latest = cluster.coordinator.jobs[job_id].checkpointing.storage.latest(job_id)
     rows = sum(h.get("rows", 0) for h in latest.handles if h["kind"] == "keyed")
     cluster.cancel(job_id)
     return record, rows
@@ -76,33 +100,48 @@ def main(argv=None):
     parser.add_argument("--rows", type=int, default=150_000_000,
                         help="rows per throughput run (enough for several 1 s checkpoints)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args(argv)
-    rows = 3_000_000 if args.quick else args.rows
-    repeats = 1 if args.quick else args.repeats
+    rows = 40_000_000 if args.quick else args.rows  # --quick: ~2 s a run, still a checkpoint or two
+    repeats = 2 if args.quick else args.repeats
     sizes = [10_000, 100_000] if args.quick else [100_000, 1_000_000]
+    expected = reference(rows, 100_000)
+    report = Report("bench_checkpoints", rows=rows, keys=100_000, repeats=repeats)
     with tempfile.TemporaryDirectory() as tmp, \
             LocalCluster(workers=1, slots_per_worker=2, coordinator_config={"checkpoint_dir": tmp}) as cluster:
         throughput(cluster, 200_000, 1000, None)  # warm up the worker
-        plain, ckpt, completed = [], [], []
-        for _ in range(repeats):
-            plain.append(throughput(cluster, rows, 100_000, None)[0])
-            rate, done = throughput(cluster, rows, 100_000, 1000)
-            ckpt.append(rate)
-            completed.append(done)
-        base, with_ckpt = statistics.median(plain), statistics.median(ckpt)
-        print(f"keyed-count, {rows:,} rows, 100,000 keys, parallelism 2, 1 worker process")
-        print(f"  no checkpoints        : {base / 1e6:8.2f} M rows/s")
-        print(f"  checkpoint every 1 s  : {with_ckpt / 1e6:8.2f} M rows/s  ({max(completed)} completed per run)")
+        runs = collect({"no checkpoints": lambda: throughput(cluster, rows, 100_000, None, expected),
+                        "checkpoint every 1 s": lambda: throughput(cluster, rows, 100_000, 1000, expected)},
+                       repeat=repeats)
+        rates = summarize({name: [r for r, _ in rs] for name, rs in runs.items()}, unit="rows/s")
+        completed = [d for _, d in runs["checkpoint every 1 s"]]
+        base, with_ckpt = rates["no checkpoints"].median, rates["checkpoint every 1 s"].median
+        print(f"keyed-count, {rows:,} rows, 100,000 keys, parallelism 2, 1 worker process, "
+              f"median of {repeats} alternating runs")
+        print(table(rates, baseline="no checkpoints", ratio="rows/s / without"))
+        print(f"  checkpoints completed per run: {completed}")
+        assert min(completed) >= 1, "a run with checkpoints on completed none: the comparison says nothing"
         print(f"  ratio with/without    : {with_ckpt / base:8.3f}  (overhead {100 * (1 - with_ckpt / base):.1f} %)")
+        report.add("throughput", rates, baseline="no checkpoints")
         print("checkpoint of keyed state (on demand, state of every key present):")
         for keys in sizes:
             record, state_rows = checkpoint_of(cluster, keys)
+            assert state_rows >= 0.98 * keys, f"the checkpoint holds {state_rows:,} of {keys:,} keys"
             print(f"  {keys:>9,} keys: acked in {record['duration_ms']:8.1f} ms, committed after "
                   f"{record['committed_ms']:8.1f} ms, size "
                   f"{record['size_bytes'] / 1e6:7.2f} MB, alignment {record['alignment_ms']:6.1f} ms, "
                   f"keyed rows in state {state_rows:,}")
+            report.add(f"checkpoint of {keys:,} keys", summarize({
+                "acked": [record["duration_ms"] / 1e3], "committed": [record["committed_ms"] / 1e3],
+                "alignment": [record["alignment_ms"] / 1e3]}))
+            report.figure(f"checkpoint_{keys}_size_bytes", record["size_bytes"])
+    report.headline(f"keyed-count job, {rows:,} rows, checkpoint every 1 s vs none (target >= 0.90x)",
+                    "throughput", "checkpoint every 1 s")
+    report.headline(f"checkpoint of {sizes[-1]:,} keys of state, committed", f"checkpoint of {sizes[-1]:,} keys",
+                    "committed", note=f"{report.figures[f'checkpoint_{sizes[-1]}_size_bytes'] / 1e6:.1f} MB")
+    if args.json:
+        report.write(args.json)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
