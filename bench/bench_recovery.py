@@ -16,13 +16,16 @@ frozen VM, a swapped-out process) is silent: it is lost after the heartbeat time
 slots the lost tasks move to. Targets: kill -9 detect < 1 s, resume < 2 s with
 1,000,000 keys; SIGSTOP detect < timeout + 0.5 s.
 
-    python bench/bench_recovery.py [--quick] [--fault kill|stop|both]
+The runs of the two faults alternate (kill, stop, kill, ...); figures are medians over
+``--runs``, set against the targets (kill -9) and the heartbeat timeout (SIGSTOP). Every
+run must restore from a checkpoint and deliver records after it.
+
+    python bench/bench_recovery.py [--quick] [--fault kill|stop|both] [--runs N] [--json out.json]
 """
 
 import argparse
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +33,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _recovery_udfs, for the workers too
 
+from _harness import Report, collect, constant, summarize, table  # noqa: E402
 from sabot.api.stream import Stream  # noqa: E402
 from sabot.cluster.config import CoordinatorConfig  # noqa: E402
 from sabot.cluster.local import LocalCluster  # noqa: E402
@@ -105,36 +109,52 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100,000 keys, 2 runs")
     parser.add_argument("--fault", choices=["kill", "stop", "both"], default="both")
+    parser.add_argument("--runs", type=int, default=None, help="runs per fault (default 5, --quick 2)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args(argv)
     keys = 100_000 if args.quick else 1_000_000
-    runs = 2 if args.quick else 5
+    runs = args.runs or (2 if args.quick else 5)
     faults = ["kill", "stop"] if args.fault == "both" else [args.fault]
     timeout = CoordinatorConfig().heartbeat_timeout_s
+    report = Report("bench_recovery", keys=keys, runs=runs, heartbeat_timeout_s=timeout)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["SABOT_BENCH_STAMPS"] = stamps = os.path.join(tmp, "stamps.txt")
-        for fault in faults:
-            detects, resumes = [], []
-            for i in range(runs):
-                detect, resume, restored, size = one_run(keys, stamps, tmp, fault)
-                detects.append(detect)
-                resumes.append(resume)
-                print(f"  {fault} run {i + 1}: detect {detect * 1e3:7.1f} ms, resume {resume * 1e3:7.1f} ms "
-                      f"(restored checkpoint {restored}, {size / 1e6:.1f} MB of state)")
-            d, r = statistics.median(detects), statistics.median(resumes)
-            if fault == "kill":
-                print(f"kill -9 recovery, {keys:,} keys of keyed state, median of {runs}:")
-                print(f"  detect (kill -> worker lost)            : {d * 1e3:7.1f} ms  "
-                      f"(target < 1000 ms: ratio {d / 1.0:.2f})")
-                print(f"  resume (kill -> first record restored)  : {r * 1e3:7.1f} ms  "
-                      f"(target < 2000 ms: ratio {r / 2.0:.2f})")
-            else:
-                print(f"SIGSTOP recovery (heartbeat timeout {timeout:g} s), {keys:,} keys, median of {runs}:")
-                print(f"  detect (stop -> worker lost)            : {d * 1e3:7.1f} ms  "
-                      f"(ratio to the timeout {d / timeout:.2f})")
-                print(f"  resume (stop -> first record restored)  : {r * 1e3:7.1f} ms  "
-                      f"(ratio to the timeout {r / timeout:.2f})")
-    return 0
+        counter = {f: 0 for f in faults}
 
+        def case(fault):
+            def run():
+                detect, resume, restored, size = one_run(keys, stamps, tmp, fault)
+                counter[fault] += 1
+                assert restored is not None, f"{fault} run {counter[fault]}: the job restarted without a checkpoint"
+                print(f"  {fault} run {counter[fault]}: detect {detect * 1e3:7.1f} ms, resume {resume * 1e3:7.1f} ms "
+                      f"(restored checkpoint {restored}, {size / 1e6:.1f} MB of state)", flush=True)
+                return detect, resume, size
+            return run
+
+        out = collect({fault: case(fault) for fault in faults}, repeat=runs)
+    for fault, rs in out.items():
+        figures = summarize({"detect": [d for d, _, _ in rs], "resume": [r for _, r, _ in rs]})
+        if fault == "kill":
+            figures["target: detect < 1 s"] = constant("target: detect < 1 s", 1.0)
+            figures["target: resume < 2 s"] = constant("target: resume < 2 s", 2.0)
+            print(f"kill -9 recovery, {keys:,} keys of keyed state, median of {runs}:")
+            print(table(figures, baseline="target: detect < 1 s", ratio="/ 1 s"))
+            report.add("kill -9", figures, baseline="target: detect < 1 s")
+            report.headline(f"kill -9 a worker, {keys:,} keys of state: worker declared lost", "kill -9", "detect")
+            report.headline(f"kill -9 a worker, {keys:,} keys of state: first record after restore", "kill -9",
+                            "resume", baseline="target: resume < 2 s")
+        else:
+            figures[f"heartbeat timeout {timeout:g} s"] = constant(f"heartbeat timeout {timeout:g} s", timeout)
+            print(f"SIGSTOP recovery (heartbeat timeout {timeout:g} s), {keys:,} keys, median of {runs}:")
+            print(table(figures, baseline=f"heartbeat timeout {timeout:g} s", ratio="/ the timeout"))
+            report.add("SIGSTOP", figures, baseline=f"heartbeat timeout {timeout:g} s")
+            report.headline(f"SIGSTOP a worker (silent, {keys:,} keys): worker declared lost (target: timeout + 0.5 s)",
+                            "SIGSTOP", "detect")
+            report.headline(f"SIGSTOP a worker (silent, {keys:,} keys): first record after restore", "SIGSTOP",
+                            "resume")
+    if args.json:
+        report.write(args.json)
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
