@@ -31,6 +31,12 @@ moved is printed), for each key count:
    the data plane does), install (merge) into fresh tables.
 
 Targets (issue 7): live pause < 100 ms with 100,000 keys and < 500 ms with 1,000,000.
+
+Live and baseline repetitions alternate (a live job rescaled 2 -> 4 -> 2, then a baseline
+job stopped and restored 2 -> 4 -> 2, then the next repetition, each on a fresh job with
+its full state), so machine noise hits both alike. Every rescale must complete with the
+job running and move between 1 and num_keys state rows; every restore must restart the
+aggregate. ``--json out.json`` writes the figures (bench/_harness.py's Report).
 """
 
 import argparse
@@ -49,6 +55,7 @@ from sabot.api.stream import Stream  # noqa: E402
 from sabot.cluster.local import LocalCluster  # noqa: E402
 from sabot.runtime.generators import keyed_records, zipf_keyed_records  # noqa: E402
 
+from _harness import Report, collect, constant, summarize  # noqa: E402
 from _rescale_udfs import COST_PER_ROW_S  # noqa: E402
 
 TARGETS_MS = {100_000: 100.0, 1_000_000: 500.0}
@@ -185,36 +192,50 @@ def stop_and_restore(cluster, job_id, num_keys, new_parallelism, name, timeout=1
     }, new_id
 
 
-def bench_keys(cluster, num_keys, runs, baseline_runs):
+def bench_keys(cluster, num_keys, runs):
+    """``runs`` repetitions, alternating: live 2 -> 4 -> 2 on a fresh job, then stop-checkpoint-
+    restore 2 -> 4 -> 2 on another. Returns (live, base): {(old, new): [figures]}."""
     client = cluster.client()
-    live = {(2, 4): [], (4, 2): []}
-    base = {(2, 4): [], (4, 2): []}
-    job_id = cluster.submit(keyed_job(num_keys, 2, f"live-{num_keys}"))
-    try:
-        wait_full_state(cluster, job_id, num_keys)
-        agg = operator(cluster.job(job_id), "aggregate")["operator_id"]
-        for i in range(runs):
+    live_count, base_count = iter(range(1 << 30)), iter(range(1 << 30))
+
+    def live_rep():
+        job_id = cluster.submit(keyed_job(num_keys, 2, f"live-{num_keys}"))
+        i = next(live_count)
+        out = {}
+        try:
+            wait_full_state(cluster, job_id, num_keys)
+            agg = operator(cluster.job(job_id), "aggregate")["operator_id"]
             for old, new in ((2, 4), (4, 2)):
                 r = live_rescale(cluster, client, job_id, agg, new)
-                live[(old, new)].append(r)
+                assert 0 < r["rows_moved"] <= num_keys, f"live rescale moved {r['rows_moved']:,} of {num_keys:,} rows"
+                out[(old, new)] = r
                 print(f"    live  {num_keys:>9,} keys {old}->{new} #{i + 1}: pause {r['pause_ms']:7.1f} ms, "
                       f"total {r['total_ms']:7.1f} ms, switch {r['switch_ms']:6.1f} ms, "
                       f"install {r['install_ms'] or 0:7.1f} ms, {r['rows_moved']:,} rows moved", flush=True)
-    finally:
-        cluster.cancel(job_id)
-    job_id = cluster.submit(keyed_job(num_keys, 2, f"base-{num_keys}"))
-    try:
-        wait_full_state(cluster, job_id, num_keys)
-        for i in range(baseline_runs):
+        finally:
+            cluster.cancel(job_id)
+        return out
+
+    def base_rep():
+        job_id = cluster.submit(keyed_job(num_keys, 2, f"base-{num_keys}"))
+        i = next(base_count)
+        out = {}
+        try:
+            wait_full_state(cluster, job_id, num_keys)
             for old, new in ((2, 4), (4, 2)):
                 r, job_id = stop_and_restore(cluster, job_id, num_keys, new, f"base-{num_keys}")
-                base[(old, new)].append(r)
+                out[(old, new)] = r
                 print(f"    base  {num_keys:>9,} keys {old}->{new} #{i + 1}: downtime {r['downtime_ms']:7.1f} ms, "
                       f"total {r['total_ms']:7.1f} ms (checkpoint {r['checkpoint_ms']:.0f}, cancel "
                       f"{r['cancel_ms']:.0f}, submit+deploy {r['submit_ms']:.0f} ms; {r['size_mb']:.1f} MB)",
                       flush=True)
-    finally:
-        cluster.cancel(job_id)
+        finally:
+            cluster.cancel(job_id)
+        return out
+
+    reps = collect({"live": live_rep, "base": base_rep}, repeat=runs)
+    live = {move: [rep[move] for rep in reps["live"]] for move in ((2, 4), (4, 2))}
+    base = {move: [rep[move] for rep in reps["base"]] for move in ((2, 4), (4, 2))}
     return live, base
 
 
@@ -347,15 +368,14 @@ def _with_groups(batch):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10k and 100k keys, 2 moves each way, short phases")
-    parser.add_argument("--runs", type=int, help="live rescales per direction (default 5, --quick 2)")
-    parser.add_argument("--baseline-runs", type=int, help="baseline restarts per direction (default 5, --quick 2)")
+    parser.add_argument("--runs", type=int, help="repetitions (live and baseline, each way) (default 5, --quick 2)")
     parser.add_argument("--keys", type=lambda s: [int(x) for x in s.split(",")],
                         help="comma-separated key counts (default 10000,100000,1000000)")
     parser.add_argument("--skip-skew", action="store_true", help="leave out the auto-rebalance throughput part")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args(argv)
     keys = args.keys or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
     runs = args.runs or (2 if args.quick else 5)
-    baseline_runs = args.baseline_runs or (2 if args.quick else 5)
     seconds = 2.0 if args.quick else 4.0
     started = time.monotonic()
     results = {}
@@ -364,14 +384,14 @@ def main(argv=None):
         with LocalCluster(workers=2, slots_per_worker=4, worker_threads=4, coordinator_config=config) as cluster:
             for n in keys:
                 print(f"  {n:,} keys:", flush=True)
-                results[n] = bench_keys(cluster, n, runs, baseline_runs)
+                results[n] = bench_keys(cluster, n, runs)
             skew = None if args.skip_skew else bench_skew(cluster, seconds)
     runs_breakdown = [handoff_breakdown(max(keys), 2, 4) for _ in range(3)]
     breakdown = {k: med([r[k] for r in runs_breakdown]) for k in runs_breakdown[0]}
 
     print()
-    print(f"Live rescale of a keyed aggregate vs stop + checkpoint + restore (median; live {runs}, "
-          f"baseline {baseline_runs} per row)")
+    print(f"Live rescale of a keyed aggregate vs stop + checkpoint + restore (median of {runs} alternating "
+          f"repetitions per row)")
     header = (f"{'keys':>10} {'move':>5} | {'live pause':>10} {'live total':>10} {'switch':>7} {'install':>8} "
               f"{'moved':>9} | {'base down':>9} {'base total':>10} | {'down/pause':>10} {'total/total':>11}")
     print(header)
@@ -406,7 +426,7 @@ def main(argv=None):
                 model = CAPACITY / (1 + imb[0])
                 print(f"  model {name:<6}: {CAPACITY:,.0f} / (1 + imbalance of 'work' {imb[0]:.3f}) = {model:10,.0f} records/s "
                       f"(measured / model {value / model:.2f})")
-        print(f"  settled after                   : "
+        print("  settled after                   : "
               + (f"{settled_after:.1f} s" if settled_after is not None else "not within the timeout"))
         for r in records:
             print(f"  rebalance {r['operator_name']:<9}: imbalance before {r['imbalance_before']}, predicted "
@@ -422,6 +442,29 @@ def main(argv=None):
           f"{b['ipc_ms']:.1f} ms, install {b['install_ms']:.1f} ms "
           f"(sum {b['snapshot_ms'] + b['split_ms'] + b['ipc_ms'] + b['install_ms']:.1f} ms)")
     print(f"\ntotal bench time {time.monotonic() - started:.0f} s")
+    report = Report("bench_rescale", keys=keys, runs=runs)
+    for n, (live, base) in results.items():
+        for move in ((2, 4), (4, 2)):
+            figures = summarize({
+                "live pause": [r["pause_ms"] / 1e3 for r in live[move]],
+                "live total": [r["total_ms"] / 1e3 for r in live[move]],
+                "stop-checkpoint-restore downtime": [r["downtime_ms"] / 1e3 for r in base[move]],
+                "stop-checkpoint-restore total": [r["total_ms"] / 1e3 for r in base[move]]})
+            if n in TARGETS_MS:
+                figures["target pause"] = constant("target pause", TARGETS_MS[n] / 1e3)
+            report.add(f"{n:,} keys {move[0]}->{move[1]}", figures, baseline="stop-checkpoint-restore downtime")
+    for n in keys:
+        report.headline(f"live rescale 2 -> 4, {n:,} keys of state: operator pause vs stop-checkpoint-restore's downtime",
+                        f"{n:,} keys 2->4", "live pause",
+                        note=f"target < {TARGETS_MS[n]:.0f} ms" if n in TARGETS_MS else "")
+    if skew is not None:
+        before, after = skew[0], skew[1]
+        report.add("auto-rebalance", {"before": constant("before", before, "records/s"),
+                                      "after": constant("after", after, "records/s")}, baseline="before")
+        report.headline("auto-rebalance of a Zipf (s = 1.2) job: records/s after vs before", "auto-rebalance", "after")
+    report.figure("handoff_breakdown_ms", {k: v for k, v in breakdown.items() if k.endswith("_ms")})
+    if args.json:
+        report.write(args.json)
     return 0
 
 
