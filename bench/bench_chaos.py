@@ -8,7 +8,11 @@ rescale (map / aggregate to 1-3) and checkpoint at random for ``--seconds``. The
 jobs must FINISH; the committed output is compared with pyarrow's reference: rows
 missing, rows duplicated, aggregates wrong.
 
-    python bench/bench_chaos.py [--rounds 3] [--seconds 120] [--seed 1]
+    python bench/bench_chaos.py [--rounds 3] [--seconds 120] [--seed 1] [--json out.json]
+
+A soak run, not a timing: ``--json`` writes its figures (faults by kind, per job: state,
+restarts, rows expected / committed / missing / duplicated / wrong) in the JSON report
+format of bench/_harness.py, with a text headline for bench/run_all.py's table.
 """
 
 import argparse
@@ -24,6 +28,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.dataset as ds  # noqa: E402
 
+from _harness import Report  # noqa: E402
 from sabot.api.stream import Stream  # noqa: E402
 from sabot.cluster.local import LocalCluster  # noqa: E402
 from sabot.runtime.generators import keyed_records  # noqa: E402
@@ -101,8 +106,12 @@ def main():
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quiet", action="store_true", help="do not print every fault")
+    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     args = parser.parse_args()
     bad = 0
+    doc = Report("bench_chaos", rounds=args.rounds, seconds=args.seconds, seed=args.seed)
+    rounds = []
+    faults, restarts, lost_total = {}, 0, 0
     for r in range(args.rounds):
         seed = args.seed + r
         print(f"round {r + 1}/{args.rounds} (seed {seed}, {args.seconds:g} s of chaos)", flush=True)
@@ -115,7 +124,28 @@ def main():
             print(f"  {name:<10} {state:<9} {restarts:>8} {expected!s:>9} {committed!s:>9} {missing!s:>8} "
                   f"{duplicated!s:>10} {wrong!s:>6}")
             bad += state != "FINISHED" or bool(missing) or bool(duplicated) or bool(wrong) or expected != committed
+        summary = report.summary()
+        for kind, counts in summary.items():
+            faults[kind] = faults.get(kind, 0) + counts["done"]
+        restarts += sum(row[2] for row in rows)
+        lost_total += lost
+        rounds.append({"seed": seed, "faults": summary, "workers_lost": lost, "finish_s": finish_s,
+                       "jobs": [dict(zip(("job", "state", "restarts", "expected", "committed", "missing",
+                                          "duplicated", "wrong"), row)) for row in rows]})
     print("exact in every round" if not bad else f"{bad} job(s) NOT exact")
+    doc.figure("rounds", rounds)
+    doc.figure("jobs_not_exact", bad)
+    jobs = [j for r in rounds for j in r["jobs"]]
+    missing = sum(j["missing"] or 0 for j in jobs)
+    duplicated = sum(j["duplicated"] or 0 for j in jobs)
+    done = ", ".join(f"{n} {kind}s" for kind, n in sorted(faults.items()))
+    doc.headline(f"chaos: kill -9, SIGSTOP, live rescales, checkpoints at random, {args.rounds} round(s) x "
+                 f"{args.seconds:g} s",
+                 text=(f"{done}, {restarts} restarts: " +
+                       ("both exactly-once jobs exact in every round" if not bad else f"**{bad} job(s) NOT exact**") +
+                       f" ({missing} rows missing, {duplicated} duplicated)"))
+    if args.json:
+        doc.write(args.json)
     sys.exit(1 if bad else 0)
 
 
