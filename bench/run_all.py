@@ -67,7 +67,7 @@ SCRIPTS = [
     # soak runs: no --quick of their own; a short round instead
     Script("bench_chaos.py", args=[], quick_args=["--rounds", "1", "--seconds", "15", "--quiet"],
            timeout=3 * 3600, quick_timeout=180),
-    Script("bench_long_lived.py", args=[], quick_args=["--jobs", "200"], timeout=3600, quick_timeout=120),
+    Script("bench_long_lived.py", args=[], quick_args=["--jobs", "300"], timeout=3600, quick_timeout=120),
 ]
 
 
