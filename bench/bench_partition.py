@@ -187,7 +187,6 @@ def main(argv=None):
     report.headline(title + " vs a memcpy", "int64-key P=64", "sabot")
     if pl is not None:
         report.headline(title + " vs polars partition_by", "int64-key P=64", "sabot", baseline="polars")
-    report.headline(title + " vs argsort+take", "int64-key P=64", "sabot", baseline="argsort+take")
     if args.json:
         report.write(args.json)
 

@@ -8,7 +8,8 @@ ratio to the baseline measured in the same run (see bench/_harness.py's ``Report
 
     python bench/run_all.py [--quick] [--json-dir DIR] [--only graph,partition] [--readme]
 
-``--readme`` rewrites the table in README.md between the ``bench-table`` marker comments.
+``--readme`` rewrites the rows of the scripts that ran in README.md's table (between the
+``bench-table`` marker comments); the other rows stay.
 The soak runs (bench_chaos, bench_long_lived) run with short arguments under ``--quick``.
 bench_nexmark.py has its own table in the README (### Nexmark) and is not run here.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -112,11 +114,40 @@ def markdown(rows):
     return "\n".join(lines)
 
 
-def replace_readme_table(text, table):
-    """``text`` with the table between the markers replaced by ``table``."""
+def _script_of(line):
+    """The bench script a table line's command runs (``bench_partition``), or None."""
+    m = re.search(r"`python bench/(\w+)\.py", line)
+    return m.group(1) if m else None
+
+
+def merge_rows(old_table, rows, ran):
+    """The README table: fresh rows for the scripts in ``ran`` (names without .py), the old
+    table's rows for the others (so ``--only X --readme`` updates X's rows alone), in the
+    order of SCRIPTS; old rows of no known script stay at the end."""
+    order = [s.name.removesuffix(".py") for s in SCRIPTS]
+    old_lines = [ln for ln in old_table.splitlines()
+                 if ln.startswith("|") and not ln.startswith("| benchmark |") and not ln.startswith("|---")]
+    new_lines = markdown(rows).splitlines()[2:]
+    by_script = {}
+    for ln in old_lines:
+        name = _script_of(ln)
+        if name not in ran:
+            by_script.setdefault(name if name in order else None, []).append(ln)
+    for ln in new_lines:
+        by_script.setdefault(_script_of(ln), []).append(ln)
+    lines = ["| benchmark | command | result |", "|---|---|---|"]
+    for name in order:
+        lines += by_script.get(name, [])
+    lines += by_script.get(None, [])
+    return "\n".join(lines)
+
+
+def replace_readme_table(text, rows, ran):
+    """``text`` with the table between the markers merged with ``rows`` (see merge_rows)."""
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < start:
         raise ValueError(f"README.md has no {BEGIN!r} ... {END!r} markers around the benchmarks table")
+    table = merge_rows(text[start + len(BEGIN):end], rows, ran)
     return text[:start + len(BEGIN)] + "\n" + table + "\n" + text[end:]
 
 
@@ -197,8 +228,8 @@ def main(argv=None):
         with open(path) as f:
             text = f.read()
         with open(path, "w") as f:
-            f.write(replace_readme_table(text, table))
-        log(f"README.md's benchmarks table rewritten ({len(rows)} rows)")
+            f.write(replace_readme_table(text, rows, {s.name.removesuffix(".py") for s in scripts}))
+        log(f"README.md's benchmarks table: the rows of {len(scripts)} script(s) rewritten")
     return 1 if failures else 0
 
 

@@ -152,11 +152,23 @@ def test_run_all_rows_from_sample_reports(tmp_path):
     assert run_all.rows_of({"bench": "b", "headlines": []}, "c") == [("b", "c", "no headline in the report")]
 
 
-def test_readme_table_is_replaced_between_the_markers():
-    text = f"intro\n{run_all.BEGIN}\n| old |\n{run_all.END}\nafter\n"
-    assert run_all.replace_readme_table(text, "| new |") == f"intro\n{run_all.BEGIN}\n| new |\n{run_all.END}\nafter\n"
+def test_readme_table_rows_of_the_scripts_run_are_replaced_the_others_kept():
+    old = ("\n| benchmark | command | result |\n|---|---|---|\n"
+           "| old graph | `python bench/bench_graph.py` | 1 ms |\n"
+           "| old state | `python bench/bench_state.py` | 2 ms |\n"
+           "| by hand | `python other.py` | 3 ms |\n")
+    text = f"intro\n{run_all.BEGIN}{old}{run_all.END}\nafter\n"
+    rows = [("new state", "python bench/bench_state.py --quick", "4 ms"),
+            ("new partition", "python bench/bench_partition.py", "5 ms")]
+    out = run_all.replace_readme_table(text, rows, {"bench_state", "bench_partition"})
+    assert out == (f"intro\n{run_all.BEGIN}\n| benchmark | command | result |\n|---|---|---|\n"
+                   "| old graph | `python bench/bench_graph.py` | 1 ms |\n"
+                   "| new partition | `python bench/bench_partition.py` | 5 ms |\n"
+                   "| new state | `python bench/bench_state.py --quick` | 4 ms |\n"
+                   "| by hand | `python other.py` | 3 ms |\n"
+                   f"{run_all.END}\nafter\n")
     with pytest.raises(ValueError, match="markers"):
-        run_all.replace_readme_table("no markers", "| new |")
+        run_all.replace_readme_table("no markers", rows, set())
     readme = os.path.join(os.path.dirname(BENCH), "README.md")
     with open(readme) as f:
         assert run_all.BEGIN in f.read(), "README.md lost the benchmarks table's markers"
