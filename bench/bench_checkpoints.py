@@ -14,6 +14,7 @@ of each); every run's per-key counts and sums are checked against pyarrow's.
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -69,29 +70,39 @@ def throughput(cluster, rows, keys, interval_ms, expected=None):
     return rows / elapsed, done
 
 
-def checkpoint_of(cluster, keys):
+def checkpoint_of(cluster, keys, repeat):
+    """``repeat`` checkpoints triggered one after another on one job whose state holds
+    (nearly) every key; returns their records (with committed_ms and the keyed rows held)."""
     job_id = cluster.submit(keyed_count(None, keys, None, emit="final"))
-    deadline = time.monotonic() + 120
-    while True:  # wait until (nearly) every key is in the state
-        ops = {op["name"]: op for op in cluster.job(job_id)["operators"]}
-        if ops["aggregate"]["rows_in"] >= 6 * keys:
-            break
-        assert time.monotonic() < deadline, "the job did not see enough rows"
-        time.sleep(0.05)
-    started = time.perf_counter()
-    cid = cluster.trigger_checkpoint(job_id)
-    while True:  # committed: metadata written, visible as latest_completed
-        view = cluster.checkpoints(job_id)
-        record = next(h for h in view["history"] if h["id"] == cid)
-        if record["state"] == "FAILED" or (view["latest_completed"] or {}).get("checkpoint_id") == cid:
-            break
-        time.sleep(0.002)
-    record["committed_ms"] = (time.perf_counter() - started) * 1e3
-    assert record["state"] == "COMPLETED", record
-    latest = cluster.coordinator.jobs[job_id].checkpointing.storage.latest(job_id)
-    rows = sum(h.get("rows", 0) for h in latest.handles if h["kind"] == "keyed")
-    cluster.cancel(job_id)
-    return record, rows
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # wait until (nearly) every key is in the state
+            ops = {op["name"]: op for op in cluster.job(job_id)["operators"]}
+            if ops["aggregate"]["rows_in"] >= 6 * keys:
+                break
+            assert time.monotonic() < deadline, "the job did not see enough rows"
+            time.sleep(0.05)
+
+        def one():
+            started = time.perf_counter()
+            cid = cluster.trigger_checkpoint(job_id)
+            while True:  # committed: metadata written, visible as latest_completed
+                view = cluster.checkpoints(job_id)
+                record = next(h for h in view["history"] if h["id"] == cid)
+                if record["state"] == "FAILED" or (view["latest_completed"] or {}).get("checkpoint_id") == cid:
+                    break
+                time.sleep(0.002)
+            record["committed_ms"] = (time.perf_counter() - started) * 1e3
+            assert record["state"] == "COMPLETED", record
+            latest = cluster.coordinator.jobs[job_id].checkpointing.storage.latest(job_id)
+            assert latest.checkpoint_id == cid, "the committed checkpoint is not the latest in storage"
+            record["state_rows"] = sum(h.get("rows", 0) for h in latest.handles if h["kind"] == "keyed")
+            assert record["state_rows"] >= 0.98 * keys, f"the checkpoint holds {record['state_rows']:,} of {keys:,} keys"
+            return record
+
+        return collect({"checkpoint": one}, repeat=repeat, warmup=0)["checkpoint"]
+    finally:
+        cluster.cancel(job_id)
 
 
 def main(argv=None):
@@ -125,16 +136,18 @@ def main(argv=None):
         report.add("throughput", rates, baseline="no checkpoints")
         print("checkpoint of keyed state (on demand, state of every key present):")
         for keys in sizes:
-            record, state_rows = checkpoint_of(cluster, keys)
-            assert state_rows >= 0.98 * keys, f"the checkpoint holds {state_rows:,} of {keys:,} keys"
-            print(f"  {keys:>9,} keys: acked in {record['duration_ms']:8.1f} ms, committed after "
-                  f"{record['committed_ms']:8.1f} ms, size "
-                  f"{record['size_bytes'] / 1e6:7.2f} MB, alignment {record['alignment_ms']:6.1f} ms, "
-                  f"keyed rows in state {state_rows:,}")
-            report.add(f"checkpoint of {keys:,} keys", summarize({
-                "acked": [record["duration_ms"] / 1e3], "committed": [record["committed_ms"] / 1e3],
-                "alignment": [record["alignment_ms"] / 1e3]}))
-            report.figure(f"checkpoint_{keys}_size_bytes", record["size_bytes"])
+            records = checkpoint_of(cluster, keys, repeats)
+            figures = summarize({"acked": [r["duration_ms"] / 1e3 for r in records],
+                                 "committed": [r["committed_ms"] / 1e3 for r in records],
+                                 "alignment": [r["alignment_ms"] / 1e3 for r in records]})
+            size = statistics.median(r["size_bytes"] for r in records)
+            print(f"  {keys:>9,} keys, median of {repeats} checkpoints: acked in "
+                  f"{figures['acked'].median * 1e3:8.1f} ms, committed after {figures['committed'].median * 1e3:8.1f} ms "
+                  f"(spread {figures['committed'].spread_pct:.0f} %), size {size / 1e6:7.2f} MB, alignment "
+                  f"{figures['alignment'].median * 1e3:6.1f} ms, keyed rows in state "
+                  f"{min(r['state_rows'] for r in records):,}")
+            report.add(f"checkpoint of {keys:,} keys", figures)
+            report.figure(f"checkpoint_{keys}_size_bytes", size)
     report.headline(f"keyed-count job, {rows:,} rows, checkpoint every 1 s vs none (target >= 0.90x)",
                     "throughput", "checkpoint every 1 s")
     report.headline(f"checkpoint of {sizes[-1]:,} keys of state, committed", f"checkpoint of {sizes[-1]:,} keys",
