@@ -83,22 +83,24 @@ def peak_rss_ratio(rows):
     """Peak RSS of a child that reads the table from an Arrow IPC file (written here, so
     making it leaves no peak in the child) into memory and runs the from-table job at p=2:
     the peak above the child's RSS before the table, over the table's size (the table
-    itself counts: 1.0x is the floor)."""
+    itself counts: 1.0x is the floor). The peak is the child's VmHWM: its ru_maxrss would
+    include the parent's RSS (the spawning parent's memory is the child's until exec), so
+    the figure grew with whatever the benchmark held before."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "t.arrow")
         feather.write_feather(make_table(rows), path, compression="uncompressed")
         code = f"""
-import resource, sys
+import sys
 sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); sys.path.insert(0, {os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")!r})
 import pyarrow as pa, pyarrow.feather as feather
 import bench_runtime as b
-def rss():
+def status(field):
     with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS"))
-base = rss()
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field + ":"))
+base = status("VmRSS")
 t = feather.read_table({path!r}, memory_map=False)
 b.job("table", t, None, {rows}, 2).run(default_parallelism=2)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = status("VmHWM")  # not ru_maxrss: it counts the parent's RSS, whose address space the child had until exec
 print(t.nbytes, base, peak)
 """
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
