@@ -208,7 +208,7 @@ def main(argv=None):
             parser.error(f"unknown benchmark(s) {sorted(unknown)}; known: "
                          f"{', '.join(s.name.removesuffix('.py') for s in SCRIPTS)}")
         scripts = [s for s in SCRIPTS if s.name.removesuffix(".py") in wanted]
-    json_dir = args.json_dir or tempfile.mkdtemp(prefix="sabot-bench-")
+    json_dir = os.path.abspath(args.json_dir or tempfile.mkdtemp(prefix="sabot-bench-"))
     os.makedirs(json_dir, exist_ok=True)
 
     def log(line):
