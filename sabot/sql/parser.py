@@ -65,6 +65,8 @@ class Flink(Spark):
         KEYWORDS = {k: v for k, v in Spark.Tokenizer.KEYWORDS.items() if k != "SESSION"}
 
     class Parser(Spark.Parser):
+        # Flink's DATE_FORMAT takes Java patterns: kept as written (sabot.sql.functions reads them)
+        FUNCTIONS = {k: v for k, v in Spark.Parser.FUNCTIONS.items() if k not in ("DATE_FORMAT",)}
         FUNCTION_PARSERS = {**Spark.Parser.FUNCTION_PARSERS, **{n: _window_tvf(n) for n in WINDOW_TVFS}}
 
         def _parse_field_def(self):
@@ -80,7 +82,7 @@ class Flink(Spark):
                 return node
             return super()._parse_field_def()
 
-        def _parse_types(self, check_func=False, schema=False, allow_identifiers=True):
+        def _parse_types(self, *args, **kwargs):
             if (self._curr and self._next and self._curr.token_type == TokenType.ROW
                     and self._next.token_type == TokenType.LT):
                 self._advance(2)
@@ -88,7 +90,7 @@ class Flink(Spark):
                 if not self._match(TokenType.GT):
                     self.raise_error("Expected > to end ROW<...>")
                 return exp.DataType(this=exp.DataType.Type.STRUCT, expressions=fields, nested=True)
-            return super()._parse_types(check_func=check_func, schema=schema, allow_identifiers=allow_identifiers)
+            return super()._parse_types(*args, **kwargs)
 
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -1,0 +1,283 @@
+"""Connectors: what a table's ``'connector' = '...'`` option turns into.
+
+A connector is an object with any of
+
+* ``source(table, ctx) -> Source``: the Stream a ``FROM table`` reads (and whether it ends);
+* ``sink(stream, table, ctx) -> StreamSink``: where ``INSERT INTO table`` writes;
+* ``accepts_updates``: True when the sink can take an updating result (a non-windowed
+  ``GROUP BY`` or Top-N over an unbounded input); append-only sinks refuse those;
+* ``read_table(table, ctx) -> pyarrow.Table``: a bounded table for lookup joins
+  (``JOIN t FOR SYSTEM_TIME AS OF ...``).
+
+Register one with :func:`register_connector` (a Kafka or PostgreSQL connector under
+``sabot/connectors/`` plugs in the same way as these built-in ones):
+
+    >>> register_connector("my-source", MyConnector())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+
+from sabot.api.stream import Stream
+from sabot.sql.errors import SqlError
+
+CONNECTORS = {}
+
+
+def register_connector(name, connector):
+    """Make ``'connector' = name`` in ``CREATE TABLE`` use ``connector``."""
+    CONNECTORS[name] = connector
+    return connector
+
+
+@dataclass
+class Source:
+    """A planned source: the stream, whether it is bounded, its arrival-order columns
+    (``hidden``: never in ``SELECT *``; Top-N breaks ties on them) and the computed columns
+    the connector already provides (their DDL expression is not evaluated)."""
+
+    stream: Stream
+    bounded: bool
+    hidden: list = field(default_factory=list)
+    provided: set = field(default_factory=set)
+
+
+@dataclass
+class Context:
+    """What a connector may read: the script's text (for errors) and the session's settings."""
+
+    text: str
+    settings: dict
+
+    def error(self, message, table, hint=None):
+        return SqlError(message, text=self.text, node=table.node, hint=hint)
+
+
+def discard(batch):
+    """The blackhole sink's function: drops every batch."""
+    return None
+
+
+def _option(table, ctx, key, kind=str, default=None):
+    value = table.options.get(key)
+    if value is None or (isinstance(value, str) and value.startswith("${")):
+        return default
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ctx.error(f"table {table.name!r}: option {key!r} = {value!r} is not a valid {kind.__name__}", table) \
+            from None
+
+
+def _check_columns(table, schema, ctx, provided=(), hidden=()):
+    """Every declared physical column must be in what the source produces, with its type."""
+    for name, t in table.columns:
+        i = schema.get_field_index(name)
+        if i < 0:
+            raise ctx.error(f"table {table.name!r}: column {name!r} is not produced by connector "
+                            f"{table.connector!r}", table, hint=f"it produces: {schema.names}")
+        if not schema.field(i).type.equals(t) and not _compatible(schema.field(i).type, t):
+            raise ctx.error(f"table {table.name!r}: column {name!r} is declared {t} but connector "
+                            f"{table.connector!r} produces {schema.field(i).type}", table,
+                            hint=f"declare it as {schema.field(i).type}")
+
+
+def _compatible(actual, declared):
+    if pa.types.is_integer(actual) and pa.types.is_integer(declared):
+        return True
+    if pa.types.is_struct(actual) and pa.types.is_struct(declared):
+        return all(actual.get_field_index(f.name) >= 0 for f in declared)
+    if pa.types.is_timestamp(actual) and pa.types.is_timestamp(declared):
+        return True
+    return False
+
+
+def _watermarked(stream, table, ctx, schema):
+    if table.watermark:
+        column, delay = table.watermark
+        if schema.get_field_index(column) < 0:
+            raise ctx.error(f"table {table.name!r}: WATERMARK FOR {column!r} needs a column the source produces",
+                            table, hint=f"the source produces {schema.names}; a computed column cannot carry "
+                                        "the watermark here")
+        stream = stream.with_watermarks(column, delay)
+    return stream
+
+
+def _batch_size(table, ctx):
+    return _option(table, ctx, "rows-per-batch", int, None) or int(ctx.settings.get("sabot.batch-size", 8192))
+
+
+class NexmarkConnector:
+    """``'connector' = 'nexmark'``: Sabot's Nexmark generator (one row per event, as the
+    published DDL declares), with ``events.num`` (bounded when set), ``first-event.rate``
+    (events per second of event time) and ``person/auction/bid.proportion``. It provides
+    the DDL's computed ``dateTime`` itself, and the hidden arrival-order column ``__seq``."""
+
+    accepts_updates = False
+
+    def source(self, table, ctx):
+        from sabot.nexmark.queries import SEQ, sequenced_events
+
+        config = {}
+        rate = _option(table, ctx, "first-event.rate", float) or _option(table, ctx, "next-event.rate", float)
+        if rate:
+            config["event_rate"] = rate
+        for kind in ("person", "auction", "bid"):
+            p = _option(table, ctx, f"{kind}.proportion", int)
+            if p:
+                config[f"{kind}_proportion"] = p
+        events = _option(table, ctx, "events.num", int)
+        if events is not None and events <= 0:
+            events = None
+        schema = sequenced_events(0, 0, **config).schema
+        _check_columns(table, schema, ctx)
+        stream = Stream.from_generator(sequenced_events, total_rows=events, batch_size=_batch_size(table, ctx),
+                                       parameters=config, name=table.name)
+        stream = _watermarked(stream, table, ctx, schema)
+        return Source(stream, bounded=events is not None, hidden=[SEQ],
+                      provided={n for n, _ in table.computed if n == "dateTime"})
+
+
+class DatagenConnector:
+    """``'connector' = 'datagen'``: a Sabot generator, ``'generator' = 'module:function'``
+    (``fn(offset, num_rows, **params) -> RecordBatch``; ``'generator' = 'nexmark'`` is the
+    Nexmark generator), ``'number-of-rows'`` (bounded when set), ``'rows-per-batch'``."""
+
+    accepts_updates = False
+
+    def source(self, table, ctx):
+        from sabot.runtime import functions as refs
+
+        generator = table.options.get("generator")
+        if generator in (None, "nexmark"):
+            if generator is None and not table.columns:
+                raise ctx.error(f"table {table.name!r}: datagen needs 'generator' = 'module:function'", table)
+            if generator == "nexmark":
+                return NexmarkConnector().source(table, ctx)
+            raise ctx.error(f"table {table.name!r}: datagen needs 'generator' = 'module:function' (a Sabot "
+                            "generator) or 'nexmark'", table)
+        try:
+            fn = refs.resolve(generator)
+        except Exception as exc:  # noqa: BLE001
+            raise ctx.error(f"table {table.name!r}: cannot import generator {generator!r}: {exc}", table) from None
+        rows = _option(table, ctx, "number-of-rows", int)
+        schema = fn(0, 0).schema
+        _check_columns(table, schema, ctx)
+        stream = Stream.from_generator(generator, total_rows=rows, batch_size=_batch_size(table, ctx),
+                                       name=table.name)
+        stream = _watermarked(stream, table, ctx, schema)
+        return Source(stream, bounded=rows is not None)
+
+
+_FORMATS = {"parquet": "parquet", "ipc": "ipc", "arrow": "ipc", "feather": "ipc", "csv": "csv"}
+
+
+class FilesystemConnector:
+    """``'connector' = 'filesystem'``: ``'path'``, ``'format'`` = parquet | ipc (arrow) | csv.
+
+    As a source: Parquet and IPC are read through ``pyarrow.dataset`` by the job (split
+    by file, columns and filters pushed into the scan); CSV files (no header, columns in
+    DDL order, as Flink's csv format) are read when the job is built. As a sink: part
+    files written exactly once, Hive-style directories for ``PARTITIONED BY``. Append-only."""
+
+    accepts_updates = False
+
+    def _path(self, table, ctx):
+        path = table.options.get("path")
+        if not path:
+            raise ctx.error(f"table {table.name!r}: the filesystem connector needs 'path'", table)
+        if "${" in path:
+            raise ctx.error(f"table {table.name!r}: path {path!r} has an unset variable", table,
+                            hint="pass it in variables= (sabot.sql) or --var NAME=VALUE (sabot sql)")
+        return path[len("file://"):] if path.startswith("file://") else path
+
+    def _format(self, table, ctx):
+        fmt = (table.options.get("format") or "parquet").lower()
+        if fmt not in _FORMATS:
+            raise ctx.error(f"table {table.name!r}: format {fmt!r} is not supported", table,
+                            hint="use 'parquet', 'ipc' (Arrow) or 'csv'")
+        return _FORMATS[fmt]
+
+    def read_table(self, table, ctx):
+        path, fmt = self._path(table, ctx), self._format(table, ctx)
+        if fmt == "csv":
+            read = pacsv.ReadOptions(column_names=[n for n, _ in table.columns])
+            convert = pacsv.ConvertOptions(column_types=dict(table.columns))
+            return ds.dataset(path, format=ds.CsvFileFormat(read_options=read, convert_options=convert)).to_table()
+        return ds.dataset(path, format=fmt).to_table().select([n for n, _ in table.columns])
+
+    def source(self, table, ctx):
+        fmt = self._format(table, ctx)
+        if fmt == "csv":
+            data = self.read_table(table, ctx)
+            stream = Stream.from_table(data, batch_size=_batch_size(table, ctx), name=table.name)
+            schema = data.schema
+        else:
+            stream = Stream.from_dataset(self._path(table, ctx), format=fmt,
+                                         columns=[n for n, _ in table.columns], name=table.name)
+            schema = stream.schema
+            _check_columns(table, schema, ctx)
+        return Source(_watermarked(stream, table, ctx, schema), bounded=True)
+
+    def sink(self, stream, table, ctx):
+        fmt = self._format(table, ctx)
+        if fmt == "csv":
+            raise ctx.error(f"table {table.name!r}: the filesystem sink writes 'parquet' or 'ipc', not csv", table,
+                            hint="set 'format' = 'parquet'")
+        mode = table.options.get("sabot.mode", "error")
+        return stream.to_files(self._path(table, ctx), format=fmt, partition_by=table.partitioned_by or None,
+                               mode=mode, name=table.name)
+
+
+class PrintConnector:
+    """``'connector' = 'print'``: rows to standard output, prefixed by the sink's name and subtask."""
+
+    accepts_updates = True
+
+    def sink(self, stream, table, ctx):
+        return stream.print(limit=_option(table, ctx, "sabot.limit", int, None), name=table.name)
+
+
+class BlackholeConnector:
+    """``'connector' = 'blackhole'``: swallows every row (benchmarks)."""
+
+    accepts_updates = True
+
+    def sink(self, stream, table, ctx):
+        return stream.sink("sabot.sql.connectors:discard", name=table.name)
+
+
+class CollectConnector:
+    """``'connector' = 'collect'``: the rows become the job result's table named after the
+    sink table (``JobResult.table(name)``); an updating result is its final table."""
+
+    accepts_updates = True
+
+    def sink(self, stream, table, ctx):
+        return stream.collect(name=table.name)
+
+
+for _name, _connector in (("nexmark", NexmarkConnector()), ("datagen", DatagenConnector()),
+                          ("filesystem", FilesystemConnector()), ("print", PrintConnector()),
+                          ("blackhole", BlackholeConnector()), ("collect", CollectConnector())):
+    register_connector(_name, _connector)
+
+
+def connector_of(table, ctx, role):
+    """The table's connector, checked to have ``role`` (``"source"``, ``"sink"``, ``"read_table"``)."""
+    name = table.connector
+    connector = CONNECTORS.get(name)
+    if connector is None:
+        raise ctx.error(f"table {table.name!r}: unknown connector {name!r}", table,
+                        hint=f"registered connectors: {sorted(CONNECTORS)} (register_connector adds one)")
+    if not hasattr(connector, role):
+        what = {"source": "read from", "sink": "written to", "read_table": "used in a lookup join"}[role]
+        can = [r for r in ("source", "sink") if hasattr(connector, r)]
+        raise ctx.error(f"table {table.name!r}: connector {name!r} cannot be {what}", table,
+                        hint=f"connector {name!r} is a {' and '.join(can)}")
+    return connector
