@@ -8,6 +8,7 @@
     sabot run FILE_OR_MODULE[:ATTR] [--workers N --slots S --parallelism P]
     sabot job submit FILE|JSON --coordinator URL
     sabot job list|status JOB_ID|cancel JOB_ID --coordinator URL
+    sabot sql -f SCRIPT.sql [--var NAME=VALUE ...] [--coordinator URL] [--parallelism P]
 
 ``--coordinator`` defaults to ``$SABOT_COORDINATOR`` (else http://127.0.0.1:8081). The
 cluster secret comes from ``--token-file`` (a file only you can read), ``$SABOT_TOKEN`` or
@@ -340,6 +341,58 @@ def cmd_run(args):
     return 0
 
 
+def cmd_sql(args):
+    """Run a SQL script: DDL, then its INSERT jobs (or a final SELECT / EXPLAIN)."""
+    from sabot.sql import Session, SqlJob
+    from sabot.sql.errors import SqlError
+
+    if not args.file:
+        return _fail("sabot sql needs -f SCRIPT.sql (the interactive client is not built yet)")
+    with open(args.file, encoding="utf-8") as f:
+        script = f.read()
+    variables = {}
+    for item in args.var or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            return _fail(f"--var takes NAME=VALUE, got {item!r}")
+        variables[name] = value
+    session = Session(variables, {"parallelism.default": args.parallelism})
+    try:
+        results = session.execute(script)  # every statement is planned before anything runs
+    except SqlError as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return 1
+    jobs = []
+    for r in results:
+        if r is None:
+            continue
+        if isinstance(r, str):  # EXPLAIN
+            print(r)
+        elif isinstance(r, SqlJob):
+            jobs.append(r)
+        else:  # a SELECT: its rows are collected
+            jobs.append(r.collect(name="result"))
+    for job in jobs:
+        name = getattr(job, "name", "select")
+        if args.coordinator:
+            graph = job.to_job_graph(default_parallelism=args.parallelism, shippable=True) \
+                if isinstance(job, SqlJob) else job.to_job_graph(name, default_parallelism=args.parallelism,
+                                                                 shippable=True)
+            job_id = _client(args).submit(graph.to_dict())
+            print(f"{name}: submitted as job {job_id}")
+            continue
+        start = time.monotonic()
+        if isinstance(job, SqlJob):
+            result = job.run(default_parallelism=args.parallelism, timeout=args.timeout)
+        else:
+            result = job.run(default_parallelism=args.parallelism, timeout=args.timeout, job_name=name)
+        print(f"{name}: finished in {time.monotonic() - start:.2f} s", file=sys.stderr)
+        for table_name, table in result.tables.items():
+            print(f"\n{table_name}: {table.num_rows} rows")
+            print(format_table(table, args.limit))
+    return 0
+
+
 def _client(args):
     from sabot.cluster.client import SabotClient
 
@@ -506,6 +559,20 @@ def build_parser():
     p.add_argument("--interval", type=float, default=0.5, help="seconds between progress updates")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("sql", help="run a Flink SQL script (here, or submitted to a coordinator)",
+                       description="Run a SQL script: CREATE TABLE/VIEW/FUNCTION, SET, then each INSERT INTO as "
+                                   "a job (a final SELECT is collected and printed; EXPLAIN prints the job graph). "
+                                   "Without --coordinator the jobs run in this process.")
+    p.add_argument("-f", "--file", metavar="SCRIPT.sql", help="the script")
+    p.add_argument("--var", action="append", metavar="NAME=VALUE", help="replace ${NAME} in the script")
+    p.add_argument("--coordinator", default=None, help="submit the jobs to this coordinator instead of running here")
+    p.add_argument("--parallelism", type=int, default=1, help="default parallelism (default 1)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds a job may run here")
+    p.add_argument("--limit", type=int, default=20, help="rows of each result table to print")
+    token_arg(p)
+    tls_args(p)
+    p.set_defaults(func=cmd_sql)
+
     p = sub.add_parser("job", help="submit and inspect jobs on a running coordinator",
                        description="Submit, list, inspect and cancel jobs over the coordinator's HTTP API.")
     jsub = p.add_subparsers(dest="job_command", metavar="ACTION", required=True)
@@ -542,7 +609,7 @@ def main(argv=None):
     """Entry point of the ``sabot`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose, quiet=args.command in ("run", "job"))
+    _setup_logging(args.verbose, quiet=args.command in ("run", "job", "sql"))
     if not args.verbose:
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     from sabot.cluster.client import ApiError

@@ -213,16 +213,30 @@ class FilesystemConnector:
 
     def source(self, table, ctx):
         fmt = self._format(table, ctx)
+        # 'sabot.sequence-column': a column of the files holding each row's arrival order (hidden)
+        seq = table.options.get("sabot.sequence-column")
+        hidden = [seq] if seq else []
         if fmt == "csv":
+            if seq:
+                raise ctx.error(f"table {table.name!r}: 'sabot.sequence-column' needs Parquet or IPC files", table)
             data = self.read_table(table, ctx)
             stream = Stream.from_table(data, batch_size=_batch_size(table, ctx), name=table.name)
             schema = data.schema
         else:
-            stream = Stream.from_dataset(self._path(table, ctx), format=fmt,
-                                         columns=[n for n, _ in table.columns], name=table.name)
+            path = self._path(table, ctx)
+            available = ds.dataset(path, format=fmt).schema
+            if seq and available.get_field_index(seq) < 0:
+                raise ctx.error(f"table {table.name!r}: sequence column {seq!r} is not in the files", table,
+                                hint=f"the files have {available.names}")
+            missing = [n for n, _ in table.columns if available.get_field_index(n) < 0]
+            if missing:
+                raise ctx.error(f"table {table.name!r}: column(s) {missing} are not in the files", table,
+                                hint=f"the files have {available.names}")
+            stream = Stream.from_dataset(path, format=fmt, columns=[n for n, _ in table.columns] + hidden,
+                                         batch_size=_option(table, ctx, "rows-per-batch", int, None), name=table.name)
             schema = stream.schema
             _check_columns(table, schema, ctx)
-        return Source(_watermarked(stream, table, ctx, schema), bounded=True)
+        return Source(_watermarked(stream, table, ctx, schema), bounded=True, hidden=hidden)
 
     def sink(self, stream, table, ctx):
         fmt = self._format(table, ctx)

@@ -14,6 +14,7 @@ Errors carry the line and column of the offending token (:class:`sabot.sql.error
 
 from __future__ import annotations
 
+import logging
 import re
 
 import sqlglot
@@ -23,6 +24,9 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType
 
 from sabot.sql.errors import SqlError
+
+# sqlglot warns when it falls back to a generic command (EXPLAIN); Sabot reports what it cannot run itself
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 WINDOW_TVFS = ("TUMBLE", "HOP", "CUMULATE", "SESSION")
 
@@ -120,7 +124,7 @@ def parse(text, variables=None):
     for statement in statements:
         if statement is None:
             continue
-        if isinstance(statement, exp.Command):
+        if isinstance(statement, exp.Command) and statement.name.upper() != "EXPLAIN":
             raise SqlError(f"unsupported statement {statement.sql(dialect=Flink)[:60]!r}", text=text,
                            node=statement, hint=SUPPORTED_STATEMENTS)
         out.append(statement)

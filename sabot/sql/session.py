@@ -20,7 +20,8 @@ class SqlJob:
     """An ``INSERT INTO``: ``query`` is the Stream of the rows the sink receives (the sink
     table's columns), ``sink`` the Stream ending in the table's connector."""
 
-    def __init__(self, name, query, sink, table, updating):
+    def __init__(self, name, query, sink, table, updating, parallelism=1):
+        self.parallelism = parallelism  # SET 'parallelism.default'
         self.name = name
         self.query = query
         self.sink = sink
@@ -30,11 +31,12 @@ class SqlJob:
     def to_job_graph(self, job_name=None, **kwargs):
         return self.sink.to_job_graph(job_name or self.name, **kwargs)
 
-    def run(self, *, default_parallelism=1, timeout=None):
-        return self.sink.run(default_parallelism=default_parallelism, timeout=timeout, job_name=self.name)
+    def run(self, *, default_parallelism=None, timeout=None):
+        return self.sink.run(default_parallelism=default_parallelism or self.parallelism, timeout=timeout,
+                             job_name=self.name)
 
-    def explain(self, default_parallelism=1):
-        return explain(self.to_job_graph(default_parallelism=default_parallelism))
+    def explain(self, default_parallelism=None):
+        return explain(self.to_job_graph(default_parallelism=default_parallelism or self.parallelism))
 
     def __repr__(self):
         return f"<SqlJob {self.name!r} -> {self.table.name!r} ({self.table.connector})>"
@@ -138,13 +140,14 @@ class Session:
             rel = planner.plan_query(node)
             return rel.stream.select({c.name: pc.field(c.phys) for c in rel.cols if not c.phys.startswith(PROCTIME)})
         if isinstance(node, exp.Command) and node.name.upper() == "EXPLAIN":
-            inner = node.expression.sql() if isinstance(node.expression, exp.Expression) else str(node.expression)
+            inner = node.expression.name if isinstance(node.expression, exp.Literal) else str(node.expression)
             _, statements = parse(inner, None)
             out = []
             for s in statements:
                 r = self._statement(s, catalog, inner)
-                out.append(r.explain() if isinstance(r, SqlJob) else explain(r.collect(name="result").to_job_graph())
-                           if r is not None else "")
+                p = int(catalog.settings.get("parallelism.default", 1))
+                out.append(r.explain() if isinstance(r, SqlJob) else explain(
+                    r.collect(name="result").to_job_graph(default_parallelism=p)) if r is not None else "")
             return "\n".join(out)
         if isinstance(node, exp.Describe):
             raise SqlError("DESCRIBE is not supported", text=text, node=node, hint=SUPPORTED_STATEMENTS)
@@ -189,6 +192,8 @@ class Session:
             if have != t:
                 e = e.cast(t)
                 try:
+                    if _family(have) != _family(t):
+                        raise ValueError("no implicit cast")
                     expression_types(schema, [e])
                 except ValueError:
                     raise SqlError(f"type mismatch: INSERT INTO {table.name} column {name!r} is {t}, the query "
@@ -205,7 +210,18 @@ class Session:
                                 "to a sink that takes updates ('collect', 'print', 'blackhole'); changelog "
                                 "(retract) streams are not supported yet")
         sink = connector.sink(stream, table, ctx)
-        return SqlJob(f"insert-into-{table.name}", stream, sink, table, updating)
+        parallelism = int(catalog.settings.get("parallelism.default", 1))
+        return SqlJob(f"insert-into-{table.name}", stream, sink, table, updating, parallelism)
+
+
+def _family(t):
+    """Types that INSERT converts implicitly into each other (as Flink's implicit casts)."""
+    for name, test in (("number", lambda t: pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)),
+                       ("time", pa.types.is_timestamp), ("text", lambda t: pa.types.is_string(t) or
+                                                          pa.types.is_large_string(t))):
+        if test(t):
+            return name
+    return str(t)
 
 
 class _CatalogView:
@@ -229,7 +245,7 @@ def _planner(catalog, text):
     return Planner(_CatalogView(catalog), text)
 
 
-def sql(script, *, variables=None, settings=None, session=None, run=True, parallelism=1, timeout=None):
+def sql(script, *, variables=None, settings=None, session=None, run=True, parallelism=None, timeout=None):
     """Run Flink SQL: DDL defines tables in ``session`` (a fresh one by default); the last
     statement decides what comes back:
 
