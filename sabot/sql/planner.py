@@ -164,10 +164,23 @@ class Planner:
         rel, rest = self.plan_from(sel)
         if rel.topn is not None:
             rel, rest = self.apply_topn(rel, rest, sel)
-        if rest:
-            rel = self.filter(rel, _and(rest))
         aggregates = [a for e in sel.expressions for a in e.find_all(exp.AggFunc)
                       if not a.find_ancestor(exp.Window)]
+        plain = not (sel.args.get("group") or aggregates or sel.args.get("having") or rel.tvf is not None
+                     or any(e.find(exp.Window) for e in sel.expressions))
+        if rest and plain and self._cheap(sel.expressions, rest, rel):
+            # only column picks: project first (with the WHERE's columns), so the filter copies only those
+            where_cols = [c for r in rest for c in r.find_all(exp.Column)]
+            names = {c.name for c in where_cols}
+            items = list(sel.expressions) + [exp.column(n) for n in sorted(names)]
+            wide = self.project(rel, items)
+            n_out = len(wide.cols) - len(names)
+            scope_rel = replace(wide, cols=wide.cols[n_out:])
+            filtered = replace(wide, stream=self.filter(scope_rel, _and(rest)).stream)
+            keep = [c.phys for c in wide.cols[:n_out]] + list(wide.hidden)
+            return replace(filtered, stream=filtered.stream.select(keep), cols=wide.cols[:n_out])
+        if rest:
+            rel = self.filter(rel, _and(rest))
         if sel.args.get("group") or aggregates:
             return self.plan_aggregate(rel, sel)
         if sel.args.get("having"):
@@ -178,6 +191,18 @@ class Planner:
         if rel.tvf is not None:
             rel = self.materialise_tvf(rel)
         return self.project(rel, sel.expressions)
+
+    def _cheap(self, items, rest, rel):
+        """Every SELECT item a column (or a struct's field) and the WHERE's columns unqualified and unambiguous."""
+        if not all(isinstance(i.this if isinstance(i, exp.Alias) else i, exp.Column) and
+                   not isinstance((i.this if isinstance(i, exp.Alias) else i).this, exp.Star) for i in items):
+            return False
+        scope = self.scope(rel)
+        for r in rest:
+            for c in r.find_all(exp.Column):
+                if c.table or len(scope.find(c.name)) != 1 or scope.find(c.name)[0].phys.startswith(PROCTIME):
+                    return False
+        return True
 
     def filter(self, rel, condition):
         if condition is None:
@@ -762,7 +787,16 @@ class Planner:
             aggs.append(agg("count", name=self.fresh("$count", taken)))
         if not aggs:
             aggs.append(agg("count", name=self.fresh("$count", taken)))
-        if len(pre) != len(rel.stream.schema.names):
+        used = set(key_phys) | {c for a in aggs for c in ([a.column] if a.column != "*" else []) + ([a.by] if a.by else [])}
+        for a in aggs:
+            if a.where is not None:
+                used |= {c for c in rel.stream.schema.names if c in str(a.where)}
+        if window is not None and window.get("time_column"):
+            used.add(window["time_column"])
+        if window is not None and window.get("columns"):
+            used |= set(window["columns"])
+        pre = {k: v for k, v in pre.items() if k in used}
+        if len(pre) != len(rel.stream.schema.names) or list(pre) != rel.stream.schema.names:
             stream = self._shared(("pre", id(rel.stream._node), json.dumps(sorted((k, str(v)) for k, v in pre.items()))),
                                   lambda: rel.stream.select(pre))
         else:
@@ -898,32 +932,42 @@ class Planner:
         if not order:
             raise self.error("ROW_NUMBER() needs ORDER BY", win)
         scope = self.scope(rel)
-        base = self.project(rel, others)
-        # partition / order columns, computed over the input, travel as extra columns
-        extra, taken = {}, set(base.stream.schema.names)
-        exprs = {c.phys: None for c in base.cols}
-
-        def column_of(node):
-            e = self.compile(node, rel)
-            name = self.fresh(f"$o{len(extra)}", taken)
-            taken.add(name)
-            extra[name] = e
-            return name, _field_name(e)
-
-        part, orders = [], []
-        for p in partition:
-            part.append(column_of(p))
-        for o in order:
-            orders.append((column_of(o.this), "descending" if o.args.get("desc") else "ascending"))
-        # one projection: the SELECT list, the hidden columns and the partition / order columns
         pairs = self.expand(rel, others)
-        sel_exprs = {}
-        for (node, name), c in zip(pairs, [c for c in base.cols if not c.phys.startswith(PROCTIME)]):
-            sel_exprs[c.phys] = Compiler(scope).compile(node)
-        for h_in, h_out in zip(rel.hidden, base.hidden):
-            sel_exprs[h_out] = pc.field(h_in)
-        sel_exprs.update(extra)
-        stream = rel.stream.select(sel_exprs)
+        sel_exprs, cols, taken = {}, [], set()
+        for node, name in pairs:
+            self._check_proctime(node, rel)
+            phys = self.fresh(name, taken)
+            taken.add(phys)
+            sel_exprs[phys] = Compiler(scope).compile(node)
+            cols.append(Col(name, None, phys))
+        hidden = []
+        for h in rel.hidden:
+            phys = self.fresh(h, taken)
+            taken.add(phys)
+            sel_exprs[phys] = pc.field(h)
+            hidden.append(phys)
+        by_source = {}
+        for phys, e in sel_exprs.items():
+            src = _field_name(e)
+            if src is not None:
+                by_source.setdefault(src, phys)
+
+        def column_of(node):  # partition / order columns travel as (extra) columns of the projection
+            e = self.compile(node, rel)
+            src = _field_name(e)
+            if src is not None and src in by_source:
+                return by_source[src], src
+            name = self.fresh(f"$o{len(taken)}", taken)
+            taken.add(name)
+            sel_exprs[name] = e
+            return name, src
+
+        part = [column_of(p_) for p_ in partition]
+        orders = [(column_of(o.this), "descending" if o.args.get("desc") else "ascending") for o in order]
+        identity = list(sel_exprs) == rel.stream.schema.names and all(
+            _field_name(e) == n for n, e in sel_exprs.items())
+        stream = rel.stream if identity else rel.stream.select(sel_exprs)
+        base = Rel(None, cols, hidden=hidden, times={p for p, e in sel_exprs.items() if _field_name(e) in rel.times})
         rn = self.fresh(item.alias, taken)
         cols = base.cols + [Col(item.alias, None, rn)]
         times = set(base.times)

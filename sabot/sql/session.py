@@ -200,7 +200,9 @@ class Session:
                                    f"gives {have}", text=text, node=items[min(i, len(items) - 1)],
                                    hint=f"CAST the expression AS the column's type") from None
             exprs[name] = e
-        stream = rel.stream.select(exprs, name=f"{table.name}_columns")
+        casts = [(c.phys, name, None if schema.field(c.phys).type == t else t) for c, (name, t) in zip(cols, sink_cols)]
+        stream = _fused_select(rel.stream, casts) \
+            or rel.stream.select(exprs, name=f"{table.name}_columns")
         updating = rel.updating
         if updating and not connector.accepts_updates:
             raise SqlError(f"INSERT INTO {table.name}: the query's result is updating (a GROUP BY or Top-N without "
@@ -212,6 +214,34 @@ class Session:
         sink = connector.sink(stream, table, ctx)
         parallelism = int(catalog.settings.get("parallelism.default", 1))
         return SqlJob(f"insert-into-{table.name}", stream, sink, table, updating, parallelism)
+
+
+def _fused_select(stream, casts):
+    """The sink's columns computed by the query's last projection itself (one operator, not two),
+    when that projection is the stream's end and feeds nothing else; else None."""
+    from sabot.api.stream import Stream
+    from sabot.execution.job_graph import OperatorType
+    from sabot.execution.operator_spec import decode_expression, encode_expression
+
+    node = stream._node
+    if node.operator_type != OperatorType.SELECT or "expressions" not in node.parameters or stream._key_by:
+        return None
+    if any(up == node.operator_id for up, _ in stream._plan.edges):
+        return None
+    old = {n: decode_expression(e) for n, e in node.parameters["expressions"]}
+    if any(phys not in old for phys, _, _ in casts):
+        return None
+    new = {name: old[phys] if t is None else old[phys].cast(t) for phys, name, t in casts}
+    input_schema = stream._input_schema
+    if input_schema is None:
+        return None
+    try:
+        types = expression_types(input_schema, list(new.values()))
+    except ValueError:
+        return None
+    node.parameters["expressions"] = [[n, encode_expression(e)] for n, e in new.items()]
+    schema = pa.schema([pa.field(n, t) for n, t in zip(new, types)])
+    return Stream(stream._plan, node, schema, input_schema=input_schema)
 
 
 def _family(t):
