@@ -63,7 +63,7 @@ def date_format(args, types):
         fmt = fmt.replace(java, c)
     if re.search(r"[A-Za-z]", re.sub(r"%[A-Za-z]", "", fmt)):
         raise FunctionError(f"DATE_FORMAT pattern {pattern!r}: supported letters are yyyy MM dd HH mm ss")
-    return pc.strftime(ts, format=fmt)
+    return pc.strftime(ts.cast(pa.timestamp("s"), safe=False), format=fmt)  # whole seconds, as Java's ss
 
 
 def _part(fn):

@@ -1,0 +1,116 @@
+"""sabot.sql() and `sabot sql -f`: scalar functions and UDFs against Python, windows and joins
+of a small script against DuckDB, EXPLAIN, and the CLI in a subprocess."""
+
+import os
+import subprocess
+import sys
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+import sabot
+from sabot.sql import Session, udf
+from sabot.testing import assert_tables_equal
+
+ROWS = 3000
+BIDS = """CREATE TABLE bids (
+  auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
+  `dateTime` TIMESTAMP(3), extra VARCHAR,
+  WATERMARK FOR `dateTime` AS `dateTime` - INTERVAL '4' SECOND
+) WITH ('connector' = 'datagen', 'generator' = 'sabot.nexmark:bids', 'number-of-rows' = '3000');
+"""
+
+
+@pytest.fixture(scope="module")
+def bids():
+    from sabot.nexmark import bids as gen
+    return pa.Table.from_batches([gen(0, ROWS)])
+
+
+@udf(pa.int64())
+def vowels(text):
+    """A vectorised UDF: the number of vowels of each string."""
+    return pc.add(pc.add(pc.count_substring(text, "a"), pc.count_substring(text, "e")),
+                  pc.count_substring(text, "o")).cast(pa.int64())
+
+
+def test_scalar_functions_and_a_udf_against_python(bids):
+    out = sabot.sql(BIDS + """
+        CREATE FUNCTION vowels AS 'test_sql_api:vowels';
+        SELECT auction, DATE_FORMAT(`dateTime`, 'yyyy/MM/dd HH:mm:ss') AS f, SPLIT_INDEX(url, '/', 9) AS far,
+               SPLIT_INDEX(url, '/', 2) AS host, REGEXP_EXTRACT(url, 'channel_id=([^&]*)', 1) AS ch,
+               vowels(extra) AS v, CASE WHEN price > 1000 THEN 'hi' ELSE 'lo' END AS band,
+               MOD(auction, 7) AS m
+        FROM bids WHERE channel IN ('Google', 'Apple', 'channel-1')""").collect(name="o").run().table("o")
+    rows = [r for r in bids.to_pylist() if r["channel"] in ("Google", "Apple", "channel-1")]
+    assert out.num_rows == len(rows) > 0
+    import re
+    for r, o in zip(rows, out.to_pylist()):
+        parts = r["url"].split("/")
+        m = re.search("channel_id=([^&]*)", r["url"])
+        assert o == {"auction": r["auction"], "f": r["dateTime"].strftime("%Y/%m/%d %H:%M:%S"),
+                     "far": parts[9] if len(parts) > 9 else None, "host": parts[2], "ch": m.group(1) if m else None,
+                     "v": sum(r["extra"].count(c) for c in "aeo"), "band": "hi" if r["price"] > 1000 else "lo",
+                     "m": r["auction"] % 7}
+
+
+def test_windows_and_having_against_duckdb(bids):
+    got = sabot.sql(BIDS + """
+        CREATE TABLE out1 (auction BIGINT, n BIGINT, mx BIGINT, wstart TIMESTAMP(3)) WITH ('connector' = 'collect');
+        INSERT INTO out1
+        SELECT auction, count(*), max(price) FILTER (WHERE bidder > 1000), window_start
+        FROM TABLE(HOP(TABLE bids, DESCRIPTOR(`dateTime`), INTERVAL '1' SECOND, INTERVAL '3' SECOND))
+        GROUP BY auction, window_start, window_end HAVING count(*) > 1""", parallelism=2).table("out1")
+    expected = duckdb.sql("""
+        WITH w AS (SELECT b.*, make_timestamp(((epoch_ms(b.dateTime::TIMESTAMP) // 1000 - r.k) * 1000000)::BIGINT) AS ws
+                   FROM bids b, (SELECT range AS k FROM range(3)) r)
+        SELECT auction, count(*) AS n, max(price) FILTER (WHERE bidder > 1000) AS mx,
+               CAST(ws AS TIMESTAMP_MS) AS wstart
+        FROM w GROUP BY auction, ws HAVING count(*) > 1""").arrow().read_all()
+    expected = expected.cast(got.schema)
+    assert_tables_equal(got, expected)
+
+
+def test_interval_join_and_explain(bids):
+    script = BIDS + """
+        CREATE TABLE out2 (a BIGINT, b BIGINT) WITH ('connector' = 'collect');
+        INSERT INTO out2 SELECT x.bidder, y.bidder FROM bids x JOIN bids y ON x.auction = y.auction
+        WHERE x.`dateTime` BETWEEN y.`dateTime` - INTERVAL '1' SECOND AND y.`dateTime`"""
+    job = sabot.sql(script, run=False)
+    text = job.explain(2)
+    assert "join" in text and "lower=-1000" in text and "upper=0" in text and "hash by ['auction']" in text
+    got = job.run(default_parallelism=2).table("out2")
+    expected = duckdb.sql("""SELECT x.bidder AS a, y.bidder AS b FROM bids x JOIN bids y ON x.auction = y.auction
+        WHERE x.dateTime BETWEEN y.dateTime - INTERVAL 1 SECOND AND y.dateTime""").arrow().read_all()
+    assert_tables_equal(got, expected)
+
+
+def test_session_keeps_tables_across_calls_and_python_udfs(bids):
+    s = Session()
+    s.execute(BIDS)
+    s.create_function("double_it", lambda a: pc.multiply(a, 2), return_type=pa.int64())
+    out = sabot.sql("SELECT auction, double_it(price) AS p2 FROM bids WHERE price < 500", session=s)
+    got = out.collect(name="o").run().table("o")
+    mask = pc.less(bids["price"], 500)
+    assert got["p2"].to_pylist() == pc.multiply(bids.filter(mask)["price"], 2).to_pylist()
+
+
+def test_cli_runs_a_script(tmp_path):
+    script = tmp_path / "job.sql"
+    script.write_text(BIDS + """
+        CREATE TABLE out3 (channel VARCHAR, n BIGINT) WITH ('connector' = 'collect');
+        EXPLAIN INSERT INTO out3 SELECT channel, count(*) FROM bids GROUP BY channel;
+        INSERT INTO out3 SELECT channel, count(*) FROM bids GROUP BY channel;""")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__))
+    done = subprocess.run([sys.executable, "-m", "sabot.cli", "sql", "-f", str(script), "--parallelism", "2",
+                           "--limit", "100"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "== job 'insert-into-out3' (default parallelism 2) ==" in done.stdout
+    assert "out3: " in done.stdout and "rows" in done.stdout
+    bad = tmp_path / "bad.sql"
+    bad.write_text(BIDS + "INSERT INTO nowhere SELECT 1 FROM bids;")
+    done = subprocess.run([sys.executable, "-m", "sabot.cli", "sql", "-f", str(bad)], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 1 and "unknown table 'nowhere'" in done.stderr and "line 6" in done.stderr
