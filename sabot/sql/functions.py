@@ -109,10 +109,11 @@ def split_index(args, types):
         raise FunctionError("SPLIT_INDEX takes (string, 'separator', index)")
     sep, index = _literal(args[1], "SPLIT_INDEX's separator"), _literal(args[2], "SPLIT_INDEX's index")
     s = _expr(args[0])
-    parts = pc.split_pattern(s, pattern=sep)
-    # padded so the element exists in every row; rows with fewer fields get NULL
+    # one split of s padded with index + 1 separators, so the element exists in every row: s had
+    # more than index fields exactly when the padded list has more than 2 * index + 1
     padded = pc.split_pattern(pc.binary_join_element_wise(s, pc.scalar(sep * (index + 1)), ""), pattern=sep)
-    return pc.if_else(pc.list_value_length(parts) > index, pc.list_element(padded, index), pc.scalar(pa.scalar(None, pa.string())))
+    return pc.if_else(pc.list_value_length(padded) > 2 * index + 1, pc.list_element(padded, index),
+                      pc.scalar(pa.scalar(None, pa.string())))
 
 
 def _unary(fn, n=1):
