@@ -75,8 +75,9 @@ ALWAYS_DENIED = frozenset({
     "pickle", "marshal", "shelve", "ctypes", "socket", "pty", "multiprocessing", "signal", "webbrowser",
     "pathlib", "tempfile", "io", "gc", "inspect", "threading", "_thread", "asyncio", "concurrent",
 })
-#: Sabot's own modules a job may name (generators, the Nexmark sources, test helpers)
-SABOT_MODULES = ("sabot.runtime.generators", "sabot.nexmark", "sabot.testing")
+#: Sabot's own modules a job may name (generators, the Nexmark sources, test helpers, SQL's sink
+#: and UDF ports)
+SABOT_MODULES = ("sabot.runtime.generators", "sabot.nexmark", "sabot.testing", "sabot.sql.udfs")
 
 
 def _within(module, prefixes):

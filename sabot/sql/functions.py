@@ -17,6 +17,7 @@ or ``CREATE FUNCTION count_char AS 'my_module:count_char'`` (the function's
 
 from __future__ import annotations
 
+import copyreg
 import hashlib
 import re
 
@@ -173,17 +174,31 @@ def udf(return_type):
 
 
 #: Java UDF classes of published queries and the Sabot ports that stand for them
-JAVA_CLASS_ALIASES = {"com.github.nexmark.flink.udf.CountChar": "sabot.sql.functions:count_char"}
+JAVA_CLASS_ALIASES = {"com.github.nexmark.flink.udf.CountChar": "sabot.sql.udfs:count_char"}
 
 
-@udf(pa.int64())
-def count_char(text, char):
-    """Nexmark's CountChar UDF: occurrences of ``char`` in ``text``, vectorised."""
-    chars = pc.unique(char)
-    if len(chars) == 1:
-        return pc.count_substring(text, chars[0].as_py()).cast(pa.int64())
-    return pa.array([None if t is None else t.count(c) for t, c in zip(text.to_pylist(), char.to_pylist())],
-                    pa.int64())
+#: registered name -> (reference, argument types, return type): what a worker needs to register it again
+_REGISTERED = {}
+
+
+def _rebuild(udfs, data):
+    """Unpickle an expression that calls UDFs: register them in this process first (a worker)."""
+    for reference, in_types, return_type in udfs:
+        register_udf(reference, in_types, return_type)
+    return pc.Expression._deserialize(pa.py_buffer(data))
+
+
+def _reduce_expression(expr):
+    """Pickle pyarrow expressions so the UDFs they call travel with them (to worker processes)."""
+    fn, args = expr.__reduce__()
+    text = str(expr)
+    udfs = [spec for name, spec in _REGISTERED.items() if name in text]
+    if not udfs:
+        return fn, args
+    return _rebuild, (udfs, args[0].to_pybytes())
+
+
+copyreg.pickle(pc.Expression, _reduce_expression)
 
 
 def register_udf(reference, in_types, return_type=None):
@@ -198,6 +213,7 @@ def register_udf(reference, in_types, return_type=None):
     name = "sabot_udf_" + hashlib.sha1(key.encode()).hexdigest()[:16]
     try:
         pc.get_function(name)
+        _REGISTERED.setdefault(name, (reference, list(in_types), return_type))
         return name
     except (pa.ArrowKeyError, KeyError, pa.ArrowInvalid):
         pass
@@ -210,4 +226,5 @@ def register_udf(reference, in_types, return_type=None):
 
     pc.register_scalar_function(call, name, {"summary": reference, "description": reference},
                                 {f"a{i}": t for i, t in enumerate(in_types)}, return_type)
+    _REGISTERED[name] = (reference, list(in_types), return_type)
     return name
