@@ -110,6 +110,9 @@ def split_index(args, types):
         raise FunctionError("SPLIT_INDEX takes (string, 'separator', index)")
     sep, index = _literal(args[1], "SPLIT_INDEX's separator"), _literal(args[2], "SPLIT_INDEX's index")
     s = _expr(args[0])
+    if len(sep) == 1:  # one regex match: the field after `index` separators, NULL when there are fewer
+        c = re.escape(sep)
+        return pc.struct_field(pc.extract_regex(s, pattern=f"^(?:[^{c}]*{c}){{{index}}}(?P<g>[^{c}]*)"), "g")
     # one split of s padded with index + 1 separators, so the element exists in every row: s had
     # more than index fields exactly when the padded list has more than 2 * index + 1
     padded = pc.split_pattern(pc.binary_join_element_wise(s, pc.scalar(sep * (index + 1)), ""), pattern=sep)
