@@ -347,7 +347,7 @@ def cmd_sql(args):
     from sabot.sql.errors import SqlError
 
     if not args.file:
-        return _fail("sabot sql needs -f SCRIPT.sql (the interactive client is not built yet)")
+        return sql_client(args)
     with open(args.file, encoding="utf-8") as f:
         script = f.read()
     variables = {}
@@ -391,6 +391,118 @@ def cmd_sql(args):
             print(f"\n{table_name}: {table.num_rows} rows")
             print(format_table(table, args.limit))
     return 0
+
+
+def _split_statements(buffer):
+    """Complete statements (ended by ';' outside quotes) and the rest of ``buffer``."""
+    out, start, quote = [], 0, None
+    for i, ch in enumerate(buffer):
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "'`\"":
+            quote = ch
+        elif ch == ";":
+            if buffer[start:i].strip():
+                out.append(buffer[start:i].strip())
+            start = i + 1
+    return out, buffer[start:]
+
+
+def sql_client(args, stdin=None, stdout=None):
+    """The interactive SQL client: statements end with ';', history in ~/.sabot_sql_history.
+
+    DDL and SET change the session; INSERT runs the job here (or submits it with
+    --coordinator); SELECT shows its rows as they arrive (Ctrl-C stops an unbounded one);
+    EXPLAIN prints the job graph. ``quit`` or end of input leaves."""
+    from sabot.sql import Session, SqlJob
+    from sabot.sql.errors import SqlError
+
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    tty = stdin.isatty()
+    history = os.environ.get("SABOT_SQL_HISTORY", os.path.expanduser("~/.sabot_sql_history"))
+    if tty:
+        import readline
+
+        try:
+            readline.read_history_file(history)
+        except OSError:
+            pass
+        print(f"Sabot SQL {__version__}: statements end with ';', 'quit' leaves; history in {history}", file=stdout)
+    session = Session(dict(v.split("=", 1) for v in (args.var or [])), {"parallelism.default": args.parallelism})
+    buffer = ""
+    while True:
+        try:
+            line = input("sabot> " if not buffer.strip() else "     > ") if tty else stdin.readline()
+        except EOFError:
+            line = ""
+        except KeyboardInterrupt:
+            buffer = ""
+            print(file=stdout)
+            continue
+        if not tty and line == "":
+            break
+        if tty and line == "" and not buffer:
+            continue
+        if not buffer.strip() and line.strip().rstrip(";").lower() in ("quit", "exit"):
+            break
+        buffer += line + ("\n" if tty else "")
+        statements, buffer = _split_statements(buffer)
+        for text in statements:
+            try:
+                results = session.execute(text)
+            except SqlError as exc:
+                print(f"error: {exc}", file=stdout)
+                continue
+            for r in results:
+                if r is None:
+                    print("ok", file=stdout)
+                elif isinstance(r, str):
+                    print(r, file=stdout)
+                elif isinstance(r, SqlJob):
+                    if args.coordinator:
+                        job_id = _client(args).submit(r.to_job_graph(shippable=True).to_dict())
+                        print(f"submitted as job {job_id}", file=stdout)
+                    else:
+                        result = r.run(timeout=args.timeout)
+                        for name, table in result.tables.items():
+                            print(f"{name}: {table.num_rows} rows", file=stdout)
+                            print(format_table(table, args.limit), file=stdout)
+                        print(f"{r.name}: finished", file=stdout)
+                else:
+                    _show_select(r, args, stdout)
+        stdout.flush()
+    if tty:
+        import readline
+
+        try:
+            readline.write_history_file(history)
+        except OSError:
+            pass
+    return 0
+
+
+def _show_select(stream, args, stdout):
+    """Print a SELECT's rows as batches arrive, then the count (Ctrl-C stops it)."""
+    seen = [0]
+
+    def show(batch):
+        if batch.num_rows == 0:
+            return
+        import pyarrow as pa
+
+        table = pa.Table.from_batches([batch])
+        room = max(args.limit - seen[0], 0)
+        if room:
+            print(format_table(table.slice(0, room), room), file=stdout, flush=True)
+        seen[0] += batch.num_rows
+
+    try:
+        stream.sink(show).run(default_parallelism=args.parallelism, timeout=args.timeout)
+    except KeyboardInterrupt:
+        print("(stopped)", file=stdout)
+    print(f"({seen[0]} rows)", file=stdout, flush=True)
 
 
 def _client(args):

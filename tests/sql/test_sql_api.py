@@ -114,3 +114,19 @@ def test_cli_runs_a_script(tmp_path):
     done = subprocess.run([sys.executable, "-m", "sabot.cli", "sql", "-f", str(bad)], capture_output=True, text=True,
                           timeout=120, env=env)
     assert done.returncode == 1 and "unknown table 'nowhere'" in done.stderr and "line 6" in done.stderr
+
+
+def test_interactive_client_reads_statements_from_stdin(tmp_path):
+    session_input = (BIDS.replace("'3000'", "'200'") + "SET 'parallelism.default' = '2';\n"
+                     "SELECT auction, price * 2 AS p2\n  FROM bids WHERE price > 100;\n"
+                     "SELECT nope FROM bids;\nEXPLAIN SELECT auction FROM bids;\nquit\n")
+    env = dict(os.environ, SABOT_SQL_HISTORY=str(tmp_path / "history"))
+    done = subprocess.run([sys.executable, "-m", "sabot.cli", "sql", "--limit", "5"], input=session_input,
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    from sabot.nexmark import bids as gen
+
+    expected = sum(1 for p in gen(0, 200).column("price").to_pylist() if p > 100)
+    assert f"({expected} rows)" in done.stdout
+    assert "error: line 1, column 8: unknown column 'nope'" in done.stdout
+    assert "== job" in done.stdout and "parallelism=2" in done.stdout
