@@ -130,3 +130,51 @@ def test_interactive_client_reads_statements_from_stdin(tmp_path):
     assert f"({expected} rows)" in done.stdout
     assert "error: line 1, column 8: unknown column 'nope'" in done.stdout
     assert "== job" in done.stdout and "parallelism=2" in done.stdout
+
+
+def _duck(sql, **tables):
+    con = duckdb.connect()
+    for name, t in tables.items():
+        con.register(name, t)
+    return con.sql(sql).arrow().read_all()
+
+
+def test_window_top_n_cumulate_left_join_and_union_against_duckdb(bids):
+    s = Session()
+    s.execute(BIDS)
+    # Top-2 auctions by bid count per 2 s tumbling window (ties by auction id)
+    top = sabot.sql("""
+        SELECT auction, n, window_start FROM (
+          SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY n DESC, auction) AS rn
+          FROM (SELECT auction, count(*) AS n, window_start, window_end
+                FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(`dateTime`), INTERVAL '2' SECOND))
+                GROUP BY auction, window_start, window_end))
+        WHERE rn <= 2""", session=s).collect(name="o").run(default_parallelism=2).table("o")
+    expected = _duck("""
+        WITH c AS (SELECT auction, count(*) AS n, time_bucket(INTERVAL 2 SECOND, dateTime::TIMESTAMP) AS ws
+                   FROM bids GROUP BY auction, ws),
+             r AS (SELECT *, row_number() OVER (PARTITION BY ws ORDER BY n DESC, auction) AS rn FROM c)
+        SELECT auction, n, CAST(ws AS TIMESTAMP_MS) AS window_start FROM r WHERE rn <= 2""", bids=bids)
+    assert_tables_equal(top, expected.cast(top.schema))
+    # CUMULATE: 1 s steps up to 3 s
+    cum = sabot.sql("""
+        SELECT window_end, count(*) AS n, sum(price) AS total
+        FROM TABLE(CUMULATE(TABLE bids, DESCRIPTOR(`dateTime`), INTERVAL '1' SECOND, INTERVAL '3' SECOND))
+        GROUP BY window_start, window_end""", session=s).collect(name="o").run().table("o")
+    expected = _duck("""
+        WITH w AS (SELECT b.*, time_bucket(INTERVAL 3 SECOND, dateTime::TIMESTAMP) AS ws FROM bids b),
+             e AS (SELECT ws + INTERVAL (k) SECOND AS we, ws FROM (SELECT DISTINCT ws FROM w), range(1, 4) r(k))
+        SELECT CAST(e.we AS TIMESTAMP_MS) AS window_end, count(*) AS n, sum(price) AS total
+        FROM e JOIN w ON w.ws = e.ws AND w.dateTime::TIMESTAMP < e.we GROUP BY e.we""", bids=bids)
+    assert_tables_equal(cum, expected.cast(cum.schema))
+    # LEFT JOIN of bounded inputs, and UNION ALL
+    left = sabot.sql("""
+        SELECT a.auction, a.price, b.bidder FROM (SELECT * FROM bids WHERE price < 500) a
+        LEFT JOIN (SELECT * FROM bids WHERE bidder < 1005) b ON a.auction = b.auction
+        UNION ALL SELECT auction, price, bidder FROM bids WHERE price > 5000000""", session=s).collect(
+        name="o").run(default_parallelism=2).table("o")
+    expected = _duck("""
+        SELECT a.auction, a.price, b.bidder FROM (SELECT * FROM bids WHERE price < 500) a
+        LEFT JOIN (SELECT * FROM bids WHERE bidder < 1005) b ON a.auction = b.auction
+        UNION ALL SELECT auction, price, bidder FROM bids WHERE price > 5000000""", bids=bids)
+    assert_tables_equal(left, expected.cast(left.schema))
