@@ -20,9 +20,6 @@ from sabot.execution.operator_spec import expression_types
 from sabot.sql.errors import SqlError
 from sabot.sql.functions import BUILTINS, FunctionError
 
-_SUPPORTED_FUNCTIONS_HINT = None
-
-
 @dataclass
 class Col:
     """A column visible in a scope: its SQL ``name``, the table alias it belongs to and its
@@ -36,7 +33,7 @@ class Col:
 class Scope:
     """The columns a clause can name, and their Arrow types."""
 
-    def __init__(self, cols, schema, text=None, session=None, structs=True):
+    def __init__(self, cols, schema, text=None, session=None):
         self.cols = list(cols)
         self.schema = schema
         self.text = text
@@ -332,8 +329,6 @@ class Compiler:
                           self.compile(node.args["false"]) if node.args.get("false") else pc.scalar(None))
 
     def _Cast(self, node):
-        from sabot.sql.expressions import arrow_type
-
         target = arrow_type(node.args["to"], self.scope.text)
         e = self.compile(node.this)
         out = e.cast(target)
@@ -434,9 +429,6 @@ class Compiler:
 
     def _Trim(self, node):
         return self._function("TRIM", [node.this], node)
-
-    def _Anonymous_fallback(self, node):  # pragma: no cover
-        raise self.error(f"unknown function {node.name}", node)
 
 
 def compile_expression(node, scope, subst=None):

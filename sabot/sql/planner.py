@@ -224,7 +224,6 @@ class Planner:
         return rel, rest
 
     def plan_table_ref(self, node):
-        alias = node.alias_or_name if isinstance(node, (exp.Table, exp.Subquery)) else None
         if isinstance(node, exp.Table) and isinstance(node.this, exp.Anonymous) and node.this.name.upper() == "TABLE":
             inner = node.this.expressions[0] if node.this.expressions else None
             if not isinstance(inner, exp.Anonymous):
@@ -419,7 +418,6 @@ class Planner:
     def plan_join(self, left, join, rest, sel):
         right_node = join.this
         side = (join.side or "").upper()
-        kind = (join.kind or "").upper()
         how = {"": "inner", "LEFT": "left", "RIGHT": "right", "FULL": "full"}[side]
         if isinstance(right_node, exp.Table) and right_node.args.get("version") is not None:
             return self.lookup_join(left, join, how, rest)

@@ -198,7 +198,7 @@ class Session:
                 except ValueError:
                     raise SqlError(f"type mismatch: INSERT INTO {table.name} column {name!r} is {t}, the query "
                                    f"gives {have}", text=text, node=items[min(i, len(items) - 1)],
-                                   hint=f"CAST the expression AS the column's type") from None
+                                   hint="CAST the expression AS the column's type") from None
             exprs[name] = e
         casts = [(c.phys, name, None if schema.field(c.phys).type == t else t) for c, (name, t) in zip(cols, sink_cols)]
         stream = _fused_select(rel.stream, casts) \

@@ -178,3 +178,16 @@ def test_window_top_n_cumulate_left_join_and_union_against_duckdb(bids):
         LEFT JOIN (SELECT * FROM bids WHERE bidder < 1005) b ON a.auction = b.auction
         UNION ALL SELECT auction, price, bidder FROM bids WHERE price > 5000000""", bids=bids)
     assert_tables_equal(left, expected.cast(left.schema))
+
+
+def test_legacy_group_window_tumble_against_duckdb(bids):
+    s = Session()
+    s.execute(BIDS)
+    got = sabot.sql("""SELECT auction, count(*) AS n, TUMBLE_START(`dateTime`, INTERVAL '1' SECOND) AS ws,
+                              TUMBLE_END(`dateTime`, INTERVAL '1' SECOND) AS we
+                       FROM bids GROUP BY auction, TUMBLE(`dateTime`, INTERVAL '1' SECOND)""",
+                    session=s).collect(name="o").run(default_parallelism=2).table("o")
+    expected = _duck("""SELECT auction, count(*) AS n, CAST(time_bucket(INTERVAL 1 SECOND, dateTime::TIMESTAMP) AS
+                        TIMESTAMP_MS) AS ws, CAST(time_bucket(INTERVAL 1 SECOND, dateTime::TIMESTAMP) + INTERVAL 1
+                        SECOND AS TIMESTAMP_MS) AS we FROM bids GROUP BY ALL""", bids=bids)
+    assert_tables_equal(got, expected.cast(got.schema))
