@@ -565,6 +565,8 @@ class Planner:
         return rel, phys
 
     def _join(self, left, right, equi, residual, bound, how, node):
+        self._refuse_updating(left, "a join", node)
+        self._refuse_updating(right, "a join", node)
         left, lkeys = self._key_columns(left, [a for a, _, _ in equi], "lk")
         right, rkeys = self._key_columns(right, [b for _, b, _ in equi], "rk")
         lt, rt = left.stream.schema, right.stream.schema
@@ -678,7 +680,17 @@ class Planner:
 
     # -- aggregation ----------------------------------------------------------------------------------
 
+    def _refuse_updating(self, rel, what, node):
+        """An operator over an updating input would need retractions (the old row withdrawn before
+        the new one counts): refused, rather than counting a key's every update."""
+        if rel.updating:
+            raise self.error(f"{what} over an updating result (a GROUP BY or Top-N without a window over an "
+                             "unbounded input) needs retractions, which Sabot does not have yet", node,
+                             hint="aggregate the inner query per window (TUMBLE/HOP/CUMULATE/SESSION), or bound "
+                                  "its input (e.g. 'events.num' / 'number-of-rows')")
+
     def plan_aggregate(self, rel, sel):
+        self._refuse_updating(rel, "an aggregation", sel.args.get("group") or sel)
         group = list(sel.args["group"].expressions) if sel.args.get("group") else []
         items = sel.expressions
         having = sel.args.get("having")
@@ -912,6 +924,7 @@ class Planner:
     # -- ROW_NUMBER (Top-N and deduplication) ------------------------------------------------------
 
     def plan_row_number(self, rel, sel, windows):
+        self._refuse_updating(rel, "ROW_NUMBER()", windows[0])
         if len(windows) != 1:
             raise self.error("one ROW_NUMBER() per query is supported", windows[1])
         item = windows[0]

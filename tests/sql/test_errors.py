@@ -98,3 +98,13 @@ def test_nothing_half_done_when_a_later_statement_fails():
     assert "v" not in s.catalog.views  # the view of the failed script was not kept
     [job] = s.execute("INSERT INTO out2 SELECT auction, price FROM bids")
     assert job.table.name == "out2"
+
+
+def test_an_aggregate_over_an_updating_result_is_refused():
+    sql = ("INSERT INTO out2\nSELECT n, count(*) FROM (SELECT auction, count(*) AS n FROM bids GROUP BY auction) "
+           "GROUP BY n")
+    e = error_of(sql, bounded=False)
+    assert "needs retractions" in e.message and e.line == 2 and "TUMBLE" in e.hint
+    # over a bounded input the inner aggregate's result is final, and the query plans
+    [job] = session(bounded=True).execute(sql)
+    assert job.table.name == "out2"
