@@ -101,3 +101,31 @@ def test_a_python_udf_runs_on_the_workers(cluster, tables):
     job_id = cluster.submit(graph)
     assert cluster.wait(job_id, 60) == "FINISHED", cluster.job(job_id).get("failure")
     assert_tables_equal(cluster.result(job_id).table("q14"), reference.q14(tables))
+
+
+@pytest.mark.parametrize("name", ["q17", "q19"])
+def test_sql_job_rescales_live(cluster, tables, name):
+    """The SQL job's stateful operator (q17's aggregate, q19's Top-N) goes from 2 to 3 subtasks
+    while data flows: the same key-group rescale as any Stream API job."""
+    settings = {"sabot.batch-size": 400, "sabot.nexmark.generator": "nexmark_udfs:slow_events"}
+    job = Session(VARIABLES, settings).execute(script(name))[-1]
+    graph = job.query.collect(name=name).to_job_graph(name, default_parallelism=2, shippable=True)
+    kind = {"q17": "aggregate", "q19": "top_n"}[name]
+    op = next(n for n in graph.operators.values() if n.operator_type.value == kind)
+    job_id = cluster.submit(graph)
+    client = cluster.client()
+    wait_until(lambda: client.job(job_id)["state"] == "RUNNING" and any(
+        t["rows_processed"] for t in client.job(job_id)["tasks"] if t["operator_name"] == op.name), 30, "data flowing")
+    plan = client.request("POST", f"/jobs/{job_id}/rescale", {"operator_id": op.operator_id, "new_parallelism": 3})
+    assert plan["status"] == "rescaling"
+
+    def done():
+        detail = client.job(job_id)
+        record = next((r for r in detail["rescales"] if r["rescale_id"] == plan["rescale_id"]), None)
+        return record is not None and record["state"] != "IN_PROGRESS"
+
+    wait_until(done, 60, "the rescale")
+    record = next(r for r in client.job(job_id)["rescales"] if r["rescale_id"] == plan["rescale_id"])
+    assert record["state"] == "COMPLETED", record
+    assert cluster.wait(job_id, 120) == "FINISHED", cluster.job(job_id).get("failure")
+    assert_tables_equal(cluster.result(job_id).table(name), reference.QUERIES[name](tables))
