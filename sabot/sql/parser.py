@@ -38,9 +38,9 @@ class Watermark(exp.Expression):
 
 
 class TableArgument(exp.Expression):
-    """``TABLE name`` as an argument of a table-valued function."""
+    """``TABLE name [PARTITION BY col, ...]`` as an argument of a table-valued function."""
 
-    arg_types = {"this": True}
+    arg_types = {"this": True, "partition": False}
 
 
 def _window_tvf(name):
@@ -49,8 +49,15 @@ def _window_tvf(name):
         while True:
             if self._match(TokenType.TABLE):
                 token = self._prev
-                table = self._parse_table_parts()
-                node = TableArgument(this=table)
+                table = exp.Table(this=self._parse_id_var(any_token=False))
+                partition = None
+                if self._match(TokenType.PARTITION_BY) or self._match_text_seq("PARTITION", "BY"):  # a or (a, b)
+                    if self._match(TokenType.L_PAREN):
+                        partition = self._parse_csv(self._parse_column)
+                        self._match_r_paren()
+                    else:
+                        partition = [self._parse_column()]
+                node = TableArgument(this=table, partition=partition)
                 node.meta.update(line=token.line, col=token.col, start=token.start, end=token.end)
                 args.append(node)
             else:

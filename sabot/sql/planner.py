@@ -41,7 +41,8 @@ from sabot.sql.parser import TableArgument
 
 PROCTIME = "$proctime"
 _TVF_HINT = ("window table functions: TUMBLE(TABLE t, DESCRIPTOR(ts), size), HOP(TABLE t, DESCRIPTOR(ts), slide, "
-             "size), CUMULATE(TABLE t, DESCRIPTOR(ts), step, size), followed by GROUP BY window_start, window_end")
+             "size), CUMULATE(TABLE t, DESCRIPTOR(ts), step, size), SESSION(TABLE t PARTITION BY k, DESCRIPTOR(ts), "
+             "gap), followed by GROUP BY window_start, window_end")
 _AGG_HINT = "aggregates: COUNT(*), COUNT(x), COUNT(DISTINCT x), SUM, MIN, MAX, AVG, each with FILTER (WHERE ...)"
 
 
@@ -276,11 +277,8 @@ class Planner:
 
     def plan_tvf(self, fn):
         name = fn.name.upper()
-        if name not in ("TUMBLE", "HOP", "CUMULATE"):
-            hint = _TVF_HINT
-            if name == "SESSION":
-                hint = "session windows: GROUP BY key, SESSION(ts, INTERVAL 'n' SECOND) with SESSION_START/END"
-            raise self.error(f"unsupported table function {name}", fn, hint=hint)
+        if name not in ("TUMBLE", "HOP", "CUMULATE", "SESSION"):
+            raise self.error(f"unsupported table function {name}", fn, hint=_TVF_HINT)
         args = fn.expressions
         if len(args) < 3 or not isinstance(args[0], TableArgument):
             raise self.error(f"{name} needs (TABLE t, DESCRIPTOR(ts), interval...)", fn, hint=_TVF_HINT)
@@ -302,15 +300,31 @@ class Planner:
             raise self.error(f"{col.name!r} is not a time attribute", col,
                              hint="declare WATERMARK FOR it in CREATE TABLE, or use a PROCTIME() column")
         intervals = [interval_ms(a, self.text) for a in args[2:]]
-        want = {"TUMBLE": 1, "HOP": 2, "CUMULATE": 2}[name]
+        want = {"TUMBLE": 1, "HOP": 2, "CUMULATE": 2, "SESSION": 1}[name]
         if len(intervals) != want:
             raise self.error(f"{name} takes {want} interval(s), got {len(intervals)}", fn, hint=_TVF_HINT)
         spec = {"kind": name, "time": time, "time_column": None if time == "processing" else phys, "node": fn}
+        partition = args[0].args.get("partition") or []
+        if name == "SESSION":
+            if time != "event":
+                raise self.error("SESSION windows need an event-time column", col, hint="declare WATERMARK FOR it")
+            if not partition:
+                raise self.error("SESSION needs TABLE t PARTITION BY key", args[0],
+                                 hint="SESSION(TABLE t PARTITION BY k, DESCRIPTOR(ts), INTERVAL 'n' SECOND)")
+            scope = self.scope(rel)
+            for p_ in partition:
+                if len(scope.find(p_.name, p_.table or None)) != 1:
+                    raise self.error(f"unknown column {p_.name!r} in PARTITION BY", p_,
+                                     hint=f"available columns: {scope.available()}")
+            spec["gap"] = intervals[0]
+            spec["partition"] = partition
+        elif partition:
+            raise self.error(f"{name} takes no PARTITION BY", args[0], hint=_TVF_HINT)
         if name == "TUMBLE":
             spec["size"] = intervals[0]
         elif name == "HOP":
             spec["slide"], spec["size"] = intervals
-        else:
+        elif name == "CUMULATE":
             spec["step"], spec["size"] = intervals
         cols = [c for c in rel.cols] + [Col("window_start", None, "$window_start"),
                                         Col("window_end", None, "$window_end"), Col("window_time", None, "$window_time")]
@@ -715,6 +729,14 @@ class Planner:
                 raise self.error(f"{spec['kind']} needs GROUP BY window_start, window_end", sel.args.get("group")
                                  or spec["node"], hint=_TVF_HINT)
             window = dict(spec)
+            if spec["kind"] == "SESSION":  # sessions are per partition key: those must be grouped on
+                grouped = {g.sql(dialect="spark").lower() for g in keys_nodes} | {
+                    g.name.lower() for g in keys_nodes if isinstance(g, exp.Column)}
+                missing = [p_.sql(dialect="spark") for p_ in spec["partition"]
+                           if p_.sql(dialect="spark").lower() not in grouped and p_.name.lower() not in grouped]
+                if missing:
+                    raise self.error(f"SESSION's PARTITION BY {missing} must be in GROUP BY", sel.args["group"],
+                                     hint="GROUP BY the partition keys, window_start, window_end")
         elif rel.window is not None and window is None:
             found = {}
             for g in list(keys_nodes):

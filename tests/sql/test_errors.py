@@ -76,8 +76,10 @@ def test_unsupported_constructs_say_what_is_supported():
                  "ORDER BY price) AS rn FROM bids)")
     assert "WHERE rn <= N" in e.message and e.col is not None
     e = error_of("INSERT INTO out2 SELECT bidder, count(*) FROM TABLE(SESSION(TABLE bids, DESCRIPTOR(`dateTime`), "
-                 "INTERVAL '1' SECOND)) GROUP BY bidder")
-    assert "unsupported table function SESSION" in e.message and "SESSION(ts" in e.hint
+                 "INTERVAL '1' SECOND)) GROUP BY bidder, window_start, window_end")
+    assert "SESSION needs TABLE t PARTITION BY key" in e.message and "PARTITION BY k" in e.hint
+    e = error_of("INSERT INTO out2 SELECT auction, count(*) OVER (PARTITION BY auction) FROM bids")
+    assert "OVER windows other than ROW_NUMBER()" in e.message and "Top-N" in e.hint
 
 
 def test_updating_result_into_an_append_only_sink_is_refused():

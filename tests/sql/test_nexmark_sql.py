@@ -97,3 +97,21 @@ def test_q12_processing_time_windows(tables, parallelism):
     reference.check_q12(got, tables)
     still = run_sql("q12", parallelism, settings={"sabot.processing-time.clock": "test_nexmark_sql:fixed_clock"})
     assert_tables_equal(still, reference.q12_with_proctime(tables, [5_000] * tables["bid"].num_rows))
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_q11_with_the_session_table_function(tables, parallelism):
+    """q11 written with Flink's SESSION window TVF instead of the legacy group window: the same sessions."""
+    text = script("q11").replace("""SELECT
+    B.bidder,
+    count(*) as bid_count,
+    SESSION_START(B.`dateTime`, INTERVAL '10' SECOND) as starttime,
+    SESSION_END(B.`dateTime`, INTERVAL '10' SECOND) as endtime
+FROM bid B
+GROUP BY B.bidder, SESSION(B.`dateTime`, INTERVAL '10' SECOND)""", """SELECT bidder, count(*) AS bid_count, window_start AS starttime, window_end AS endtime
+FROM TABLE(SESSION(TABLE bid PARTITION BY bidder, DESCRIPTOR(`dateTime`), INTERVAL '10' SECOND))
+GROUP BY bidder, window_start, window_end""")
+    assert "PARTITION BY bidder" in text
+    job = plan("q11", text=text)
+    got = job.query.collect(name="q11").run(default_parallelism=parallelism, timeout=120).table("q11")
+    assert_tables_equal(got, reference.q11(tables))
