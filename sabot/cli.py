@@ -484,25 +484,55 @@ def sql_client(args, stdin=None, stdout=None):
 
 
 def _show_select(stream, args, stdout):
-    """Print a SELECT's rows as batches arrive, then the count (Ctrl-C stops it)."""
+    """Print a SELECT's rows as batches arrive, then the count (Ctrl-C stops it).
+
+    An updating result (a GROUP BY or Top-N without a window, which emits each touched key's
+    new row) is shown as a table whose rows are replaced by key: redrawn in place on a
+    terminal as the result changes, printed once at the end otherwise."""
+    import pyarrow as pa
+
+    keys = getattr(stream, "upsert_keys", None)
     seen = [0]
+    rows = {}
+    tty = stdout.isatty()
+    last_draw = [0.0]
+
+    def draw(final=False):
+        table = pa.Table.from_pylist([rows[k] for k in sorted(rows, key=_sort_key)], schema=stream.schema) \
+            if rows else stream.schema.empty_table()
+        if tty and not final:
+            stdout.write("\x1b[2J\x1b[H")  # clear the screen, cursor home
+        print(format_table(table, args.limit), file=stdout)
+        print(f"({table.num_rows} rows, {seen[0]} updates{'' if final else ', running'})", file=stdout, flush=True)
 
     def show(batch):
         if batch.num_rows == 0:
             return
-        import pyarrow as pa
-
+        seen[0] += batch.num_rows
+        if keys:
+            for row in batch.to_pylist():
+                rows[tuple(row[k] for k in keys)] = row
+            if tty and time.monotonic() - last_draw[0] > 0.2:
+                last_draw[0] = time.monotonic()
+                draw()
+            return
         table = pa.Table.from_batches([batch])
-        room = max(args.limit - seen[0], 0)
+        room = max(args.limit - (seen[0] - batch.num_rows), 0)
         if room:
             print(format_table(table.slice(0, room), room), file=stdout, flush=True)
-        seen[0] += batch.num_rows
 
     try:
         stream.sink(show).run(default_parallelism=args.parallelism, timeout=args.timeout)
     except KeyboardInterrupt:
         print("(stopped)", file=stdout)
-    print(f"({seen[0]} rows)", file=stdout, flush=True)
+    if keys:
+        draw(final=True)
+    else:
+        print(f"({seen[0]} rows)", file=stdout, flush=True)
+
+
+def _sort_key(key):
+    return tuple((v is None, v) for v in key)
 
 
 def _client(args):

@@ -59,6 +59,7 @@ class Rel:
     topn: dict | None = None  # a ROW_NUMBER waiting for WHERE rn <= N
     bounded: bool = True
     updating: bool = False
+    upsert_keys: tuple | None = None  # an updating result's rows replace earlier rows with equal keys (phys)
 
     def with_qualifier(self, q):
         return replace(self, cols=[Col(c.name, q, c.phys) for c in self.cols])
@@ -425,7 +426,7 @@ class Planner:
         identity = list(exprs) == names and all(_field_name(e) == n for n, e in exprs.items())
         stream = rel.stream if identity else rel.stream.select(exprs)
         return Rel(stream, cols, hidden=hidden, times=times, window=tuple(window) if all(window) else None,
-                   bounded=rel.bounded, updating=rel.updating)
+                   bounded=rel.bounded, updating=rel.updating, upsert_keys=_keys_through(rel.upsert_keys, exprs))
 
     # -- joins -------------------------------------------------------------------------------------
 
@@ -833,8 +834,10 @@ class Planner:
                                   lambda: rel.stream.select(pre))
         else:
             stream = rel.stream
-        emit = "final" if rel.bounded else "updates"
+        updates = self._updates(rel)
+        emit = "updates" if updates else "final"
         keyed = stream.key_by(*key_phys) if key_phys else stream
+        upsert_keys = None
         spec_key = json.dumps([key_phys, [repr(a) for a in aggs],
                                {k: v for k, v in (window or {}).items() if k not in ("node", "nodes")}], default=str)
         out_cols, times, win = [Col(c.name, c.qualifier, c.phys) for c in rel.cols if c.phys in key_phys], set(), None
@@ -845,7 +848,8 @@ class Planner:
                 keyed = stream2.key_by(const)
             result = self._shared(("agg", id(stream._node), spec_key),
                                   lambda: keyed.aggregate(aggs, emit=emit))
-            updating = not rel.bounded
+            updating = updates
+            upsert_keys = tuple(key_phys) if updating else None  # a global aggregate: one row, no key
         else:
             updating = rel.updating
             if window["kind"] == "COLUMNS":
@@ -874,7 +878,8 @@ class Planner:
             win = ("window_start", "window_end")
         # aggregate outputs are columns of the result; the post-projection computes the SELECT list
         out_cols += [Col(a.name, None, a.name) for a in aggs]
-        agg_rel = Rel(result, out_cols, times=times, window=win, bounded=rel.bounded, updating=updating)
+        agg_rel = Rel(result, out_cols, times=times, window=win, bounded=rel.bounded, updating=updating,
+                      upsert_keys=upsert_keys)
         full_subst = dict(subst)
         post_scope = self.scope(agg_rel)
         for key, e in post_exprs.items():
@@ -908,7 +913,12 @@ class Planner:
             if rel.window and src == rel.window[1]:
                 window[1] = phys
         return Rel(rel.stream.select(exprs), cols, times=times, window=tuple(window) if all(window) else None,
-                   bounded=rel.bounded, updating=rel.updating)
+                   bounded=rel.bounded, updating=rel.updating, upsert_keys=_keys_through(rel.upsert_keys, exprs))
+
+    def _updates(self, rel):
+        """Whether a non-windowed aggregate / Top-N emits updates (unbounded input, or SET
+        'sabot.updating-results' = 'always') rather than its final rows at the end of the input."""
+        return not rel.bounded or str(self.session.settings.get("sabot.updating-results", "")).lower() == "always"
 
     def _shared(self, key, make):
         if key not in self.ops:
@@ -1042,10 +1052,11 @@ class Planner:
             kwargs["window_columns"] = spec["window"]
             emit = "final"
         else:
-            emit = "final" if rel.bounded else "updates"
+            emit = "updates" if self._updates(rel) else "final"
         out = keyed.top_n(n, order, rank_column=spec["rn"], emit=emit, **kwargs)
-        updating = rel.updating or (not rel.bounded and not spec["window"])
-        return replace(rel, stream=out, topn=None, updating=updating), keep
+        updating = rel.updating or emit == "updates"
+        keys = tuple(spec["partition"]) + (spec["rn"],) if updating else None
+        return replace(rel, stream=out, topn=None, updating=updating, upsert_keys=keys), keep
 
     def _rn_bound(self, c, rn_col):
         def is_rn(node):
@@ -1072,6 +1083,18 @@ class _SubstCompiler(Compiler):
             v = self.subst[key]
             return v if isinstance(v, pc.Expression) else pc.field(v)
         return super().compile(node)
+
+
+def _keys_through(keys, exprs):
+    """An updating result's keys after a projection (None when one is projected away)."""
+    if not keys:
+        return None
+    out = {}
+    for phys, e in exprs.items():
+        src = _field_name(e)
+        if src in keys and src not in out:
+            out[src] = phys
+    return tuple(out[k] for k in keys) if all(k in out for k in keys) else None
 
 
 def _field_name(expr):

@@ -138,7 +138,14 @@ class Session:
         if isinstance(node, (exp.Select, exp.Union, exp.Subquery)):
             planner = _planner(catalog, text)
             rel = planner.plan_query(node)
-            return rel.stream.select({c.name: pc.field(c.phys) for c in rel.cols if not c.phys.startswith(PROCTIME)})
+            cols = [c for c in rel.cols if not c.phys.startswith(PROCTIME)]
+            stream = rel.stream.select({c.name: pc.field(c.phys) for c in cols})
+            # an updating result: each row replaces the earlier row with the same upsert_keys
+            stream.updating = rel.updating
+            names = {c.phys: c.name for c in cols}
+            stream.upsert_keys = [names[k] for k in rel.upsert_keys] if rel.upsert_keys and all(
+                k in names for k in rel.upsert_keys) else None
+            return stream
         if isinstance(node, exp.Command) and node.name.upper() == "EXPLAIN":
             inner = node.expression.name if isinstance(node.expression, exp.Literal) else str(node.expression)
             _, statements = parse(inner, None)

@@ -191,3 +191,25 @@ def test_legacy_group_window_tumble_against_duckdb(bids):
                         TIMESTAMP_MS) AS ws, CAST(time_bucket(INTERVAL 1 SECOND, dateTime::TIMESTAMP) + INTERVAL 1
                         SECOND AS TIMESTAMP_MS) AS we FROM bids GROUP BY ALL""", bids=bids)
     assert_tables_equal(got, expected.cast(got.schema))
+
+
+def test_client_shows_an_updating_result_as_a_table_replaced_by_key(bids):
+    """With 'sabot.updating-results' = 'always' a bounded GROUP BY emits updates as an unbounded one
+    does; the client keeps the last row per key: its final table is DuckDB's GROUP BY."""
+    session_input = (BIDS.replace("'3000')", "'3000', 'rows-per-batch' = '300')")
+                     + "SET 'sabot.updating-results' = 'always';\n"
+                     "SELECT channel, count(*) AS n, max(price) AS mx FROM bids GROUP BY channel;\nquit\n")
+    done = subprocess.run([sys.executable, "-m", "sabot.cli", "sql", "--limit", "100000"], input=session_input,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    from sabot.cli import format_table
+
+    expected = _duck("SELECT channel, count(*) AS n, max(price) AS mx FROM bids GROUP BY channel ORDER BY channel",
+                     bids=bids)
+    assert format_table(expected, 100000) in done.stdout
+    updates = int(done.stdout.split(" updates")[0].rsplit(", ", 1)[-1])
+    assert updates > expected.num_rows  # keys were updated more than once, and replaced
+    s = Session({}, {"sabot.updating-results": "always"})
+    s.execute(BIDS)
+    [stream] = s.execute("SELECT channel, count(*) AS n FROM bids GROUP BY channel")
+    assert stream.updating and stream.upsert_keys == ["channel"]
