@@ -12,5 +12,16 @@ from sabot.execution.operator_spec import agg
 from sabot.runtime.operators.process import KeyedProcessFunction
 from sabot.runtime.embedded import JobResult
 
+
+def __getattr__(name):
+    """``sabot.sql``, imported when first used (it brings in the SQL parser): call it with a
+    script, ``sabot.sql("INSERT INTO ...")``, or use its members (``sabot.sql.Session``)."""
+    if name == "sql":
+        import importlib
+
+        return importlib.import_module("sabot.sql")
+    raise AttributeError(f"module 'sabot' has no attribute {name!r}")
+
+
 __all__ = ["JobFailed", "JobResult", "KeyedProcessFunction", "OperatorError", "SabotError", "Stream", "StreamSink",
            "__version__", "agg"]

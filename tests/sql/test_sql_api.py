@@ -213,3 +213,12 @@ def test_client_shows_an_updating_result_as_a_table_replaced_by_key(bids):
     s.execute(BIDS)
     [stream] = s.execute("SELECT channel, count(*) AS n FROM bids GROUP BY channel")
     assert stream.updating and stream.upsert_keys == ["channel"]
+
+
+def test_sabot_sql_is_callable_after_a_plain_import_sabot():
+    code = ("import sabot; t = sabot.sql(\"CREATE TABLE b (auction BIGINT) WITH ('connector' = 'datagen', "
+            "'generator' = 'sabot.nexmark:bids', 'number-of-rows' = '10'); SELECT auction FROM b\")"
+            ".collect(name='o').run().table('o'); print(t.num_rows)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "10"
