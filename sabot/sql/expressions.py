@@ -20,6 +20,9 @@ from sabot.execution.operator_spec import expression_types
 from sabot.sql.errors import SqlError
 from sabot.sql.functions import BUILTINS, FunctionError
 
+_TYPES = {}  # (schema, expression text) -> Arrow type
+
+
 @dataclass
 class Col:
     """A column visible in a scope: its SQL ``name``, the table alias it belongs to and its
@@ -95,8 +98,14 @@ class Scope:
                          hint=f"available columns: {self.available()}")
 
     def type_of(self, expr, node):
+        key = (self.schema, str(expr))  # a planner asks for the same sub-expressions' types again and again
+        if key in _TYPES:
+            return _TYPES[key]
         try:
             [t] = expression_types(self.schema, [expr])
+            if len(_TYPES) > 10_000:
+                _TYPES.clear()
+            _TYPES[key] = t
             return t
         except ValueError as exc:
             msg = str(exc).split(": ", 1)[-1]

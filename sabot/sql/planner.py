@@ -170,17 +170,10 @@ class Planner:
                       if not a.find_ancestor(exp.Window)]
         plain = not (sel.args.get("group") or aggregates or sel.args.get("having") or rel.tvf is not None
                      or any(e.find(exp.Window) for e in sel.expressions))
-        if rest and plain and self._cheap(sel.expressions, rest, rel):
-            # only column picks: project first (with the WHERE's columns), so the filter copies only those
-            where_cols = [c for r in rest for c in r.find_all(exp.Column)]
-            names = {c.name for c in where_cols}
-            items = list(sel.expressions) + [exp.column(n) for n in sorted(names)]
-            wide = self.project(rel, items)
-            n_out = len(wide.cols) - len(names)
-            scope_rel = replace(wide, cols=wide.cols[n_out:])
-            filtered = replace(wide, stream=self.filter(scope_rel, _and(rest)).stream)
-            keep = [c.phys for c in wide.cols[:n_out]] + list(wide.hidden)
-            return replace(filtered, stream=filtered.stream.select(keep), cols=wide.cols[:n_out])
+        if rest and plain:
+            early = self._filter_late(rel, sel.expressions, rest)
+            if early is not None:
+                return early
         if rest:
             rel = self.filter(rel, _and(rest))
         if sel.args.get("group") or aggregates:
@@ -194,17 +187,67 @@ class Planner:
             rel = self.materialise_tvf(rel)
         return self.project(rel, sel.expressions)
 
-    def _cheap(self, items, rest, rel):
-        """Every SELECT item a column (or a struct's field) and the WHERE's columns unqualified and unambiguous."""
-        if not all(isinstance(i.this if isinstance(i, exp.Alias) else i, exp.Column) and
-                   not isinstance((i.this if isinstance(i, exp.Alias) else i).this, exp.Star) for i in items):
-            return False
+    def _filter_late(self, rel, items, rest):
+        """SELECT items that are column picks (``a``, ``s.field``) or that the WHERE computes too
+        (``0.908 * price`` in both) are projected before the filter: the filter then copies only
+        the columns the query keeps and reads the shared values, and the other items are computed
+        after it, on the rows it keeps. None when nothing is gained (or a name does not resolve:
+        the ordinary path reports it)."""
         scope = self.scope(rel)
-        for r in rest:
-            for c in r.find_all(exp.Column):
-                if c.table or len(scope.find(c.name)) != 1 or scope.find(c.name)[0].phys.startswith(PROCTIME):
-                    return False
-        return True
+        where_sqls = {n.sql(dialect="spark") for r in rest for n in r.walk()}
+        early, late = [], []
+        for item in items:
+            node = item.this if isinstance(item, exp.Alias) else item
+            if isinstance(node, exp.Star) or (isinstance(node, exp.Column) and isinstance(node.this, exp.Star)):
+                return None
+            if isinstance(node, exp.Column) or node.sql(dialect="spark") in where_sqls:
+                early.append(node)
+            else:
+                late.append(node)
+        if not early:
+            return None
+        needed = {}
+        for node in list(rest) + late:
+            for col in node.find_all(exp.Column):
+                found = scope.find(col.name, col.table or None)
+                if len(found) != 1 or found[0].phys.startswith(PROCTIME):
+                    return None
+                needed[found[0].phys] = found[0]
+        exprs, subst, taken = {}, {}, set(rel.stream.schema.names)
+        for c in needed.values():
+            exprs[c.phys] = pc.field(c.phys)
+        times = {p_ for p_ in needed if p_ in rel.times}
+        for node in early:
+            key = node.sql(dialect="spark")
+            if key in subst:
+                continue
+            for col in node.find_all(exp.Column):
+                found = scope.find(col.name, col.table or None)
+                if len(found) == 1 and found[0].phys.startswith(PROCTIME):
+                    return None
+            e = Compiler(scope).compile(node)
+            if _field_name(e) in needed:  # already a column of the projection
+                subst[key] = _field_name(e)
+                continue
+            phys = self.fresh("$e", taken)
+            taken.add(phys)
+            exprs[phys] = e
+            subst[key] = phys
+            if _field_name(e) in rel.times:
+                times.add(phys)
+        for h in rel.hidden:
+            exprs[h] = pc.field(h)
+        narrowed = Rel(rel.stream.select(exprs), list(needed.values()), hidden=list(rel.hidden), times=times,
+                       bounded=rel.bounded, updating=rel.updating)
+        scope2 = self.scope(narrowed)
+        cond = _SubstCompiler(scope2, subst).compile(_and(rest))
+        t = scope2.type_of(cond, rest[0])
+        if t != pa.bool_():
+            raise self.error(f"WHERE condition is {t}, not BOOLEAN", rest[0], hint="compare it, e.g. x > 0")
+        filtered = replace(narrowed, stream=narrowed.stream.filter(cond))
+        out = self.project(filtered, items, subst=subst, compiler=_SubstCompiler)
+        # the early values are columns of `filtered`: make the projection see them as the inputs' times
+        return out
 
     def filter(self, rel, condition):
         if condition is None:
@@ -380,7 +423,7 @@ class Planner:
                 out.append((item, f"EXPR${i}"))
         return out
 
-    def project(self, rel, items, subst=None, computed_columns=None, keep_hidden=True):
+    def project(self, rel, items, subst=None, computed_columns=None, keep_hidden=True, compiler=None):
         """SELECT items over ``rel`` (``computed_columns``: a table's computed columns, added to its columns)."""
         if computed_columns is not None:
             pairs = [(exp.column(c.name), c.name) for c in rel.cols] + [(e, n) for n, e in computed_columns]
@@ -398,8 +441,9 @@ class Planner:
                 if len(found) == 1 and found[0].phys.startswith(PROCTIME):
                     cols.append(Col(name, None, found[0].phys))
                     continue
-            self._check_proctime(node, rel)
-            expr = Compiler(scope, subst).compile(node)
+            if not (subst and node.sql(dialect="spark") in subst):
+                self._check_proctime(node, rel)
+            expr = (compiler or Compiler)(scope, subst).compile(node)
             phys = self.fresh(name, taken)
             taken.add(phys)
             exprs[phys] = expr
@@ -763,7 +807,7 @@ class Planner:
                 pre[phys] = self.compile(g, rel)
             key_phys.append(phys)
             subst[g.sql(dialect="spark")] = phys
-        aggs, post_exprs = [], {}
+        aggs, post_exprs, seen_aggs = [], {}, {}
         calls = []
         for node in list(items) + ([having] if having is not None else []):
             for a in node.find_all(exp.AggFunc):
@@ -795,8 +839,14 @@ class Planner:
                     column = self.fresh(f"$a{len(aggs)}", taken)
                     taken.add(column)
                     pre[column] = self.compile(arg, rel)
+            same = (fn, column, distinct, str(where))
+            if same in seen_aggs:  # the same aggregate twice (SUM(price) and AVG(price)'s sum): computed once
+                subst[call.sql(dialect="spark")] = seen_aggs[same]
+                continue
             out = self.fresh(f"$agg{len(aggs)}", taken)
             taken.add(out)
+            if fn != "AVG":
+                seen_aggs[same] = out
             if fn == "COUNT":
                 aggs.append(agg("count_distinct" if distinct else "count", column, where=where, name=out))
             elif distinct:
@@ -807,9 +857,14 @@ class Planner:
                 t = pre[column] if column in pre and column not in rel.stream.schema.names else None
                 ctype = self.scope(rel).type_of(t, arg) if t is not None else rel.stream.schema.field(column).type
                 if pa.types.is_integer(ctype):  # Flink: AVG of an integer is an integer (truncated)
-                    s, n = out + "$sum", out + "$n"
-                    aggs.append(agg("sum", column, where=where, name=s))
-                    aggs.append(agg("count", column, where=where, name=n))
+                    s = seen_aggs.get(("SUM", column, False, str(where)))
+                    n = seen_aggs.get(("COUNT", column, False, str(where)))
+                    if s is None:
+                        s = seen_aggs[("SUM", column, False, str(where))] = out + "$sum"
+                        aggs.append(agg("sum", column, where=where, name=s))
+                    if n is None:
+                        n = seen_aggs[("COUNT", column, False, str(where))] = out + "$n"
+                        aggs.append(agg("count", column, where=where, name=n))
                     post_exprs[call.sql(dialect="spark")] = pc.divide(pc.field(s), pc.field(n))
                     continue
                 aggs.append(agg("mean", column, where=where, name=out))
