@@ -149,9 +149,16 @@ class Planner:
             left, right = self.plan_query(node.this), self.plan_query(node.expression)
             if len(left.cols) != len(right.cols):
                 raise self.error("UNION ALL of queries with different numbers of columns", node)
+            for lc, rc in zip(left.cols, right.cols):
+                lt, rt = left.stream.schema.field(lc.phys).type, right.stream.schema.field(rc.phys).type
+                if lt != rt:
+                    raise self.error(f"type mismatch in UNION ALL: column {lc.name!r} is {lt} on the left and {rt} "
+                                     "on the right", node, hint="CAST one side to the other's type")
+            names = [c.phys for c in left.cols]
+            left_stream = left.stream if left.stream.schema.names == names else left.stream.select(names)
             right_stream = right.stream.select({r.phys: l.phys for l, r in zip(left.cols, right.cols)})
-            return Rel(left.stream.union(right_stream), [Col(c.name, None, c.phys) for c in left.cols],
-                       bounded=left.bounded and right.bounded)
+            return Rel(left_stream.union(right_stream), [Col(c.name, None, c.phys) for c in left.cols],
+                       bounded=left.bounded and right.bounded, updating=left.updating or right.updating)
         raise self.error(f"unsupported query {node.sql(dialect='spark')[:60]!r}", node,
                          hint="SELECT ... FROM ... [WHERE] [GROUP BY] [HAVING], or UNION ALL")
 

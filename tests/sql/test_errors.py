@@ -110,3 +110,8 @@ def test_an_aggregate_over_an_updating_result_is_refused():
     # over a bounded input the inner aggregate's result is final, and the query plans
     [job] = session(bounded=True).execute(sql)
     assert job.table.name == "out2"
+
+
+def test_union_all_of_different_types_is_a_type_mismatch():
+    e = error_of("INSERT INTO out2 SELECT auction, price FROM bids UNION ALL SELECT auction, channel FROM bids")
+    assert "type mismatch in UNION ALL" in e.message and "'price'" in e.message and "CAST" in e.hint
