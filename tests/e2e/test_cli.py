@@ -18,7 +18,7 @@ from sabot.cli import build_parser, format_table, load_target, main
 pytestmark = pytest.mark.timeout(120)
 
 COMMANDS = [[], ["coordinator"], ["worker"], ["cluster"], ["cluster", "start"], ["run"], ["job"],
-            ["job", "submit"], ["job", "list"], ["job", "status"], ["job", "cancel"]]
+            ["job", "submit"], ["job", "list"], ["job", "status"], ["job", "cancel"], ["sql"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "sabot")
