@@ -148,18 +148,31 @@ class Session:
             return stream
         if isinstance(node, exp.Command) and node.name.upper() == "EXPLAIN":
             inner = node.expression.name if isinstance(node.expression, exp.Literal) else str(node.expression)
-            _, statements = parse(inner, None)
-            out = []
-            for s in statements:
-                r = self._statement(s, catalog, inner)
-                p = int(catalog.settings.get("parallelism.default", 1))
-                out.append(r.explain() if isinstance(r, SqlJob) else explain(
-                    r.collect(name="result").to_job_graph(default_parallelism=p)) if r is not None else "")
-            return "\n".join(out)
+            try:
+                return self._explain(inner, catalog)
+            except SqlError as exc:  # positions in the script, not in the explained statement
+                start = text.find(inner)
+                if start < 0 or exc.line is None:
+                    raise
+                line = text.count("\n", 0, start) + exc.line
+                col = exc.col
+                if exc.line == 1 and col is not None:
+                    col += start - (text.rfind("\n", 0, start) + 1)
+                raise SqlError(exc.message, text=text, line=line, col=col, hint=exc.hint) from None
         if isinstance(node, exp.Describe):
             raise SqlError("DESCRIBE is not supported", text=text, node=node, hint=SUPPORTED_STATEMENTS)
         raise SqlError(f"unsupported statement {type(node).__name__.upper()}", text=text, node=node,
                        hint=SUPPORTED_STATEMENTS)
+
+    def _explain(self, inner, catalog):
+        _, statements = parse(inner, None)
+        out = []
+        for s in statements:
+            r = self._statement(s, catalog, inner)
+            p = int(catalog.settings.get("parallelism.default", 1))
+            out.append(r.explain() if isinstance(r, SqlJob) else explain(
+                r.collect(name="result").to_job_graph(default_parallelism=p)) if r is not None else "")
+        return "\n".join(out)
 
     def _insert(self, node, catalog, text):
         target = node.this

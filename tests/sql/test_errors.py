@@ -115,3 +115,8 @@ def test_an_aggregate_over_an_updating_result_is_refused():
 def test_union_all_of_different_types_is_a_type_mismatch():
     e = error_of("INSERT INTO out2 SELECT auction, price FROM bids UNION ALL SELECT auction, channel FROM bids")
     assert "type mismatch in UNION ALL" in e.message and "'price'" in e.message and "CAST" in e.hint
+
+
+def test_an_error_inside_explain_names_its_place_in_the_script():
+    e = error_of("SELECT 1 FROM bids;\nEXPLAIN INSERT INTO out2\n  SELECT auction, nope FROM bids")
+    assert (e.line, e.col) == (3, 19) and "unknown column 'nope'" in e.message
