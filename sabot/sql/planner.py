@@ -244,7 +244,7 @@ class Planner:
                 times.add(phys)
         for h in rel.hidden:
             exprs[h] = pc.field(h)
-        narrowed = Rel(rel.stream.select(exprs), list(needed.values()), hidden=list(rel.hidden), times=times,
+        narrowed = Rel(_select(rel.stream, exprs), list(needed.values()), hidden=list(rel.hidden), times=times,
                        bounded=rel.bounded, updating=rel.updating)
         scope2 = self.scope(narrowed)
         cond = _SubstCompiler(scope2, subst).compile(_and(rest))
@@ -401,7 +401,7 @@ class Planner:
         we = self.fresh("window_end", exprs)
         exprs[we] = end
         cols = base + [Col("window_start", None, ws), Col("window_end", None, we), Col("window_time", None, we)]
-        return replace(rel, stream=rel.stream.select(exprs), cols=cols, tvf=None, window=(ws, we),
+        return replace(rel, stream=_select(rel.stream, exprs), cols=cols, tvf=None, window=(ws, we),
                        times=rel.times | {ws, we})
 
     # -- projection -------------------------------------------------------------------------------
@@ -475,7 +475,7 @@ class Planner:
             raise self.error("the query selects no computable column", items[0] if items else None)
         names = rel.stream.schema.names
         identity = list(exprs) == names and all(_field_name(e) == n for n, e in exprs.items())
-        stream = rel.stream if identity else rel.stream.select(exprs)
+        stream = rel.stream if identity else _select(rel.stream, exprs)
         return Rel(stream, cols, hidden=hidden, times=times, window=tuple(window) if all(window) else None,
                    bounded=rel.bounded, updating=rel.updating, upsert_keys=_keys_through(rel.upsert_keys, exprs))
 
@@ -627,7 +627,7 @@ class Planner:
         if computed:
             exprs_all = {n: pc.field(n) for n in rel.stream.schema.names}
             exprs_all.update(computed)
-            rel = replace(rel, stream=rel.stream.select(exprs_all))
+            rel = replace(rel, stream=_select(rel.stream, exprs_all))
         return rel, phys
 
     def _join(self, left, right, equi, residual, bound, how, node):
@@ -893,7 +893,7 @@ class Planner:
         pre = {k: v for k, v in pre.items() if k in used}
         if len(pre) != len(rel.stream.schema.names) or list(pre) != rel.stream.schema.names:
             stream = self._shared(("pre", id(rel.stream._node), json.dumps(sorted((k, str(v)) for k, v in pre.items()))),
-                                  lambda: rel.stream.select(pre))
+                                  lambda: _select(rel.stream, pre))
         else:
             stream = rel.stream
         updates = self._updates(rel)
@@ -974,7 +974,7 @@ class Planner:
                 window[0] = phys
             if rel.window and src == rel.window[1]:
                 window[1] = phys
-        return Rel(rel.stream.select(exprs), cols, times=times, window=tuple(window) if all(window) else None,
+        return Rel(_select(rel.stream, exprs), cols, times=times, window=tuple(window) if all(window) else None,
                    bounded=rel.bounded, updating=rel.updating, upsert_keys=_keys_through(rel.upsert_keys, exprs))
 
     def _updates(self, rel):
@@ -1071,7 +1071,7 @@ class Planner:
         orders = [(column_of(o.this), "descending" if o.args.get("desc") else "ascending") for o in order]
         identity = list(sel_exprs) == rel.stream.schema.names and all(
             _field_name(e) == n for n, e in sel_exprs.items())
-        stream = rel.stream if identity else rel.stream.select(sel_exprs)
+        stream = rel.stream if identity else _select(rel.stream, sel_exprs)
         base = Rel(None, cols, hidden=hidden, times={p for p, e in sel_exprs.items() if _field_name(e) in rel.times})
         rn = self.fresh(item.alias, taken)
         cols = base.cols + [Col(item.alias, None, rn)]
@@ -1145,6 +1145,17 @@ class _SubstCompiler(Compiler):
             v = self.subst[key]
             return v if isinstance(v, pc.Expression) else pc.field(v)
         return super().compile(node)
+
+
+def _select(stream, exprs):
+    """``stream.select`` of ``{output: expression}``; when every output is a column picked (and
+    perhaps renamed) the select only picks columns, without evaluating expressions."""
+    sources = [_field_name(e) for e in exprs.values()]
+    if all(s is not None for s in sources) and len(set(sources)) == len(sources):
+        if sources == list(exprs):
+            return stream.select(list(exprs))
+        return stream.select(dict(zip(sources, exprs)))
+    return stream.select(exprs)
 
 
 def _keys_through(keys, exprs):

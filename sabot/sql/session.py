@@ -244,11 +244,35 @@ def _fused_select(stream, casts):
     from sabot.execution.operator_spec import decode_expression, encode_expression
 
     node = stream._node
-    if node.operator_type != OperatorType.SELECT or "expressions" not in node.parameters or stream._key_by:
+    if node.operator_type != OperatorType.SELECT or stream._key_by:
         return None
     if any(up == node.operator_id for up, _ in stream._plan.edges):
         return None
-    old = {n: decode_expression(e) for n, e in node.parameters["expressions"]}
+    params = node.parameters
+    if "expressions" in params:
+        old = {n: decode_expression(e) for n, e in params["expressions"]}
+    elif isinstance(params.get("columns"), dict):
+        old = {new_name: pc.field(src) for src, new_name in params["columns"].items()}
+    elif isinstance(params.get("columns"), list):
+        old = {c: pc.field(c) for c in params["columns"]}
+    else:
+        return None
+    if all(t is None for _, _, t in casts) and all(phys in old for phys, _, _ in casts):
+        # a pick stays a pick: the sink's names on the picked columns
+        picked = {}
+        for phys, name, _ in casts:
+            src = str(old[phys]) if pc.field(str(old[phys])).equals(old[phys]) else None
+            if src is None or src in picked:
+                break
+            picked[src] = name
+        else:
+            input_schema = stream._input_schema
+            if input_schema is None:
+                return None
+            params.pop("expressions", None)
+            params["columns"] = picked if list(picked) != list(picked.values()) else list(picked)
+            schema = pa.schema([input_schema.field(src).with_name(name) for src, name in picked.items()])
+            return Stream(stream._plan, node, schema, input_schema=input_schema)
     if any(phys not in old for phys, _, _ in casts):
         return None
     new = {name: old[phys] if t is None else old[phys].cast(t) for phys, name, t in casts}
@@ -259,7 +283,8 @@ def _fused_select(stream, casts):
         types = expression_types(input_schema, list(new.values()))
     except ValueError:
         return None
-    node.parameters["expressions"] = [[n, encode_expression(e)] for n, e in new.items()]
+    params.pop("columns", None)
+    params["expressions"] = [[n, encode_expression(e)] for n, e in new.items()]
     schema = pa.schema([pa.field(n, t) for n, t in zip(new, types)])
     return Stream(stream._plan, node, schema, input_schema=input_schema)
 
