@@ -131,3 +131,28 @@ def local_cluster(user_module):
         cluster.close()
         leftover = [p for p in set(pids) if _pid_alive(p)]
         assert not leftover, f"worker processes left running: {leftover}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL server for the session (see :class:`sabot.testing.PostgresServer`),
+    stopped and its directory deleted at the end."""
+    from sabot.testing import PostgresServer
+
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_table(postgres_server):
+    """A fresh table name for one test (dropped afterwards, with the sinks' progress table rows)."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    yield name
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+        conn.execute(f'DROP TABLE IF EXISTS "{name}"')

@@ -189,6 +189,23 @@ class Stream(JoiningMixin, WindowingMixin):
     def from_parquet(cls, path, **kwargs):
         return cls.from_dataset(path, format="parquet", **kwargs)
 
+    @classmethod
+    def from_postgres(cls, dsn, *, table=None, query=None, columns=None, order_by=None, partition_column=None,
+                      batch_size=65536, name=None, parallelism=None):
+        """A bounded read of a PostgreSQL ``table`` (or ``query``) through psycopg 3.
+
+        ``partition_column`` (an integer column) splits the rows between subtasks by its
+        value modulo the parallelism; without it one subtask reads. A restored job resumes
+        after the rows already emitted, in ``order_by`` order (default: the table's primary
+        key). See :mod:`sabot.connectors.postgres`.
+        """
+        if (table is None) == (query is None):
+            raise ValueError("from_postgres needs exactly one of table= and query=")
+        params = {"kind": "postgres", "dsn": dsn, "table": table, "query": query, "columns": columns,
+                  "order_by": list(order_by) if order_by else None, "partition_column": partition_column,
+                  "batch_size": batch_size}
+        return cls._source(name, params, None, parallelism)
+
     def with_watermarks(self, time_column, max_out_of_orderness=0):
         """Event time for this source: watermark = max(time_column) - max_out_of_orderness."""
         if self._node.operator_type != OperatorType.SOURCE:
@@ -458,6 +475,39 @@ class Stream(JoiningMixin, WindowingMixin):
         """Alias of :meth:`to_parquet` (``format="ipc"`` writes Arrow IPC files)."""
         return self.to_parquet(path, name=name, format=format, mode=mode, partition_by=partition_by,
                                success_file=success_file)
+
+    def to_postgres(self, dsn, table, *, mode="append", key=None, create_table=False, batch_rows=100_000,
+                    progress_table="sabot_sink_progress", name=None):
+        """Write the stream into PostgreSQL table ``table`` (``"name"`` or ``"schema.name"``).
+
+        ``mode="append"`` loads rows with COPY; ``"upsert"`` inserts or updates by ``key``
+        (default: the table's primary key), e.g. the running results of an aggregate. With
+        checkpoints each checkpoint's rows are written in one transaction together with a
+        row of the progress table, so after a recovery nothing is written twice (exactly
+        once). ``create_table=True`` creates a missing table from the stream's schema. See
+        :mod:`sabot.connectors.postgres` for the type mapping and guarantees.
+        """
+        from sabot.connectors.postgres import SINK_MODES, pg_type
+
+        if mode not in SINK_MODES:
+            raise ValueError(f"to_postgres: mode must be one of {SINK_MODES}, got {mode!r}")
+        key = [key] if isinstance(key, str) else list(key or [])
+        if key and mode != "upsert":
+            raise ValueError("to_postgres: key= is for mode='upsert'")
+        self._check_columns(key, "to_postgres(key=)")
+        if self.schema is not None:
+            for f in self.schema:
+                try:
+                    pg_type(f.type, f.name)
+                except Exception as exc:
+                    raise GraphValidationError(f"to_postgres({table!r}): {exc}") from None
+        if not isinstance(batch_rows, int) or batch_rows <= 0:
+            raise ValueError(f"to_postgres: batch_rows must be a positive int, got {batch_rows!r}")
+        params = {"kind": "postgres", "dsn": dsn, "table": table, "mode": mode, "key": key or None,
+                  "create_table": bool(create_table), "batch_rows": batch_rows, "progress_table": progress_table}
+        if self.schema is not None:
+            params["schema"] = encode_schema(self.schema)
+        return self._sink(name, params)
 
     def sink(self, function, *, name=None):
         """Call ``function(batch)`` for every batch."""
