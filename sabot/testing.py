@@ -44,6 +44,7 @@ __all__ = [
     "ChaosMonkey",
     "ChaosReport",
     "JobResult",
+    "KafkaTestCluster",
     "ManualClock",
     "PostgresServer",
     "TestingCluster",
@@ -722,3 +723,127 @@ class PostgresServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class KafkaTestCluster:
+    """Kafka for tests: librdkafka's built-in mock cluster, or a real cluster when
+    ``$SABOT_KAFKA_BOOTSTRAP`` names one (``host:port,...``).
+
+    The mock cluster (``test.mock.num.brokers``) runs inside this process, on loopback TCP
+    ports that other processes (a LocalCluster's workers) reach like any broker. It speaks
+    the Kafka protocol (produce, fetch, offsets, consumer-group offset commits, the
+    transaction requests), creates topics with 4 partitions when they are first asked for,
+    and does NOT implement transactional isolation (read_committed consumers see aborted and
+    open transactions), producer fencing or timestamp lookups; tests that need those run
+    only against a real cluster (:attr:`is_mock` says which).
+
+    Example:
+        >>> with KafkaTestCluster() as kafka:  # doctest: +SKIP
+        ...     kafka.create_topic("events", partitions=4)
+        ...     kafka.produce("events", [b"a", b"b"], partitions=[0, 1])
+    """
+
+    MOCK_PARTITIONS = 4
+
+    def __init__(self, brokers=3):
+        import os
+
+        self.brokers = brokers
+        self.bootstrap = os.environ.get("SABOT_KAFKA_BOOTSTRAP") or None
+        self.is_mock = self.bootstrap is None
+        self._holder = None
+
+    def start(self):
+        from confluent_kafka import Producer
+
+        if self.is_mock:
+            # the mock cluster lives as long as the client that created it
+            self._holder = Producer({"test.mock.num.brokers": self.brokers, "log_level": 3})
+            md = self._holder.list_topics(timeout=10)
+            self.bootstrap = ",".join(f"{b.host}:{b.port}" for _, b in sorted(md.brokers.items()))
+        return self
+
+    def stop(self):
+        self._holder = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def create_topic(self, name, partitions=4):
+        """Create ``name`` (the mock cluster: only with its default of 4 partitions)."""
+        from confluent_kafka import Producer
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        if self.is_mock:
+            if partitions != self.MOCK_PARTITIONS:
+                raise ValueError(f"librdkafka's mock cluster creates topics with {self.MOCK_PARTITIONS} partitions "
+                                 f"(no CreateTopics support); asked for {partitions}")
+            md = Producer({"bootstrap.servers": self.bootstrap}).list_topics(name, timeout=10)
+            assert len(md.topics[name].partitions) == partitions
+            return
+        futures = AdminClient({"bootstrap.servers": self.bootstrap}).create_topics(
+            [NewTopic(name, partitions, 1)], operation_timeout=30)
+        futures[name].result(60)
+
+    def produce(self, topic, values, *, keys=None, partitions=None, timestamps=None):
+        """Produce records (bytes), then wait until every one is acknowledged."""
+        from confluent_kafka import Producer
+
+        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 20, "acks": "all",
+                             "queue.buffering.max.messages": 1_000_000})
+        errors = []
+
+        def done(err, msg):
+            if err is not None:
+                errors.append(err)
+
+        for i, value in enumerate(values):
+            kwargs = {"value": value, "on_delivery": done}
+            if keys is not None:
+                kwargs["key"] = keys[i]
+            if partitions is not None:
+                kwargs["partition"] = partitions[i]
+            if timestamps is not None:
+                kwargs["timestamp"] = timestamps[i]
+            while True:
+                try:
+                    producer.produce(topic, **kwargs)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        left = producer.flush(60)
+        if left or errors:
+            raise RuntimeError(f"producing to {topic!r}: {left} undelivered, errors: {errors[:3]}")
+
+    def read(self, topic, *, read_committed=True, timeout=30):
+        """Every record of ``topic`` up to its current end: a list of ``(partition, offset, key,
+        value, timestamp_ms)``."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "sabot-test-reader",
+                             "enable.auto.commit": False,
+                             "isolation.level": "read_committed" if read_committed else "read_uncommitted"})
+        try:
+            md = consumer.list_topics(topic, timeout=10)
+            parts = sorted(md.topics[topic].partitions)
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in parts}
+            todo = {p for p, (low, high) in ends.items() if high > low}
+            consumer.assign([TopicPartition(topic, p, ends[p][0]) for p in sorted(todo)])
+            out = []
+            deadline = time.monotonic() + timeout
+            while todo:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"reading {topic!r}: partitions {sorted(todo)} did not reach their end")
+                for m in consumer.consume(10_000, 0.5):
+                    if m.error() is not None:
+                        continue
+                    out.append((m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1]))
+                for t in consumer.position([TopicPartition(topic, p) for p in todo]):
+                    if t.offset >= ends[t.partition][1]:
+                        todo.discard(t.partition)
+            return out
+        finally:
+            consumer.close()

@@ -156,3 +156,29 @@ def pg_table(postgres_server):
     yield name
     with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
         conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster():
+    """librdkafka's mock Kafka cluster in this process, or the real one at $SABOT_KAFKA_BOOTSTRAP
+    (see :class:`sabot.testing.KafkaTestCluster`)."""
+    from sabot.testing import KafkaTestCluster
+
+    cluster = KafkaTestCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def kafka_topic(kafka_cluster):
+    """A factory of fresh topic names (4 partitions each)."""
+
+    def make(prefix="t"):
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        kafka_cluster.create_topic(name, partitions=4)
+        return name
+
+    return make

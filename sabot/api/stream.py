@@ -190,6 +190,50 @@ class Stream(JoiningMixin, WindowingMixin):
         return cls.from_dataset(path, format="parquet", **kwargs)
 
     @classmethod
+    def from_kafka(cls, bootstrap_servers, topics, *, format="raw", schema=None, start="earliest", bounded=False,
+                   group_id=None, metadata=None, event_time=None, max_out_of_orderness=0, batch_size=10_000,
+                   config=None, name=None, parallelism=None):
+        """Records of Kafka ``topics`` (a name or a list); their partitions are split between subtasks.
+
+        ``format="raw"`` gives binary ``key`` and ``value`` columns; ``"json"`` parses the values
+        into ``schema`` (a pyarrow schema). ``metadata`` adds ``kafka_topic``, ``kafka_partition``,
+        ``kafka_offset``, ``kafka_timestamp``, ``kafka_key`` (all of them for raw, none for
+        JSON by default). ``start``: ``"earliest"``, ``"latest"``, ``"committed"`` (the
+        offsets of ``group_id``) or ``{"timestamp": ms}``. ``bounded=True`` stops at the end
+        offsets seen when the job started. ``event_time``: ``"kafka"`` (the record timestamp)
+        or a column of the value, for watermarks ``max_out_of_orderness`` (ms for
+        ``"kafka"``) behind the largest seen. Offsets live in Sabot's checkpoints and are
+        committed to the group when a checkpoint completes. See :mod:`sabot.connectors.kafka`.
+        """
+        from sabot.connectors.kafka import METADATA, SOURCE_FORMATS
+
+        topics = [topics] if isinstance(topics, str) else list(topics)
+        if format not in SOURCE_FORMATS:
+            raise ValueError(f"from_kafka: format must be one of {SOURCE_FORMATS}, got {format!r}")
+        if format == "json" and not isinstance(schema, pa.Schema):
+            raise ValueError("from_kafka: format='json' needs schema= (a pyarrow.Schema of the values)")
+        if metadata is None:
+            metadata = list(METADATA) if format == "raw" else []
+        metadata = list(metadata)
+        if event_time == "kafka" and "timestamp" not in metadata:
+            metadata.append("timestamp")
+        out = pa.schema([("key", pa.binary()), ("value", pa.binary())]) if format == "raw" else schema
+        meta_types = {"topic": pa.string(), "partition": pa.int32(), "offset": pa.int64(),
+                      "timestamp": pa.timestamp("ms"), "key": pa.binary()}
+        for m in metadata:
+            if m not in meta_types:
+                raise ValueError(f"from_kafka: unknown metadata {m!r}; expected some of {METADATA}")
+            out = out.append(pa.field(f"kafka_{m}", meta_types[m]))
+        params = {"kind": "kafka", "bootstrap_servers": bootstrap_servers, "topics": topics, "format": format,
+                  "schema": encode_schema(schema) if schema is not None else None, "start": start,
+                  "bounded": bool(bounded), "group_id": group_id, "metadata": metadata, "batch_size": batch_size,
+                  "config": dict(config or {})}
+        stream = cls._source(name, params, out, parallelism)
+        if event_time is not None:
+            stream.with_watermarks("kafka_timestamp" if event_time == "kafka" else event_time, max_out_of_orderness)
+        return stream
+
+    @classmethod
     def from_postgres(cls, dsn, *, table=None, query=None, columns=None, order_by=None, partition_column=None,
                       batch_size=65536, name=None, parallelism=None):
         """A bounded read of a PostgreSQL ``table`` (or ``query``) through psycopg 3.
@@ -507,6 +551,33 @@ class Stream(JoiningMixin, WindowingMixin):
                   "create_table": bool(create_table), "batch_rows": batch_rows, "progress_table": progress_table}
         if self.schema is not None:
             params["schema"] = encode_schema(self.schema)
+        return self._sink(name, params)
+
+    def to_kafka(self, bootstrap_servers, topic, *, key=None, format="json", delivery="at-least-once",
+                 transactional_id_prefix=None, progress_topic="sabot_sink_progress", config=None, name=None):
+        """Write the stream's rows to Kafka ``topic``, one record per row.
+
+        ``format="json"`` writes each row as a JSON object; ``"raw"`` writes column ``value``
+        (binary or string). ``key``: a column whose value is the record key (so records of a
+        key go to one partition). ``delivery``: ``"none"``, ``"at-least-once"`` (every
+        checkpoint waits until Kafka acknowledged the records before it), or
+        ``"exactly-once"`` (one Kafka transaction per checkpoint and subtask, committed when
+        the checkpoint completes; read the topic with ``isolation.level=read_committed``).
+        See :mod:`sabot.connectors.kafka`.
+        """
+        from sabot.connectors.kafka import DELIVERY, SINK_FORMATS
+
+        if delivery not in DELIVERY:
+            raise ValueError(f"to_kafka: delivery must be one of {DELIVERY}, got {delivery!r}")
+        if format not in SINK_FORMATS:
+            raise ValueError(f"to_kafka: format must be one of {SINK_FORMATS}, got {format!r}")
+        if key is not None:
+            self._check_columns([key], "to_kafka(key=)")
+        if format == "raw":
+            self._check_columns(["value"], "to_kafka(format='raw')")
+        params = {"kind": "kafka", "bootstrap_servers": bootstrap_servers, "topic": topic, "key": key,
+                  "format": format, "delivery": delivery, "transactional_id_prefix": transactional_id_prefix,
+                  "progress_topic": progress_topic, "config": dict(config or {})}
         return self._sink(name, params)
 
     def sink(self, function, *, name=None):

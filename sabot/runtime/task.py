@@ -326,6 +326,8 @@ class Task:
             batch = await self.call(next, iterator, done)
             if batch is done:
                 break
+            if batch is None:  # an unbounded source has nothing right now (e.g. Kafka): go round
+                continue
             self._note_record()
             self.metrics["rows_in"] += batch.num_rows
             self.metrics["bytes_in"] += batch.nbytes

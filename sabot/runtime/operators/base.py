@@ -187,6 +187,9 @@ class Operator:
 class SourceOperator(Operator):
     """A source reads its share of the input; ``read`` yields batches.
 
+    A source that waits for input (Kafka) yields ``None`` when it has nothing for now, so
+    the task can take checkpoints and rescale meanwhile instead of blocking inside ``read``.
+
     ``position`` is the offset to resume from (replayable sources), and
     ``total_rows`` is this subtask's number of rows when known (progress bars).
     """

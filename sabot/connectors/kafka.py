@@ -1,0 +1,706 @@
+"""Kafka source and sink on confluent-kafka (librdkafka).
+
+**Source** (``parameters["kind"] == "kafka"``): ``{"bootstrap_servers", "topics": [..],
+"group_id", "start": "earliest" | "latest" | "committed" | {"timestamp": ms}, "bounded":
+bool, "format": "raw" | "json", "schema": b64 | None, "metadata": [..], "batch_size",
+"poll_timeout_ms", "config": {librdkafka settings}}``.
+
+Partitions are the splits: the partitions of all topics, sorted, go round robin to the
+subtasks (partition ``j`` to subtask ``j % P``). Each subtask ``assign()``s its partitions
+(no consumer-group rebalancing) and reads them with ``isolation.level=read_committed``. The
+offsets are Sabot's: the next offset of every partition is in each checkpoint, a restore
+(at any parallelism: the offsets of all old subtasks are merged and each new subtask takes
+its partitions) continues exactly there, and only when a checkpoint completes are its
+offsets committed to ``group_id`` (for lag monitoring; never read back unless ``start`` is
+``"committed"``). ``bounded=True`` reads up to the end offsets the first attempt saw (kept
+in the checkpoints), then ends; otherwise the source runs until the job is canceled.
+
+Records become Arrow columns: ``"raw"`` gives ``key`` and ``value`` (binary); ``"json"``
+parses the values with Arrow's JSON reader into ``schema`` (missing fields are null,
+others ignored). ``metadata`` adds ``kafka_topic``, ``kafka_partition``, ``kafka_offset``,
+``kafka_timestamp`` (timestamp[ms], the record's Kafka timestamp) and ``kafka_key``;
+event time is any of these columns or a field of the value (``Stream.with_watermarks``).
+
+**Sink** (``kind == "kafka"``): ``{"bootstrap_servers", "topic", "key": column | None,
+"format": "json" | "raw", "delivery": "none" | "at-least-once" | "exactly-once",
+"transactional_id_prefix", "progress_topic", "config"}``.
+
+* ``none``: records are produced as they come; nothing is waited for.
+* ``at-least-once``: at every checkpoint barrier the producer is flushed and any delivery
+  error fails the snapshot, so a completed checkpoint means every record before it is in
+  Kafka (a restore may produce some again).
+* ``exactly-once``: the records between two barriers wait in the sink (and in the
+  checkpoint's state); when the checkpoint completes they are produced in ONE Kafka
+  transaction per checkpoint and subtask, together with a record in ``progress_topic``
+  (key ``job/sink/subtask``, value the checkpoint id). The transactional id
+  ``{prefix}-{subtask}`` is the same for every attempt, so a restarted subtask's
+  ``init_transactions()`` fences the old producer and aborts its open transaction; the
+  restore then reads the progress topic (read_committed) and commits again only the
+  checkpoints whose record is not there. Consumers see the records with
+  ``isolation.level=read_committed``.
+
+Unreachable brokers, a missing topic and bad settings fail the task with a clear error
+(the job's restart strategy takes over); a failed delivery or commit fails the next
+barrier and batch, so no checkpoint is acknowledged for records Kafka did not take.
+
+librdkafka's mock cluster (``test.mock.num.brokers``), which Sabot's tests use, speaks the
+Kafka protocol but does not implement transactional isolation (read_committed consumers
+also see aborted and open transactions) nor producer fencing; see the README.
+"""
+
+import io
+import logging
+import threading
+
+import orjson
+import pyarrow as pa
+import pyarrow.json as pajson
+
+from sabot.connectors import ConnectorError, ipc_to_table, table_to_ipc
+from sabot.runtime.operators.base import SourceOperator, register
+from sabot.runtime.operators.sinks import END_OF_INPUT, _Sink, output_lineage
+
+log = logging.getLogger(__name__)
+
+SOURCE_FORMATS = ("raw", "json")
+SINK_FORMATS = ("json", "raw")
+DELIVERY = ("none", "at-least-once", "exactly-once")
+STARTS = ("earliest", "latest", "committed")
+METADATA = ("topic", "partition", "offset", "timestamp", "key")
+DEFAULT_PROGRESS_TOPIC = "sabot_sink_progress"
+TIMEOUT_S = 30.0
+
+
+def _check_kafka_error(err, what):
+    if err is not None:
+        raise ConnectorError(f"{what}: {err.str() if hasattr(err, 'str') else err}")
+
+
+def list_partitions(client, topics, what, timeout=None):
+    """``[(topic, partition), ...]`` sorted; ConnectorError if a topic is missing or the
+    brokers cannot be reached."""
+    from confluent_kafka import KafkaException
+
+    out = []
+    for topic in topics:
+        try:
+            md = client.list_topics(topic, timeout=TIMEOUT_S if timeout is None else timeout)
+        except KafkaException as exc:
+            raise ConnectorError(f"{what}: cannot reach the Kafka brokers to read topic {topic!r}'s metadata: "
+                                 f"{exc.args[0].str() if exc.args else exc}; check bootstrap_servers and that "
+                                 "the brokers run") from exc
+        t = md.topics.get(topic)
+        if t is None or t.error is not None or not t.partitions:
+            why = t.error.str() if t is not None and t.error is not None else "no partitions"
+            raise ConnectorError(f"{what}: topic {topic!r} does not exist or cannot be read ({why}); "
+                                 f"topics there: {sorted(md.topics)[:20] if md.topics else '(none listed)'}")
+        out += [(topic, p) for p in sorted(t.partitions)]
+    return sorted(out)
+
+
+def _tp_key(topic, partition):
+    return f"{topic}/{partition}"
+
+
+def _parse_tp_key(key):
+    topic, _, partition = key.rpartition("/")
+    return topic, int(partition)
+
+
+# -- source ----------------------------------------------------------------------------------
+
+
+@register("source", kind="kafka")
+class KafkaSource(SourceOperator):
+    """Topics' partitions as splits, offsets in Sabot's checkpoints (see the module docs)."""
+
+    not_rescalable_reason = ("a live rescale of a Kafka source is not supported yet (restore a checkpoint at "
+                             "another parallelism instead: its offsets move with the partitions)")
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        p = self.params
+        self.what = f"Kafka source {ctx.operator_name!r}"
+        self.bootstrap = p.get("bootstrap_servers")
+        self.topics = list(p.get("topics") or [])
+        if not isinstance(self.bootstrap, str) or not self.bootstrap:
+            raise ConnectorError(f"{self.what} needs parameter 'bootstrap_servers' ('host:port,...')")
+        if not self.topics or not all(isinstance(t, str) and t for t in self.topics):
+            raise ConnectorError(f"{self.what} needs parameter 'topics' (a list of topic names)")
+        self.group_id = p.get("group_id") or f"sabot-{output_lineage(ctx.job_id)}-{ctx.operator_name}"
+        self.start = p.get("start") or "earliest"
+        if not (self.start in STARTS or (isinstance(self.start, dict) and isinstance(self.start.get("timestamp"), int))):
+            raise ConnectorError(f"{self.what}: start must be one of {STARTS} or {{'timestamp': ms}}, got {self.start!r}")
+        self.bounded = bool(p.get("bounded"))
+        self.format = p.get("format") or "raw"
+        if self.format not in SOURCE_FORMATS:
+            raise ConnectorError(f"{self.what}: unknown format {self.format!r}; expected one of {SOURCE_FORMATS}")
+        schema = p.get("schema")
+        from sabot.execution.operator_spec import decode_schema
+
+        self.schema = decode_schema(schema) if schema else None
+        if self.format == "json" and self.schema is None:
+            raise ConnectorError(f"{self.what}: format 'json' needs the value schema (a pyarrow schema)")
+        self.metadata = list(p.get("metadata") if p.get("metadata") is not None
+                             else (METADATA if self.format == "raw" else ()))
+        bad = [m for m in self.metadata if m not in METADATA]
+        if bad:
+            raise ConnectorError(f"{self.what}: unknown metadata column(s) {bad}; expected some of {METADATA}")
+        self.batch_size = int(p.get("batch_size") or 10_000)
+        self.poll_timeout = (p.get("poll_timeout_ms") or 100) / 1000.0
+        self.config = dict(p.get("config") or {})
+        self.consumer = None
+        self.partitions = None  # this subtask's [(topic, partition)]
+        self.offsets = {}  # (topic, partition) -> next offset to read
+        self.stop = None  # bounded: (topic, partition) -> end offset
+        self._restored = False
+        self._at_checkpoint = {}  # checkpoint id -> offsets it covers (committed to the group on completion)
+        self._lock = threading.Lock()
+
+    # -- setup -------------------------------------------------------------------------
+
+    def _consumer_config(self):
+        return {"bootstrap.servers": self.bootstrap, "group.id": self.group_id, "enable.auto.commit": False,
+                "enable.auto.offset.store": False, "isolation.level": "read_committed",
+                "allow.auto.create.topics": False, "enable.partition.eof": False,
+                "auto.offset.reset": "earliest", **self.config}
+
+    def open(self):
+        from confluent_kafka import Consumer
+
+        try:
+            self.consumer = Consumer(self._consumer_config())
+        except Exception as exc:
+            raise ConnectorError(f"{self.what}: invalid consumer settings: {exc}") from exc
+        everything = list_partitions(self.consumer, self.topics, self.what)
+        self.partitions = [tp for j, tp in enumerate(everything) if j % self.ctx.parallelism == self.ctx.subtask_index]
+
+    def _watermarks(self, tp):
+        from confluent_kafka import KafkaException, TopicPartition
+
+        try:
+            return self.consumer.get_watermark_offsets(TopicPartition(*tp), timeout=TIMEOUT_S)
+        except KafkaException as exc:
+            raise ConnectorError(f"{self.what}: cannot read the offsets of {tp[0]}[{tp[1]}]: {exc}") from exc
+
+    def _initial_offsets(self, missing):
+        """Start offsets of the partitions no checkpoint covers."""
+        from confluent_kafka import TopicPartition
+
+        if not missing:
+            return {}
+        if self.start == "earliest":
+            return {tp: self._watermarks(tp)[0] for tp in missing}
+        if self.start == "latest":
+            return {tp: self._watermarks(tp)[1] for tp in missing}
+        if self.start == "committed":
+            got = self.consumer.committed([TopicPartition(*tp) for tp in missing], timeout=TIMEOUT_S)
+            # a partition the group never committed starts at the beginning
+            return {(t.topic, t.partition): (t.offset if t.offset >= 0 else self._watermarks((t.topic, t.partition))[0])
+                    for t in got}
+        ts = self.start["timestamp"]
+        got = self.consumer.offsets_for_times([TopicPartition(*tp, ts) for tp in missing], timeout=TIMEOUT_S)
+        # no record at or after the timestamp: start at the end
+        return {(t.topic, t.partition): (t.offset if t.offset >= 0 else self._watermarks((t.topic, t.partition))[1])
+                for t in got}
+
+    def _prepare(self):
+        missing = [tp for tp in self.partitions if tp not in self.offsets]
+        self.offsets.update(self._initial_offsets(missing))
+        self.offsets = {tp: o for tp, o in self.offsets.items() if tp in self.partitions}
+        if self.bounded:
+            stop = self.stop or {}
+            for tp in self.partitions:
+                if tp not in stop:
+                    stop[tp] = self._watermarks(tp)[1]
+            self.stop = {tp: stop[tp] for tp in self.partitions}
+
+    # -- positions and checkpoints -----------------------------------------------------
+
+    @property
+    def position(self):
+        return {_tp_key(*tp): o for tp, o in sorted(self.offsets.items())}
+
+    def snapshot_state(self, checkpoint_id):
+        with self._lock:
+            self._at_checkpoint[int(checkpoint_id)] = dict(self.offsets)
+            state = {"offsets": self.position}
+            if self.stop is not None:
+                state["stop"] = {_tp_key(*tp): o for tp, o in sorted(self.stop.items())}
+            return {"keyed": None, "state": state}
+
+    def restore_subtask_states(self, states, checkpoint_id):
+        """Merge the offsets of every old subtask (any parallelism); keep this subtask's partitions."""
+        offsets, stop = {}, {}
+        for state in (states or {}).values():
+            state = state or {}
+            for key, o in (state.get("offsets") or {}).items():
+                offsets[_parse_tp_key(key)] = int(o)
+            for key, o in (state.get("stop") or {}).items():
+                stop[_parse_tp_key(key)] = int(o)
+        self.offsets = {tp: o for tp, o in offsets.items() if tp in self.partitions}
+        if stop:
+            self.stop = {tp: o for tp, o in stop.items() if tp in self.partitions}
+        self._restored = True
+
+    def restore_state(self, keyed, state, checkpoint_id):
+        self.restore_subtask_states({self.ctx.subtask_index: state}, checkpoint_id)
+
+    def seek(self, position):
+        if not isinstance(position, dict):
+            raise ConnectorError(f"{self.what}: a position is {{'topic/partition': next offset}}, got {position!r}")
+        self.offsets.update({_parse_tp_key(k): int(v) for k, v in position.items()})
+
+    def notify_checkpoint_complete(self, checkpoint_id):
+        """Commit the offsets the checkpoint covers to the group (monitoring only)."""
+        from confluent_kafka import TopicPartition
+
+        with self._lock:
+            done = [c for c in self._at_checkpoint if c <= checkpoint_id]
+            if not done or self.consumer is None:
+                return
+            offsets = self._at_checkpoint[max(done)]
+            for c in done:
+                del self._at_checkpoint[c]
+        if offsets:
+            try:
+                self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                     asynchronous=True)
+            except Exception:  # monitoring only: never fails the job
+                log.warning("%s: committing offsets of checkpoint %s to group %r failed", self.what, checkpoint_id,
+                            self.group_id, exc_info=True)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _done(self):
+        return self.stop is not None and all(self.offsets[tp] >= self.stop[tp] for tp in self.partitions)
+
+    def read(self):
+        from confluent_kafka import TopicPartition
+
+        self._prepare()
+        if self._done():
+            return
+        assignment = [TopicPartition(t, p, self.offsets[(t, p)]) for t, p in self.partitions
+                      if self.stop is None or self.offsets[(t, p)] < self.stop[(t, p)]]
+        if not assignment:
+            return
+        self.consumer.assign(assignment)
+        idle_polls = 0
+        while True:
+            messages = self.consumer.consume(self.batch_size, self.poll_timeout)
+            batch = self._decode(messages) if messages else None
+            if batch is None:
+                idle_polls += 1
+                if self.stop is not None and idle_polls % 5 == 0:
+                    # read_committed skips transaction markers: the consumer's position, not the
+                    # last record, says whether a partition reached its end
+                    for t in self.consumer.position([TopicPartition(*tp) for tp in self.partitions]):
+                        tp = (t.topic, t.partition)
+                        if t.offset >= self.stop[tp] > self.offsets[tp]:
+                            with self._lock:
+                                self.offsets[tp] = self.stop[tp]
+                if self._done():
+                    return
+                yield None  # nothing now: the task may take a checkpoint meanwhile
+                continue
+            idle_polls = 0
+            if batch.num_rows:
+                yield batch
+            if self._done():
+                return
+
+    def _decode(self, messages):
+        """Arrow columns of the records up to each partition's end (bounded); offsets advance."""
+        keys, values, topics, parts, offs, stamps = [], [], [], [], [], []
+        new_offsets = {}
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.code() == -191:  # _PARTITION_EOF
+                    continue
+                raise ConnectorError(f"{self.what}: reading {m.topic()}[{m.partition()}] failed: {err.str()}")
+            tp = (m.topic(), m.partition())
+            offset = m.offset()
+            if self.stop is not None and offset >= self.stop[tp]:
+                new_offsets[tp] = max(new_offsets.get(tp, 0), self.stop[tp])
+                continue
+            new_offsets[tp] = offset + 1
+            keys.append(m.key())
+            values.append(m.value())
+            topics.append(tp[0])
+            parts.append(tp[1])
+            offs.append(offset)
+            stamps.append(m.timestamp()[1])
+        if not values:
+            with self._lock:
+                self.offsets.update(new_offsets)
+            return None
+        if self.format == "raw":
+            columns = {"key": pa.array(keys, pa.binary()), "value": pa.array(values, pa.binary())}
+        else:
+            columns = self._json_columns(values)
+        meta = {"topic": lambda: pa.array(topics, pa.string()), "partition": lambda: pa.array(parts, pa.int32()),
+                "offset": lambda: pa.array(offs, pa.int64()),
+                "timestamp": lambda: pa.array(stamps, pa.int64()).cast(pa.timestamp("ms")),
+                "key": lambda: pa.array(keys, pa.binary())}
+        for m in self.metadata:
+            columns[f"kafka_{m}"] = meta[m]()
+        batch = pa.RecordBatch.from_pydict(columns)
+        with self._lock:
+            self.offsets.update(new_offsets)
+        return batch
+
+    def _json_columns(self, values):
+        if any(v is None for v in values):
+            values = [v if v is not None else b"{}" for v in values]
+        data = b"\n".join(values)
+        try:
+            table = pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=max(1 << 20, len(data) + 1)),
+                                     parse_options=pajson.ParseOptions(explicit_schema=self.schema,
+                                                                       unexpected_field_behavior="ignore"))
+        except pa.ArrowInvalid as exc:
+            raise ConnectorError(f"{self.what}: a record value is not JSON of the declared schema "
+                                 f"{self.schema}: {exc}") from exc
+        table = table.select(self.schema.names).combine_chunks()
+        return {name: table.column(name).chunk(0) if table.column(name).num_chunks else pa.array([], f.type)
+                for name, f in zip(self.schema.names, self.schema)}
+
+    def close(self):
+        if self.consumer is not None:
+            try:
+                self.consumer.close()
+            except Exception:
+                log.debug("%s: closing the consumer failed", self.what, exc_info=True)
+            self.consumer = None
+
+
+# -- sink ------------------------------------------------------------------------------------
+
+
+def encode_rows(table, fmt, key_column):
+    """``(keys, values)`` (lists of bytes or None) of a table's rows."""
+    n = table.num_rows
+    if key_column is None:
+        keys = [None] * n
+    else:
+        col = table.column(key_column)
+        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+            keys = col.to_pylist()
+        else:
+            keys = [None if v is None else str(v).encode() for v in col.to_pylist()]
+    if fmt == "raw":
+        col = table.column("value")
+        values = col.to_pylist()
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            values = [None if v is None else v.encode() for v in values]
+    else:
+        dumps = orjson.dumps
+        values = [dumps(r, option=orjson.OPT_NAIVE_UTC | orjson.OPT_PASSTHROUGH_SUBCLASS, default=_json_default)
+                  for r in table.to_pylist()]
+    return keys, values
+
+
+def _json_default(value):
+    import decimal
+
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+@register("sink", kind="kafka")
+class KafkaSink(_Sink):
+    """Records into a Kafka topic with the chosen delivery guarantee (see the module docs)."""
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        p = self.params
+        self.what = f"Kafka sink {ctx.operator_name!r}"
+        self.bootstrap = p.get("bootstrap_servers")
+        self.topic = p.get("topic")
+        if not isinstance(self.bootstrap, str) or not self.bootstrap:
+            raise ConnectorError(f"{self.what} needs parameter 'bootstrap_servers' ('host:port,...')")
+        if not isinstance(self.topic, str) or not self.topic:
+            raise ConnectorError(f"{self.what} needs parameter 'topic'")
+        self.key = p.get("key")
+        self.format = p.get("format") or "json"
+        if self.format not in SINK_FORMATS:
+            raise ConnectorError(f"{self.what}: unknown format {self.format!r}; expected one of {SINK_FORMATS}")
+        self.delivery = p.get("delivery") or "at-least-once"
+        if self.delivery not in DELIVERY:
+            raise ConnectorError(f"{self.what}: unknown delivery {self.delivery!r}; expected one of {DELIVERY}")
+        self.job = output_lineage(ctx.job_id)
+        self.prefix = p.get("transactional_id_prefix")
+        self.progress_topic = p.get("progress_topic") or DEFAULT_PROGRESS_TOPIC
+        self.config = dict(p.get("config") or {})
+        self.producer = None
+        self.schema = None
+        self._open = []  # exactly-once: (keys, values) since the last barrier
+        self.pending = {}  # exactly-once: checkpoint id -> Table(key binary, value binary)
+        self._errors = []  # delivery errors reported by librdkafka's callback
+        self.committed_checkpoints = 0
+        self.skipped_checkpoints = 0
+        self.produced = 0
+        self._failure = None
+        self._lock = threading.Lock()
+
+    # -- setup -------------------------------------------------------------------------
+
+    @property
+    def transactional_id(self):
+        prefix = self.prefix or f"sabot-{self.job}-{self.ctx.operator_name}"
+        return f"{prefix}-{self.ctx.subtask_index}"
+
+    @property
+    def progress_key(self):
+        return f"{self.job}/{self.ctx.operator_name}/{self.ctx.subtask_index}".encode()
+
+    def open(self):
+        self._connect()
+
+    def _connect(self):
+        from confluent_kafka import KafkaException, Producer
+
+        config = {"bootstrap.servers": self.bootstrap, "error_cb": self._on_error, **self.config}
+        if self.delivery == "none":
+            config.setdefault("acks", 0)
+        else:
+            config.setdefault("acks", "all")
+            config.setdefault("enable.idempotence", True)
+        if self.delivery == "exactly-once":
+            config["transactional.id"] = self.transactional_id
+            config.setdefault("transaction.timeout.ms", 60_000)
+        try:
+            self.producer = Producer(config)
+        except Exception as exc:
+            raise ConnectorError(f"{self.what}: invalid producer settings: {exc}") from exc
+        list_partitions(self.producer, [self.topic], self.what)
+        if self.delivery == "exactly-once":
+            list_partitions(self.producer, [self.progress_topic], self.what + " (its progress topic)")
+            try:
+                # fences every older producer of this transactional id and aborts its open transaction
+                self.producer.init_transactions(TIMEOUT_S)
+            except KafkaException as exc:
+                raise ConnectorError(f"{self.what}: init_transactions for {self.transactional_id!r} failed: "
+                                     f"{exc.args[0].str() if exc.args else exc}") from exc
+
+    def _on_error(self, err):
+        log.warning("%s: %s", self.what, err.str() if hasattr(err, "str") else err)
+
+    def _on_delivery(self, err, msg):
+        if err is not None:
+            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+
+    def _raise_failure(self):
+        if self._failure is not None:
+            raise ConnectorError(f"{self.what}: an earlier write to topic {self.topic!r} failed: {self._failure}") \
+                from self._failure
+        if self._errors:
+            self._failure = ConnectorError("; ".join(self._errors[:3]))
+            raise ConnectorError(f"{self.what}: {len(self._errors)} record(s) were not delivered to "
+                                 f"{self.topic!r}: {'; '.join(self._errors[:3])}")
+
+    # -- rows --------------------------------------------------------------------------
+
+    def process(self, batch, input_index):
+        with self._lock:
+            self._raise_failure()
+            if self.schema is None:
+                self._check_schema(batch.schema)
+                self.schema = batch.schema
+            self._count(batch)
+            if not batch.num_rows:
+                return []
+            keys, values = encode_rows(pa.Table.from_batches([batch]), self.format, self.key)
+            if self.delivery == "exactly-once":
+                self._open.append((keys, values))
+            else:
+                self._produce(keys, values)
+                self.producer.poll(0)
+        return []
+
+    def _check_schema(self, schema):
+        if self.key is not None and schema.get_field_index(self.key) < 0:
+            raise ConnectorError(f"{self.what}: key column {self.key!r} is not in the stream ({schema.names})")
+        if self.format == "raw":
+            i = schema.get_field_index("value")
+            ok = i >= 0 and (pa.types.is_binary(schema.field(i).type) or pa.types.is_string(schema.field(i).type)
+                             or pa.types.is_large_binary(schema.field(i).type)
+                             or pa.types.is_large_string(schema.field(i).type))
+            if not ok:
+                raise ConnectorError(f"{self.what}: format 'raw' writes column 'value' (binary or string); the "
+                                     f"stream has {schema}")
+
+    def _produce(self, keys, values):
+        from confluent_kafka import KafkaException
+
+        produce = self.producer.produce
+        topic = self.topic
+        callback = self._on_delivery
+        for k, v in zip(keys, values):
+            while True:
+                try:
+                    produce(topic, value=v, key=k, on_delivery=callback)
+                    break
+                except BufferError:  # the local queue is full: let librdkafka send
+                    self.producer.poll(0.05)
+                except KafkaException as exc:
+                    raise ConnectorError(f"{self.what}: producing to {topic!r} failed: {exc}") from exc
+        self.produced += len(values)
+
+    def _flush(self, what):
+        left = self.producer.flush(TIMEOUT_S)
+        if left:
+            raise ConnectorError(f"{self.what}: {left} record(s) still undelivered after {TIMEOUT_S:.0f} s ({what}); "
+                                 "are the brokers reachable?")
+        self._raise_failure()
+
+    # -- exactly-once: one transaction per checkpoint -----------------------------------
+
+    def _take_open(self):
+        if not self._open:
+            return None
+        keys = [k for ks, _ in self._open for k in ks]
+        values = [v for _, vs in self._open for v in vs]
+        self._open = []
+        return pa.table({"key": pa.array(keys, pa.binary()), "value": pa.array(values, pa.binary())})
+
+    def _commit(self, table, checkpoint_id):
+        """Produce ``table`` and the progress record in one transaction and commit it."""
+        from confluent_kafka import KafkaException
+
+        try:
+            self.producer.begin_transaction()
+            if table is not None:
+                self._produce(table.column("key").to_pylist(), table.column("value").to_pylist())
+            self.producer.produce(self.progress_topic, key=self.progress_key,
+                                  value=orjson.dumps({"checkpoint_id": checkpoint_id,
+                                                      "rows": table.num_rows if table is not None else 0}),
+                                  on_delivery=self._on_delivery)
+            self.producer.flush(TIMEOUT_S)
+            self._raise_failure()
+            self.producer.commit_transaction(TIMEOUT_S)
+            self.committed_checkpoints += 1
+        except (KafkaException, ConnectorError) as exc:
+            self._failure = exc
+            try:
+                self.producer.abort_transaction(TIMEOUT_S)
+            except Exception:
+                log.debug("%s: abort after a failed commit failed", self.what, exc_info=True)
+            raise ConnectorError(f"{self.what}: committing the transaction of checkpoint {checkpoint_id} to "
+                                 f"{self.topic!r} failed: {exc}") from exc
+
+    def last_committed_checkpoint(self):
+        """The highest checkpoint id this subtask committed, read from the progress topic
+        (read_committed), or -1."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"{self.transactional_id}-progress",
+                             "enable.auto.commit": False, "isolation.level": "read_committed",
+                             **{k: v for k, v in self.config.items() if k.startswith(("security", "sasl", "ssl"))}})
+        try:
+            parts = list_partitions(consumer, [self.progress_topic], self.what + " (its progress topic)")
+            ends = {tp: consumer.get_watermark_offsets(TopicPartition(*tp), timeout=TIMEOUT_S) for tp in parts}
+            todo = {tp for tp, (low, high) in ends.items() if high > low}
+            consumer.assign([TopicPartition(t, p, ends[(t, p)][0]) for t, p in sorted(todo)])
+            last = -1
+            while todo:
+                for m in consumer.consume(10_000, 1.0):
+                    if m.error() is not None:
+                        continue
+                    tp = (m.topic(), m.partition())
+                    if m.key() == self.progress_key:
+                        last = max(last, int(orjson.loads(m.value())["checkpoint_id"]))
+                    if m.offset() + 1 >= ends[tp][1]:
+                        todo.discard(tp)
+                for t in consumer.position([TopicPartition(*tp) for tp in todo]):
+                    if t.offset >= ends[(t.topic, t.partition)][1]:
+                        todo.discard((t.topic, t.partition))
+            return last
+        finally:
+            consumer.close()
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def snapshot_state(self, checkpoint_id):
+        with self._lock:
+            self._raise_failure()
+            if self.delivery == "at-least-once":
+                self._flush(f"checkpoint {checkpoint_id}")
+            if self.delivery != "exactly-once":
+                return None
+            table = self._take_open()
+            if table is not None:
+                self.pending[int(checkpoint_id)] = table
+            return {"keyed": None, "state": {
+                "job": self.job,
+                "pending": {str(c): table_to_ipc(t) for c, t in sorted(self.pending.items())},
+            }}
+
+    def notify_checkpoint_complete(self, checkpoint_id):
+        if self.delivery != "exactly-once":
+            return
+        with self._lock:
+            for c in sorted(c for c in self.pending if c <= checkpoint_id):
+                self._commit(self.pending[c], c)
+                del self.pending[c]
+
+    def restore_state(self, keyed, state, checkpoint_id):
+        state = state or {}
+        if self.delivery != "exactly-once" or not state:
+            return
+        with self._lock:
+            job = state.get("job") or self.job
+            if job != self.job:  # restored into a new job: go on with the old one's ids
+                self.job = job
+                self.producer.flush(TIMEOUT_S)
+                self._connect()
+            pending = sorted((int(c), d) for c, d in (state.get("pending") or {}).items() if int(c) <= checkpoint_id)
+            if not pending:
+                return
+            last = self.last_committed_checkpoint()
+            for c, data in pending:
+                if c <= last:
+                    self.skipped_checkpoints += 1
+                    log.info("%s[%d]: checkpoint %s was committed before; not producing it again", self.what,
+                             self.ctx.subtask_index, c)
+                    continue
+                self._commit(ipc_to_table(data), c)
+
+    def finish(self):
+        with self._lock:
+            self._raise_failure()
+            if self.delivery == "exactly-once":
+                table = self._take_open()
+                if self.ctx.checkpointing:
+                    if table is not None:
+                        self.pending[END_OF_INPUT] = table
+                elif table is not None:
+                    self._commit(table, END_OF_INPUT)
+            elif self.producer is not None:
+                self._flush("end of input")
+        return []
+
+    def notify_job_finished(self):
+        if self.delivery != "exactly-once":
+            return
+        with self._lock:
+            for c in sorted(self.pending):
+                self._commit(self.pending.pop(c), c)
+
+    def close(self):
+        if self.producer is not None:
+            try:
+                self.producer.flush(5)
+            except Exception:
+                log.debug("%s: flushing at close failed", self.what, exc_info=True)
+            self.producer = None
+
+    def summary(self):
+        out = super().summary()
+        out.update({"produced": self.produced, "committed_checkpoints": self.committed_checkpoints,
+                    "skipped_checkpoints": self.skipped_checkpoints})
+        return out
