@@ -572,6 +572,8 @@ class KafkaSink(_Sink):
         """Produce ``table`` and the progress record in one transaction and commit it."""
         from confluent_kafka import KafkaException
 
+        if self.producer is None:  # closed at the end of input; the job's end publishes (notify_job_finished)
+            self._connect()
         try:
             self.producer.begin_transaction()
             if table is not None:
