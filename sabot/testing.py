@@ -733,7 +733,8 @@ class KafkaTestCluster:
     ports that other processes (a LocalCluster's workers) reach like any broker. It speaks
     the Kafka protocol (produce, fetch, offsets, consumer-group offset commits, the
     transaction requests), creates topics with 4 partitions when they are first asked for,
-    and does NOT implement transactional isolation (read_committed consumers see aborted and
+    keeps only the last few MB of each partition (about 45,000 records of 100 bytes), and
+    does NOT implement transactional isolation (read_committed consumers see aborted and
     open transactions), producer fencing or timestamp lookups; tests that need those run
     only against a real cluster (:attr:`is_mock` says which).
 
@@ -789,8 +790,9 @@ class KafkaTestCluster:
         futures[name].result(60)
 
     def produce(self, topic, values, *, keys=None, partitions=None, timestamps=None):
-        """Produce records (bytes), then wait until every one is acknowledged."""
-        from confluent_kafka import Producer
+        """Produce records (bytes), then wait until every one is acknowledged (and, on the mock
+        cluster, check that it kept them all)."""
+        from confluent_kafka import Consumer, Producer
 
         producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 20, "acks": "all",
                              "queue.buffering.max.messages": 1_000_000})
@@ -817,6 +819,19 @@ class KafkaTestCluster:
         left = producer.flush(60)
         if left or errors:
             raise RuntimeError(f"producing to {topic!r}: {left} undelivered, errors: {errors[:3]}")
+        if self.is_mock:
+            from confluent_kafka import TopicPartition
+
+            md = producer.list_topics(topic, timeout=10)
+            consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "sabot-test-check"})
+            try:
+                lows = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0]
+                        for p in md.topics[topic].partitions}
+            finally:
+                consumer.close()
+            if any(lows.values()):
+                raise RuntimeError(f"librdkafka's mock cluster deleted the oldest records of {topic!r} (it keeps a "
+                                   f"few MB per partition; first offsets now {lows}); produce less")
 
     def read(self, topic, *, read_committed=True, timeout=30):
         """Every record of ``topic`` up to its current end: a list of ``(partition, offset, key,
