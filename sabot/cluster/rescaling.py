@@ -41,7 +41,7 @@ from sabot.errors import Conflict, InvalidRequest, NotFound
 from sabot.execution.execution_graph import TaskState
 from sabot.execution.rebalance import imbalance, plan_assignment
 from sabot.execution.rescale import build_rescale_messages, build_source_resume_messages, source_frontier
-from sabot.runtime.operators import source_is_rescalable
+from sabot.runtime.operators import source_class, source_is_rescalable
 
 log = logging.getLogger(__name__)
 
@@ -369,7 +369,10 @@ class Rescaler:
         if self.active.get(job.job_id) is not record:
             return
         record.frontier = source_frontier(replies)
-        resume = build_source_resume_messages(job.exec_graph, record.plan, record.rescale_id, record.frontier)
+        source = source_class((job.job_graph.operators[record.operator_id].parameters or {}).get("kind"))
+        positions = [r.get("position") for r in replies] if getattr(source, "moves_split_positions", False) else None
+        resume = build_source_resume_messages(job.exec_graph, record.plan, record.rescale_id, record.frontier,
+                                              positions)
         await asyncio.gather(*(self._control(m) for step in ("source_finish", "source_start")
                                for m in resume[step].values()))
         record.switched_at = self.clock.wall()

@@ -115,8 +115,10 @@ def _parse_tp_key(key):
 class KafkaSource(SourceOperator):
     """Topics' partitions as splits, offsets in Sabot's checkpoints (see the module docs)."""
 
-    not_rescalable_reason = ("a live rescale of a Kafka source is not supported yet (restore a checkpoint at "
-                             "another parallelism instead: its offsets move with the partitions)")
+    # a live rescale moves the partitions with their offsets: the old tasks stop where they
+    # paused, and every new task takes its partitions from the offsets they paused at
+    rescalable = True
+    moves_split_positions = True
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -155,6 +157,8 @@ class KafkaSource(SourceOperator):
         self.offsets = {}  # (topic, partition) -> next offset to read
         self.stop = None  # bounded: (topic, partition) -> end offset
         self._restored = False
+        self._stopped = False  # an old task of a live rescale: emits nothing more
+        self._rescale_positions = None  # a new task of a live rescale: the old tasks' positions
         self._at_checkpoint = {}  # checkpoint id -> offsets it covers (committed to the group on completion)
         self._lock = threading.Lock()
 
@@ -206,6 +210,9 @@ class KafkaSource(SourceOperator):
                 for t in got}
 
     def _prepare(self):
+        if self._rescale_positions is not None:
+            self.restore_subtask_states(dict(enumerate(self._rescale_positions)), None)
+            self._rescale_positions = None
         missing = [tp for tp in self.partitions if tp not in self.offsets]
         self.offsets.update(self._initial_offsets(missing))
         self.offsets = {tp: o for tp, o in self.offsets.items() if tp in self.partitions}
@@ -220,15 +227,40 @@ class KafkaSource(SourceOperator):
 
     @property
     def position(self):
-        return {_tp_key(*tp): o for tp, o in sorted(self.offsets.items())}
+        """``{"offsets": {"topic/partition": next offset}, "stop": {...} (bounded)}``."""
+        with self._lock:
+            state = {"offsets": {_tp_key(*tp): o for tp, o in sorted(self.offsets.items())}}
+            if self.stop is not None:
+                state["stop"] = {_tp_key(*tp): o for tp, o in sorted(self.stop.items())}
+            return state
 
     def snapshot_state(self, checkpoint_id):
         with self._lock:
             self._at_checkpoint[int(checkpoint_id)] = dict(self.offsets)
-            state = {"offsets": self.position}
-            if self.stop is not None:
-                state["stop"] = {_tp_key(*tp): o for tp, o in sorted(self.stop.items())}
-            return {"keyed": None, "state": state}
+        return {"keyed": None, "state": self.position}
+
+    # -- live rescale: the partitions move with their offsets -----------------------------
+
+    @property
+    def next_unit(self):
+        return 0  # no units: the frontier is not used (moves_split_positions)
+
+    def set_limit(self, frontier):
+        """An old task of a live rescale: stop where it paused (its offsets went to the new tasks)."""
+        self._stopped = True
+
+    def set_epoch(self, epoch):
+        """A new task of a live rescale: take this task's partitions from the old tasks' positions."""
+        positions = epoch.get("positions") if isinstance(epoch, dict) else None
+        if not isinstance(positions, list) or not all(isinstance(p, dict) and "offsets" in p for p in positions):
+            raise ConnectorError(f"{self.what}: a rescale epoch must carry 'positions' (the old tasks' offsets); "
+                                 f"got {epoch!r}")
+        # source_start may come before the task opened (partitions unknown yet): kept until read()
+        self._rescale_positions = positions
+
+    @property
+    def epoch(self):
+        return {"partitions": [_tp_key(*tp) for tp in self.partitions or []]}
 
     def restore_subtask_states(self, states, checkpoint_id):
         """Merge the offsets of every old subtask (any parallelism); keep this subtask's partitions."""
@@ -248,9 +280,10 @@ class KafkaSource(SourceOperator):
         self.restore_subtask_states({self.ctx.subtask_index: state}, checkpoint_id)
 
     def seek(self, position):
-        if not isinstance(position, dict):
-            raise ConnectorError(f"{self.what}: a position is {{'topic/partition': next offset}}, got {position!r}")
-        self.offsets.update({_parse_tp_key(k): int(v) for k, v in position.items()})
+        if not isinstance(position, dict) or not isinstance(position.get("offsets"), dict):
+            raise ConnectorError(f"{self.what}: a position is {{'offsets': {{'topic/partition': next offset}}}}, "
+                                 f"got {position!r}")
+        self.offsets.update({_parse_tp_key(k): int(v) for k, v in position["offsets"].items()})
 
     def notify_checkpoint_complete(self, checkpoint_id):
         """Commit the offsets the checkpoint covers to the group (monitoring only)."""
@@ -280,7 +313,7 @@ class KafkaSource(SourceOperator):
         from confluent_kafka import TopicPartition
 
         self._prepare()
-        if self._done():
+        if self._done() or self._stopped:
             return
         assignment = [TopicPartition(t, p, self.offsets[(t, p)]) for t, p in self.partitions
                       if self.stop is None or self.offsets[(t, p)] < self.stop[(t, p)]]
@@ -303,12 +336,14 @@ class KafkaSource(SourceOperator):
                                 self.offsets[tp] = self.stop[tp]
                 if self._done():
                     return
-                yield None  # nothing now: the task may take a checkpoint meanwhile
+                yield None  # nothing now: the task may take a checkpoint (or pause) meanwhile
+                if self._stopped:
+                    return
                 continue
             idle_polls = 0
             if batch.num_rows:
                 yield batch
-            if self._done():
+            if self._done() or self._stopped:
                 return
 
     def _decode(self, messages):

@@ -119,12 +119,14 @@ def source_frontier(replies) -> int:
     return max(units)
 
 
-def build_source_resume_messages(exec_graph, plan, rescale_id, frontier) -> dict[str, dict]:
+def build_source_resume_messages(exec_graph, plan, rescale_id, frontier, positions=None) -> dict[str, dict]:
     """After the old source tasks paused: ``{"source_finish": {old_task_id: SourceFinish},
     "source_start": {new_task_id: SourceStart}}``.
 
     Old task ``i`` emits its units below ``frontier`` and finishes; new task ``j`` of
-    ``P'`` emits units ``frontier + j + n * P'``. Together every unit once.
+    ``P'`` emits units ``frontier + j + n * P'``. Together every unit once. A split source
+    (``positions``: what each old task paused at) gets them in every new task's epoch, and
+    each new task takes its splits from them.
     """
     new_ids = plan["new_task_ids"]
     retired = exec_graph.retired_tasks
@@ -133,7 +135,9 @@ def build_source_resume_messages(exec_graph, plan, rescale_id, frontier) -> dict
                           for old in plan["old_task_ids"]},
         "source_start": {
             new: SourceStart(exec_graph.tasks[new].attempt_id, rescale_id,
-                             {"start": int(frontier), "stride": len(new_ids), "offset": j})
+                             {"start": int(frontier), "stride": len(new_ids), "offset": j}
+                             if positions is None else
+                             {"start": int(frontier), "stride": len(new_ids), "offset": j, "positions": positions})
             for j, new in enumerate(new_ids)
         },
     }

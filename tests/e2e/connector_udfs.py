@@ -13,3 +13,9 @@ def numbers(offset, num_rows):
     import pyarrow as pa
 
     return pa.record_batch([pa.array(range(offset, offset + num_rows), pa.int64())], names=["n"])
+
+
+def slower_identity(batch):
+    """40 us per row: the job runs for seconds while its source is rescaled twice."""
+    time.sleep(40e-6 * batch.num_rows)
+    return batch

@@ -67,8 +67,7 @@ def cluster(tmp_path, pid_alive):
         assert not [p for p in pids if pid_alive(p)], "worker processes left running"
 
 
-def test_kafka_to_aggregate_to_kafka_and_postgres_exactly_once_through_a_kill_9(
-        cluster, kafka_cluster, postgres_server, tmp_path):
+def setup_topics_and_table(kafka_cluster, postgres_server):
     run = uuid.uuid4().hex[:8]
     topics = {name: f"{name}-{run}" for name in ("in", "copy", "totals", "progress")}
     for topic in topics.values():
@@ -76,41 +75,30 @@ def test_kafka_to_aggregate_to_kafka_and_postgres_exactly_once_through_a_kill_9(
     table = f"totals_{run}"
     with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (\"user\" text PRIMARY KEY, amount_count bigint, amount_sum float8)")
-    produced = produce_input(kafka_cluster, topics["in"])
+    return topics, table
 
+
+def connectors_job(kafka_cluster, postgres_server, topics, table, *, source_parallelism=2,
+                   slow="connector_udfs:slow_identity", batch_size=1000):
+    """Kafka -> (copy -> Kafka exactly-once), (aggregate final -> Kafka exactly-once),
+    (aggregate updates -> PostgreSQL upsert)."""
     bootstrap = kafka_cluster.bootstrap
     source = (Stream.from_kafka(bootstrap, topics["in"], format="json", schema=SCHEMA, bounded=True,
-                                batch_size=1000, name="source").parallelism(2)
-              .map("connector_udfs:slow_identity", name="slow"))
+                                batch_size=batch_size, name="source").parallelism(source_parallelism)
+              .map(slow, name="slow").parallelism(2))
     source.to_kafka(bootstrap, topics["copy"], key="user", delivery="exactly-once",
                     progress_topic=topics["progress"], name="copy_sink").parallelism(1)
     keyed = source.key_by("user")
     keyed.aggregate({"amount": ["count", "sum"]}, emit="final", name="final") \
         .to_kafka(bootstrap, topics["totals"], key="user", delivery="exactly-once",
                   progress_topic=topics["progress"], name="totals_sink").parallelism(1)
-    job = keyed.aggregate({"amount": ["count", "sum"]}, emit="updates", name="updates") \
+    return keyed.aggregate({"amount": ["count", "sum"]}, emit="updates", name="updates") \
         .to_postgres(postgres_server.dsn, table, mode="upsert", name="pg_sink").parallelism(2) \
         .to_job_graph("connectors-e2e", default_parallelism=2, shippable=True, checkpoint_interval_ms=200)
 
-    job_id = cluster.submit(job)
-    wait_until(lambda: (cluster.checkpoints(job_id)["counts"] or {}).get("completed", 0) >= 2, 60,
-               "two completed checkpoints")
-    tasks = cluster.job(job_id)["tasks"]
-    kafka_nodes = {t["node_id"] for t in tasks if t["operator_name"] in ("copy_sink", "totals_sink")}
-    nodes = cluster.node_ids
-    if kafka_cluster.is_mock:
-        candidates = [n for n in nodes if n not in kafka_nodes]
-    else:
-        candidates = sorted(kafka_nodes)
-    assert candidates, f"every worker runs a Kafka sink: {tasks}"
-    assert cluster.job(job_id)["state"] == "RUNNING", "the job ended before the kill; slow it down"
-    cluster.kill_worker(nodes.index(candidates[0]))
-    cluster.add_worker()
-    assert cluster.wait(job_id, 150) == "FINISHED", cluster.job(job_id).get("failure")
-    info = cluster.job(job_id)
-    assert info["restarts"] >= 1 and info["restored_from"] is not None
 
-    # every input record exactly once in the copy topic
+def check_outputs(kafka_cluster, postgres_server, topics, table, produced):
+    """The read_committed topics and the table equal pyarrow's reference over the input."""
     copy = kafka_cluster.read(topics["copy"])
     copied = pa.Table.from_pylist([orjson.loads(v) for *_, v, _ in copy], schema=SCHEMA)
     assert copied.num_rows == RECORDS, (copied.num_rows, RECORDS)
@@ -128,6 +116,68 @@ def test_kafka_to_aggregate_to_kafka_and_postgres_exactly_once_through_a_kill_9(
     in_pg = pa.table({"user": [r[0] for r in rows], "amount_count": [r[1] for r in rows],
                       "amount_sum": [r[2] for r in rows]})
     assert_tables_equal(in_pg, expected, sort_by=["user"], check_types=False)
+
+
+def test_kafka_to_aggregate_to_kafka_and_postgres_exactly_once_through_a_kill_9(
+        cluster, kafka_cluster, postgres_server):
+    topics, table = setup_topics_and_table(kafka_cluster, postgres_server)
+    produced = produce_input(kafka_cluster, topics["in"])
+    job_id = cluster.submit(connectors_job(kafka_cluster, postgres_server, topics, table))
+    wait_until(lambda: (cluster.checkpoints(job_id)["counts"] or {}).get("completed", 0) >= 2, 60,
+               "two completed checkpoints")
+    tasks = cluster.job(job_id)["tasks"]
+    kafka_nodes = {t["node_id"] for t in tasks if t["operator_name"] in ("copy_sink", "totals_sink")}
+    nodes = cluster.node_ids
+    if kafka_cluster.is_mock:
+        candidates = [n for n in nodes if n not in kafka_nodes]
+    else:
+        candidates = sorted(kafka_nodes)
+    assert candidates, f"every worker runs a Kafka sink: {tasks}"
+    assert cluster.job(job_id)["state"] == "RUNNING", "the job ended before the kill; slow it down"
+    cluster.kill_worker(nodes.index(candidates[0]))
+    cluster.add_worker()
+    assert cluster.wait(job_id, 150) == "FINISHED", cluster.job(job_id).get("failure")
+    info = cluster.job(job_id)
+    assert info["restarts"] >= 1 and info["restored_from"] is not None
+    check_outputs(kafka_cluster, postgres_server, topics, table, produced)
+
+
+def wait_rescale(client, job_id, rescale_id, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        detail = client.job(job_id)
+        record = next((r for r in detail["rescales"] if r["rescale_id"] == rescale_id), None)
+        if record and record["state"] != "IN_PROGRESS":
+            return detail, record
+        assert detail["state"] == "RUNNING", f"job left RUNNING during the rescale: {detail.get('failure')}"
+        assert time.monotonic() < deadline, f"rescale {rescale_id} did not complete: {record}"
+        time.sleep(0.02)
+
+
+def test_live_rescale_of_the_kafka_source_4_2_3_keeps_the_output_exact(cluster, kafka_cluster, postgres_server):
+    """The source's partitions move with their offsets while data flows: 4 -> 2 -> 3 tasks."""
+    cluster.add_worker()  # 3 workers x 2 slots: the new source tasks start beside the old ones
+    topics, table = setup_topics_and_table(kafka_cluster, postgres_server)
+    produced = produce_input(kafka_cluster, topics["in"])
+    job_id = cluster.submit(connectors_job(kafka_cluster, postgres_server, topics, table, source_parallelism=4,
+                                           slow="connector_udfs:slower_identity", batch_size=200))
+    client = cluster.client()
+    wait_until(lambda: (cluster.checkpoints(job_id)["counts"] or {}).get("completed", 0) >= 1, 60,
+               "a completed checkpoint")
+    source = next(op["operator_id"] for op in client.job(job_id)["operators"] if op["name"] == "source")
+    before = None
+    for new_parallelism in (2, 3):
+        assert client.job(job_id)["state"] == "RUNNING", "the job ended before the rescale; slow it down"
+        plan = client.request("POST", f"/jobs/{job_id}/rescale", {"operator_id": source,
+                                                                  "new_parallelism": new_parallelism})
+        detail, record = wait_rescale(client, job_id, plan["rescale_id"])
+        assert record["state"] == "COMPLETED", record
+        assert {op["name"]: op["parallelism"] for op in detail["operators"]}["source"] == new_parallelism
+        before = record
+        time.sleep(0.3)
+    assert before is not None
+    assert cluster.wait(job_id, 150) == "FINISHED", cluster.job(job_id).get("failure")
+    check_outputs(kafka_cluster, postgres_server, topics, table, produced)
 
 
 def test_an_unreachable_database_goes_through_the_restart_strategy(cluster, postgres_server):

@@ -235,6 +235,10 @@ class SourceOperator(Operator):
 
     #: whether this source supports a live rescale (set_epoch, set_limit, next_unit)
     rescalable = False
+    #: a split source (Kafka: partitions with offsets) moves its splits with their positions in a
+    #: live rescale instead of sharing out units past a frontier: every old task stops at once
+    #: (``set_limit``), and each new task's epoch holds the ``positions`` the old tasks paused at
+    moves_split_positions = False
     #: why not, for the error a refused rescale gets
     not_rescalable_reason = "it cannot move its input between subtasks"
 

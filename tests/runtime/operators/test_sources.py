@@ -141,7 +141,7 @@ def test_table_source_bad_parameters():
 
 def test_unknown_source_kind_names_the_known_ones():
     with pytest.raises(OperatorError, match="dataset.*generator.*table|known kinds"):
-        make_source({"kind": "kafka"})
+        make_source({"kind": "carrier-pigeon"})  # (kafka is a kind now)
 
 
 # -- generator ------------------------------------------------------------------------
