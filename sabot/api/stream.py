@@ -191,8 +191,8 @@ class Stream(JoiningMixin, WindowingMixin):
 
     @classmethod
     def from_kafka(cls, bootstrap_servers, topics, *, format="raw", schema=None, start="earliest", bounded=False,
-                   group_id=None, metadata=None, event_time=None, max_out_of_orderness=0, batch_size=10_000,
-                   config=None, name=None, parallelism=None):
+                   group_id=None, metadata=None, event_time=None, max_out_of_orderness=0, idle_timeout_ms=None,
+                   batch_size=10_000, config=None, name=None, parallelism=None):
         """Records of Kafka ``topics`` (a name or a list); their partitions are split between subtasks.
 
         ``format="raw"`` gives binary ``key`` and ``value`` columns; ``"json"`` parses the values
@@ -202,7 +202,10 @@ class Stream(JoiningMixin, WindowingMixin):
         offsets of ``group_id``) or ``{"timestamp": ms}``. ``bounded=True`` stops at the end
         offsets seen when the job started. ``event_time``: ``"kafka"`` (the record timestamp)
         or a column of the value, for watermarks ``max_out_of_orderness`` (ms for
-        ``"kafka"``) behind the largest seen. Offsets live in Sabot's checkpoints and are
+        ``"kafka"``) behind the largest seen. The watermark is kept per partition: a subtask's
+        is the smallest of its partitions', and a partition without records for
+        ``idle_timeout_ms`` is left out until it delivers again (Flink's idleness), so one idle
+        partition does not hold event time back. Offsets live in Sabot's checkpoints and are
         committed to the group when a checkpoint completes. See :mod:`sabot.connectors.kafka`.
         """
         from sabot.connectors.kafka import METADATA, SOURCE_FORMATS
@@ -227,6 +230,7 @@ class Stream(JoiningMixin, WindowingMixin):
         params = {"kind": "kafka", "bootstrap_servers": bootstrap_servers, "topics": topics, "format": format,
                   "schema": encode_schema(schema) if schema is not None else None, "start": start,
                   "bounded": bool(bounded), "group_id": group_id, "metadata": metadata, "batch_size": batch_size,
+                  "idle_timeout_ms": idle_timeout_ms,
                   "config": dict(config or {})}
         stream = cls._source(name, params, out, parallelism)
         if event_time is not None:

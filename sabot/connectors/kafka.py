@@ -51,6 +51,7 @@ also see aborted and open transactions) nor producer fencing; see the README.
 import io
 import logging
 import threading
+import time
 
 import numpy as np
 import orjson
@@ -152,6 +153,15 @@ class KafkaSource(SourceOperator):
         self.batch_size = int(p.get("batch_size") or 10_000)
         self.poll_timeout = (p.get("poll_timeout_ms") or 100) / 1000.0
         self.config = dict(p.get("config") or {})
+        # event time per partition (with_watermarks on this source): the watermark is the
+        # smallest over the partitions that are neither idle nor finished
+        self.time_column = p.get("time_column")
+        self.out_of_orderness = int(p.get("max_out_of_orderness") or 0)
+        self.idle_timeout_ms = p.get("idle_timeout_ms")
+        self.tracks_watermarks = bool(self.time_column)
+        self._split_max = {}  # (topic, partition) -> largest event time read
+        self._split_active = {}  # (topic, partition) -> processing time (ms) it last delivered records
+        self._opened_at = None
         self.consumer = None
         self.partitions = None  # this subtask's [(topic, partition)]
         self.offsets = {}  # (topic, partition) -> next offset to read
@@ -179,6 +189,49 @@ class KafkaSource(SourceOperator):
             raise ConnectorError(f"{self.what}: invalid consumer settings: {exc}") from exc
         everything = list_partitions(self.consumer, self.topics, self.what)
         self.partitions = [tp for j, tp in enumerate(everything) if j % self.ctx.parallelism == self.ctx.subtask_index]
+        self._opened_at = self._now_ms()
+
+    def _now_ms(self):
+        clock = self.ctx.clock
+        return clock.now_ms() if clock is not None else time.time_ns() // 1_000_000
+
+    # -- event time: a watermark per partition, idle partitions left out -------------------
+
+    def _track_event_time(self, batch, keys_of_rows, active):
+        now = self._now_ms()
+        for tp in active:
+            self._split_active[tp] = now
+        column = batch.column(self.time_column)
+        if not pa.types.is_integer(column.type):
+            column = column.cast(pa.int64())  # timestamps: their stored integer, as the task does
+        maxima = pa.table({"split": pa.array(keys_of_rows, pa.int32()), "t": column}) \
+            .group_by("split", use_threads=False).aggregate([("t", "max")])
+        for index, value in zip(maxima.column("split").to_pylist(), maxima.column("t_max").to_pylist()):
+            tp = self.partitions[index]
+            if value is not None and (tp not in self._split_max or value > self._split_max[tp]):
+                self._split_max[tp] = value
+
+    def current_watermark(self):
+        """min over live partitions of (largest event time read) - max_out_of_orderness.
+
+        A partition finished (bounded) or idle (no record for ``idle_timeout_ms``) is left
+        out, so it does not hold event time back; a live partition that has not delivered a
+        record yet holds it back (None). With every partition idle or finished: None.
+        """
+        if not self.time_column or not self.partitions:
+            return None
+        now = self._now_ms()
+        marks = []
+        for tp in self.partitions:
+            if self.stop is not None and self.offsets.get(tp, -1) >= self.stop.get(tp, 0):
+                continue
+            last = self._split_active.get(tp, self._opened_at)
+            if self.idle_timeout_ms is not None and last is not None and now - last >= self.idle_timeout_ms:
+                continue
+            if tp not in self._split_max:
+                return None
+            marks.append(self._split_max[tp])
+        return min(marks) - self.out_of_orderness if marks else None
 
     def _watermarks(self, tp):
         from confluent_kafka import KafkaException, TopicPartition
@@ -407,6 +460,10 @@ class KafkaSource(SourceOperator):
                 column = keys
             columns[f"kafka_{name}"] = column
         batch = pa.RecordBatch.from_pydict(columns)
+        if self.time_column:
+            index = {tp: i for i, tp in enumerate(self.partitions)}
+            rows = [index[(topic0, p)] for p in parts] if single else [index[tp] for tp in zip(topics, parts)]
+            self._track_event_time(batch, rows, last)
         with self._lock:
             self.offsets.update(new_offsets)
         return batch

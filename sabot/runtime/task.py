@@ -326,12 +326,21 @@ class Task:
             batch = await self.call(next, iterator, done)
             if batch is done:
                 break
-            if batch is None:  # an unbounded source has nothing right now (e.g. Kafka): go round
+            if batch is not None:  # None: an unbounded source has nothing right now (e.g. Kafka)
+                self._note_record()
+                self.metrics["rows_in"] += batch.num_rows
+                self.metrics["bytes_in"] += batch.nbytes
+                await self.outputs.emit(await self.call(self.outputs.route, [batch]))
+            if self.operator.tracks_watermarks:
+                # per split (Kafka partition) with idleness: the source says, also between batches
+                split_watermark = self.operator.current_watermark()
+                if split_watermark is not None and (watermark is None or split_watermark > watermark):
+                    watermark = split_watermark
+                    self.metrics["watermark"] = watermark
+                    await self.outputs.broadcast(events.Watermark(watermark))
                 continue
-            self._note_record()
-            self.metrics["rows_in"] += batch.num_rows
-            self.metrics["bytes_in"] += batch.nbytes
-            await self.outputs.emit(await self.call(self.outputs.route, [batch]))
+            if batch is None:
+                continue
             if time_column and batch.num_rows:
                 column = batch.column(time_column)
                 if not pa.types.is_integer(column.type):

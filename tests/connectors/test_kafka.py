@@ -215,3 +215,57 @@ def test_clear_errors_for_unreachable_brokers_and_missing_topics(kafka_cluster, 
         Stream.from_table(pa.table({"n": [1]})).to_kafka("127.0.0.1:1", "x").run(timeout=30)
     with pytest.raises(ValueError, match="delivery must be one of"):
         Stream.from_table(pa.table({"n": [1]})).to_kafka("b", "x", delivery="twice")
+
+
+def test_watermark_per_partition_leaves_idle_partitions_out(kafka_cluster, kafka_topic):
+    from sabot.runtime.timers import ManualClock
+
+    topic = kafka_topic()
+    clock = ManualClock(0)
+
+    def source(idle_timeout_ms):
+        operator = {"name": "src", "operator_id": "src", "operator_type": "source", "key_by": None, "function": None,
+                    "parameters": {"kind": "kafka", "bootstrap_servers": kafka_cluster.bootstrap, "topics": [topic],
+                                   "metadata": ["timestamp"], "time_column": "kafka_timestamp",
+                                   "max_out_of_orderness": 10, "idle_timeout_ms": idle_timeout_ms,
+                                   "poll_timeout_ms": 50}}
+        op = create_operator(TaskContext(job_id="j", task_id="s", attempt=0, operator=operator, subtask_index=0,
+                                         parallelism=1, max_parallelism=128, clock=clock))
+        op.open()
+        return op, op.read()
+
+    def read_until(reader, rows):
+        got = 0
+        while got < rows:
+            batch = next(reader)
+            got += batch.num_rows if batch is not None else 0
+
+    def produce(partition, timestamps):
+        kafka_cluster.produce(topic, [b"x"] * len(timestamps), partitions=[partition] * len(timestamps),
+                              timestamps=[T0 + t for t in timestamps])
+
+    produce(0, list(range(1000, 1100)))
+    produce(1, list(range(5000, 5100)))
+    idle, idle_reader = source(1000)
+    strict, strict_reader = source(None)
+    read_until(idle_reader, 200)
+    read_until(strict_reader, 200)
+    # partitions 2 and 3 have delivered nothing: they hold event time back
+    assert idle.current_watermark() is None and strict.current_watermark() is None
+    clock.set(600)
+    produce(0, [1100])
+    produce(1, [5100])
+    read_until(idle_reader, 2)
+    read_until(strict_reader, 2)
+    clock.set(1200)  # 2 and 3 idle for 1200 ms >= 1000; 0 and 1 delivered 600 ms ago
+    assert idle.current_watermark() == T0 + 1100 - 10
+    assert strict.current_watermark() is None  # without an idleness timeout they hold it back for ever
+    clock.set(1500)
+    produce(1, [5200])
+    read_until(idle_reader, 1)
+    clock.set(1700)  # partition 0 is idle now too: the slow partition no longer holds event time back
+    assert idle.current_watermark() == T0 + 5200 - 10
+    clock.set(3000)  # every partition idle: no watermark to give
+    assert idle.current_watermark() is None
+    idle.close()
+    strict.close()

@@ -199,6 +199,15 @@ class SourceOperator(Operator):
     def read(self):
         raise TypeError(f"source {type(self).__name__} does not define read()")
 
+    #: the source computes its own watermark (per split, with idleness) and the task asks
+    #: ``current_watermark()`` after every batch and idle poll; otherwise the task takes the
+    #: largest ``time_column`` value seen minus ``max_out_of_orderness``
+    tracks_watermarks = False
+
+    def current_watermark(self):
+        """The source's watermark now (in the time column's stored unit), or None."""
+        return None
+
     @property
     def position(self):
         return None
