@@ -700,6 +700,23 @@ class PostgresServer:
                   os.path.join(self.directory, "log"), "-w", "-t", "60", "start", timeout=90)
         return self
 
+    def pause(self):
+        """Stop the server, keeping its data (connections fail until :meth:`resume`)."""
+        import os
+
+        self._run(os.path.join(self.binaries(), "pg_ctl"), "-D", os.path.join(self.directory, "data"),
+                  "-m", "fast", "-w", "stop")
+        self._started = False
+
+    def resume(self):
+        """Start a paused server again, on the same port, with its data."""
+        import os
+
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._started = True
+        self._run(os.path.join(self.binaries(), "pg_ctl"), "-D", os.path.join(self.directory, "data"), "-o",
+                  options, "-l", os.path.join(self.directory, "log"), "-w", "-t", "60", "start", timeout=90)
+
     def stop(self):
         import os
         import shutil

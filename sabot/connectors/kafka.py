@@ -73,11 +73,6 @@ DEFAULT_PROGRESS_TOPIC = "sabot_sink_progress"
 TIMEOUT_S = 30.0
 
 
-def _check_kafka_error(err, what):
-    if err is not None:
-        raise ConnectorError(f"{what}: {err.str() if hasattr(err, 'str') else err}")
-
-
 def list_partitions(client, topics, what, timeout=None):
     """``[(topic, partition), ...]`` sorted; ConnectorError if a topic is missing or the
     brokers cannot be reached."""

@@ -2,9 +2,9 @@
 processes, with a worker killed by SIGKILL while the job runs.
 
 The input (4 partitions, produced by the test) is read by a bounded Kafka source; one
-branch copies every record to a Kafka topic through the exactly-once sink, one aggregates
-per user and writes the final rows to another exactly-once Kafka topic, one upserts the
-running aggregates into PostgreSQL. After the kill and the restart from a checkpoint, the
+branch copies every record to a Kafka topic through the exactly-once sink and appends it to
+a PostgreSQL table, one aggregates per user and writes the final rows to another
+exactly-once Kafka topic, one upserts the running aggregates into PostgreSQL. After the kill and the restart from a checkpoint, the
 read_committed topics and the table must equal references computed with pyarrow from the
 produced records: nothing lost, nothing twice.
 
@@ -75,6 +75,7 @@ def setup_topics_and_table(kafka_cluster, postgres_server):
     table = f"totals_{run}"
     with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (\"user\" text PRIMARY KEY, amount_count bigint, amount_sum float8)")
+        conn.execute(f"CREATE TABLE {table}_copy (id bigint, \"user\" text, amount float8)")
     return topics, table
 
 
@@ -88,6 +89,7 @@ def connectors_job(kafka_cluster, postgres_server, topics, table, *, source_para
               .map(slow, name="slow").parallelism(2))
     source.to_kafka(bootstrap, topics["copy"], key="user", delivery="exactly-once",
                     progress_topic=topics["progress"], name="copy_sink").parallelism(1)
+    source.to_postgres(postgres_server.dsn, f"{table}_copy", name="pg_copy_sink").parallelism(2)
     keyed = source.key_by("user")
     keyed.aggregate({"amount": ["count", "sum"]}, emit="final", name="final") \
         .to_kafka(bootstrap, topics["totals"], key="user", delivery="exactly-once",
@@ -112,7 +114,12 @@ def check_outputs(kafka_cluster, postgres_server, topics, table, produced):
     assert_tables_equal(totals.select(expected.column_names), expected, sort_by=["user"], check_types=False)
 
     with psycopg.connect(postgres_server.dsn) as conn:
+        appended = conn.execute(f'SELECT id, "user", amount FROM {table}_copy').fetchall()
         rows = conn.execute(f'SELECT "user", amount_count, amount_sum FROM {table}').fetchall()
+    appended = pa.table({"id": [r[0] for r in appended], "user": [r[1] for r in appended],
+                         "amount": [r[2] for r in appended]}, schema=SCHEMA)
+    assert appended.num_rows == RECORDS, (appended.num_rows, RECORDS)
+    assert_tables_equal(appended, produced, sort_by=["id"])
     in_pg = pa.table({"user": [r[0] for r in rows], "amount_count": [r[1] for r in rows],
                       "amount_sum": [r[2] for r in rows]})
     assert_tables_equal(in_pg, expected, sort_by=["user"], check_types=False)
@@ -193,3 +200,40 @@ def test_an_unreachable_database_goes_through_the_restart_strategy(cluster, post
     error = info["failure"]["error"]
     assert "password authentication failed" in error and "check the user and password" in error, error
     assert "wrong" not in error.replace("went wrong", "")
+
+
+def test_postgres_down_mid_job_restarts_and_the_table_is_exact(cluster, postgres_server):
+    """The database stops while the job runs: sinks fail (no checkpoint acknowledged for rows
+    not written), the restart strategy retries until it is back, and the appended table holds
+    every row exactly once: the rows of the failed commits come back from the restored
+    checkpoint's state."""
+    table = f"rows_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (n bigint)")
+    total = 60_000
+    strategy = {"type": "fixed-delay", "attempts": 50, "delay_ms": 200}
+    job = (Stream.from_generator("connector_udfs:numbers", total_rows=total, batch_size=200, name="numbers")
+           .map("connector_udfs:slower_identity", name="slow")
+           .to_postgres(postgres_server.dsn, table, name="pg").parallelism(2)
+           .to_job_graph("pg-down", default_parallelism=2, shippable=True, checkpoint_interval_ms=200,
+                         restart_strategy=strategy))
+
+    def rows_in_table():
+        with psycopg.connect(postgres_server.dsn) as conn:
+            return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+    job_id = cluster.submit(job)
+    wait_until(lambda: rows_in_table() > 0, 60, "committed rows")
+    assert cluster.job(job_id)["state"] == "RUNNING", "the job ended before the database stopped; slow it down"
+    postgres_server.pause()
+    try:
+        wait_until(lambda: cluster.job(job_id)["restarts"] >= 1, 30, "a restart after the database stopped")
+        time.sleep(1.0)
+    finally:
+        postgres_server.resume()
+    assert cluster.wait(job_id, 150) == "FINISHED", cluster.job(job_id).get("failure")
+    info = cluster.job(job_id)
+    assert info["restarts"] >= 1
+    with psycopg.connect(postgres_server.dsn) as conn:
+        got = sorted(r[0] for r in conn.execute(f"SELECT n FROM {table}").fetchall())
+    assert len(got) == total and got == list(range(total))
