@@ -3,7 +3,8 @@
 Kafka (librdkafka's mock cluster in this process, or $SABOT_KAFKA_BOOTSTRAP): a topic of 4
 partitions holds ``--records`` records (100-byte values, keys) produced before timing.
   * baseline: confluent-kafka's own consumer loop reading the topic into Arrow (``assign``
-    all partitions, ``consume(10000)``, key and value columns built per call);
+    all partitions, ``consume(10000)``, key and value columns built per call), with the
+    ``fetch.queue.backoff.ms`` Sabot's source sets (20 ms; ``--librdkafka-defaults``: 1000);
   * Sabot: ``Stream.from_kafka(..., bounded=True)`` into a sink that drops the batches
     (parallelism 1, then 2), the whole job run in this process (deploy included).
 
@@ -40,6 +41,10 @@ from sabot import Stream  # noqa: E402
 from sabot.testing import KafkaTestCluster, PostgresServer  # noqa: E402
 
 _seen = [0]
+#: the consumer setting Sabot's source uses (librdkafka's default, 1000 ms, stalls a fast
+#: reader for up to a second whenever its prefetch queue filled up); --librdkafka-defaults
+#: gives the baseline librdkafka's own default instead
+BASELINE_FETCH = {"fetch.queue.backoff.ms": 20}
 
 
 def blackhole(batch):
@@ -56,7 +61,8 @@ def kafka_bench(records, repeat):
                       keys=[b"k%d" % (i % 1000) for i in range(records)], partitions=[i % 4 for i in range(records)])
 
         def consumer_loop():
-            consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "bench", "enable.auto.commit": False})
+            consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "bench", "enable.auto.commit": False,
+                                 **BASELINE_FETCH})
             consumer.assign([TopicPartition(topic, p, 0) for p in range(4)])
             rows = 0
             while rows < records:
@@ -153,7 +159,11 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="100k records and rows")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--librdkafka-defaults", action="store_true",
+                        help="the baseline consumer with librdkafka's default fetch.queue.backoff.ms (1000)")
     args = parser.parse_args()
+    if args.librdkafka_defaults:
+        BASELINE_FETCH.clear()
     if args.quick:
         args.records = args.rows = 100_000
     kafka_results, where = kafka_bench(args.records, args.repeat)

@@ -170,10 +170,13 @@ class KafkaSource(SourceOperator):
     # -- setup -------------------------------------------------------------------------
 
     def _consumer_config(self):
+        # fetch.queue.backoff.ms: librdkafka (2.x) postpones a partition's next fetch by 1 s
+        # when its prefetch queue is full; a source drains the queue in milliseconds, and the
+        # default left it starving for most of that second (160k records: 1.2 s instead of 0.25 s)
         return {"bootstrap.servers": self.bootstrap, "group.id": self.group_id, "enable.auto.commit": False,
                 "enable.auto.offset.store": False, "isolation.level": "read_committed",
                 "allow.auto.create.topics": False, "enable.partition.eof": False,
-                "auto.offset.reset": "earliest", **self.config}
+                "auto.offset.reset": "earliest", "fetch.queue.backoff.ms": 20, **self.config}
 
     def open(self):
         from confluent_kafka import Consumer
