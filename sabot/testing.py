@@ -9,7 +9,9 @@ records what the coordinator asks) and :class:`TestingCluster`, a coordinator wi
 fake workers on a manual clock, where the test plays the workers' part. For real
 workers without processes: :func:`in_process_cluster`; for real processes:
 :class:`sabot.cluster.local.LocalCluster`, and :class:`ChaosMonkey` to kill, pause and
-rescale them at random while jobs run.
+rescale them at random while jobs run. Connector peers: :class:`PostgresServer` (a private
+PostgreSQL server) and :class:`KafkaTestCluster` (librdkafka's mock Kafka cluster, or a real
+one named by ``$SABOT_KAFKA_BOOTSTRAP``).
 
 Example:
     >>> import pyarrow as pa
