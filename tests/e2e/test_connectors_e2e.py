@@ -210,7 +210,7 @@ def test_postgres_down_mid_job_restarts_and_the_table_is_exact(cluster, postgres
     table = f"rows_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (n bigint)")
-    total = 60_000
+    total = 120_000
     strategy = {"type": "fixed-delay", "attempts": 50, "delay_ms": 200}
     job = (Stream.from_generator("connector_udfs:numbers", total_rows=total, batch_size=200, name="numbers")
            .map("connector_udfs:slower_identity", name="slow")
