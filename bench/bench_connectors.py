@@ -35,7 +35,7 @@ import pyarrow.csv as pacsv
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import measure, table, write_json  # noqa: E402
+from _harness import Report, measure, table  # noqa: E402
 
 from sabot import Stream  # noqa: E402
 from sabot.testing import KafkaTestCluster, PostgresServer  # noqa: E402
@@ -173,12 +173,16 @@ def main():
     print(f"\nPostgreSQL sink, {args.rows} rows (bigint, text, float8, timestamp):")
     print(table(pg_results, baseline="psycopg COPY of Arrow CSV", work=args.rows, unit="rows"))
     if args.json:
-        base, ext = os.path.splitext(args.json)
-        write_json(f"{base}-kafka{ext}", "bench_connectors.kafka", kafka_results,
-                   baseline="confluent-kafka consumer loop -> Arrow", records=args.records, where=where)
-        write_json(f"{base}-postgres{ext}", "bench_connectors.postgres", pg_results,
-                   baseline="psycopg COPY of Arrow CSV", rows=args.rows)
-
+        report = Report("bench_connectors", records=args.records, rows=args.rows, repeat=args.repeat,
+                        kafka=where, baseline_fetch=dict(BASELINE_FETCH))
+        report.add("kafka source", kafka_results, baseline="confluent-kafka consumer loop -> Arrow")
+        report.add("postgres sink", pg_results, baseline="psycopg COPY of Arrow CSV")
+        report.headline(f"Kafka source → blackhole, {args.records:,} records of 100 B, 4 partitions ({where}), p = 1",
+                        "kafka source", "Sabot from_kafka -> blackhole, p=1",
+                        note="job deploy included; both consumers with fetch.queue.backoff.ms=20")
+        report.headline(f"PostgreSQL append sink, {args.rows:,} rows (bigint, text, float8, timestamp)",
+                        "postgres sink", "Sabot to_postgres (append)")
+        report.write(args.json)
 
 if __name__ == "__main__":
     main()
