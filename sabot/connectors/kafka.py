@@ -20,6 +20,13 @@ parses the values with Arrow's JSON reader into ``schema`` (missing fields are n
 others ignored). ``metadata`` adds ``kafka_topic``, ``kafka_partition``, ``kafka_offset``,
 ``kafka_timestamp`` (timestamp[ms], the record's Kafka timestamp) and ``kafka_key``;
 event time is any of these columns or a field of the value (``Stream.with_watermarks``).
+The watermark is kept per partition: a subtask's is the smallest over its partitions that
+are neither finished nor idle (no record for ``idle_timeout_ms``), see
+:meth:`KafkaSource.current_watermark`.
+
+A live rescale moves the partitions with their offsets (``moves_split_positions``): the old
+tasks stop where they paused, and the new tasks take their partitions from the offsets the
+old ones reported, which the coordinator passes in their ``source_start`` epoch.
 
 **Sink** (``kind == "kafka"``): ``{"bootstrap_servers", "topic", "key": column | None,
 "format": "json" | "raw", "delivery": "none" | "at-least-once" | "exactly-once",
