@@ -190,13 +190,15 @@ class Stream(JoiningMixin, WindowingMixin):
         return cls.from_dataset(path, format="parquet", **kwargs)
 
     @classmethod
-    def from_kafka(cls, bootstrap_servers, topics, *, format="raw", schema=None, start="earliest", bounded=False,
+    def from_kafka(cls, bootstrap_servers, topics, *, format="raw", schema=None, avro_schema=None, start="earliest",
+                   bounded=False,
                    group_id=None, metadata=None, event_time=None, max_out_of_orderness=0, idle_timeout_ms=None,
                    batch_size=10_000, config=None, name=None, parallelism=None):
         """Records of Kafka ``topics`` (a name or a list); their partitions are split between subtasks.
 
         ``format="raw"`` gives binary ``key`` and ``value`` columns; ``"json"`` parses the values
-        into ``schema`` (a pyarrow schema). ``metadata`` adds ``kafka_topic``, ``kafka_partition``,
+        into ``schema`` (a pyarrow schema); ``"avro"`` decodes schemaless Avro binary written
+        with ``avro_schema`` (a record schema, dict or JSON; the columns follow its fields). ``metadata`` adds ``kafka_topic``, ``kafka_partition``,
         ``kafka_offset``, ``kafka_timestamp``, ``kafka_key`` (all of them for raw, none for
         JSON by default). ``start``: ``"earliest"``, ``"latest"``, ``"committed"`` (the
         offsets of ``group_id``) or ``{"timestamp": ms}``. ``bounded=True`` stops at the end
@@ -215,6 +217,14 @@ class Stream(JoiningMixin, WindowingMixin):
             raise ValueError(f"from_kafka: format must be one of {SOURCE_FORMATS}, got {format!r}")
         if format == "json" and not isinstance(schema, pa.Schema):
             raise ValueError("from_kafka: format='json' needs schema= (a pyarrow.Schema of the values)")
+        if format == "avro":
+            from sabot.connectors.kafka import arrow_schema_of_avro, avro_schema_dict
+
+            try:
+                schema = arrow_schema_of_avro(avro_schema, "from_kafka")
+                avro_schema = avro_schema_dict(avro_schema, "from_kafka")
+            except Exception as exc:
+                raise GraphValidationError(str(exc)) from None
         if metadata is None:
             metadata = list(METADATA) if format == "raw" else []
         metadata = list(metadata)
@@ -228,7 +238,8 @@ class Stream(JoiningMixin, WindowingMixin):
                 raise ValueError(f"from_kafka: unknown metadata {m!r}; expected some of {METADATA}")
             out = out.append(pa.field(f"kafka_{m}", meta_types[m]))
         params = {"kind": "kafka", "bootstrap_servers": bootstrap_servers, "topics": topics, "format": format,
-                  "schema": encode_schema(schema) if schema is not None else None, "start": start,
+                  "schema": encode_schema(schema) if schema is not None and format == "json" else None,
+                  "avro_schema": avro_schema if format == "avro" else None, "start": start,
                   "bounded": bool(bounded), "group_id": group_id, "metadata": metadata, "batch_size": batch_size,
                   "idle_timeout_ms": idle_timeout_ms,
                   "config": dict(config or {})}
@@ -557,12 +568,13 @@ class Stream(JoiningMixin, WindowingMixin):
             params["schema"] = encode_schema(self.schema)
         return self._sink(name, params)
 
-    def to_kafka(self, bootstrap_servers, topic, *, key=None, format="json", delivery="at-least-once",
-                 transactional_id_prefix=None, progress_topic="sabot_sink_progress", config=None, name=None):
+    def to_kafka(self, bootstrap_servers, topic, *, key=None, format="json", avro_schema=None,
+                 delivery="at-least-once", transactional_id_prefix=None, progress_topic="sabot_sink_progress",
+                 config=None, name=None):
         """Write the stream's rows to Kafka ``topic``, one record per row.
 
         ``format="json"`` writes each row as a JSON object; ``"raw"`` writes column ``value``
-        (binary or string). ``key``: a column whose value is the record key (so records of a
+        (binary or string); ``"avro"`` writes schemaless Avro binary with ``avro_schema``. ``key``: a column whose value is the record key (so records of a
         key go to one partition). ``delivery``: ``"none"``, ``"at-least-once"`` (every
         checkpoint waits until Kafka acknowledged the records before it), or
         ``"exactly-once"`` (one Kafka transaction per checkpoint and subtask, committed when
@@ -579,8 +591,19 @@ class Stream(JoiningMixin, WindowingMixin):
             self._check_columns([key], "to_kafka(key=)")
         if format == "raw":
             self._check_columns(["value"], "to_kafka(format='raw')")
+        if format == "avro":
+            from sabot.connectors.kafka import arrow_schema_of_avro, avro_schema_dict
+
+            try:
+                self._check_columns(arrow_schema_of_avro(avro_schema, "to_kafka").names, "to_kafka(avro_schema=)")
+                avro_schema = avro_schema_dict(avro_schema, "to_kafka")
+            except GraphValidationError:
+                raise
+            except Exception as exc:
+                raise GraphValidationError(str(exc)) from None
         params = {"kind": "kafka", "bootstrap_servers": bootstrap_servers, "topic": topic, "key": key,
-                  "format": format, "delivery": delivery, "transactional_id_prefix": transactional_id_prefix,
+                  "format": format, "avro_schema": avro_schema if format == "avro" else None,
+                  "delivery": delivery, "transactional_id_prefix": transactional_id_prefix,
                   "progress_topic": progress_topic, "config": dict(config or {})}
         return self._sink(name, params)
 

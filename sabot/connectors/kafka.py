@@ -17,7 +17,8 @@ in the checkpoints), then ends; otherwise the source runs until the job is cance
 
 Records become Arrow columns: ``"raw"`` gives ``key`` and ``value`` (binary); ``"json"``
 parses the values with Arrow's JSON reader into ``schema`` (missing fields are null,
-others ignored). ``metadata`` adds ``kafka_topic``, ``kafka_partition``, ``kafka_offset``,
+others ignored); ``"avro"`` decodes schemaless Avro binary written with ``avro_schema`` (a
+flat record schema; fastavro), the sink writes it the same way. ``metadata`` adds ``kafka_topic``, ``kafka_partition``, ``kafka_offset``,
 ``kafka_timestamp`` (timestamp[ms], the record's Kafka timestamp) and ``kafka_key``;
 event time is any of these columns or a field of the value (``Stream.with_watermarks``).
 The watermark is kept per partition: a subtask's is the smallest over its partitions that
@@ -71,8 +72,8 @@ from sabot.runtime.operators.sinks import END_OF_INPUT, _Sink, output_lineage
 
 log = logging.getLogger(__name__)
 
-SOURCE_FORMATS = ("raw", "json")
-SINK_FORMATS = ("json", "raw")
+SOURCE_FORMATS = ("raw", "json", "avro")
+SINK_FORMATS = ("json", "raw", "avro")
 DELIVERY = ("none", "at-least-once", "exactly-once")
 STARTS = ("earliest", "latest", "committed")
 METADATA = ("topic", "partition", "offset", "timestamp", "key")
@@ -111,6 +112,59 @@ def _parse_tp_key(key):
     return topic, int(partition)
 
 
+# -- Avro (schemaless binary, the writer's schema given) -------------------------------------
+
+_AVRO_PRIMITIVES = {"boolean": pa.bool_(), "int": pa.int32(), "long": pa.int64(), "float": pa.float32(),
+                    "double": pa.float64(), "string": pa.string(), "bytes": pa.binary()}
+_AVRO_LOGICAL = {("long", "timestamp-millis"): pa.timestamp("ms", tz="UTC"),
+                 ("long", "timestamp-micros"): pa.timestamp("us", tz="UTC"), ("int", "date"): pa.date32()}
+
+
+def avro_schema_dict(avro_schema, what):
+    """The Avro schema as a dict (given as a dict or its JSON text)."""
+    if isinstance(avro_schema, str):
+        try:
+            avro_schema = orjson.loads(avro_schema)
+        except orjson.JSONDecodeError as exc:
+            raise ConnectorError(f"{what}: avro_schema is not JSON: {exc}") from exc
+    if not isinstance(avro_schema, dict) or avro_schema.get("type") != "record":
+        raise ConnectorError(f"{what}: avro_schema must be an Avro record schema (a dict with type 'record'), "
+                             f"got {avro_schema!r}")
+    return avro_schema
+
+
+def arrow_schema_of_avro(avro_schema, what="Avro"):
+    """The Arrow schema of an Avro record schema's fields (flat records of primitive types,
+    ``["null", T]`` unions and the timestamp / date logical types)."""
+    fields = []
+    for f in avro_schema_dict(avro_schema, what).get("fields", []):
+        t, nullable = f.get("type"), False
+        if isinstance(t, list):
+            others = [x for x in t if x != "null"]
+            if len(others) != 1 or len(t) != 2:
+                raise ConnectorError(f"{what}: field {f.get('name')!r} has union {t}; only [\"null\", T] is supported")
+            t, nullable = others[0], True
+        if isinstance(t, dict) and (t.get("type"), t.get("logicalType")) in _AVRO_LOGICAL:
+            arrow = _AVRO_LOGICAL[(t["type"], t["logicalType"])]
+        elif isinstance(t, dict) and t.get("type") in _AVRO_PRIMITIVES and "logicalType" not in t:
+            arrow = _AVRO_PRIMITIVES[t["type"]]
+        elif isinstance(t, str) and t in _AVRO_PRIMITIVES:
+            arrow = _AVRO_PRIMITIVES[t]
+        else:
+            raise ConnectorError(f"{what}: field {f.get('name')!r} has Avro type {t!r}; supported: "
+                                 f"{sorted(_AVRO_PRIMITIVES)}, [\"null\", T], timestamp-millis, timestamp-micros, date")
+        fields.append(pa.field(f["name"], arrow, nullable=nullable))
+    return pa.schema(fields)
+
+
+def _parsed_avro(avro_schema, what):
+    try:
+        import fastavro
+    except ImportError as exc:  # a dependency of Sabot; a broken install says so
+        raise ConnectorError(f"{what}: format 'avro' needs fastavro ({exc})") from exc
+    return fastavro.parse_schema(avro_schema_dict(avro_schema, what))
+
+
 # -- source ----------------------------------------------------------------------------------
 
 
@@ -145,6 +199,10 @@ class KafkaSource(SourceOperator):
         from sabot.execution.operator_spec import decode_schema
 
         self.schema = decode_schema(schema) if schema else None
+        self.avro = None
+        if self.format == "avro":
+            self.avro = _parsed_avro(p.get("avro_schema"), self.what)
+            self.schema = arrow_schema_of_avro(p.get("avro_schema"), self.what)
         if self.format == "json" and self.schema is None:
             raise ConnectorError(f"{self.what}: format 'json' needs the value schema (a pyarrow schema)")
         self.metadata = list(p.get("metadata") if p.get("metadata") is not None
@@ -450,6 +508,8 @@ class KafkaSource(SourceOperator):
         keys = pa.array([m.key() for m in ok], pa.binary()) if need_keys else None
         if self.format == "raw":
             columns = {"key": keys, "value": pa.array(values, pa.binary())}
+        elif self.format == "avro":
+            columns = self._avro_columns(values)
         else:
             columns = self._json_columns(values)
         for name in self.metadata:
@@ -472,6 +532,17 @@ class KafkaSource(SourceOperator):
         with self._lock:
             self.offsets.update(new_offsets)
         return batch
+
+    def _avro_columns(self, values):
+        from fastavro import schemaless_reader
+
+        try:
+            rows = [schemaless_reader(io.BytesIO(v), self.avro, self.avro) for v in values]
+        except Exception as exc:
+            raise ConnectorError(f"{self.what}: a record value is not Avro of the given schema: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        return {name: table.column(name).combine_chunks() for name in self.schema.names}
 
     def _json_columns(self, values):
         if any(v is None for v in values):
@@ -500,8 +571,8 @@ class KafkaSource(SourceOperator):
 # -- sink ------------------------------------------------------------------------------------
 
 
-def encode_rows(table, fmt, key_column):
-    """``(keys, values)`` (lists of bytes or None) of a table's rows."""
+def encode_rows(table, fmt, key_column, avro=None):
+    """``(keys, values)`` (lists of bytes or None) of a table's rows (``avro``: a parsed schema)."""
     n = table.num_rows
     if key_column is None:
         keys = [None] * n
@@ -511,7 +582,15 @@ def encode_rows(table, fmt, key_column):
             keys = col.to_pylist()
         else:
             keys = [None if v is None else str(v).encode() for v in col.to_pylist()]
-    if fmt == "raw":
+    if fmt == "avro":
+        from fastavro import schemaless_writer
+
+        values = []
+        for row in table.to_pylist():
+            buf = io.BytesIO()
+            schemaless_writer(buf, avro, row)
+            values.append(buf.getvalue())
+    elif fmt == "raw":
         col = table.column("value")
         values = col.to_pylist()
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
@@ -554,6 +633,7 @@ class KafkaSink(_Sink):
         self.delivery = p.get("delivery") or "at-least-once"
         if self.delivery not in DELIVERY:
             raise ConnectorError(f"{self.what}: unknown delivery {self.delivery!r}; expected one of {DELIVERY}")
+        self.avro = _parsed_avro(p.get("avro_schema"), self.what) if self.format == "avro" else None
         self.job = output_lineage(ctx.job_id)
         self.prefix = p.get("transactional_id_prefix")
         self.progress_topic = p.get("progress_topic") or DEFAULT_PROGRESS_TOPIC
@@ -636,7 +716,10 @@ class KafkaSink(_Sink):
             self._count(batch)
             if not batch.num_rows:
                 return []
-            keys, values = encode_rows(pa.Table.from_batches([batch]), self.format, self.key)
+            try:
+                keys, values = encode_rows(pa.Table.from_batches([batch]), self.format, self.key, self.avro)
+            except (ValueError, TypeError) as exc:  # fastavro: a row that does not fit the schema
+                raise ConnectorError(f"{self.what}: a row cannot be written as {self.format}: {exc}") from exc
             if self.delivery == "exactly-once":
                 self._open.append((keys, values))
             else:
