@@ -27,6 +27,7 @@ class TableDef:
     options: dict = field(default_factory=dict)
     partitioned_by: list = field(default_factory=list)
     node: object = None
+    primary_key: list = field(default_factory=list)  # PRIMARY KEY (...) NOT ENFORCED: an upsert sink's key
 
     @property
     def schema(self):
@@ -75,10 +76,13 @@ class Catalog:
             raise SqlError("CREATE TABLE needs a column list", text=text, node=node,
                            hint="CREATE TABLE t (a BIGINT, ...) WITH ('connector' = '...')")
         name = schema.this.name
-        columns, computed, watermark = [], [], None
+        columns, computed, watermark, primary_key = [], [], None, []
         for item in schema.expressions:
             if isinstance(item, Watermark):
                 watermark = self._watermark(item, text)
+                continue
+            if isinstance(item, exp.PrimaryKey):
+                primary_key = [e.name for e in item.expressions]
                 continue
             if not isinstance(item, exp.ColumnDef):
                 raise SqlError(f"unsupported table element {item.sql(dialect='spark')!r}", text=text, node=item,
@@ -115,12 +119,17 @@ class Catalog:
         missing = [p for p in partitioned if p not in names]
         if missing:
             raise SqlError(f"PARTITIONED BY {missing}: no such column(s) in table {name!r}", text=text, node=node)
+        missing = [k for k in primary_key if k not in names]
+        if missing:
+            raise SqlError(f"PRIMARY KEY {missing}: no such column(s) in table {name!r}", text=text, node=node,
+                           hint=f"columns: {names}")
         if name.lower() in self.tables or name.lower() in self.views:
             if not node.args.get("exists"):
                 raise SqlError(f"table or view {name!r} already exists", text=text, node=schema.this,
                                hint="use CREATE TABLE IF NOT EXISTS, or another name")
             return
-        self.tables[name.lower()] = TableDef(name, columns, computed, watermark, options, partitioned, node)
+        self.tables[name.lower()] = TableDef(name, columns, computed, watermark, options, partitioned, node,
+                                             primary_key)
 
     def _watermark(self, item, text):
         column = item.this.name

@@ -5,12 +5,13 @@ A connector is an object with any of
 * ``source(table, ctx) -> Source``: the Stream a ``FROM table`` reads (and whether it ends);
 * ``sink(stream, table, ctx) -> StreamSink``: where ``INSERT INTO table`` writes;
 * ``accepts_updates``: True when the sink can take an updating result (a non-windowed
-  ``GROUP BY`` or Top-N over an unbounded input); append-only sinks refuse those;
+  ``GROUP BY`` or Top-N over an unbounded input), or a function of the table saying so
+  (``jdbc`` does when the table declares a PRIMARY KEY); append-only sinks refuse those;
 * ``read_table(table, ctx) -> pyarrow.Table``: a bounded table for lookup joins
   (``JOIN t FOR SYSTEM_TIME AS OF ...``).
 
-Register one with :func:`register_connector` (a Kafka or PostgreSQL connector under
-``sabot/connectors/`` plugs in the same way as these built-in ones):
+Register one with :func:`register_connector`; ``kafka`` and ``jdbc`` (PostgreSQL) put
+:mod:`sabot.connectors` behind the same interface as the built-in ones:
 
     >>> register_connector("my-source", MyConnector())  # doctest: +SKIP
 """
@@ -273,9 +274,168 @@ class CollectConnector:
         return stream.collect(name=table.name)
 
 
+_KAFKA_STARTUP = {"earliest-offset": "earliest", "latest-offset": "latest", "group-offsets": "committed"}
+_KAFKA_FORMATS = ("json", "raw", "avro")
+
+
+class KafkaConnector:
+    """``'connector' = 'kafka'`` (Flink's option names): ``'topic'`` (several separated by
+    ``;``), ``'properties.bootstrap.servers'``, ``'properties.group.id'``, ``'format'`` = json |
+    raw | avro (``'avro.schema'``: the record schema as JSON), ``'scan.startup.mode'`` =
+    earliest-offset | latest-offset | group-offsets | timestamp (with
+    ``'scan.startup.timestamp-millis'``), ``'scan.bounded.mode'`` = latest-offset (stop at the
+    end offsets seen at the start), ``'scan.watermark.idle-timeout'`` (ms); as a sink
+    ``'sink.delivery-guarantee'`` = none | at-least-once | exactly-once,
+    ``'sink.transactional-id-prefix'``, ``'key.fields'`` (one column: the record key).
+    The DDL's WATERMARK is kept per partition by the source. Append-only, as Flink's
+    ``kafka`` connector."""
+
+    accepts_updates = False
+
+    def _common(self, table, ctx):
+        servers = table.options.get("properties.bootstrap.servers")
+        if not servers:
+            raise ctx.error(f"table {table.name!r}: the kafka connector needs 'properties.bootstrap.servers'", table)
+        fmt = (table.options.get("format") or "json").lower()
+        if fmt not in _KAFKA_FORMATS:
+            raise ctx.error(f"table {table.name!r}: format {fmt!r} is not supported by the kafka connector", table,
+                            hint=f"use one of {list(_KAFKA_FORMATS)}")
+        topic = table.options.get("topic")
+        if not topic:
+            raise ctx.error(f"table {table.name!r}: the kafka connector needs 'topic'", table)
+        config = {k[len("properties."):]: v for k, v in table.options.items()
+                  if k.startswith("properties.") and k not in ("properties.bootstrap.servers", "properties.group.id")}
+        return servers, fmt, topic, config
+
+    def source(self, table, ctx):
+        servers, fmt, topic, config = self._common(table, ctx)
+        mode = table.options.get("scan.startup.mode", "group-offsets" if table.options.get("properties.group.id")
+                                 else "earliest-offset")
+        if mode == "timestamp":
+            millis = _option(table, ctx, "scan.startup.timestamp-millis", int)
+            if millis is None:
+                raise ctx.error(f"table {table.name!r}: 'scan.startup.mode' = 'timestamp' needs "
+                                "'scan.startup.timestamp-millis'", table)
+            start = {"timestamp": millis}
+        elif mode in _KAFKA_STARTUP:
+            start = _KAFKA_STARTUP[mode]
+        else:
+            raise ctx.error(f"table {table.name!r}: 'scan.startup.mode' = {mode!r} is not supported", table,
+                            hint=f"use one of {sorted(_KAFKA_STARTUP) + ['timestamp']}")
+        bounded_mode = table.options.get("scan.bounded.mode", "unbounded")
+        if bounded_mode not in ("unbounded", "latest-offset"):
+            raise ctx.error(f"table {table.name!r}: 'scan.bounded.mode' = {bounded_mode!r} is not supported", table,
+                            hint="use 'unbounded' or 'latest-offset'")
+        event_time, delay = (table.watermark if table.watermark else (None, 0))
+        try:
+            stream = Stream.from_kafka(
+                servers, topic.split(";"), format=fmt, schema=table.schema if fmt == "json" else None,
+                avro_schema=table.options.get("avro.schema") if fmt == "avro" else None, start=start,
+                bounded=bounded_mode == "latest-offset", group_id=table.options.get("properties.group.id"),
+                metadata=[], event_time=event_time, max_out_of_orderness=delay,
+                idle_timeout_ms=_option(table, ctx, "scan.watermark.idle-timeout", int, None),
+                batch_size=_batch_size(table, ctx), config=config, name=table.name)
+        except (ValueError, TypeError) as exc:
+            raise ctx.error(f"table {table.name!r}: {exc}", table) from None
+        _check_columns(table, stream.schema, ctx)
+        return Source(stream, bounded=bounded_mode == "latest-offset")
+
+    def sink(self, stream, table, ctx):
+        servers, fmt, topic, config = self._common(table, ctx)
+        keys = [k for k in (table.options.get("key.fields") or "").split(";") if k]
+        if len(keys) > 1:
+            raise ctx.error(f"table {table.name!r}: 'key.fields' names {keys}; the kafka sink takes one key column",
+                            table)
+        try:
+            return stream.to_kafka(
+                servers, topic, key=keys[0] if keys else None, format=fmt,
+                avro_schema=table.options.get("avro.schema") if fmt == "avro" else None,
+                delivery=table.options.get("sink.delivery-guarantee", "at-least-once"),
+                transactional_id_prefix=table.options.get("sink.transactional-id-prefix"), config=config,
+                name=table.name)
+        except (ValueError, TypeError) as exc:
+            raise ctx.error(f"table {table.name!r}: {exc}", table) from None
+
+
+class JdbcConnector:
+    """``'connector' = 'jdbc'`` for PostgreSQL (Flink's option names): ``'url'`` =
+    ``jdbc:postgresql://host:port/database``, ``'table-name'``, ``'username'``, ``'password'``.
+    As a sink it appends with COPY, or upserts by the table's ``PRIMARY KEY (...) NOT
+    ENFORCED`` when the DDL declares one (then it also takes an updating result, as Flink's
+    JDBC sink does), exactly once with checkpoints. As a source it reads the table once
+    (bounded), and serves lookup joins."""
+
+    @staticmethod
+    def accepts_updates(table):
+        return bool(table.primary_key)
+
+    def _dsn(self, table, ctx):
+        url = table.options.get("url") or ""
+        if not url.startswith("jdbc:postgresql://"):
+            raise ctx.error(f"table {table.name!r}: 'url' = {url!r} is not a PostgreSQL JDBC URL", table,
+                            hint="'url' = 'jdbc:postgresql://host:port/database' (only PostgreSQL is supported)")
+        from psycopg.conninfo import make_conninfo
+
+        extra = {k: table.options[o] for k, o in (("user", "username"), ("password", "password"))
+                 if table.options.get(o)}
+        return make_conninfo(url[len("jdbc:"):], **extra)
+
+    def _table_name(self, table, ctx):
+        name = table.options.get("table-name")
+        if not name:
+            raise ctx.error(f"table {table.name!r}: the jdbc connector needs 'table-name'", table)
+        return name
+
+    def sink(self, stream, table, ctx):
+        dsn, name = self._dsn(table, ctx), self._table_name(table, ctx)
+        mode = "upsert" if table.primary_key else "append"
+        try:
+            return stream.to_postgres(dsn, name, mode=mode, key=table.primary_key or None, name=table.name)
+        except (ValueError, TypeError) as exc:
+            raise ctx.error(f"table {table.name!r}: {exc}", table) from None
+
+    def _schema(self, dsn, name, table, ctx):
+        """The table's Arrow schema, as the PostgreSQL source reads it (checked against the DDL)."""
+        from sabot.connectors.postgres import ConnectorError, arrow_type_of, connect, table_columns
+
+        try:
+            with connect(dsn, f"table {table.name!r}") as conn:
+                columns = table_columns(conn, name)
+            if columns is None:
+                raise ConnectorError(f"PostgreSQL has no table {name!r}")
+            schema = pa.schema([(c, arrow_type_of(t, c)) for c, t in columns.items()])
+        except ConnectorError as exc:
+            raise ctx.error(f"table {table.name!r}: {exc}", table) from None
+        _check_columns(table, schema, ctx)
+        return pa.schema([schema.field(n) for n, _ in table.columns])
+
+    def source(self, table, ctx):
+        dsn, name = self._dsn(table, ctx), self._table_name(table, ctx)
+        schema = self._schema(dsn, name, table, ctx)
+        stream = Stream.from_postgres(dsn, table=name, columns=schema.names, batch_size=_batch_size(table, ctx),
+                                      name=table.name)
+        stream.schema = schema
+        return Source(_watermarked(stream, table, ctx, schema), bounded=True)
+
+    def read_table(self, table, ctx):
+        """The whole table, read when the job is planned (a lookup join's static side)."""
+        from psycopg import sql
+
+        from sabot.connectors.postgres import _identifier, connect
+
+        dsn, name = self._dsn(table, ctx), self._table_name(table, ctx)
+        query = sql.SQL("SELECT {} FROM {}").format(
+            sql.SQL(", ").join(sql.Identifier(n) for n, _ in table.columns), _identifier(name))
+        with connect(dsn, f"table {table.name!r}") as conn:
+            rows = conn.execute(query).fetchall()
+        return pa.table([pa.array([r[i] for r in rows], type=t) for i, (_, t) in enumerate(table.columns)],
+                        names=[n for n, _ in table.columns])
+
+
 for _name, _connector in (("nexmark", NexmarkConnector()), ("datagen", DatagenConnector()),
                           ("filesystem", FilesystemConnector()), ("print", PrintConnector()),
-                          ("blackhole", BlackholeConnector()), ("collect", CollectConnector())):
+                          ("blackhole", BlackholeConnector()), ("collect", CollectConnector()),
+                          ("kafka", KafkaConnector()), ("jdbc", JdbcConnector())):
     register_connector(_name, _connector)
 
 

@@ -224,13 +224,14 @@ class Session:
         stream = _fused_select(rel.stream, casts) \
             or rel.stream.select(exprs, name=f"{table.name}_columns")
         updating = rel.updating
-        if updating and not connector.accepts_updates:
+        accepts = connector.accepts_updates
+        if updating and not (accepts(table) if callable(accepts) else accepts):
             raise SqlError(f"INSERT INTO {table.name}: the query's result is updating (a GROUP BY or Top-N without "
                            f"a window over an unbounded input), and connector {table.connector!r} is append-only",
                            text=text, node=query,
                            hint="aggregate per window (TUMBLE/HOP/CUMULATE/SESSION), bound the input, or write "
-                                "to a sink that takes updates ('collect', 'print', 'blackhole'); changelog "
-                                "(retract) streams are not supported yet")
+                                "to a sink that takes updates ('collect', 'print', 'blackhole', or 'jdbc' with a "
+                                "PRIMARY KEY); changelog (retract) streams are not supported yet")
         sink = connector.sink(stream, table, ctx)
         parallelism = int(catalog.settings.get("parallelism.default", 1))
         return SqlJob(f"insert-into-{table.name}", stream, sink, table, updating, parallelism)

@@ -1,0 +1,89 @@
+"""Kafka and PostgreSQL as SQL tables ('connector' = 'kafka' / 'jdbc', Flink's option
+names), against librdkafka's mock cluster and a private PostgreSQL server; results
+checked against DuckDB over the produced input."""
+
+import json
+
+import duckdb
+import psycopg
+import pyarrow as pa
+import pytest
+
+import sabot
+from sabot.sql import SqlError
+from sabot.testing import assert_tables_equal
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def produce_bids(kafka_cluster, topic, n):
+    rows = [{"auction": i % 13, "price": (i * 7919) % 1000, "ts": 1_000 * i} for i in range(n)]
+    kafka_cluster.produce(topic, [json.dumps(r).encode() for r in rows])
+    return pa.Table.from_pylist(rows)
+
+
+def jdbc_url(server):
+    return f"jdbc:postgresql://127.0.0.1:{server.port}/postgres"
+
+
+def test_kafka_to_an_upserting_jdbc_table_equals_duckdb(kafka_cluster, kafka_topic, postgres_server, pg_table):
+    topic = kafka_topic("bids")
+    bids = produce_bids(kafka_cluster, topic, 5_000)
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE TABLE "{pg_table}" (auction bigint PRIMARY KEY, n bigint, top bigint)')
+    sabot.sql(f"""
+        CREATE TABLE bids (auction BIGINT, price BIGINT, ts BIGINT) WITH (
+            'connector' = 'kafka', 'topic' = '{topic}',
+            'properties.bootstrap.servers' = '{kafka_cluster.bootstrap}',
+            'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset', 'format' = 'json');
+        CREATE TABLE per_auction (auction BIGINT, n BIGINT, top BIGINT, PRIMARY KEY (auction) NOT ENFORCED) WITH (
+            'connector' = 'jdbc', 'url' = '{jdbc_url(postgres_server)}', 'table-name' = '{pg_table}',
+            'username' = 'postgres', 'password' = '{postgres_server.password}');
+        INSERT INTO per_auction SELECT auction, COUNT(*), MAX(price) FROM bids GROUP BY auction;
+    """)
+    with psycopg.connect(postgres_server.dsn) as conn:
+        rows = conn.execute(f'SELECT auction, n, top FROM "{pg_table}" ORDER BY auction').fetchall()
+    got = pa.Table.from_pylist([{"auction": a, "n": n, "top": t} for a, n, t in rows])
+    expected = duckdb.sql("SELECT auction, COUNT(*) AS n, MAX(price) AS top FROM bids GROUP BY auction "
+                          "ORDER BY auction").fetch_arrow_table()
+    assert_tables_equal(got, expected)
+
+
+def test_jdbc_source_to_a_kafka_sink_with_a_key(kafka_cluster, kafka_topic, postgres_server, pg_table):
+    out = kafka_topic("out")
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE TABLE "{pg_table}" (id bigint PRIMARY KEY, name text)')
+        conn.execute(f'INSERT INTO "{pg_table}" SELECT g, \'n\' || g FROM generate_series(1, 300) g')
+    sabot.sql(f"""
+        CREATE TABLE people (id BIGINT, name STRING) WITH (
+            'connector' = 'jdbc', 'url' = '{jdbc_url(postgres_server)}', 'table-name' = '{pg_table}',
+            'username' = 'postgres', 'password' = '{postgres_server.password}');
+        CREATE TABLE shouts (id BIGINT, name STRING) WITH (
+            'connector' = 'kafka', 'topic' = '{out}', 'properties.bootstrap.servers' = '{kafka_cluster.bootstrap}',
+            'format' = 'json', 'key.fields' = 'id', 'sink.delivery-guarantee' = 'at-least-once');
+        INSERT INTO shouts SELECT id, UPPER(name) FROM people WHERE id % 3 = 0;
+    """)
+    records = kafka_cluster.read(out)
+    got = sorted((json.loads(v)["id"], json.loads(v)["name"], k) for _, _, k, v, _ in records)
+    assert got == [(i, f"N{i}", str(i).encode()) for i in range(3, 301, 3)]
+
+
+def test_an_updating_result_needs_a_primary_key_and_bad_options_say_why(postgres_server, pg_table):
+    ddl = f"""
+        CREATE TABLE gen (key BIGINT, value DOUBLE, ts BIGINT) WITH ('connector' = 'datagen',
+            'generator' = 'sabot.runtime.generators:keyed_records');
+        CREATE TABLE sink (k BIGINT, n BIGINT) WITH ('connector' = 'jdbc', 'url' = '{jdbc_url(postgres_server)}',
+            'table-name' = '{pg_table}');
+    """
+    with pytest.raises(SqlError, match="append-only") as err:
+        sabot.sql(ddl + "INSERT INTO sink SELECT key, COUNT(*) FROM gen GROUP BY key;", run=False)
+    assert "PRIMARY KEY" in str(err.value)
+    with pytest.raises(SqlError, match="not a PostgreSQL JDBC URL"):
+        sabot.sql("CREATE TABLE s (k BIGINT) WITH ('connector' = 'jdbc', 'url' = 'jdbc:mysql://x/db', "
+                  "'table-name' = 't'); CREATE TABLE g (key BIGINT) WITH ('connector' = 'datagen', "
+                  "'generator' = 'sabot.runtime.generators:keyed_records', 'number-of-rows' = '10');"
+                  "INSERT INTO s SELECT key FROM g;", run=False)
+    with pytest.raises(SqlError, match="PRIMARY KEY \\['nope'\\]"):
+        sabot.sql("CREATE TABLE s (k BIGINT, PRIMARY KEY (nope) NOT ENFORCED) WITH ('connector' = 'jdbc');")
+    with pytest.raises(SqlError, match="properties.bootstrap.servers"):
+        sabot.sql("CREATE TABLE k (a BIGINT) WITH ('connector' = 'kafka', 'topic' = 't'); SELECT a FROM k;")
