@@ -45,7 +45,7 @@ def test_kafka_to_an_upserting_jdbc_table_equals_duckdb(kafka_cluster, kafka_top
         rows = conn.execute(f'SELECT auction, n, top FROM "{pg_table}" ORDER BY auction').fetchall()
     got = pa.Table.from_pylist([{"auction": a, "n": n, "top": t} for a, n, t in rows])
     expected = duckdb.sql("SELECT auction, COUNT(*) AS n, MAX(price) AS top FROM bids GROUP BY auction "
-                          "ORDER BY auction").fetch_arrow_table()
+                          "ORDER BY auction").arrow().read_all()
     assert_tables_equal(got, expected)
 
 
@@ -87,3 +87,27 @@ def test_an_updating_result_needs_a_primary_key_and_bad_options_say_why(postgres
         sabot.sql("CREATE TABLE s (k BIGINT, PRIMARY KEY (nope) NOT ENFORCED) WITH ('connector' = 'jdbc');")
     with pytest.raises(SqlError, match="properties.bootstrap.servers"):
         sabot.sql("CREATE TABLE k (a BIGINT) WITH ('connector' = 'kafka', 'topic' = 't'); SELECT a FROM k;")
+
+
+def test_a_jdbc_table_as_the_side_of_a_lookup_join(postgres_server, pg_table):
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE TABLE "{pg_table}" (key bigint PRIMARY KEY, label text)')
+        conn.execute(f'INSERT INTO "{pg_table}" SELECT g, \'k\' || g FROM generate_series(0, 99999, 2) g')
+    out = sabot.sql(f"""
+        CREATE TABLE gen (key BIGINT, value DOUBLE, ts BIGINT, p AS PROCTIME()) WITH ('connector' = 'datagen',
+            'generator' = 'sabot.runtime.generators:keyed_records', 'number-of-rows' = '2000');
+        CREATE TABLE labels (key BIGINT, label STRING) WITH ('connector' = 'jdbc',
+            'url' = '{jdbc_url(postgres_server)}', 'table-name' = '{pg_table}',
+            'username' = 'postgres', 'password' = '{postgres_server.password}');
+        CREATE TABLE out (key BIGINT, label STRING) WITH ('connector' = 'collect');
+        INSERT INTO out SELECT g.key, l.label FROM gen AS g JOIN labels FOR SYSTEM_TIME AS OF g.p AS l
+            ON g.key = l.key;
+    """)
+    got = out.table("out")
+    from sabot.runtime.generators import keyed_records
+
+    gen = keyed_records(0, 2000)  # the rows the datagen table produced (the same generator, same offsets)
+    labels = pa.table({"key": list(range(0, 100_000, 2)), "label": [f"k{k}" for k in range(0, 100_000, 2)]})
+    expected = duckdb.sql("SELECT g.key, l.label FROM gen g JOIN labels l ON g.key = l.key").arrow().read_all()
+    assert expected.num_rows > 500  # even keys of 100,000: about half the rows match
+    assert_tables_equal(got, expected)
