@@ -440,7 +440,8 @@ class Worker:
     async def _health(self, request):
         return web.json_response({"status": "ok", "node_id": self.node_id, "pid": os.getpid(),
                                   "tasks": len(self.task_manager.tasks), "joins": self.joins,
-                                  "tables": len(self.task_manager.tables), "table_bytes": self.task_manager.tables.nbytes,
+                                  "tables": len(self.task_manager.tables),
+                                  "table_bytes": self.task_manager.tables.nbytes,
                                   "loop_lag": self.loop_lag.snapshot()})
 
     async def _deploy(self, request):
@@ -502,7 +503,9 @@ class Worker:
                 if resp.status != 200:
                     raise RuntimeError(f"GET /tables/{table_id}: HTTP {resp.status}: {(await resp.text())[:300]}")
                 async for chunk in resp.content.iter_chunked(1 << 20):
-                    os.write(fd, chunk)
+                    view = memoryview(chunk)
+                    while view:  # a write may take less than it was given
+                        view = view[os.write(fd, view):]
         except BaseException:
             os.close(fd)
             raise
