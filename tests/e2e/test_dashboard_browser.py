@@ -109,6 +109,19 @@ def wait_for(predicate, timeout=20.0, what="condition", interval=0.1):
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
+def text_of(browser, selector, by="css selector", tries=40):
+    """The element's text; found again when the live page re-rendered it between the find
+    and the read (a StaleElementReferenceException)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(tries - 1):
+        try:
+            return browser.find_element(by, selector).text
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    return browser.find_element(by, selector).text
+
+
 def shot(browser, name, top=None):
     """A screenshot of the viewport (1366 x 768), scrolled to the element ``top`` (CSS) or to the top."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -189,8 +202,8 @@ def test_login_then_overview_shows_jobs_live(browser, cluster, job, console):
     job_id = client.submit(streaming_job("shown-live"))
     row = f"#jobs-table tr[data-key='{job_id}']"
     wait_for(lambda: "RUNNING" in browser.find_element("css selector", row).text, 20, "the new job, RUNNING")
-    assert "shown-live" in browser.find_element("css selector", row).text
-    slots = browser.find_element("id", "card-slots").text
+    assert "shown-live" in text_of(browser, row)
+    slots = text_of(browser, "card-slots", "id")
     assert "/ 4" in slots and "free" in slots
     rate = f"#jobs-table tr[data-key='{job}'] td[data-col='rate']"
     wait_for(lambda: browser.find_element("css selector", rate).text not in ("–", "0.0"), 15, "a throughput")
@@ -283,14 +296,14 @@ def test_rescale_from_the_page_shows_new_parallelism_and_timeline(browser, clust
     job_page(browser, cluster, job)
     wait_for(lambda: browser.find_elements("css selector", "#rescale-operator option"), 15, "the rescale form")
     Select(browser.find_element("id", "rescale-operator")).select_by_visible_text("per-key totals")
-    info = browser.find_element("id", "rescale-info").text
+    info = text_of(browser, "rescale-info", "id")
     free = cluster.client().request("GET", "/overview")["free_slots"]
     assert f"Free slots in the cluster: {free} of 4" in info and "Now 2 subtask(s)" in info
     field = browser.find_element("id", "rescale-parallelism")
     field.clear()
     field.send_keys("3")
     click(browser, "#rescale-submit")
-    text = browser.find_element("id", "confirm-text").text
+    text = text_of(browser, "confirm-text", "id")
     confirm(browser)
     assert "from 2 to 3" in text
     message = wait_for(lambda: notice(browser), 20, "the answer")
@@ -315,7 +328,7 @@ def test_rescale_from_the_page_shows_new_parallelism_and_timeline(browser, clust
     assert api_steps["requested"] <= api_steps["deployed"] <= api_steps["switched"]
     assert api_steps["deployed"] <= api_steps["state_moved"] <= api_steps["completed"]
     assert all("not yet" not in text for step, text in steps if step != "resumed")
-    facts = browser.find_element("css selector", card).text
+    facts = text_of(browser, card)
     assert "State rows moved" in facts and "Pause of the operator" in facts
     assert len(browser.find_elements("css selector", f"{card} svg.timeline circle")) >= 5
     # the new tasks' first records come in with their next reports: the pause is known then
@@ -343,7 +356,7 @@ def test_checkpoint_from_the_page_appears_in_the_history(browser, cluster, job, 
     client = cluster.client()
     job_page(browser, cluster, job, "checkpoints")
     wait_for(lambda: browser.find_element("id", "cp-interval").text, 15, "the checkpoints tab")
-    assert "3.0 s" in browser.find_element("id", "cp-interval").text
+    assert "3.0 s" in text_of(browser, "cp-interval", "id")
 
     def triggered():
         click(browser, "#action-checkpoint")
@@ -401,7 +414,7 @@ def test_auto_rebalance_from_the_page_and_the_tables_before_and_after(browser, c
     assert moved == record["moved_key_groups"]
     view = client.request("GET", f"/jobs/{job}/key-groups")["operators"][0]
     assert view["custom_assignment"] and view["rescales"][-1]["rescale_id"] == record["rescale_id"]
-    assert "rebalanced (explicit)" in browser.find_element("id", "kg-body").text
+    assert "rebalanced (explicit)" in text_of(browser, "kg-body", "id")
     wait_for(lambda: "rows per second" in browser.find_element("id", "kg-body").text, 15, "measured load")
     shot(browser, "key-groups", top="#panel-keygroups")
 
@@ -436,12 +449,14 @@ def test_exceptions_of_a_failing_job(browser, cluster, user_module, console):
     assert client.wait(job_id, 60) == "FAILED"
     job_page(browser, cluster, job_id, "exceptions")
     wait_for(lambda: "ZeroDivisionError" in browser.find_element("id", "root-cause").text, 15, "the root cause")
-    root = browser.find_element("id", "root-cause").text
+    root = text_of(browser, "root-cause", "id")
     assert "The job failed" in root and "fragile #0" in root
     rows = wait_for(lambda: browser.find_elements("css selector", "#restart-history tbody tr[data-key]"), 15,
                     "the restarts")
     assert len(rows) == 2 == client.request("GET", f"/jobs/{job_id}/exceptions")["restarts"]
-    assert all("fragile #0" in r.text and "value too big" in r.text for r in rows)
+    texts = browser.execute_script(  # one read of every row: the table may re-render between reads
+        "return Array.from(document.querySelectorAll('#restart-history tbody tr[data-key]')).map(r => r.innerText)")
+    assert len(texts) == 2 and all("fragile #0" in t and "value too big" in t for t in texts)
     assert browser.find_element("id", "action-cancel").get_attribute("disabled") is not None
     shot(browser, "exceptions")
 
