@@ -1,9 +1,11 @@
 """Shared fixtures: event-loop flavours, user-code modules, local clusters (real processes)."""
 
 import asyncio
+import contextlib
 import os
 import sys
 import textwrap
+import time
 import uuid
 
 import pytest
@@ -115,12 +117,13 @@ def pid_alive():
     return _pid_alive
 
 
-@pytest.fixture(scope="module")
-def local_cluster(user_module):
-    """A LocalCluster of 2 workers x 2 slots; asserts every worker process is gone afterwards."""
+@contextlib.contextmanager
+def started_local_cluster(**coordinator_config):
+    """A started LocalCluster of 2 workers x 2 slots; afterwards, every worker process it
+    started must be gone."""
     from sabot.cluster.local import LocalCluster
 
-    cluster = LocalCluster(workers=2, slots_per_worker=2, coordinator_config={"slot_wait_timeout_s": 10})
+    cluster = LocalCluster(workers=2, slots_per_worker=2, coordinator_config=coordinator_config)
     pids = []
     try:
         cluster.start()
@@ -131,6 +134,21 @@ def local_cluster(user_module):
         cluster.close()
         leftover = [p for p in set(pids) if _pid_alive(p)]
         assert not leftover, f"worker processes left running: {leftover}"
+
+
+def wait_until(predicate, timeout, what):
+    """Poll ``predicate`` every 10 ms until it is true; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def local_cluster(user_module):
+    """A LocalCluster of 2 workers x 2 slots; asserts every worker process is gone afterwards."""
+    with started_local_cluster(slot_wait_timeout_s=10) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

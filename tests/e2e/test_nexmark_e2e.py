@@ -9,16 +9,15 @@ serves the module, a fresh worker replaces each killed one.
 
 import os
 import sys
-import time
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from sabot.cluster.local import LocalCluster
 from sabot.nexmark import generate_tables
 from sabot.nexmark.queries import QUERIES, build
 from sabot.testing import assert_tables_equal
+from tests.conftest import started_local_cluster, wait_until
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nexmark"))
 import reference  # noqa: E402
@@ -38,25 +37,9 @@ def tables():
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    from tests.conftest import _pid_alive as pid_alive
-
-    config = {"checkpoint_dir": str(tmp_path_factory.mktemp("nexmark-checkpoints")), "restart_slot_wait_s": 20}
-    c = LocalCluster(workers=2, slots_per_worker=2, coordinator_config=config)
-    pids = []
-    try:
-        c.start()
+    with started_local_cluster(checkpoint_dir=str(tmp_path_factory.mktemp("nexmark-checkpoints")),
+                               restart_slot_wait_s=20) as c:
         yield c
-    finally:
-        pids = [p.pid for p in c._procs if p is not None]
-        c.close()
-        assert not [p for p in pids if pid_alive(p)], "worker processes left running"
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("name", ORDER)

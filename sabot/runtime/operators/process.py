@@ -68,7 +68,10 @@ class KeyedProcessFunction:
         pass
 
     def process(self, batch, ctx):
-        raise NotImplementedError
+        """Required: what ``batch`` (rows of the keys this subtask owns) becomes: a batch or
+        table, a list of them, or None."""
+        raise NotImplementedError(f"{type(self).__name__} must define process(batch, ctx): a "
+                                  "KeyedProcessFunction subclass overrides it (see sabot.runtime.operators.process)")
 
     def on_timer(self, timers, ctx):
         return None
