@@ -283,6 +283,9 @@ def _routes(c, dashboard=None):
         path = c.tables.path_of(_table_id(request))
         return web.FileResponse(path, headers={"Content-Type": ARROW_STREAM})
 
+    async def get_table_file(request):
+        return web.json_response(c.tables.file_of(_table_id(request)))
+
     async def openapi(request):
         return web.json_response(openapi_document())
 
@@ -398,6 +401,10 @@ def _routes(c, dashboard=None):
           "a bad id, or a stalled body", "413": "larger than max_table_bytes"}),
         ("GET", "/tables/{table_id}", get_table, "An uploaded table, as the Arrow IPC stream it was uploaded as",
          [_TABLE_ID], None, {"200": "Arrow IPC stream", "400": "a bad id", "404": "unknown table"}),
+        ("GET", "/tables/{table_id}/file", get_table_file, "Where the coordinator keeps an uploaded table: its "
+         "file's path, device, inode, size and mtime_ns. A worker on the coordinator's host that finds that very "
+         "file maps it instead of downloading a copy", [_TABLE_ID], None,
+         {"200": "table_id, path, device, inode, size, mtime_ns", "400": "a bad id", "404": "unknown table"}),
         ("GET", "/metrics", metrics, "Prometheus metrics", [], None, {"200": "Prometheus text format"}),
         ("GET", "/openapi.json", openapi, "This document", [], None, {"200": "OpenAPI 3 document"}),
         ("POST", "/workers/register", register, "A worker joins with its slots", [],

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 
 from sabot.errors import InvalidRequest, NotFound, PayloadTooLarge
-from sabot.runtime.tables import TableStore, refs_in
+from sabot.runtime.tables import TableStore, file_identity, refs_in
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +114,10 @@ class JobTables:
             raise NotFound(f"no table {table_id} here (uploaded tables live until the jobs using them are "
                            "forgotten)")
         return self.store.path_of(table_id)
+
+    def file_of(self, table_id):
+        """Where table ``table_id``'s file is and what identifies it: a worker on this host
+        maps the file itself when it finds the same file there (same device, inode, size
+        and modification time), instead of downloading a copy."""
+        path = self.path_of(table_id)
+        return {"table_id": table_id, "path": path, **file_identity(os.stat(path))}

@@ -49,6 +49,7 @@ from aiohttp import web
 from sabot._core.liveness import HeartbeatThread
 from sabot._loop import LoopLag
 from sabot.cluster import liveness, protocol
+from sabot.cluster.table_fetch import TableFetcher
 from sabot.cluster.tls import TlsConfig
 from sabot.cluster.tls import scheme as tls_scheme
 from sabot.cluster.web import HttpLimits, arrow_response, auth_middleware, error_middleware, make_app, read_json, serve
@@ -56,7 +57,6 @@ from sabot.errors import Conflict, ControlTimeout, InvalidRequest, NotFound
 from sabot.execution.deployment import TaskDeploymentDescriptor
 from sabot.execution.messages import CheckpointComplete, TriggerCheckpoint, control_from_dict
 from sabot.runtime.data_server import DataServer
-from sabot.runtime.tables import refs_in
 from sabot.runtime.task_manager import TaskManager
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,6 @@ CONTROL_REPLY_TIMEOUT_S = 10.0
 SEND_BATCH = 256
 #: how long deploying many tasks may run before it lets the event loop serve others
 YIELD_EVERY_S = 0.005
-#: a table download from the coordinator that sends nothing for this long fails the deployment
-TABLE_READ_TIMEOUT_S = 30.0
 
 
 class Worker:
@@ -141,7 +139,7 @@ class Worker:
         self._stopping = False
         self._url = None
         self._shut_down = False
-        self._table_fetches = {}  # table id -> the download in progress
+        self.table_fetcher = None  # gets the in-memory tables tasks refer to (once started)
 
     @property
     def url(self):
@@ -177,6 +175,7 @@ class Worker:
         self._session = aiohttp.ClientSession(
             headers=protocol.auth_headers(self.token),
             connector=aiohttp.TCPConnector(ssl=client_ssl) if client_ssl is not None else None)
+        self.table_fetcher = TableFetcher(self.node_id, self.coordinator_url, self._session, self.task_manager.tables)
         try:
             await self._join(self.connect_timeout_s)
         except BaseException:
@@ -442,6 +441,8 @@ class Worker:
                                   "tasks": len(self.task_manager.tasks), "joins": self.joins,
                                   "tables": len(self.task_manager.tables),
                                   "table_bytes": self.task_manager.tables.nbytes,
+                                  "tables_mapped": self.table_fetcher.mapped if self.table_fetcher else 0,
+                                  "tables_downloaded": self.table_fetcher.downloaded if self.table_fetcher else 0,
                                   "loop_lag": self.loop_lag.snapshot()})
 
     async def _deploy(self, request):
@@ -454,7 +455,7 @@ class Worker:
         tdds = await asyncio.to_thread(
             lambda: [TaskDeploymentDescriptor.from_dict(item, f"task deployment descriptor {i}")
                      for i, item in enumerate(items)])
-        await self._fetch_tables(tdds)
+        await self.table_fetcher.fetch_for(tdds)
         deployed = []
         started = time.perf_counter()
         for tdd in tdds:
@@ -471,47 +472,6 @@ class Worker:
                 ) from exc
             deployed.append(tdd.task_id)
         return web.json_response({"deployed": deployed, "node_id": self.node_id})
-
-    async def _fetch_tables(self, tdds):
-        """Fetch, once per worker, the in-memory tables these tasks refer to, from the
-        coordinator into anonymous memory files that the tasks map (and share)."""
-        refs = {ref["table_id"]: ref for tdd in tdds for ref in refs_in(tdd.operator.get("parameters"))}
-        missing = [ref for table_id, ref in refs.items() if table_id not in self.task_manager.tables]
-        if missing:
-            await asyncio.gather(*(self._fetch_table(ref) for ref in missing))
-
-    async def _fetch_table(self, ref):
-        table_id = ref["table_id"]
-        fetching = self._table_fetches.get(table_id)
-        if fetching is None:  # one download per table, however many deployments wait for it
-            fetching = self._table_fetches[table_id] = asyncio.ensure_future(self._download_table(ref))
-            fetching.add_done_callback(lambda _: self._table_fetches.pop(table_id, None))
-        try:
-            await asyncio.shield(fetching)
-        except Exception as exc:
-            raise InvalidRequest(f"worker {self.node_id} cannot fetch table {table_id} from the coordinator: "
-                                 f"{type(exc).__name__}: {exc}") from exc
-
-    async def _download_table(self, ref):
-        table_id = ref["table_id"]
-        started = time.perf_counter()
-        fd = os.memfd_create(f"sabot-table-{table_id}", os.MFD_CLOEXEC)
-        try:
-            async with self._session.get(f"{self.coordinator_url}/tables/{table_id}",
-                                         timeout=aiohttp.ClientTimeout(sock_connect=TABLE_READ_TIMEOUT_S,
-                                                                       sock_read=TABLE_READ_TIMEOUT_S)) as resp:
-                if resp.status != 200:
-                    raise RuntimeError(f"GET /tables/{table_id}: HTTP {resp.status}: {(await resp.text())[:300]}")
-                async for chunk in resp.content.iter_chunked(1 << 20):
-                    view = memoryview(chunk)
-                    while view:  # a write may take less than it was given
-                        view = view[os.write(fd, view):]
-        except BaseException:
-            os.close(fd)
-            raise
-        table = await asyncio.to_thread(self.task_manager.tables.adopt_memfd, table_id, fd, ref.get("num_rows"))
-        log.info("worker %s fetched table %s (%d rows, %.1f MB) in %.2f s", self.node_id, table_id,
-                 table.num_rows, table.nbytes / 1e6, time.perf_counter() - started)
 
     def _known(self, task_id):
         if task_id not in self.task_manager.tasks:

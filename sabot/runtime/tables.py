@@ -9,10 +9,12 @@ live in the :class:`TableStore` of the process that runs the task:
   (``JobGraph.tables``), handed over by reference: no copy, no serialisation.
 * **Cluster**: the submitting client uploads each table once (``PUT /tables/{id}``,
   an Arrow IPC stream); the coordinator keeps it as a file. A worker fetches it once
-  (``GET /tables/{id}``), before it deploys the first task that needs it, into an
-  anonymous memory file (``memfd``: nothing is left behind, even by ``kill -9``) and
-  memory-maps it: the worker's subtasks share those pages, and each reads only its
-  own slices of the table.
+  before it deploys the first task that needs it, and memory-maps it: the worker's
+  subtasks share those pages, and each reads only its own slices of the table. A
+  worker on the coordinator's host maps the coordinator's own file (its identity, from
+  ``GET /tables/{id}/file``, proves it is the same file: no copy at all); any other
+  worker downloads it (``GET /tables/{id}``) into an anonymous memory file (``memfd``:
+  nothing is left behind, even by ``kill -9``).
 
 A store knows which jobs use which table (:meth:`TableStore.use`) and drops a table
 when the last of them is released.
@@ -27,8 +29,8 @@ import pyarrow as pa
 
 from sabot.errors import SabotError
 
-__all__ = ["TABLE_ID_PATTERN", "MissingTable", "TableStore", "is_ref", "new_ref", "refs_in", "validate_ipc_file",
-           "write_ipc"]
+__all__ = ["TABLE_ID_PATTERN", "MissingTable", "TableStore", "file_identity", "is_ref", "new_ref", "refs_in",
+           "validate_ipc_file", "write_ipc"]
 
 #: a table id: 32 lowercase hex digits (a uuid4)
 TABLE_ID_PATTERN = "[0-9a-f]{32}"
@@ -76,6 +78,12 @@ def validate_ipc_file(path, expect_rows=None):
     if expect_rows is not None and table.num_rows != expect_rows:
         raise ValueError(f"the table has {table.num_rows} rows, its reference says {expect_rows}")
     return table
+
+
+def file_identity(st):
+    """What tells one file from any other, of an ``os.stat_result``: device, inode, size
+    and modification time (a file the coordinator wrote once and never changes)."""
+    return {"device": st.st_dev, "inode": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 class TableStore:
@@ -172,8 +180,9 @@ class TableStore:
             self._files[table_id] = path
         return table
 
-    def adopt_memfd(self, table_id, fd, expect_rows=None):
-        """Keep the table held by the memory file ``fd``, memory-mapped (the fd is the
+    def adopt_fd(self, table_id, fd, expect_rows=None):
+        """Keep the table held by the open file ``fd`` (a memory file a download filled,
+        or the coordinator's own file opened read-only), memory-mapped (the fd is the
         store's from now on, closed when the table is dropped)."""
         try:
             table = validate_ipc_file(f"/proc/self/fd/{fd}", expect_rows)

@@ -101,17 +101,17 @@ def test_a_memory_file_is_mapped_not_read_into_the_pool(tmp_path):
         write_ipc(table, pa.PythonFile(out))
     store = TableStore()
     before = pa.total_allocated_bytes()
-    got = store.adopt_memfd("a" * 32, fd, expect_rows=table.num_rows)
+    got = store.adopt_fd("a" * 32, fd, expect_rows=table.num_rows)
     assert pa.total_allocated_bytes() - before < table.nbytes / 100  # mapped: not allocated from the pool
     assert got.equals(table)
     with pytest.raises(ValueError, match="rows"):
         fd2 = os.memfd_create("test-table", os.MFD_CLOEXEC)
         os.write(fd2, open(f"/proc/self/fd/{fd}", "rb").read())
-        store.adopt_memfd("b" * 32, fd2, expect_rows=table.num_rows + 1)
+        store.adopt_fd("b" * 32, fd2, expect_rows=table.num_rows + 1)
     bad = os.memfd_create("garbage", os.MFD_CLOEXEC)
     os.write(bad, b"not arrow at all" * 100)
     with pytest.raises(ValueError, match="not an Arrow IPC stream"):
-        store.adopt_memfd("c" * 32, bad)
+        store.adopt_fd("c" * 32, bad)
     assert "b" * 32 not in store and "c" * 32 not in store
 
 
