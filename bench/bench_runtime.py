@@ -22,9 +22,12 @@ from-table run relative to the table's size (``--rss``, in a child process).
 
 import argparse
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -72,6 +75,19 @@ def job(kind, table, path, rows, parallelism, shippable=False):
               .aggregate({"value2": ["count", "sum"]}, name="aggregate")
               .collect(name="sink"))
     return stream
+
+
+def cores_used(into, name, fn):
+    """``fn``, noting into ``into[name]`` how many cores each call kept busy (this process's
+    CPU time over the wall time: 1.0 is one core all the time)."""
+    def run():
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu, start = usage.ru_utime + usage.ru_stime, time.perf_counter()
+        out = fn()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        into.setdefault(name, []).append((usage.ru_utime + usage.ru_stime - cpu) / (time.perf_counter() - start))
+        return out
+    return run
 
 
 def make_table(rows):
@@ -131,10 +147,12 @@ def main():
         path = os.path.join(tmp, "records.arrow")
         feather.write_feather(table, path, compression="uncompressed", chunksize=BATCH)
         cases = {"pyarrow": lambda: pyarrow_pass(table)}
+        used = {}  # embedded case -> [cores it kept busy (process CPU time / wall time) per run]
         for kind in kinds:
             for p in (1, 2):
                 stream = job(kind, table, path, rows, p)
-                cases[f"{kind} p={p}"] = (lambda s=stream, p=p: s.run(default_parallelism=p))
+                cases[f"{kind} p={p}"] = cores_used(used, f"{kind} p={p}",
+                                                    lambda s=stream, p=p: s.run(default_parallelism=p))
         cluster = None
         if args.cluster:
             from sabot.cluster.local import LocalCluster
@@ -150,16 +168,25 @@ def main():
             if cluster is not None:
                 cluster.close()
     gen = measure({"generation alone": lambda: make_table(rows)}, repeat=args.repeat, warmup=0)
+    report = Report("bench_runtime", rows=rows, keys=KEYS, batch=BATCH, repeat=args.repeat)
     print(f"{rows:,} records (key int64 over {KEYS:,} keys), median of {args.repeat} interleaved runs")
     print(results_table(results, baseline="pyarrow", work=rows))
     print(f"(generating the records alone takes {gen['generation alone'].median * 1e3:.1f} ms)")
+    print("cores kept busy (process CPU time / wall time, median), and what that leaves p=2: on this "
+          f"machine's {os.cpu_count()} cores p=2 can at most be p=1's time / (p=2's CPU time / cores)")
+    for kind in kinds:
+        c1, c2 = (statistics.median(used[f"{kind} p={p}"]) for p in (1, 2))
+        p1, p2 = results[f"{kind} p=1"].median, results[f"{kind} p=2"].median
+        ceiling = p1 / (p2 * c2 / os.cpu_count())
+        print(f"{kind:>9}: p=1 {c1:4.2f} cores, p=2 {c2:4.2f} cores; p=2 at most {ceiling:4.2f}x p=1 here")
+        report.figure(f"{kind}_cores_used_p1", c1)
+        report.figure(f"{kind}_cores_used_p2", c2)
     for kind in kinds:
         p1, p2 = results[f"{kind} p=1"].median, results[f"{kind} p=2"].median
         line = f"{kind:>9}: p=2 is {p1 / p2:4.2f}x p=1 (target >= 1.7)"
         if args.cluster:
             line += f"; cluster p=2 is {p2 / results[f'{kind} cluster p=2'].median:4.2f}x embedded p=2 (target >= 0.8)"
         print(line)
-    report = Report("bench_runtime", rows=rows, keys=KEYS, batch=BATCH, repeat=args.repeat)
     report.add("keyed count", results, baseline="pyarrow")
     names = {"table": "an in-memory table", "batches": "record batches", "ipc": "an Arrow IPC file",
              "generator": "a generator"}
