@@ -666,7 +666,7 @@ class NetworkOutputChannel(OutputChannel):
                 f"the data plane's limit of {MAX_FRAME_BYTES} bytes; use smaller batches", self.channel_id)
         self.metrics["wire_bytes_sent"] += self._protocol._write_frame(kind, payload)
 
-    def _send_batch(self, batch):
+    def _send_batch(self, batch, nbytes):
         schema = batch.schema
         if self._schema is None or not schema.equals(self._schema, check_metadata=True):
             self._schema = schema

@@ -103,12 +103,13 @@ class Outputs:
     async def emit(self, routed) -> None:
         metrics = self.metrics
         for edge_index, channel_index, part in routed:
+            nbytes = part.nbytes  # once per batch: the channel and its receiver take it from here
             metrics["rows_out"] += part.num_rows
-            metrics["bytes_out"] += part.nbytes
+            metrics["bytes_out"] += nbytes
             edge = self.edges[edge_index]
             if channel_index is None:
                 channel_index = edge.pick_channel()
-            await edge.channels[channel_index].send(part)
+            await edge.channels[channel_index].send(part, nbytes)
 
     async def broadcast(self, event) -> None:
         for edge in self.edges:

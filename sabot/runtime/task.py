@@ -308,6 +308,14 @@ class Task:
             self.metrics["first_record_at"] = now
         self.metrics["last_record_at"] = now
 
+    def _read_and_route(self, iterator, done):
+        """A source's next batch (``done`` at the end, None when it has nothing now), its
+        ``nbytes`` and its routing: one trip to the operator thread per batch, not two."""
+        batch = next(iterator, done)
+        if batch is done or batch is None:
+            return batch, 0, None
+        return batch, batch.nbytes, self.outputs.route([batch])
+
     async def _run_source(self):
         params = self.ctx.parameters
         time_column = params.get("time_column")
@@ -323,14 +331,14 @@ class Task:
                                                    self.outputs.broadcast)
             if self.rescale.pending:
                 await self.rescale.apply()
-            batch = await self.call(next, iterator, done)
+            batch, nbytes, routed = await self.call(self._read_and_route, iterator, done)
             if batch is done:
                 break
             if batch is not None:  # None: an unbounded source has nothing right now (e.g. Kafka)
                 self._note_record()
                 self.metrics["rows_in"] += batch.num_rows
-                self.metrics["bytes_in"] += batch.nbytes
-                await self.outputs.emit(await self.call(self.outputs.route, [batch]))
+                self.metrics["bytes_in"] += nbytes
+                await self.outputs.emit(routed)
             if self.operator.tracks_watermarks:
                 # per split (Kafka partition) with idleness: the source says, also between batches
                 split_watermark = self.operator.current_watermark()
@@ -393,7 +401,7 @@ class Task:
             if isinstance(item, pa.RecordBatch):
                 self._note_record()
                 self.metrics["rows_in"] += item.num_rows
-                self.metrics["bytes_in"] += item.nbytes
+                self.metrics["bytes_in"] += gate.taken_nbytes(channel)
                 await self._process(self.operator.process, item, state.edges[channel])
                 continue
             if isinstance(item, events.Watermark):
