@@ -58,6 +58,7 @@ SCRIPTS = [
     Script("bench_state.py"),
     Script("bench_channels.py"),
     Script("bench_runtime.py", args=["--rss", "--cluster"], quick_args=["--quick", "--cluster"]),
+    Script("bench_overhead.py"),
     Script("bench_cluster.py"),
     Script("bench_checkpoints.py"),
     Script("bench_checkpoint_storage.py"),
