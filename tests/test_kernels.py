@@ -78,9 +78,9 @@ def test_kernels_let_other_python_threads_run_while_they_work():
     thread for about the whole call."""
     from sabot._core.state import KeyedAggregateTable
 
-    n = 12_000_000
+    n = 8_000_000
     rng = np.random.default_rng(5)
-    keys = pa.array(rng.integers(0, 2_000_000, n))
+    keys = pa.array(rng.integers(0, 200_000, n))
     batch = pa.record_batch({"k": keys, "v": pa.array(rng.random(n))})
     hashes = kernels.hash_columns(batch, "k")
     groups = kernels.key_groups(hashes, 128)
@@ -91,12 +91,12 @@ def test_kernels_let_other_python_threads_run_while_they_work():
             keys, hashes, groups, {"v": batch.column("v")}),
     }
     # the probe sees a call that holds the GIL: list.sort runs in C without releasing it
-    data = rng.integers(0, 1 << 40, 1_000_000).tolist()
+    data = rng.integers(0, 1 << 40, 400_000).tolist()
     stall, took = _longest_stall_of_this_thread_while(lambda: sorted(data))
     assert stall / took > 0.5
     for name, work in works.items():
         stalls = []
-        for _ in range(3):  # the best of three: the OS may also take this thread off its core
-            stall, took = _longest_stall_of_this_thread_while(work)
+        while len(stalls) < 3 and (not stalls or min(stalls) >= 0.5):  # the OS, too, may take this thread
+            stall, took = _longest_stall_of_this_thread_while(work)       # off its core: up to three tries
             stalls.append(stall / took)
         assert min(stalls) < 0.5, f"{name}: this thread stalled {min(stalls):.0%} of the kernel's run"
