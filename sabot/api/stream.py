@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from sabot.errors import GraphValidationError, UnsupportedStateType
+from sabot.execution.chaining import chain_operators
 from sabot.execution.job_graph import JobGraph, OperatorType, StreamOperatorNode
 from sabot.runtime import functions, tables
 from sabot.runtime.embedded import run_coroutine, run_job_graph_async
@@ -318,6 +319,13 @@ class Stream(JoiningMixin, WindowingMixin):
     def name(self, name):
         """Rename the operator this stream comes from."""
         self._node.name = name
+        return self
+
+    def disable_chaining(self):
+        """Keep the operator this stream comes from in a task of its own: it is not fused
+        with its neighbours (see ``to_job_graph(chaining=)``), so it has its own metrics
+        and can be rescaled alone."""
+        self._node.parameters["chaining"] = False
         return self
 
     def filter(self, predicate, *, name=None):
@@ -617,10 +625,14 @@ class Stream(JoiningMixin, WindowingMixin):
 
     # -- building and running ----------------------------------------------------------
 
-    def to_job_graph(self, job_name="sabot-job", *, default_parallelism=1, shippable=False, **config):
+    def to_job_graph(self, job_name="sabot-job", *, default_parallelism=1, shippable=False, chaining=True,
+                     **config):
         """The JobGraph of everything connected to this stream.
 
         ``shippable=True`` refuses lambdas and closures, which only run in this process.
+        ``chaining=True`` fuses each run of stateless operators (filter, map, flat_map,
+        select) joined by forward edges into one operator, run in one task
+        (:mod:`sabot.execution.chaining`).
         """
         job = JobGraph(job_name=job_name, default_parallelism=default_parallelism, **config)
         used = {ref["table_id"] for node in self._plan.nodes.values() for ref in tables.refs_in(node.parameters)}
@@ -636,18 +648,21 @@ class Stream(JoiningMixin, WindowingMixin):
             job.add_operator(node)
         for up, down in self._plan.edges:
             job.connect(up, down)
+        if chaining:
+            job = chain_operators(job)
         if shippable:
             functions.check_shippable(job)
         return job
 
-    async def run_async(self, *, default_parallelism=1, timeout=None, job_name="sabot-job"):
-        job = self.to_job_graph(job_name, default_parallelism=default_parallelism)
+    async def run_async(self, *, default_parallelism=1, timeout=None, job_name="sabot-job", chaining=True):
+        job = self.to_job_graph(job_name, default_parallelism=default_parallelism, chaining=chaining)
         return await run_job_graph_async(job, timeout=timeout)
 
-    def run(self, *, default_parallelism=1, timeout=None, job_name="sabot-job"):
-        """Run the job in this process (uvloop) and return its JobResult."""
+    def run(self, *, default_parallelism=1, timeout=None, job_name="sabot-job", chaining=True):
+        """Run the job in this process (uvloop) and return its JobResult (``chaining``: see
+        :meth:`to_job_graph`)."""
         return run_coroutine(self.run_async(default_parallelism=default_parallelism, timeout=timeout,
-                                            job_name=job_name))
+                                            job_name=job_name, chaining=chaining))
 
 
 class StreamSink(Stream):

@@ -46,9 +46,7 @@ def check_functions(job_graph, check_imports=True, policy=None):
     coordinator never runs user code (a module's top-level code runs only on the workers)."""
     policy = policy or functions.FunctionPolicy()
     for op in job_graph.operators.values():
-        refs = [op.function] + [v for k, v in sorted((op.parameters or {}).items())
-                                if k.endswith("function") and isinstance(v, str)]
-        for ref in refs:
+        for ref in functions.references_of(op):
             if ref is None:
                 continue
             if functions.is_local(ref):

@@ -60,6 +60,7 @@ class OperatorType(str, Enum):
     TOP_N = "top_n"
     PROCESS = "process"
     SINK = "sink"
+    CHAIN = "chain"  # stateless operators fused into one (sabot.execution.chaining)
 
     def __str__(self):
         return self.value

@@ -180,11 +180,25 @@ def resolve(ref):
     return obj
 
 
+def references_of(op):
+    """Every user-function reference an operator (a ``StreamOperatorNode``) names: its
+    ``function``, parameters ending in ``function``, and those of a chain's members
+    (``parameters["steps"]``, see sabot.execution.chaining); None where there is none."""
+    def of(function, parameters):
+        parameters = parameters if isinstance(parameters, dict) else {}
+        refs = [function] + [v for k, v in sorted(parameters.items()) if k.endswith("function") and isinstance(v, str)]
+        steps = parameters.get("steps")
+        for step in steps if isinstance(steps, list) else []:
+            if isinstance(step, dict):
+                refs += of(step.get("function"), step.get("parameters"))
+        return refs
+    return of(op.function, op.parameters)
+
+
 def check_shippable(job_graph):
     """Raise FunctionReferenceError if any operator uses a process-local function."""
     for op in job_graph.operators.values():
-        refs = [op.function] + [v for k, v in sorted(op.parameters.items()) if k.endswith("function")]
-        for ref in refs:
+        for ref in references_of(op):
             if is_local(ref):
                 fn = _local.get(ref)
                 raise FunctionReferenceError(

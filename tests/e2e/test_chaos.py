@@ -35,7 +35,7 @@ def chaos_job(out_dir, aggregate):
         f"chaos-{'aggregate' if aggregate else 'rows'}", default_parallelism=2, shippable=True,
         checkpoint_interval_ms=300, restart_strategy={"type": "fixed-delay", "attempts": 1000, "delay_ms": 50})
     rescalable = next(op_id for op_id, op in graph.operators.items() if op.name == ("aggregate" if aggregate
-                                                                                   else "map"))
+                                                                                   else "filter -> map"))
     return graph, rescalable
 
 

@@ -111,10 +111,10 @@ def test_rescale_keyed_aggregate_up_and_down_keeps_exact_result():
     assert source["metrics"]["rows_in"] == TOTAL  # read once: no restart
 
 
-def test_rescale_stateless_map_keeps_exact_result():
-    job = job_graph(2)
+def test_rescale_stateless_chain_keeps_exact_result():
+    job = job_graph(2)  # the filter and the map run as one chained operator
     plans, statuses, result = asyncio.run(
-        asyncio.wait_for(run_with_rescales(job, [("map", 3, None), ("map", 1, None)]), 90)
+        asyncio.wait_for(run_with_rescales(job, [("filter -> map", 3, None), ("filter -> map", 1, None)]), 90)
     )
     assert not plans[0]["requires_state_redistribution"]
     assert_tables_equal(result.table("sink"), expected(), sort_by=["key"])

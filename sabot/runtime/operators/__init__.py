@@ -12,6 +12,7 @@ from sabot.runtime.operators.base import (
     source_is_rescalable,
 )
 from sabot.runtime.operators import transforms  # noqa: F401  (registers)
+from sabot.runtime.operators import chain  # noqa: F401
 from sabot.runtime.operators import aggregate  # noqa: F401
 from sabot.runtime.operators import aggregate_arrow  # noqa: F401
 from sabot.runtime.operators import sources  # noqa: F401
