@@ -66,9 +66,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.json as pajson
 
-from sabot.connectors import ConnectorError, ipc_to_table, table_to_ipc
+from sabot.connectors import ConnectorError
+from sabot.connectors.two_phase import TwoPhaseCommitSink
 from sabot.runtime.operators.base import SourceOperator, register
-from sabot.runtime.operators.sinks import END_OF_INPUT, _Sink, output_lineage
+from sabot.runtime.operators.sinks import output_lineage
 
 log = logging.getLogger(__name__)
 
@@ -613,8 +614,14 @@ def _json_default(value):
 
 
 @register("sink", kind="kafka")
-class KafkaSink(_Sink):
-    """Records into a Kafka topic with the chosen delivery guarantee (see the module docs)."""
+class KafkaSink(TwoPhaseCommitSink):
+    """Records into a Kafka topic with the chosen delivery guarantee (see the module docs).
+
+    ``exactly-once`` is :class:`~sabot.connectors.two_phase.TwoPhaseCommitSink`'s checkpoint
+    bookkeeping; this class encodes the records (:meth:`stage`), commits one checkpoint's
+    records with its progress record in one Kafka transaction (:meth:`commit`) and reads the
+    progress topic back (:meth:`last_committed_checkpoint`). ``none`` and ``at-least-once``
+    produce every batch at once (:meth:`write_unbuffered`)."""
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -626,6 +633,7 @@ class KafkaSink(_Sink):
             raise ConnectorError(f"{self.what} needs parameter 'bootstrap_servers' ('host:port,...')")
         if not isinstance(self.topic, str) or not self.topic:
             raise ConnectorError(f"{self.what} needs parameter 'topic'")
+        self.target = f"topic {self.topic!r}"
         self.key = p.get("key")
         self.format = p.get("format") or "json"
         if self.format not in SINK_FORMATS:
@@ -633,21 +641,15 @@ class KafkaSink(_Sink):
         self.delivery = p.get("delivery") or "at-least-once"
         if self.delivery not in DELIVERY:
             raise ConnectorError(f"{self.what}: unknown delivery {self.delivery!r}; expected one of {DELIVERY}")
+        self.two_phase = self.delivery == "exactly-once"
         self.avro = _parsed_avro(p.get("avro_schema"), self.what) if self.format == "avro" else None
-        self.job = output_lineage(ctx.job_id)
         self.prefix = p.get("transactional_id_prefix")
         self.progress_topic = p.get("progress_topic") or DEFAULT_PROGRESS_TOPIC
         self.config = dict(p.get("config") or {})
         self.producer = None
         self.schema = None
-        self._open = []  # exactly-once: (keys, values) since the last barrier
-        self.pending = {}  # exactly-once: checkpoint id -> Table(key binary, value binary)
         self._errors = []  # delivery errors reported by librdkafka's callback
-        self.committed_checkpoints = 0
-        self.skipped_checkpoints = 0
         self.produced = 0
-        self._failure = None
-        self._lock = threading.Lock()
 
     # -- setup -------------------------------------------------------------------------
 
@@ -689,6 +691,11 @@ class KafkaSink(_Sink):
                 raise ConnectorError(f"{self.what}: init_transactions for {self.transactional_id!r} failed: "
                                      f"{exc.args[0].str() if exc.args else exc}") from exc
 
+    def lineage_changed(self):
+        """Restored into a new job: go on with the old one's transactional id (fencing its producers)."""
+        self.producer.flush(TIMEOUT_S)
+        self._connect()
+
     def _on_error(self, err):
         log.warning("%s: %s", self.what, err.str() if hasattr(err, "str") else err)
 
@@ -696,36 +703,30 @@ class KafkaSink(_Sink):
         if err is not None:
             self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
-    def _raise_failure(self):
-        if self._failure is not None:
-            raise ConnectorError(f"{self.what}: an earlier write to topic {self.topic!r} failed: {self._failure}") \
-                from self._failure
-        if self._errors:
-            self._failure = ConnectorError("; ".join(self._errors[:3]))
-            raise ConnectorError(f"{self.what}: {len(self._errors)} record(s) were not delivered to "
-                                 f"{self.topic!r}: {'; '.join(self._errors[:3])}")
+    def failure_detail(self):
+        if not self._errors:
+            return None
+        return f"{len(self._errors)} record(s) were not delivered to {self.topic!r}: {'; '.join(self._errors[:3])}"
 
     # -- rows --------------------------------------------------------------------------
 
-    def process(self, batch, input_index):
-        with self._lock:
-            self._raise_failure()
-            if self.schema is None:
-                self._check_schema(batch.schema)
-                self.schema = batch.schema
-            self._count(batch)
-            if not batch.num_rows:
-                return []
-            try:
-                keys, values = encode_rows(pa.Table.from_batches([batch]), self.format, self.key, self.avro)
-            except (ValueError, TypeError) as exc:  # fastavro: a row that does not fit the schema
-                raise ConnectorError(f"{self.what}: a row cannot be written as {self.format}: {exc}") from exc
-            if self.delivery == "exactly-once":
-                self._open.append((keys, values))
-            else:
-                self._produce(keys, values)
-                self.producer.poll(0)
-        return []
+    def check_batch(self, batch):
+        if self.schema is None:
+            self._check_schema(batch.schema)
+            self.schema = batch.schema
+
+    def stage(self, batch):
+        """The records of ``batch``: a table of binary ``key`` and ``value``."""
+        try:
+            keys, values = encode_rows(pa.Table.from_batches([batch]), self.format, self.key, self.avro)
+        except (ValueError, TypeError) as exc:  # fastavro: a row that does not fit the schema
+            raise ConnectorError(f"{self.what}: a row cannot be written as {self.format}: {exc}") from exc
+        return pa.table({"key": pa.array(keys, pa.binary()), "value": pa.array(values, pa.binary())})
+
+    def write_unbuffered(self, table):
+        """``none`` / ``at-least-once``: produce now (at-least-once waits at the next barrier)."""
+        self._produce(table.column("key").to_pylist(), table.column("value").to_pylist())
+        self.producer.poll(0)
 
     def _check_schema(self, schema):
         if self.key is not None and schema.get_field_index(self.key) < 0:
@@ -763,18 +764,12 @@ class KafkaSink(_Sink):
                                  "are the brokers reachable?")
         self._raise_failure()
 
-    # -- exactly-once: one transaction per checkpoint -----------------------------------
+    # -- exactly-once: the target's part of the two-phase commit --------------------------
 
-    def _take_open(self):
-        if not self._open:
-            return None
-        keys = [k for ks, _ in self._open for k in ks]
-        values = [v for _, vs in self._open for v in vs]
-        self._open = []
-        return pa.table({"key": pa.array(keys, pa.binary()), "value": pa.array(values, pa.binary())})
-
-    def _commit(self, table, checkpoint_id):
-        """Produce ``table`` and the progress record in one transaction and commit it."""
+    def commit(self, table, checkpoint_id):
+        """Produce ``table`` and (with a checkpoint) its progress record in one transaction and
+        commit it. Kafka cannot check the progress topic inside a transaction: a replay is kept
+        from producing twice by the restore reading it first (:meth:`last_committed_checkpoint`)."""
         from confluent_kafka import KafkaException
 
         if self.producer is None:  # closed at the end of input; the job's end publishes (notify_job_finished)
@@ -783,16 +778,16 @@ class KafkaSink(_Sink):
             self.producer.begin_transaction()
             if table is not None:
                 self._produce(table.column("key").to_pylist(), table.column("value").to_pylist())
-            self.producer.produce(self.progress_topic, key=self.progress_key,
-                                  value=orjson.dumps({"checkpoint_id": checkpoint_id,
-                                                      "rows": table.num_rows if table is not None else 0}),
-                                  on_delivery=self._on_delivery)
+            if checkpoint_id is not None:
+                self.producer.produce(self.progress_topic, key=self.progress_key,
+                                      value=orjson.dumps({"checkpoint_id": checkpoint_id,
+                                                          "rows": table.num_rows if table is not None else 0}),
+                                      on_delivery=self._on_delivery)
             self.producer.flush(TIMEOUT_S)
             self._raise_failure()
             self.producer.commit_transaction(TIMEOUT_S)
-            self.committed_checkpoints += 1
+            return True
         except (KafkaException, ConnectorError) as exc:
-            self._failure = exc
             try:
                 self.producer.abort_transaction(TIMEOUT_S)
             except Exception:
@@ -830,73 +825,37 @@ class KafkaSink(_Sink):
         finally:
             consumer.close()
 
-    # -- checkpoints -------------------------------------------------------------------
+    # -- checkpoints: exactly-once is the base class's; the other guarantees flush ----------
 
     def snapshot_state(self, checkpoint_id):
+        if self.two_phase:
+            return super().snapshot_state(checkpoint_id)
         with self._lock:
             self._raise_failure()
             if self.delivery == "at-least-once":
                 self._flush(f"checkpoint {checkpoint_id}")
-            if self.delivery != "exactly-once":
-                return None
-            table = self._take_open()
-            if table is not None:
-                self.pending[int(checkpoint_id)] = table
-            return {"keyed": None, "state": {
-                "job": self.job,
-                "pending": {str(c): table_to_ipc(t) for c, t in sorted(self.pending.items())},
-            }}
+        return None
 
     def notify_checkpoint_complete(self, checkpoint_id):
-        if self.delivery != "exactly-once":
-            return
-        with self._lock:
-            for c in sorted(c for c in self.pending if c <= checkpoint_id):
-                self._commit(self.pending[c], c)
-                del self.pending[c]
+        if self.two_phase:
+            super().notify_checkpoint_complete(checkpoint_id)
 
     def restore_state(self, keyed, state, checkpoint_id):
-        state = state or {}
-        if self.delivery != "exactly-once" or not state:
-            return
-        with self._lock:
-            job = state.get("job") or self.job
-            if job != self.job:  # restored into a new job: go on with the old one's ids
-                self.job = job
-                self.producer.flush(TIMEOUT_S)
-                self._connect()
-            pending = sorted((int(c), d) for c, d in (state.get("pending") or {}).items() if int(c) <= checkpoint_id)
-            if not pending:
-                return
-            last = self.last_committed_checkpoint()
-            for c, data in pending:
-                if c <= last:
-                    self.skipped_checkpoints += 1
-                    log.info("%s[%d]: checkpoint %s was committed before; not producing it again", self.what,
-                             self.ctx.subtask_index, c)
-                    continue
-                self._commit(ipc_to_table(data), c)
+        if self.two_phase:
+            super().restore_state(keyed, state, checkpoint_id)
 
     def finish(self):
+        if self.two_phase:
+            return super().finish()
         with self._lock:
             self._raise_failure()
-            if self.delivery == "exactly-once":
-                table = self._take_open()
-                if self.ctx.checkpointing:
-                    if table is not None:
-                        self.pending[END_OF_INPUT] = table
-                elif table is not None:
-                    self._commit(table, END_OF_INPUT)
-            elif self.producer is not None:
+            if self.producer is not None:
                 self._flush("end of input")
         return []
 
     def notify_job_finished(self):
-        if self.delivery != "exactly-once":
-            return
-        with self._lock:
-            for c in sorted(self.pending):
-                self._commit(self.pending.pop(c), c)
+        if self.two_phase:
+            super().notify_job_finished()
 
     def close(self):
         if self.producer is not None:
@@ -908,6 +867,5 @@ class KafkaSink(_Sink):
 
     def summary(self):
         out = super().summary()
-        out.update({"produced": self.produced, "committed_checkpoints": self.committed_checkpoints,
-                    "skipped_checkpoints": self.skipped_checkpoints})
+        out["produced"] = self.produced
         return out

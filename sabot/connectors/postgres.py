@@ -39,15 +39,14 @@ table's primary key).
 
 import io
 import logging
-import threading
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from sabot.connectors import ConnectorError, ipc_to_table, table_to_ipc
+from sabot.connectors import ConnectorError
+from sabot.connectors.two_phase import TwoPhaseCommitSink
 from sabot.runtime.operators.base import SourceOperator, register
-from sabot.runtime.operators.sinks import END_OF_INPUT, _Sink, output_lineage
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +256,12 @@ def last_per_key(table, key):
 
 
 @register("sink", kind="postgres")
-class PostgresSink(_Sink):
-    """Rows into a PostgreSQL table, exactly once with checkpoints (see the module docs)."""
+class PostgresSink(TwoPhaseCommitSink):
+    """Rows into a PostgreSQL table, exactly once with checkpoints (see the module docs).
+
+    The checkpoint bookkeeping is :class:`~sabot.connectors.two_phase.TwoPhaseCommitSink`'s;
+    this class opens the connection, checks the table, and commits one checkpoint's rows
+    with its progress row in one PostgreSQL transaction (:meth:`commit`)."""
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -271,25 +274,18 @@ class PostgresSink(_Sink):
             raise ConnectorError(f"{self.what} needs parameter 'dsn' (a libpq connection string or URI)")
         if not isinstance(self.table, str) or not self.table:
             raise ConnectorError(f"{self.what} needs parameter 'table' (name or schema.name)")
+        self.target = repr(self.table)
         self.mode = p.get("mode") or "append"
         if self.mode not in SINK_MODES:
             raise ConnectorError(f"{self.what}: unknown mode {self.mode!r}; expected one of {SINK_MODES}")
         self.key = list(p.get("key") or [])
         self.create = bool(p.get("create_table"))
-        self.batch_rows = p.get("batch_rows") or DEFAULT_BATCH_ROWS
+        self.flush_rows = p.get("batch_rows") or DEFAULT_BATCH_ROWS
         self.progress_table = p.get("progress_table") or DEFAULT_PROGRESS_TABLE
-        self.job = output_lineage(ctx.job_id)
         self.conn = None
         self.columns = None  # the target table's {column: type}
         self.schema = None
-        self._open = []  # batches since the last barrier
-        self._open_rows = 0
-        self.pending = {}  # checkpoint id -> Table waiting for that checkpoint to complete
-        self.committed_checkpoints = 0
-        self.skipped_checkpoints = 0  # already in the progress table (a replayed commit)
         self.written_rows = 0
-        self._failure = None  # the error of a failed write: fails the task at its next step
-        self._lock = threading.Lock()  # notify_checkpoint_complete comes from another pool thread
 
     # -- connection and checks ---------------------------------------------------------
 
@@ -355,38 +351,24 @@ class PostgresSink(_Sink):
             if absent:
                 raise ConnectorError(f"{self.what}: key column(s) {absent} are not in the stream ({schema.names})")
 
-    def _raise_failure(self):
-        if self._failure is not None:
-            raise ConnectorError(f"{self.what}: an earlier write to {self.table!r} failed: {self._failure}") \
-                from self._failure
+    def check_batch(self, batch):
+        if self.schema is None:
+            self._check_schema(batch.schema)
+            self.schema = batch.schema
+        elif not batch.schema.equals(self.schema, check_metadata=False):
+            raise ConnectorError(f"{self.what} received a batch with schema {batch.schema}; earlier batches "
+                                 f"had {self.schema}")
 
-    # -- rows --------------------------------------------------------------------------
+    def check_restored(self, table):
+        if self.schema is None:
+            self._check_schema(table.schema)
+            self.schema = table.schema
 
-    def process(self, batch, input_index):
-        with self._lock:
-            self._raise_failure()
-            if self.schema is None:
-                self._check_schema(batch.schema)
-                self.schema = batch.schema
-            elif not batch.schema.equals(self.schema, check_metadata=False):
-                raise ConnectorError(f"{self.what} received a batch with schema {batch.schema}; earlier batches "
-                                     f"had {self.schema}")
-            self._count(batch)
-            if batch.num_rows:
-                self._open.append(batch)
-                self._open_rows += batch.num_rows
-            if not self.ctx.checkpointing and self._open_rows >= self.batch_rows:
-                self._write(self._take_open(), None)
-        return []
+    # -- the target's part of the two-phase commit --------------------------------------
 
-    def _take_open(self):
-        table = pa.Table.from_batches(self._open, schema=self.schema) if self._open else None
-        self._open, self._open_rows = [], 0
-        return table
-
-    def _write(self, table, checkpoint_id):
-        """Write ``table`` in one transaction; with ``checkpoint_id``, record it in the progress
-        table in that transaction, and write nothing if it is there already. True if written."""
+    def commit(self, table, checkpoint_id):
+        """Write ``table`` in one transaction; with ``checkpoint_id``, insert its progress row
+        in that transaction, and write nothing (False) if the row is there already."""
         import psycopg
         from psycopg import sql
 
@@ -401,9 +383,6 @@ class PostgresSink(_Sink):
                         _identifier(self.progress_table)),
                         (self.job, self.ctx.operator_name, self.ctx.subtask_index, checkpoint_id, rows))
                     if cur.fetchone() is None:
-                        self.skipped_checkpoints += 1
-                        log.info("%s[%d]: checkpoint %s was committed before; not writing it again",
-                                 self.what, self.ctx.subtask_index, checkpoint_id)
                         return False
                 if rows:
                     if self.mode == "append":
@@ -411,19 +390,33 @@ class PostgresSink(_Sink):
                     else:
                         self._upsert(cur, last_per_key(table, self.key))
             self.written_rows += rows
-            if checkpoint_id is not None:
-                self.committed_checkpoints += 1
             return True
-        except ConnectorError as exc:
-            self._failure = exc
-            raise
         except psycopg.Error as exc:
-            self._failure = exc
             if self.conn is not None and self.conn.broken:
                 self.conn = None
             raise ConnectorError(f"{self.what}: writing {rows} rows to {self.table!r}"
                                  + (f" for checkpoint {checkpoint_id}" if checkpoint_id is not None else "")
                                  + f" failed: {type(exc).__name__}: {str(exc).strip()}") from exc
+
+    def last_committed_checkpoint(self):
+        """The highest checkpoint id in this subtask's progress rows, or -1."""
+        import psycopg
+        from psycopg import sql
+
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = connect(self.dsn, self.what)
+            with self.conn.transaction():
+                row = self.conn.execute(sql.SQL(
+                    "SELECT max(checkpoint_id) FROM {} WHERE job = %s AND sink = %s AND subtask = %s").format(
+                    _identifier(self.progress_table)),
+                    (self.job, self.ctx.operator_name, self.ctx.subtask_index)).fetchone()
+        except psycopg.Error as exc:
+            if self.conn is not None and self.conn.broken:
+                self.conn = None
+            raise ConnectorError(f"{self.what}: reading the progress table {self.progress_table!r} failed: "
+                                 f"{type(exc).__name__}: {str(exc).strip()}") from exc
+        return -1 if row is None or row[0] is None else int(row[0])
 
     def _upsert(self, cur, table):
         from psycopg import sql
@@ -443,58 +436,6 @@ class PostgresSink(_Sink):
 
     # -- checkpoints: pre-commit at the barrier, commit on completion -----------------
 
-    def snapshot_state(self, checkpoint_id):
-        with self._lock:
-            self._raise_failure()  # a failed write declines the checkpoint
-            table = self._take_open()
-            if table is not None:
-                self.pending[int(checkpoint_id)] = table
-            return {"keyed": None, "state": {
-                "job": self.job,
-                "pending": {str(c): table_to_ipc(t) for c, t in sorted(self.pending.items())},
-            }}
-
-    def notify_checkpoint_complete(self, checkpoint_id):
-        with self._lock:
-            for c in sorted(c for c in self.pending if c <= checkpoint_id):
-                self._write(self.pending[c], c)
-                del self.pending[c]
-
-    def restore_state(self, keyed, state, checkpoint_id):
-        state = state or {}
-        unknown = sorted(set(state) - {"job", "pending"})
-        if unknown or (keyed is not None and keyed.num_rows):
-            raise ConnectorError(f"{self.what}: the state in checkpoint {checkpoint_id} is not a PostgreSQL sink's "
-                                 f"(unexpected keys {unknown}; expected 'job', 'pending')")
-        with self._lock:
-            self.job = state.get("job") or self.job
-            for c, data in sorted((int(c), d) for c, d in (state.get("pending") or {}).items()):
-                if c > checkpoint_id:
-                    continue  # not covered by the restored checkpoint: the sources replay these rows
-                table = ipc_to_table(data)
-                if self.schema is None:
-                    self._check_schema(table.schema)
-                    self.schema = table.schema
-                self._write(table, c)
-
-    def finish(self):
-        with self._lock:
-            self._raise_failure()
-            table = self._take_open()
-            if self.ctx.checkpointing:
-                # another task may still fail and the job restart from a checkpoint: these rows are
-                # written when the whole job finished (notify_job_finished)
-                if table is not None:
-                    self.pending[END_OF_INPUT] = table
-            elif table is not None:
-                self._write(table, None)
-        return []
-
-    def notify_job_finished(self):
-        with self._lock:
-            for c in sorted(self.pending):
-                self._write(self.pending.pop(c), c)
-
     def close(self):
         if self.conn is not None:
             try:
@@ -505,10 +446,7 @@ class PostgresSink(_Sink):
 
     def summary(self):
         out = super().summary()
-        out.update({"written_rows": self.written_rows, "committed_checkpoints": self.committed_checkpoints,
-                    "skipped_checkpoints": self.skipped_checkpoints})
-        if self.pending:
-            out["pending_rows"] = sum(t.num_rows for t in self.pending.values())
+        out["written_rows"] = self.written_rows
         return out
 
 
