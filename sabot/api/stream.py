@@ -208,7 +208,9 @@ class Stream(JoiningMixin, WindowingMixin):
         ``"kafka"``) behind the largest seen. The watermark is kept per partition: a subtask's
         is the smallest of its partitions', and a partition without records for
         ``idle_timeout_ms`` is left out until it delivers again (Flink's idleness), so one idle
-        partition does not hold event time back. Offsets live in Sabot's checkpoints and are
+        partition does not hold event time back; a subtask whose partitions are all idle is
+        announced idle downstream (``WatermarkStatus``), so it does not hold the operators after
+        it back either (README: Watermarks and idleness). Offsets live in Sabot's checkpoints and are
         committed to the group when a checkpoint completes. See :mod:`sabot.connectors.kafka`.
         """
         from sabot.connectors.kafka import METADATA, SOURCE_FORMATS

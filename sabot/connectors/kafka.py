@@ -23,7 +23,9 @@ flat record schema; fastavro), the sink writes it the same way. ``metadata`` add
 event time is any of these columns or a field of the value (``Stream.with_watermarks``).
 The watermark is kept per partition: a subtask's is the smallest over its partitions that
 are neither finished nor idle (no record for ``idle_timeout_ms``), see
-:meth:`KafkaSource.current_watermark`.
+:meth:`KafkaSource.current_watermark`. A subtask none of whose partitions is live (or that
+has no partition) is :attr:`KafkaSource.idle`: the task announces it downstream
+(``WatermarkStatus``), so downstream operators leave it out of their event time.
 
 A live rescale moves the partitions with their offsets (``moves_split_positions``): the old
 tasks stop where they paused, and the new tasks take their partitions from the offsets the
@@ -284,18 +286,33 @@ class KafkaSource(SourceOperator):
         """
         if not self.time_column or not self.partitions:
             return None
-        now = self._now_ms()
         marks = []
+        for tp in self._live_partitions():
+            if tp not in self._split_max:
+                return None
+            marks.append(self._split_max[tp])
+        return min(marks) - self.out_of_orderness if marks else None
+
+    def _live_partitions(self):
+        """This subtask's partitions that are neither finished (bounded) nor idle."""
+        now = self._now_ms()
         for tp in self.partitions:
             if self.stop is not None and self.offsets.get(tp, -1) >= self.stop.get(tp, 0):
                 continue
             last = self._split_active.get(tp, self._opened_at)
             if self.idle_timeout_ms is not None and last is not None and now - last >= self.idle_timeout_ms:
                 continue
-            if tp not in self._split_max:
-                return None
-            marks.append(self._split_max[tp])
-        return min(marks) - self.out_of_orderness if marks else None
+            yield tp
+
+    @property
+    def idle(self):
+        """With event time: True when none of this subtask's partitions is live (all idle past
+        ``idle_timeout_ms``, or finished), or it has no partition at all (more subtasks than
+        partitions). The task then announces idle downstream (WatermarkStatus), so the
+        operators after it do not wait for this subtask's watermark."""
+        if not self.tracks_watermarks or self.partitions is None:
+            return False
+        return next(self._live_partitions(), None) is None
 
     def _watermarks(self, tp):
         from confluent_kafka import KafkaException, TopicPartition

@@ -20,6 +20,7 @@ __all__ = [
     "Event",
     "RescaleBarrier",
     "Watermark",
+    "WatermarkStatus",
     "from_dict",
     "is_event",
 ]
@@ -79,9 +80,27 @@ class Watermark:
         return {"type": "Watermark", "timestamp": self.timestamp}
 
 
-Event = Union[EndOfStream, CheckpointBarrier, RescaleBarrier, Watermark]
+@dataclass(frozen=True)
+class WatermarkStatus:
+    """Flink's WatermarkStatus: ``idle=True``: the sender will not advance its watermark for a
+    while (a source whose splits are all idle, or a task whose inputs all are), so the receiver
+    leaves this channel out of its minimum watermark; ``idle=False`` (or any record or
+    watermark on the channel) makes it count again. Idle is not finished: an idle channel
+    still delivers checkpoint barriers and may deliver records later."""
 
-_EVENT_TYPES = {cls.__name__: cls for cls in (EndOfStream, CheckpointBarrier, RescaleBarrier, Watermark)}
+    idle: bool
+
+    def to_dict(self) -> dict:
+        return {"type": "WatermarkStatus", "idle": self.idle}
+
+
+IDLE = WatermarkStatus(True)
+ACTIVE = WatermarkStatus(False)
+
+Event = Union[EndOfStream, CheckpointBarrier, RescaleBarrier, Watermark, WatermarkStatus]
+
+_EVENT_TYPES = {cls.__name__: cls for cls in (EndOfStream, CheckpointBarrier, RescaleBarrier, Watermark,
+                                              WatermarkStatus)}
 _EVENT_CLASSES = tuple(_EVENT_TYPES.values())
 
 

@@ -3,6 +3,12 @@ with its ChannelSelector).
 
 Routing (partitioning a batch for every edge) runs on the task's thread pool; sending
 runs on the event loop and waits for credit, so a slow receiver slows the sender.
+
+:class:`Outputs` also owns the watermark status the task announced downstream
+(:attr:`Outputs.idle`): :meth:`Outputs.set_idle` sends a
+:class:`~sabot.runtime.events.WatermarkStatus` on every channel when it changes, and a
+record or watermark sent while idle is preceded by ``active`` (the receivers count the
+channel again anyway; this keeps the two sides agreeing).
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ class Outputs:
         self.metrics = metrics
         self.edges: list[OutputEdge] = []
         self._retired_backpressure = 0.0  # of edges a rescale replaced
+        self.idle = False  # the watermark status announced downstream (WatermarkStatus)
 
     async def _open(self, spec) -> OutputEdge:
         channels = [await self.data_server.output_channel(t.channel_id, t.host, t.port) for t in spec.targets]
@@ -100,7 +107,15 @@ class Outputs:
                     routed.append((edge_index, channel_index, part))
         return routed
 
+    async def set_idle(self, idle) -> None:
+        """Announce ``idle`` (or active again) downstream, if that is news."""
+        if idle != self.idle:
+            self.idle = idle
+            await self._broadcast(events.IDLE if idle else events.ACTIVE)
+
     async def emit(self, routed) -> None:
+        if self.idle and routed:
+            await self.set_idle(False)
         metrics = self.metrics
         for edge_index, channel_index, part in routed:
             nbytes = part.nbytes  # once per batch: the channel and its receiver take it from here
@@ -112,6 +127,11 @@ class Outputs:
             await edge.channels[channel_index].send(part, nbytes)
 
     async def broadcast(self, event) -> None:
+        if self.idle and isinstance(event, events.Watermark):
+            await self.set_idle(False)
+        await self._broadcast(event)
+
+    async def _broadcast(self, event) -> None:
         for edge in self.edges:
             for ch in edge.channels:
                 await ch.send(event)

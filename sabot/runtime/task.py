@@ -5,7 +5,8 @@ work (and the partitioning of its output) runs on a small thread pool so that
 compiled kernels and pyarrow, which release the GIL, use more than one core; the
 coroutine keeps the order of everything it reads and sends. Control events travel
 in order with the data: watermarks advance the event-time clock (the minimum over
-the live inputs), end of stream on every input finishes the operator.
+the live inputs that are not idle, see :class:`~sabot.runtime.events.WatermarkStatus`),
+end of stream on every input finishes the operator.
 
 The task's parts each live in their own module: :mod:`~sabot.runtime.output` (routing
 and sending), :mod:`~sabot.runtime.inputs` (per-channel watermarks and ends),
@@ -325,6 +326,10 @@ class Task:
         max_ts = None
         watermark = None
         while True:
+            # a source whose splits are all idle says so downstream (WatermarkStatus), so the
+            # operators after it leave it out of their event time
+            if self.operator.idle != self.outputs.idle:
+                await self.outputs.set_idle(self.operator.idle)
             # checkpoints and a rescale pause happen between two units, never inside one
             while self._triggers and self.operator.at_unit_boundary:
                 await self.checkpointer.checkpoint(self.call, self.operator, self._triggers.popleft(), 0.0,
@@ -383,6 +388,8 @@ class Task:
 
     async def _input_loop(self, gate, state, proc_timers):
         while state.remaining:
+            if state.all_idle != self.outputs.idle:  # every live input idle: this task is idle downstream
+                await self.outputs.set_idle(state.all_idle)
             now = proc_timers.due()
             if now is not None:
                 await self._process(self.operator.on_processing_time, now)
@@ -399,6 +406,7 @@ class Task:
             if channel is None:  # a control message arrived, or a processing-time timer is due
                 continue
             if isinstance(item, pa.RecordBatch):
+                state.record(channel)
                 self._note_record()
                 self.metrics["rows_in"] += item.num_rows
                 self.metrics["bytes_in"] += gate.taken_nbytes(channel)
@@ -406,6 +414,8 @@ class Task:
                 continue
             if isinstance(item, events.Watermark):
                 await self._advance_event_time(state.watermark(channel, item.timestamp))
+            elif isinstance(item, events.WatermarkStatus):
+                await self._advance_event_time(state.set_idle(channel, item.idle))
             elif isinstance(item, events.EndOfStream):
                 state.finish(channel)
                 # align first: channels released now carry no barrier of a checkpoint

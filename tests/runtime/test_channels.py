@@ -57,6 +57,8 @@ def test_events_roundtrip_through_json():
         events.CheckpointBarrier(checkpoint_id=3, timestamp_ms=1_700_000_000_123),
         events.RescaleBarrier("r1", "op-7", {"assignment": {"0": [0, 63], "1": [64, 127]}}),
         events.Watermark(timestamp=-5),
+        events.WatermarkStatus(idle=True),
+        events.ACTIVE,
     ]
     for ev in all_events:
         wire = json.dumps(ev.to_dict())

@@ -155,6 +155,10 @@ def test_events_keep_their_place_between_batches(run):
                 sent.append(pa.record_batch({"x": [i]}))
                 if i % 2:
                     sent.append(events.Watermark(i))
+                if i == 2:
+                    sent.append(events.IDLE)
+                if i == 4:
+                    sent.append(events.ACTIVE)
                 if i == 3:
                     sent.append(events.CheckpointBarrier(9, 1234))
                     sent.append(events.RescaleBarrier("r", "op", {"groups": [1, 2]}))

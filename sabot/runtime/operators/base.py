@@ -209,6 +209,13 @@ class SourceOperator(Operator):
         return None
 
     @property
+    def idle(self):
+        """True while every split of this subtask is idle (or it has none): the task announces
+        :class:`~sabot.runtime.events.WatermarkStatus` idle downstream, so operators after it
+        leave this subtask out of their event time until it delivers again."""
+        return False
+
+    @property
     def position(self):
         return None
 
