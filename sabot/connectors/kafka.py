@@ -675,9 +675,10 @@ class KafkaSink(TwoPhaseCommitSink):
         prefix = self.prefix or f"sabot-{self.job}-{self.ctx.operator_name}"
         return f"{prefix}-{self.ctx.subtask_index}"
 
-    @property
-    def progress_key(self):
-        return f"{self.job}/{self.ctx.operator_name}/{self.ctx.subtask_index}".encode()
+    @staticmethod
+    def progress_key(progress_job, sink, subtask):
+        """The key of a progress record in the progress topic."""
+        return f"{progress_job}/{sink}/{subtask}".encode()
 
     def open(self):
         self._connect()
@@ -783,8 +784,8 @@ class KafkaSink(TwoPhaseCommitSink):
 
     # -- exactly-once: the target's part of the two-phase commit --------------------------
 
-    def commit(self, table, checkpoint_id):
-        """Produce ``table`` and (with a checkpoint) its progress record in one transaction and
+    def commit(self, table, progress):
+        """Produce ``table`` and (with checkpoints) the ``progress`` record in one transaction and
         commit it. Kafka cannot check the progress topic inside a transaction: a replay is kept
         from producing twice by the restore reading it first (:meth:`last_committed_checkpoint`)."""
         from confluent_kafka import KafkaException
@@ -795,9 +796,9 @@ class KafkaSink(TwoPhaseCommitSink):
             self.producer.begin_transaction()
             if table is not None:
                 self._produce(table.column("key").to_pylist(), table.column("value").to_pylist())
-            if checkpoint_id is not None:
-                self.producer.produce(self.progress_topic, key=self.progress_key,
-                                      value=orjson.dumps({"checkpoint_id": checkpoint_id,
+            if progress is not None:
+                self.producer.produce(self.progress_topic, key=self.progress_key(*progress[:3]),
+                                      value=orjson.dumps({"checkpoint_id": progress.checkpoint_id,
                                                           "rows": table.num_rows if table is not None else 0}),
                                       on_delivery=self._on_delivery)
             self.producer.flush(TIMEOUT_S)
@@ -809,17 +810,19 @@ class KafkaSink(TwoPhaseCommitSink):
                 self.producer.abort_transaction(TIMEOUT_S)
             except Exception:
                 log.debug("%s: abort after a failed commit failed", self.what, exc_info=True)
-            raise ConnectorError(f"{self.what}: committing the transaction of checkpoint {checkpoint_id} to "
+            what = f"checkpoint {progress.checkpoint_id}" if progress is not None else "the end of input"
+            raise ConnectorError(f"{self.what}: committing the transaction of {what} to "
                                  f"{self.topic!r} failed: {exc}") from exc
 
-    def last_committed_checkpoint(self):
-        """The highest checkpoint id this subtask committed, read from the progress topic
-        (read_committed), or -1."""
+    def last_committed_checkpoint(self, job):
+        """The highest checkpoint id this subtask committed in a job of lineage ``job``, read from
+        the progress topic (read_committed), or -1."""
         from confluent_kafka import Consumer, TopicPartition
 
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"{self.transactional_id}-progress",
                              "enable.auto.commit": False, "isolation.level": "read_committed",
                              **{k: v for k, v in self.config.items() if k.startswith(("security", "sasl", "ssl"))}})
+        key = self.progress_key(job, self.ctx.operator_name, self.ctx.subtask_index)
         try:
             parts = list_partitions(consumer, [self.progress_topic], self.what + " (its progress topic)")
             ends = {tp: consumer.get_watermark_offsets(TopicPartition(*tp), timeout=TIMEOUT_S) for tp in parts}
@@ -831,7 +834,7 @@ class KafkaSink(TwoPhaseCommitSink):
                     if m.error() is not None:
                         continue
                     tp = (m.topic(), m.partition())
-                    if m.key() == self.progress_key:
+                    if m.key() == key:
                         last = max(last, int(orjson.loads(m.value())["checkpoint_id"]))
                     if m.offset() + 1 >= ends[tp][1]:
                         todo.discard(tp)

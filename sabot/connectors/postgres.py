@@ -366,9 +366,9 @@ class PostgresSink(TwoPhaseCommitSink):
 
     # -- the target's part of the two-phase commit --------------------------------------
 
-    def commit(self, table, checkpoint_id):
-        """Write ``table`` in one transaction; with ``checkpoint_id``, insert its progress row
-        in that transaction, and write nothing (False) if the row is there already."""
+    def commit(self, table, progress):
+        """Write ``table`` in one transaction; with ``progress``, insert that row into the
+        progress table in the same transaction, and write nothing (False) if it is there already."""
         import psycopg
         from psycopg import sql
 
@@ -377,11 +377,10 @@ class PostgresSink(TwoPhaseCommitSink):
             if self.conn is None or self.conn.closed:
                 self.conn = connect(self.dsn, self.what)
             with self.conn.transaction(), self.conn.cursor() as cur:
-                if checkpoint_id is not None:
+                if progress is not None:
                     cur.execute(sql.SQL("INSERT INTO {} (job, sink, subtask, checkpoint_id, rows) VALUES "
                                         "(%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1").format(
-                        _identifier(self.progress_table)),
-                        (self.job, self.ctx.operator_name, self.ctx.subtask_index, checkpoint_id, rows))
+                        _identifier(self.progress_table)), (*progress, rows))
                     if cur.fetchone() is None:
                         return False
                 if rows:
@@ -395,11 +394,11 @@ class PostgresSink(TwoPhaseCommitSink):
             if self.conn is not None and self.conn.broken:
                 self.conn = None
             raise ConnectorError(f"{self.what}: writing {rows} rows to {self.table!r}"
-                                 + (f" for checkpoint {checkpoint_id}" if checkpoint_id is not None else "")
+                                 + (f" for checkpoint {progress.checkpoint_id}" if progress is not None else "")
                                  + f" failed: {type(exc).__name__}: {str(exc).strip()}") from exc
 
-    def last_committed_checkpoint(self):
-        """The highest checkpoint id in this subtask's progress rows, or -1."""
+    def last_committed_checkpoint(self, job):
+        """The highest checkpoint id in this subtask's progress rows of lineage ``job``, or -1."""
         import psycopg
         from psycopg import sql
 
@@ -410,7 +409,7 @@ class PostgresSink(TwoPhaseCommitSink):
                 row = self.conn.execute(sql.SQL(
                     "SELECT max(checkpoint_id) FROM {} WHERE job = %s AND sink = %s AND subtask = %s").format(
                     _identifier(self.progress_table)),
-                    (self.job, self.ctx.operator_name, self.ctx.subtask_index)).fetchone()
+                    (job, self.ctx.operator_name, self.ctx.subtask_index)).fetchone()
         except psycopg.Error as exc:
             if self.conn is not None and self.conn.broken:
                 self.conn = None

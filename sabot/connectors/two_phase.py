@@ -9,11 +9,12 @@ one subtask receives between two checkpoint barriers (its *transaction*):
   batch into the Arrow table to keep, e.g. encoded Kafka records);
 * **pre-commit** at barrier ``c`` (``snapshot_state``): the open transaction is sealed as
   *pending for* ``c``; every pending transaction goes into the operator's snapshot as Arrow
-  IPC (``{"job": lineage, "pending": {"c": ipc}}``), so it survives the worker;
+  IPC (``{"job": lineage, "progress_job": lineage, "pending": {"c": ipc}}``), so it survives
+  the worker;
 * **commit** when checkpoint ``c`` completes (``notify_checkpoint_complete``): the pending
   transactions of every checkpoint ``<= c`` are written in checkpoint order, each in ONE
-  transaction of the target that also records the progress record ``(job, sink, subtask,
-  checkpoint)`` (``commit``);
+  transaction of the target that also records the :class:`Progress` record ``(job, sink,
+  subtask, checkpoint)`` (``commit``);
 * **recover** from checkpoint ``c`` (``restore_state``): the transactions pending in ``c``'s
   state are committed again, except those whose progress record is already there (checkpoints
   of a subtask commit in increasing order, so ``last_committed_checkpoint`` says which): their
@@ -26,6 +27,14 @@ constraint violated, delivery error) keeps its rows pending and fails the task a
 batch, barrier or notification (the job's restart strategy takes over), so no later
 snapshot succeeds after it.
 
+Two lineages (:func:`~sabot.runtime.operators.sinks.output_lineage`): ``job`` names the
+output and goes on when a job is submitted restored from another's checkpoint (the Kafka
+sink's transactional ids keep fencing the old producers); ``progress_job`` is the job whose
+checkpoint ids the progress records count, always the running job's: a restored job numbers
+its checkpoints from 1 again, and its records must not be taken for the old job's ones of
+the same numbers. The pending transactions a restore finds are committed under the
+``progress_job`` the state names.
+
 Without checkpoints there is nothing to recover to: rows are written every ``flush_rows``
 rows (when set) and at the end of input, each write in its own target transaction without a
 progress record. With checkpoints, the end of input seals the last rows under
@@ -36,11 +45,12 @@ The subclass implements:
 
 * ``stage(batch)``: the Arrow table (or batch) to keep for ``batch`` (may raise
   ``ConnectorError`` for rows the target cannot take); ``check_batch(batch)``: schema checks;
-* ``commit(table, checkpoint_id)``: write ``table`` (None: no rows) and, with a
-  ``checkpoint_id``, the progress record, in one transaction of the target; return False
-  (writing nothing) when the target can see in that transaction that the record is there;
-* ``last_committed_checkpoint()``: the highest checkpoint id of this subtask's progress
-  records in the target (-1 for none);
+* ``commit(table, progress)``: write ``table`` (None: no rows) and, unless ``progress`` is
+  None (no checkpoints), the :class:`Progress` record, in one transaction of the target;
+  return False (writing nothing) when the target can see in that transaction that the
+  record is there;
+* ``last_committed_checkpoint(job)``: the highest checkpoint id of this subtask's progress
+  records of lineage ``job`` in the target (-1 for none);
 * optionally ``check_restored(table)`` (a pending table read back from a checkpoint),
   ``lineage_changed()`` (restored into another job: its lineage goes on) and
   ``write_unbuffered(table)`` (when ``two_phase`` is False, e.g. Kafka's at-least-once).
@@ -48,6 +58,7 @@ The subclass implements:
 
 import logging
 import threading
+from typing import NamedTuple
 
 import pyarrow as pa
 
@@ -56,7 +67,16 @@ from sabot.runtime.operators.sinks import END_OF_INPUT, _Sink, output_lineage
 
 log = logging.getLogger(__name__)
 
-STATE_KEYS = ("job", "pending")
+STATE_KEYS = ("job", "progress_job", "pending")
+
+
+class Progress(NamedTuple):
+    """The record that says a subtask's rows of one checkpoint are in the target."""
+
+    job: str  # the lineage of the job that took the checkpoint
+    sink: str  # the sink operator's name
+    subtask: int
+    checkpoint_id: int
 
 
 class TwoPhaseCommitSink(_Sink):
@@ -71,8 +91,10 @@ class TwoPhaseCommitSink(_Sink):
         super().__init__(ctx)
         self.what = f"sink {ctx.operator_name!r}"  # subclasses name their kind
         self.target = "the target"  # what the errors call the place rows go to
-        #: the lineage in the progress records (kept across a restore into a new job)
+        #: the output's lineage (kept across a restore into a new job)
         self.job = output_lineage(ctx.job_id)
+        #: the lineage of the job whose checkpoint ids the progress records count: this job's
+        self.progress_job = self.job
         self._open = []  # tables staged since the last barrier: the open transaction
         self._open_rows = 0
         self.pending = {}  # checkpoint id -> sealed Table, waiting for the checkpoint to complete
@@ -90,13 +112,15 @@ class TwoPhaseCommitSink(_Sink):
         """The Arrow table or batch to keep for ``batch`` (default: the batch itself)."""
         return batch
 
-    def commit(self, table, checkpoint_id):
-        """Write ``table`` (None: no rows) and, when ``checkpoint_id`` is not None, its progress
-        record in ONE transaction of the target. False if the record was there already."""
+    def commit(self, table, progress):
+        """Write ``table`` (None: no rows) and, when ``progress`` (a :class:`Progress`) is not
+        None, that record in ONE transaction of the target. False if the record was there
+        already (then nothing is written)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement commit()")
 
-    def last_committed_checkpoint(self):
-        """The highest checkpoint id of this subtask's progress records in the target, or -1."""
+    def last_committed_checkpoint(self, job):
+        """The highest checkpoint id of this subtask's progress records of lineage ``job`` in
+        the target, or -1."""
         raise NotImplementedError(f"{type(self).__name__} does not implement last_committed_checkpoint()")
 
     def check_restored(self, table):
@@ -124,9 +148,13 @@ class TwoPhaseCommitSink(_Sink):
         raise ConnectorError(f"{self.what}: an earlier write to {self.target} failed: {self._failure}") \
             from self._failure
 
-    def _commit(self, table, checkpoint_id):
+    def progress(self, checkpoint_id, job=None):
+        """The progress record of this subtask's ``checkpoint_id`` (of this job, or ``job``)."""
+        return Progress(job or self.progress_job, self.ctx.operator_name, self.ctx.subtask_index, checkpoint_id)
+
+    def _commit(self, table, checkpoint_id, job=None):
         try:
-            written = self.commit(table, checkpoint_id)
+            written = self.commit(table, None if checkpoint_id is None else self.progress(checkpoint_id, job))
         except BaseException as exc:
             self._failure = exc
             raise
@@ -178,6 +206,7 @@ class TwoPhaseCommitSink(_Sink):
                 self.pending[int(checkpoint_id)] = table
             return {"keyed": None, "state": {
                 "job": self.job,
+                "progress_job": self.progress_job,
                 "pending": {str(c): table_to_ipc(t) for c, t in sorted(self.pending.items())},
             }}
 
@@ -203,9 +232,11 @@ class TwoPhaseCommitSink(_Sink):
             return
         with self._lock:
             job = state.get("job") or self.job
-            if job != self.job:  # restored into a new job: go on with the old one's progress records
+            if job != self.job:  # restored into a new job: its output goes on
                 self.job = job
                 self.lineage_changed()
+            # the job that took the checkpoints of these pending transactions (older states: job)
+            progress_job = state.get("progress_job") or job
             pending = {int(c): d for c, d in (state.get("pending") or {}).items()}
             aborted = sorted(c for c in pending if c > checkpoint_id)
             if aborted:  # cannot be in a consistent checkpoint; the sources replay these rows
@@ -214,7 +245,7 @@ class TwoPhaseCommitSink(_Sink):
             covered = sorted(c for c in pending if c <= checkpoint_id)
             if not covered:
                 return
-            last = self.last_committed_checkpoint()
+            last = self.last_committed_checkpoint(progress_job)
             for c in covered:
                 if c <= last:
                     self.skipped_checkpoints += 1
@@ -223,7 +254,7 @@ class TwoPhaseCommitSink(_Sink):
                     continue
                 table = ipc_to_table(pending[c])
                 self.check_restored(table)
-                self._commit(table, c)
+                self._commit(table, c, progress_job)
 
     # -- end of input ------------------------------------------------------------------
 

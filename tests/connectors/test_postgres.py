@@ -123,6 +123,28 @@ def test_checkpoint_rows_are_written_once_across_replays_and_restores(postgres_s
         o.close()
 
 
+def test_a_job_restored_from_another_jobs_checkpoint_writes_its_own_checkpoints(postgres_server, pg_table):
+    """The restored job numbers its checkpoints from 1 again; the old job's progress rows of
+    those numbers must not make it skip them."""
+    dsn = postgres_server.dsn
+    create(dsn, f'CREATE TABLE "{pg_table}" (id bigint, v double precision)')
+    old = sink_op(dsn, pg_table, job=f"first-{pg_table}")
+    old.process(rows(0, 100), 0)
+    old.snapshot_state(1)
+    old.notify_checkpoint_complete(1)
+    old.process(rows(100, 200), 0)
+    state = old.snapshot_state(2)["state"]  # the first job stops before this notification
+    new = sink_op(dsn, pg_table, job=f"second-{pg_table}")
+    new.restore_state(None, state, 2)
+    new.process(rows(200, 300), 0)
+    new.snapshot_state(1)
+    new.notify_checkpoint_complete(1)
+    assert [r["id"] for r in read_table(dsn, pg_table, ["id"], "id")] == list(range(300))
+    assert new.job == old.job and new.progress_job != old.progress_job
+    for o in (old, new):
+        o.close()
+
+
 def test_end_of_input_with_checkpoints_waits_for_the_job_to_finish(postgres_server, pg_table):
     dsn = postgres_server.dsn
     create(dsn, f'CREATE TABLE "{pg_table}" (id bigint, v double precision)')

@@ -66,14 +66,12 @@ class FakeSink(TwoPhaseCommitSink):
         super().__init__(ctx)
         self.fake = target
 
-    def commit(self, table, checkpoint_id):
+    def commit(self, table, progress):
         ids = table.column("id").to_pylist() if table is not None else []
-        record = None if checkpoint_id is None else (self.job, self.ctx.operator_name, self.ctx.subtask_index,
-                                                      checkpoint_id)
-        return self.fake.transaction(record, ids)
+        return self.fake.transaction(progress, ids)
 
-    def last_committed_checkpoint(self):
-        return self.fake.last(self.job, self.ctx.operator_name, self.ctx.subtask_index)
+    def last_committed_checkpoint(self, job):
+        return self.fake.last(job, self.ctx.operator_name, self.ctx.subtask_index)
 
 
 def sink(target, *, job="job-1", subtask=0, checkpointing=True, flush_rows=None):
@@ -223,8 +221,34 @@ def test_restore_into_a_new_job_goes_on_with_the_old_lineage():
     assert other.job == s.job and target.rows == list(range(10))
 
 
+@pytest.mark.parametrize("atomic", FLAVOURS)
+def test_a_job_restored_from_another_jobs_checkpoint_counts_checkpoints_anew_and_loses_nothing(atomic):
+    """A job submitted with restore_from numbers its checkpoints from 1 again: its progress
+    records must not be mistaken for the old job's ones of the same numbers."""
+    target = FakeTarget(atomic)
+    old = sink(target, job="job-1")
+    old.process(rows(0, 10), 0)
+    old.snapshot_state(1)
+    old.notify_checkpoint_complete(1)
+    old.process(rows(10, 20), 0)
+    state = old.snapshot_state(2)["state"]  # job 1 stops before checkpoint 2's notification
+    new = sink(target, job="job-2")
+    new.restore_state(None, state, 2)
+    assert target.rows == list(range(20))
+    new.process(rows(20, 30), 0)
+    new.snapshot_state(1)
+    new.notify_checkpoint_complete(1)
+    assert target.rows == list(range(30)), "job 2's checkpoint 1 was taken for job 1's"
+    new.process(rows(30, 40), 0)
+    state = new.snapshot_state(2)["state"]  # job 2's worker dies before this notification
+    again = sink(target, job="job-2")
+    again.restore_state(None, state, 2)
+    assert target.rows == list(range(40)), "job 2's checkpoint 2 was taken for job 1's"
+    assert again.job == old.job  # the output lineage goes on (Kafka: the same transactional ids)
+
+
 def test_state_of_another_operator_is_refused_with_what_was_expected():
-    with pytest.raises(ConnectorError, match=r"unexpected keys \['offsets'\]; expected 'job', 'pending'"):
+    with pytest.raises(ConnectorError, match=r"unexpected keys \['offsets'\]; expected 'job', 'progress_job', 'pending'"):
         sink(FakeTarget(True)).restore_state(None, {"offsets": {}}, 3)
 
 

@@ -237,3 +237,30 @@ def test_postgres_down_mid_job_restarts_and_the_table_is_exact(cluster, postgres
     with psycopg.connect(postgres_server.dsn) as conn:
         got = sorted(r[0] for r in conn.execute(f"SELECT n FROM {table}").fetchall())
     assert len(got) == total and got == list(range(total))
+
+
+def test_a_job_restored_from_another_jobs_checkpoint_writes_the_table_exactly(cluster, postgres_server):
+    """A job submitted with restore_from numbers its checkpoints from 1 again: the PostgreSQL
+    sink's progress rows of the first job (same output lineage, same checkpoint numbers) must
+    not make it skip the rows of its own checkpoints."""
+    table = f"restored_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (n bigint)")
+    total = 30_000
+
+    def job():
+        return (Stream.from_generator("connector_udfs:numbers", total_rows=total, batch_size=100, name="numbers")
+                .map("connector_udfs:slow_identity", name="slow")
+                .to_postgres(postgres_server.dsn, table, name="pg")
+                .to_job_graph("pg-restored", default_parallelism=1, shippable=True, checkpoint_interval_ms=200))
+
+    first = cluster.submit(job())
+    wait_until(lambda: (cluster.checkpoints(first)["counts"] or {}).get("completed", 0) >= 3, 60,
+               "three completed checkpoints")
+    assert cluster.cancel(first) == "CANCELED"
+    second = cluster.submit_restored(job(), first)
+    assert cluster.wait(second, 120) == "FINISHED", cluster.job(second).get("failure")
+    assert cluster.job(second)["restored_from"]["job_id"] == first
+    with psycopg.connect(postgres_server.dsn) as conn:
+        got = sorted(r[0] for r in conn.execute(f"SELECT n FROM {table}").fetchall())
+    assert len(got) == total and got == list(range(total))
