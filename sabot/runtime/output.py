@@ -164,6 +164,9 @@ class Outputs:
             await ch.send(events.EndOfStream())
             await ch.close()
         self.edges[index] = await self._open(spec)
+        if self.idle:  # the new receivers have not heard that this task is idle
+            for ch in self.edges[index].channels:
+                await ch.send(events.IDLE)
         self.metrics["rescales_routed"] = self.metrics.get("rescales_routed", 0) + 1
 
     def key_group_counts(self) -> dict:

@@ -121,6 +121,9 @@ class RecordingChannel:
     async def send(self, item):
         self.sent.append(item)
 
+    async def close(self):
+        pass
+
 
 def test_outputs_announce_idle_once_and_active_before_any_record_or_watermark():
     import asyncio
@@ -150,3 +153,34 @@ def test_outputs_announce_idle_once_and_active_before_any_record_or_watermark():
     assert channels[1].sent == [events.IDLE, events.ACTIVE, batch, events.IDLE, events.ACTIVE, events.Watermark(7),
                                 events.CheckpointBarrier(1, 0)]
     assert not outputs.idle
+
+
+def test_outputs_switched_by_a_rescale_tell_the_new_receivers_they_are_idle():
+    import asyncio
+    from types import SimpleNamespace
+
+    from sabot.runtime import events
+    from sabot.runtime.output import Outputs
+
+    opened = {}
+
+    class Server:
+        async def output_channel(self, channel_id, host, port):
+            opened[channel_id] = RecordingChannel()
+            return opened[channel_id]
+
+    def spec(*channel_ids):
+        return SimpleNamespace(partitioning="rebalance", key_by=None, max_parallelism=128, assignment=None, tag=None,
+                               downstream_operator_id="down",
+                               targets=[SimpleNamespace(channel_id=c, host=None, port=None) for c in channel_ids])
+
+    outputs = Outputs(Server(), {"rows_out": 0, "bytes_out": 0})
+
+    async def body():
+        await outputs.open([spec("a")])
+        await outputs.set_idle(True)
+        await outputs.switch("down", spec("b", "c"), "r1")
+
+    asyncio.run(body())
+    assert opened["a"].sent[0] == events.IDLE and isinstance(opened["a"].sent[-1], events.EndOfStream)
+    assert opened["b"].sent == [events.IDLE] and opened["c"].sent == [events.IDLE]
