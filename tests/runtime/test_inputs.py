@@ -118,7 +118,7 @@ class RecordingChannel:
         self.credit = 10
         self.metrics = {}
 
-    async def send(self, item):
+    async def send(self, item, nbytes=None):
         self.sent.append(item)
 
     async def close(self):
