@@ -74,8 +74,10 @@ class JobCheckpointing:
             attempts, sources = self._task_sets()
             if not sources:
                 return
+            restored = getattr(self.job, "restored_from", None)
             self.coordinator = CheckpointCoordinator(self.job.job_id, attempts, sources, timeout_s=self.timeout_s,
-                                                     clock=self.clock.now)
+                                                     clock=self.clock.now,
+                                                     first_id=restored["checkpoint_id"] + 1 if restored else 1)
         interval = self.job.job_graph.checkpoint_interval_ms
         if interval and self._loop is None:
             self._loop = self.spawn(self._periodic(interval / 1000.0))

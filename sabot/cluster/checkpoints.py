@@ -214,6 +214,8 @@ class CheckpointCoordinator:
         max_history: How many finished checkpoints :meth:`history` keeps.
         max_concurrent: How many checkpoints may be in progress at once.
         wall_clock: Wall-clock time for display (used when ``wall_time`` is not given).
+        first_id: The first checkpoint's id (a job restored from checkpoint ``n`` starts at
+            ``n + 1``).
 
     :meth:`trigger` raises :class:`CheckpointTriggerRefused` when ``max_concurrent``
     checkpoints are in progress (check :meth:`can_trigger` first to skip quietly).
@@ -222,7 +224,7 @@ class CheckpointCoordinator:
     def __init__(self, job_id: str, tasks_to_ack: Iterable | Mapping, source_tasks: Iterable | Mapping,
                  timeout_s: float = 10.0, clock: Callable[[], float] = time.monotonic,
                  max_history: int = 100, *, max_concurrent: int = 1,
-                 wall_clock: Callable[[], float] = time.time):
+                 wall_clock: Callable[[], float] = time.time, first_id: int = 1):
         if not (isinstance(timeout_s, (int, float)) and not isinstance(timeout_s, bool)
                 and timeout_s > 0 and math.isfinite(timeout_s)):
             raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
@@ -239,7 +241,11 @@ class CheckpointCoordinator:
         self._tasks: dict = {}
         self._sources: dict = {}
         self._set_tasks(tasks_to_ack, source_tasks)
-        self._next_id = 1
+        if isinstance(first_id, bool) or not isinstance(first_id, int) or first_id < 1:
+            raise ValueError(f"first_id must be an int >= 1, got {first_id!r}")
+        # a job restored from another's checkpoint n numbers its own from n + 1 (as Flink does), so a
+        # checkpoint id names one point of the output's history however many jobs carried it on
+        self._next_id = first_id
         self._pending: dict[int, PendingCheckpoint] = {}
         self._records: OrderedDict[int, CheckpointRecord] = OrderedDict()
         self._latest_completed: CheckpointRecord | None = None

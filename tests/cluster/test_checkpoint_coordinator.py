@@ -65,6 +65,16 @@ def test_trigger_numbers_and_targets(cc, clock):
     assert cc.trigger().checkpoint_id == 3
 
 
+def test_a_restored_job_numbers_its_checkpoints_on_from_the_restored_one(clock):
+    cc = CheckpointCoordinator("job-2", TASKS, SOURCES, clock=clock, first_id=8)
+    assert cc.next_id == 8 and cc.trigger().checkpoint_id == 8
+    ack_all(cc, 8)
+    assert cc.trigger().checkpoint_id == 9
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="first_id"):
+            CheckpointCoordinator("job-3", TASKS, SOURCES, clock=clock, first_id=bad)
+
+
 def test_completes_only_when_every_task_acked(cc, clock):
     cc.trigger()
     per_task = {"src-0": (100, 0.0, 3.0), "src-1": (150, 0.5, 4.0), "map-0": (1000, 12.5, 30.0),

@@ -240,9 +240,9 @@ def test_postgres_down_mid_job_restarts_and_the_table_is_exact(cluster, postgres
 
 
 def test_a_job_restored_from_another_jobs_checkpoint_writes_the_table_exactly(cluster, postgres_server):
-    """A job submitted with restore_from numbers its checkpoints from 1 again: the PostgreSQL
-    sink's progress rows of the first job (same output lineage, same checkpoint numbers) must
-    not make it skip the rows of its own checkpoints."""
+    """A job submitted with restore_from: the PostgreSQL sink's progress rows of the first job
+    (same output lineage) must not make it skip the rows of its own checkpoints, and its
+    checkpoint ids go on from the restored one."""
     table = f"restored_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (n bigint)")
@@ -261,6 +261,10 @@ def test_a_job_restored_from_another_jobs_checkpoint_writes_the_table_exactly(cl
     second = cluster.submit_restored(job(), first)
     assert cluster.wait(second, 120) == "FINISHED", cluster.job(second).get("failure")
     assert cluster.job(second)["restored_from"]["job_id"] == first
+    # its checkpoints go on from the one it restored (as Flink's), they do not start at 1 again
+    restored_id = cluster.job(second)["restored_from"]["checkpoint_id"]
+    ids = [c["id"] for c in cluster.checkpoints(second)["history"]]
+    assert ids and min(ids) == restored_id + 1, (restored_id, ids)
     with psycopg.connect(postgres_server.dsn) as conn:
         got = sorted(r[0] for r in conn.execute(f"SELECT n FROM {table}").fetchall())
     assert len(got) == total and got == list(range(total))
