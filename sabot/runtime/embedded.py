@@ -31,7 +31,19 @@ class JobResult:
     duration_seconds: float = 0.0
 
     def table(self, name=None) -> pa.Table:
-        """The table a collect sink gathered; ``name`` may be omitted if there is one."""
+        """The table a collect sink gathered; ``name`` may be omitted if there is one.
+
+        A changelog (rows with the ``"$op"`` column, an updating result) is materialised:
+        the rows it leaves after its retractions (:func:`sabot.runtime.changelog.materialise`);
+        :meth:`changelog` gives the raw rows."""
+        from sabot.runtime.changelog import is_changelog, materialise
+
+        table = self.changelog(name)
+        return materialise(table) if is_changelog(table.schema) else table
+
+    def changelog(self, name=None) -> pa.Table:
+        """The rows a collect sink gathered, as they came (with ``"$op"`` for a changelog),
+        subtask after subtask."""
         if name is None:
             if len(self.tables) != 1:
                 raise KeyError(

@@ -21,6 +21,14 @@ windowed input
 ``JOIN t FOR SYSTEM_TIME AS OF p``             ``join_table`` (a bounded table)
 ``ROW_NUMBER() OVER (...)`` + ``WHERE rn<=N``  ``key_by(...).top_n(N, ...)``
 =============================================  =============================================
+
+Updating results: a non-windowed GROUP BY or Top-N over an unbounded input (or any, with
+SET 'sabot.updating-results' = 'always') emits ``emit="updates"`` followed by
+``changelog(...)``: its stream carries the row kinds in the column ``$op``
+(:mod:`sabot.runtime.changelog`). Projections and filters pass ``$op`` through (applied to
+each row, ``-U`` and ``+U`` alike, as Flink does); a non-windowed GROUP BY over a changelog
+retracts: COUNT, SUM and AVG add the rows' values with the sign of their kind (+1 for
+``+I``/``+U``, -1 for ``-U``/``-D``), and a key whose row count drops to 0 is deleted (``-D``).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import pyarrow.compute as pc
 from sqlglot import exp
 
 from sabot.execution.operator_spec import agg
+from sabot.runtime.changelog import OP, OP_TYPE
 from sabot.sql.connectors import Context, connector_of
 from sabot.sql.errors import SqlError
 from sabot.sql.expressions import Col, Compiler, Scope, interval_ms
@@ -58,8 +67,8 @@ class Rel:
     tvf: dict | None = None  # a window TVF waiting for its GROUP BY
     topn: dict | None = None  # a ROW_NUMBER waiting for WHERE rn <= N
     bounded: bool = True
-    updating: bool = False
-    upsert_keys: tuple | None = None  # an updating result's rows replace earlier rows with equal keys (phys)
+    updating: bool = False  # a changelog: the stream has the row-kind column OP ($op)
+    upsert_keys: tuple | None = None  # the columns identifying an updating result's rows (phys)
 
     def with_qualifier(self, q):
         return replace(self, cols=[Col(c.name, q, c.phys) for c in self.cols])
@@ -155,6 +164,15 @@ class Planner:
                     raise self.error(f"type mismatch in UNION ALL: column {lc.name!r} is {lt} on the left and {rt} "
                                      "on the right", node, hint="CAST one side to the other's type")
             names = [c.phys for c in left.cols]
+            updating = left.updating or right.updating
+            if updating:  # an insert-only side's rows are +I rows of the changelog
+                insert = pc.scalar(pa.scalar(0, OP_TYPE))
+                left_stream = left.stream.select({**{n: pc.field(n) for n in names},
+                                                  OP: pc.field(OP) if left.updating else insert})
+                right_stream = right.stream.select({**{l.phys: pc.field(r.phys) for l, r in zip(left.cols, right.cols)},
+                                                    OP: pc.field(OP) if right.updating else insert})
+                return Rel(left_stream.union(right_stream), [Col(c.name, None, c.phys) for c in left.cols],
+                           bounded=left.bounded and right.bounded, updating=True)
             left_stream = left.stream if left.stream.schema.names == names else left.stream.select(names)
             right_stream = right.stream.select({r.phys: l.phys for l, r in zip(left.cols, right.cols)})
             return Rel(left_stream.union(right_stream), [Col(c.name, None, c.phys) for c in left.cols],
@@ -244,6 +262,8 @@ class Planner:
                 times.add(phys)
         for h in rel.hidden:
             exprs[h] = pc.field(h)
+        if rel.updating:
+            exprs[OP] = pc.field(OP)
         narrowed = Rel(_select(rel.stream, exprs), list(needed.values()), hidden=list(rel.hidden), times=times,
                        bounded=rel.bounded, updating=rel.updating)
         scope2 = self.scope(narrowed)
@@ -473,6 +493,8 @@ class Planner:
                     hidden.append(phys)
         if not exprs:
             raise self.error("the query selects no computable column", items[0] if items else None)
+        if rel.updating:  # the row kinds travel with the rows
+            exprs[OP] = pc.field(OP)
         names = rel.stream.schema.names
         identity = list(exprs) == names and all(_field_name(e) == n for n, e in exprs.items())
         stream = rel.stream if identity else _select(rel.stream, exprs)
@@ -699,6 +721,7 @@ class Planner:
 
     def lookup_join(self, left, join, how, rest):
         node = join.this
+        self._refuse_updating(left, "a lookup join", join)
         version = node.args["version"]
         table = self.catalog.lookup(node.name)
         if table is None or not hasattr(table, "columns"):
@@ -747,16 +770,16 @@ class Planner:
     # -- aggregation ----------------------------------------------------------------------------------
 
     def _refuse_updating(self, rel, what, node):
-        """An operator over an updating input would need retractions (the old row withdrawn before
-        the new one counts): refused, rather than counting a key's every update."""
+        """Operators that do not consume a changelog (joins, windows, ROW_NUMBER) refuse an
+        updating input, rather than treat its every update as a new row."""
         if rel.updating:
             raise self.error(f"{what} over an updating result (a GROUP BY or Top-N without a window over an "
-                             "unbounded input) needs retractions, which Sabot does not have yet", node,
-                             hint="aggregate the inner query per window (TUMBLE/HOP/CUMULATE/SESSION), or bound "
-                                  "its input (e.g. 'events.num' / 'number-of-rows')")
+                             "unbounded input) is not supported: it does not apply retractions", node,
+                             hint="a GROUP BY without a window, WHERE and SELECT expressions consume updating "
+                                  "results; or aggregate the inner query per window (TUMBLE/HOP/CUMULATE/SESSION), "
+                                  "or bound its input (e.g. 'events.num' / 'number-of-rows')")
 
     def plan_aggregate(self, rel, sel):
-        self._refuse_updating(rel, "an aggregation", sel.args.get("group") or sel)
         group = list(sel.args["group"].expressions) if sel.args.get("group") else []
         items = sel.expressions
         having = sel.args.get("having")
@@ -800,6 +823,9 @@ class Planner:
                 for g in found.values():
                     keys_nodes.remove(g)
                 window = {"kind": "COLUMNS", "columns": list(rel.window), "nodes": found}
+        if window is not None:
+            self._refuse_updating(rel, "a window aggregation", sel.args.get("group") or sel)
+        retract = rel.updating  # a GROUP BY over a changelog: values count with their row kind's sign
         # pre-projection: computed keys and aggregate arguments become columns
         pre = {n: pc.field(n) for n in rel.stream.schema.names}
         taken = set(pre)
@@ -815,6 +841,16 @@ class Planner:
             key_phys.append(phys)
             subst[g.sql(dialect="spark")] = phys
         aggs, post_exprs, seen_aggs = [], {}, {}
+        sign = rows_col = None
+        if retract:
+            sign = self.fresh("$sign", taken)
+            taken.add(sign)
+            one = pc.scalar(pa.scalar(1, OP_TYPE))
+            pre[sign] = pc.if_else(pc.equal(pc.bit_wise_and(pc.field(OP), one), one), pc.scalar(-1), pc.scalar(1))
+            rows_col = self.fresh("$rows", taken)  # the key's number of rows: 0 deletes it
+            taken.add(rows_col)
+            aggs.append(agg("sum", sign, name=rows_col))
+            memo = {}
         calls = []
         for node in list(items) + ([having] if having is not None else []):
             for a in node.find_all(exp.AggFunc):
@@ -846,6 +882,10 @@ class Planner:
                     column = self.fresh(f"$a{len(aggs)}", taken)
                     taken.add(column)
                     pre[column] = self.compile(arg, rel)
+            if retract:
+                post_exprs[call.sql(dialect="spark")] = self._retracting(fn, a, distinct, column, where, sign, pre,
+                                                                         aggs, taken, rel, memo)
+                continue
             same = (fn, column, distinct, str(where))
             if same in seen_aggs:  # the same aggregate twice (SUM(price) and AVG(price)'s sum): computed once
                 subst[call.sql(dialect="spark")] = seen_aggs[same]
@@ -896,7 +936,7 @@ class Planner:
                                   lambda: _select(rel.stream, pre))
         else:
             stream = rel.stream
-        updates = self._updates(rel)
+        updates = self._updates(rel) or retract
         emit = "updates" if updates else "final"
         keyed = stream.key_by(*key_phys) if key_phys else stream
         upsert_keys = None
@@ -904,13 +944,19 @@ class Planner:
                                {k: v for k, v in (window or {}).items() if k not in ("node", "nodes")}], default=str)
         out_cols, times, win = [Col(c.name, c.qualifier, c.phys) for c in rel.cols if c.phys in key_phys], set(), None
         if window is None:
+            route = list(key_phys)
             if not key_phys:
                 const = self.fresh("$all", taken)
                 stream2 = stream.select({**{n: pc.field(n) for n in stream.schema.names}, const: pc.scalar(0)})
                 keyed = stream2.key_by(const)
+                route = [const]
             result = self._shared(("agg", id(stream._node), spec_key),
                                   lambda: keyed.aggregate(aggs, emit=emit))
             updating = updates
+            if updating:  # each key's new row as +I, or -U (the row emitted before) and +U; -D at count 0
+                upserts = result
+                result = self._shared(("changelog", id(upserts._node)),
+                                      lambda: upserts.key_by(*route).changelog(count_column=rows_col))
             upsert_keys = tuple(key_phys) if updating else None  # a global aggregate: one row, no key
         else:
             updating = rel.updating
@@ -952,6 +998,52 @@ class Planner:
             agg_rel = replace(agg_rel, stream=agg_rel.stream.filter(cond))
         return self._post_project(agg_rel, items, compiler)
 
+    def _retracting(self, fn, a, distinct, column, where, sign, pre, aggs, taken, rel, memo):
+        """An aggregate over a changelog, as running sums of signed values; returns the
+        expression of its value over the aggregate's output."""
+        from sabot.execution.operator_spec import aggregate_output_type, expression_types
+
+        if distinct or fn not in ("COUNT", "SUM", "AVG"):
+            what = f"{fn}(DISTINCT ...)" if distinct else f"{fn}(...)"
+            raise self.error(f"{what} over an updating result (a GROUP BY or Top-N without a window) is not "
+                             "supported: retracting it would need every key's multiset of values", a,
+                             hint="COUNT(*), COUNT(x), SUM(x) and AVG(x) retract; or aggregate the inner query per "
+                                  "window (TUMBLE/HOP/CUMULATE/SESSION)")
+
+        def column_of(expr, base):
+            if (base, column) not in memo:
+                name = memo[(base, column)] = self.fresh(base, taken)
+                taken.add(name)
+                pre[name] = expr
+            return memo[(base, column)]
+
+        def summed(col):
+            if (col, str(where)) not in memo:
+                out = memo[(col, str(where))] = self.fresh(f"$agg{len(aggs)}", taken)
+                taken.add(out)
+                aggs.append(agg("sum", col, where=where, name=out))
+            return pc.coalesce(pc.field(memo[(col, str(where))]), pc.scalar(0))
+
+        if column == "*":  # the changelog drops the row count ($rows): COUNT(*) sums a copy of the signs
+            return summed(column_of(pre[sign], "$one"))
+        src = pre[column]
+        n = summed(column_of(pc.if_else(pc.is_valid(src), pre[sign], pc.scalar(0)), "$nn"))
+        if fn == "COUNT":
+            return n
+        signed = column_of(pc.multiply(src, pre[sign]), "$sv")
+        schema = rel.stream.schema
+        ctype = expression_types(schema, [src])[0]
+        sum_type = aggregate_output_type(expression_types(schema, [pre[signed]])[0], "sum")
+        summed(signed)
+        total, none = pc.field(memo[(signed, str(where))]), pc.equal(n, pc.scalar(0))
+        if fn == "SUM":
+            return pc.if_else(none, pc.scalar(pa.scalar(None, sum_type)), total)
+        safe_n = pc.if_else(none, pc.scalar(1), n)
+        if pa.types.is_integer(ctype):  # Flink: AVG of an integer is an integer (truncated)
+            return pc.if_else(none, pc.scalar(pa.scalar(None, sum_type)), pc.divide(total, safe_n))
+        return pc.if_else(none, pc.scalar(pa.scalar(None, pa.float64())),
+                          pc.divide(total.cast(pa.float64()), safe_n.cast(pa.float64())))
+
     def _post_project(self, rel, items, compiler):
         pairs = self.expand(rel, items)
         exprs, cols, times, taken, window = {}, [], set(), set(), [None, None]
@@ -974,6 +1066,8 @@ class Planner:
                 window[0] = phys
             if rel.window and src == rel.window[1]:
                 window[1] = phys
+        if rel.updating:
+            exprs[OP] = pc.field(OP)
         return Rel(_select(rel.stream, exprs), cols, times=times, window=tuple(window) if all(window) else None,
                    bounded=rel.bounded, updating=rel.updating, upsert_keys=_keys_through(rel.upsert_keys, exprs))
 
@@ -1118,6 +1212,12 @@ class Planner:
         out = keyed.top_n(n, order, rank_column=spec["rn"], emit=emit, **kwargs)
         updating = rel.updating or emit == "updates"
         keys = tuple(spec["partition"]) + (spec["rn"],) if updating else None
+        if updating:  # rank positions whose row changed: -U (the row before) then +U
+            key = list(spec["partition"]) + [spec["rn"]]
+            if spec["partition"]:
+                out = out.key_by(*spec["partition"]).changelog(key)
+            else:  # one ranking: at parallelism 1, as the Top-N
+                out = out.changelog(key).parallelism(1)
         return replace(rel, stream=out, topn=None, updating=updating, upsert_keys=keys), keep
 
     def _rn_bound(self, c, rn_col):

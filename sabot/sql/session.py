@@ -13,6 +13,7 @@ from sabot.sql.connectors import Context, connector_of
 from sabot.sql.errors import SqlError
 from sabot.sql.functions import FunctionError, register_udf
 from sabot.sql.parser import SUPPORTED_STATEMENTS, parse
+from sabot.runtime.changelog import OP
 from sabot.sql.planner import PROCTIME, Planner
 
 
@@ -139,8 +140,10 @@ class Session:
             planner = _planner(catalog, text)
             rel = planner.plan_query(node)
             cols = [c for c in rel.cols if not c.phys.startswith(PROCTIME)]
-            stream = rel.stream.select({c.name: pc.field(c.phys) for c in cols})
-            # an updating result: each row replaces the earlier row with the same upsert_keys
+            exprs = {c.name: pc.field(c.phys) for c in cols}
+            if rel.updating:  # a changelog: the row kinds in column $op (sabot.runtime.changelog)
+                exprs[OP] = pc.field(OP)
+            stream = rel.stream.select(exprs)
             stream.updating = rel.updating
             names = {c.phys: c.name for c in cols}
             stream.upsert_keys = [names[k] for k in rel.upsert_keys] if rel.upsert_keys and all(
@@ -221,6 +224,9 @@ class Session:
                                    hint="CAST the expression AS the column's type") from None
             exprs[name] = e
         casts = [(c.phys, name, None if schema.field(c.phys).type == t else t) for c, (name, t) in zip(cols, sink_cols)]
+        if rel.updating:  # a changelog: the row kinds travel to the sink in column $op
+            exprs[OP] = pc.field(OP)
+            casts.append((OP, OP, None))
         stream = _fused_select(rel.stream, casts) \
             or rel.stream.select(exprs, name=f"{table.name}_columns")
         updating = rel.updating
@@ -230,8 +236,8 @@ class Session:
                            f"a window over an unbounded input), and connector {table.connector!r} is append-only",
                            text=text, node=query,
                            hint="aggregate per window (TUMBLE/HOP/CUMULATE/SESSION), bound the input, or write "
-                                "to a sink that takes updates ('collect', 'print', 'blackhole', or 'jdbc' with a "
-                                "PRIMARY KEY); changelog (retract) streams are not supported yet")
+                                "to a sink that takes a changelog ('collect', 'print', 'blackhole', or 'jdbc' with "
+                                "a PRIMARY KEY)")
         sink = connector.sink(stream, table, ctx)
         parallelism = int(catalog.settings.get("parallelism.default", 1))
         return SqlJob(f"insert-into-{table.name}", stream, sink, table, updating, parallelism)

@@ -24,6 +24,7 @@ from sabot.runtime.operators import joins  # noqa: F401
 from sabot.runtime.operators import topn  # noqa: F401
 from sabot.runtime.operators import session  # noqa: F401
 from sabot.runtime.operators import process  # noqa: F401
+from sabot.runtime.operators import changelog  # noqa: F401
 from sabot.connectors import postgres  # noqa: F401  (source and sink kind "postgres")
 from sabot.connectors import kafka  # noqa: F401  (source and sink kind "kafka")
 
