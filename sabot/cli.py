@@ -486,20 +486,24 @@ def sql_client(args, stdin=None, stdout=None):
 def _show_select(stream, args, stdout):
     """Print a SELECT's rows as batches arrive, then the count (Ctrl-C stops it).
 
-    An updating result (a GROUP BY or Top-N without a window, which emits each touched key's
-    new row) is shown as a table whose rows are replaced by key: redrawn in place on a
-    terminal as the result changes, printed once at the end otherwise."""
+    An updating result (a GROUP BY or Top-N without a window: a changelog, rows with the
+    ``$op`` column) is shown as the table it materialises (each +I/+U row added, each -U/-D
+    row withdrawn): redrawn in place on a terminal as the result changes, printed once at
+    the end otherwise, with the number of changelog rows seen."""
     import pyarrow as pa
 
-    keys = getattr(stream, "upsert_keys", None)
+    from sabot.runtime.changelog import OP, is_changelog, signs
+
+    updating = is_changelog(stream.schema)
+    shown = pa.schema([f for f in stream.schema if f.name != OP]) if updating else stream.schema
     seen = [0]
-    rows = {}
+    rows = {}  # a changelog's rows: row values -> how many times it is in the table
     tty = stdout.isatty()
     last_draw = [0.0]
 
     def draw(final=False):
-        table = pa.Table.from_pylist([rows[k] for k in sorted(rows, key=_sort_key)], schema=stream.schema) \
-            if rows else stream.schema.empty_table()
+        present = [dict(zip(shown.names, k)) for k in sorted(rows, key=_sort_key) for _ in range(rows[k])]
+        table = pa.Table.from_pylist(present, schema=shown) if present else shown.empty_table()
         if tty and not final:
             stdout.write("\x1b[2J\x1b[H")  # clear the screen, cursor home
         print(format_table(table, args.limit), file=stdout)
@@ -509,9 +513,13 @@ def _show_select(stream, args, stdout):
         if batch.num_rows == 0:
             return
         seen[0] += batch.num_rows
-        if keys:
-            for row in batch.to_pylist():
-                rows[tuple(row[k] for k in keys)] = row
+        if updating:
+            values = pa.Table.from_batches([batch]).drop_columns([OP])
+            for sign, row in zip(signs(batch), values.to_pylist()):
+                key = tuple(row.values())
+                rows[key] = rows.get(key, 0) + int(sign)
+                if rows[key] == 0:
+                    del rows[key]
             if tty and time.monotonic() - last_draw[0] > 0.2:
                 last_draw[0] = time.monotonic()
                 draw()
@@ -525,7 +533,7 @@ def _show_select(stream, args, stdout):
         stream.sink(show).run(default_parallelism=args.parallelism, timeout=args.timeout)
     except KeyboardInterrupt:
         print("(stopped)", file=stdout)
-    if keys:
+    if updating:
         draw(final=True)
     else:
         print(f"({seen[0]} rows)", file=stdout, flush=True)

@@ -46,6 +46,7 @@ import pyarrow.csv as pacsv
 
 from sabot.connectors import ConnectorError
 from sabot.connectors.two_phase import TwoPhaseCommitSink
+from sabot.runtime import changelog
 from sabot.runtime.operators.base import SourceOperator, register
 
 log = logging.getLogger(__name__)
@@ -297,7 +298,8 @@ class PostgresSink(TwoPhaseCommitSink):
             raise ConnectorError(f"{self.what}: table {self.table!r} does not exist in {_safe_dsn(self.dsn)}; "
                                  "create it, or pass create_table=True to create it from the stream's schema")
         if self.columns is None and declared is not None:
-            self._create_table(_decode_schema(declared))
+            schema = _decode_schema(declared)
+            self._create_table(pa.schema([f for f in schema if f.name != changelog.OP]))
         if self.ctx.checkpointing:
             self._ensure_progress_table()
         if self.columns is not None:
@@ -337,6 +339,12 @@ class PostgresSink(TwoPhaseCommitSink):
                 "now(), PRIMARY KEY (job, sink, subtask, checkpoint_id))").format(_identifier(self.progress_table)))
 
     def _check_schema(self, schema):
+        if changelog.is_changelog(schema):  # a changelog: upserts and deletes by key; $op is no column
+            if self.mode != "upsert":
+                raise ConnectorError(f"{self.what}: the stream is a changelog (it has the {changelog.OP!r} "
+                                     "column: an updating result) and mode 'append' cannot withdraw rows; "
+                                     "use mode='upsert' with a key")
+            schema = pa.schema([f for f in schema if f.name != changelog.OP])
         for f in schema:
             pg_type(f.type, f.name)  # an unsupported type fails here, naming the column
         if self.columns is None:  # create_table without a schema known when the job was built
@@ -386,6 +394,8 @@ class PostgresSink(TwoPhaseCommitSink):
                 if rows:
                     if self.mode == "append":
                         copy_table(cur, _identifier(self.table), table)
+                    elif changelog.is_changelog(table.schema):
+                        self._apply_changelog(cur, last_per_key(table, self.key))
                     else:
                         self._upsert(cur, last_per_key(table, self.key))
             self.written_rows += rows
@@ -416,6 +426,26 @@ class PostgresSink(TwoPhaseCommitSink):
             raise ConnectorError(f"{self.what}: reading the progress table {self.progress_table!r} failed: "
                                  f"{type(exc).__name__}: {str(exc).strip()}") from exc
         return -1 if row is None or row[0] is None else int(row[0])
+
+    def _apply_changelog(self, cur, table):
+        """A changelog's last row per key: +I/+U rows upsert, -U/-D rows delete their key (a -U
+        followed by its +U was dropped by last_per_key)."""
+        from psycopg import sql
+
+        gone = pc.equal(pc.bit_wise_and(table.column(changelog.OP), 1), 1)
+        upserts = table.filter(pc.invert(gone)).drop_columns([changelog.OP])
+        deletes = table.filter(gone).select(self.key)
+        if upserts.num_rows:
+            self._upsert(cur, upserts)
+        if deletes.num_rows:
+            temp = sql.Identifier("_sabot_delete")
+            keys = sql.SQL(", ").join(map(sql.Identifier, self.key))
+            cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} "
+                                "WITH NO DATA").format(temp, keys, _identifier(self.table)))
+            copy_table(cur, temp, deletes)
+            match = sql.SQL(" AND ").join(sql.SQL("t.{0} = d.{0}").format(sql.Identifier(k)) for k in self.key)
+            cur.execute(sql.SQL("DELETE FROM {} AS t USING {} AS d WHERE {}").format(
+                _identifier(self.table), temp, match))
 
     def _upsert(self, cur, table):
         from psycopg import sql

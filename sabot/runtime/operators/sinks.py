@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from sabot.errors import OperatorError
 from sabot.execution.operator_spec import decode_schema
-from sabot.runtime import functions
+from sabot.runtime import changelog, functions
 from sabot.runtime.operators.base import Operator, register
 
 log = logging.getLogger(__name__)
@@ -579,7 +579,8 @@ class CallableSink(_Sink):
 
 @register("sink", kind="print")
 class PrintSink(_Sink):
-    """Prints rows to stdout, prefixed by operator and subtask, up to ``limit`` rows in all."""
+    """Prints rows to stdout, prefixed by operator and subtask, up to ``limit`` rows in all;
+    a changelog's rows (with the ``$op`` column) as Flink prints them: ``+I[a, b]``, ``-U[...]``."""
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -597,8 +598,16 @@ class PrintSink(_Sink):
         if n > 0:
             prefix = f"{self.ctx.operator_name}[{self.ctx.subtask_index}]>"
             # Only the printed rows become Python objects.
-            for row in batch.slice(0, n).to_pylist():
-                print(prefix, row, flush=False)
+            rows = batch.slice(0, n)
+            if changelog.is_changelog(batch.schema):  # Flink's format: +I[a, b], -U[...], +U[...], -D[...]
+                kinds = rows.column(changelog.OP).to_pylist()
+                values = rows.drop_columns([changelog.OP]) if hasattr(rows, "drop_columns") else \
+                    rows.select([c for c in rows.schema.names if c != changelog.OP])
+                for kind, row in zip(kinds, values.to_pylist()):
+                    print(prefix, changelog.format_row(kind, row.values()), flush=False)
+            else:
+                for row in rows.to_pylist():
+                    print(prefix, row, flush=False)
             self.printed += n
         return []
 
