@@ -362,7 +362,8 @@ class JdbcConnector:
     ``jdbc:postgresql://host:port/database``, ``'table-name'``, ``'username'``, ``'password'``.
     As a sink it appends with COPY, or upserts by the table's ``PRIMARY KEY (...) NOT
     ENFORCED`` when the DDL declares one (then it also takes an updating result, as Flink's
-    JDBC sink does), exactly once with checkpoints. As a source it reads the table once
+    JDBC sink does: +I/+U rows upsert, -U/-D rows delete their key), exactly once with
+    checkpoints; without checkpoints it writes every ``'sink.buffer-flush.max-rows'`` rows. As a source it reads the table once
     (bounded), and serves lookup joins."""
 
     @staticmethod
@@ -389,8 +390,10 @@ class JdbcConnector:
     def sink(self, stream, table, ctx):
         dsn, name = self._dsn(table, ctx), self._table_name(table, ctx)
         mode = "upsert" if table.primary_key else "append"
+        flush = _option(table, ctx, "sink.buffer-flush.max-rows", int, None)
         try:
-            return stream.to_postgres(dsn, name, mode=mode, key=table.primary_key or None, name=table.name)
+            return stream.to_postgres(dsn, name, mode=mode, key=table.primary_key or None, name=table.name,
+                                      **({"batch_rows": flush} if flush else {}))
         except (ValueError, TypeError) as exc:
             raise ctx.error(f"table {table.name!r}: {exc}", table) from None
 

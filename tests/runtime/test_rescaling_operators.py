@@ -76,6 +76,16 @@ def test_top_n():
     assert_tables_equal(got, expected.cast(got.schema))
 
 
+def test_changelog():
+    """The changelog's last row per key moves with its key groups: the materialised result is
+    DuckDB's GROUP BY, and no retraction withdraws a row that is not there."""
+    upserts = source().key_by("key").aggregate([agg("count", name="n"), agg("max", "value", name="mx")],
+                                                emit="updates", name="agg").parallelism(2)
+    got = run(upserts.key_by("key").changelog(name="op"))
+    expected = duck("SELECT key, count(*) AS n, max(value) AS mx FROM t GROUP BY key", t=input_table())
+    assert_tables_equal(got, expected.cast(got.schema))
+
+
 @pytest.mark.parametrize("kind", ["regular", "interval", "window"])
 def test_join(kind):
     left, right = source(seed=1, keys=30_000), source(seed=2, keys=30_000, name="right")

@@ -178,5 +178,5 @@ class Changelog(Operator):
             if encoded is None:
                 raise OperatorError(f"changelog {self.ctx.operator_name!r}: restored state has no schema")
             self.schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(encoded)))
-        rows = rows.drop_columns([keyed_state.KEY_GROUP]).cast(self.schema).combine_chunks()
+        rows = rows.cast(self.schema).combine_chunks()  # the bundle keeps key groups apart from the rows
         self.rows.append(rows, partition.hash_columns(rows, self.key))
