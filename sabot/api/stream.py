@@ -534,6 +534,16 @@ class Stream(JoiningMixin, WindowingMixin):
     # -- sinks -------------------------------------------------------------------------
 
     def _sink(self, name, parameters, function=None):
+        from sabot.runtime.changelog import OP, is_changelog
+
+        kind = parameters.get("kind")
+        if is_changelog(self.schema) and (kind in ("files", "partitioned_files", "kafka")
+                                          or (kind == "postgres" and parameters.get("mode") != "upsert")):
+            raise GraphValidationError(
+                f"a {kind} sink after {self._node.name!r} is append-only, but the stream is a changelog (its "
+                f"{OP!r} column holds +I/-U/+U/-D row kinds, an updating result): it cannot withdraw rows; "
+                "collect(), print(), sink(fn) or to_postgres(..., mode='upsert') take a changelog, or drop the "
+                f"{OP!r} column first to write every change as a row")
         keyed = self._key_by
         stream = self
         if keyed:  # keyed but nothing keyed follows: partition the sink's input by key

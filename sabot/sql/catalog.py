@@ -91,6 +91,9 @@ class Catalog:
             constraints = item.args.get("constraints") or []
             computed_kind = next((c.args["kind"] for c in constraints
                                   if isinstance(c.args.get("kind"), exp.ComputedColumnConstraint)), None)
+            if item.name == "$op":  # sabot.runtime.changelog.OP: the row kinds of updating results
+                raise SqlError("column name '$op' is reserved for the row kinds of updating results", text=text,
+                               node=item, hint="rename the column")
             if computed_kind is not None:
                 computed.append((item.name, computed_kind.this))
             else:

@@ -131,3 +131,8 @@ def test_union_all_of_different_types_is_a_type_mismatch():
 def test_an_error_inside_explain_names_its_place_in_the_script():
     e = error_of("SELECT 1 FROM bids;\nEXPLAIN INSERT INTO out2\n  SELECT auction, nope FROM bids")
     assert (e.line, e.col) == (3, 19) and "unknown column 'nope'" in e.message
+
+
+def test_the_row_kind_column_name_is_reserved():
+    e = error_of("CREATE TABLE x (a BIGINT,\n  `$op` TINYINT) WITH ('connector' = 'blackhole')")
+    assert "'$op' is reserved" in e.message and e.line == 2

@@ -136,3 +136,23 @@ def test_materialise_refuses_a_withdrawal_of_an_absent_row():
         cl.materialise(pa.table({"k": [1, 2], cl.OP: pa.array([0, 3], pa.int8())}))
     with pytest.raises(ValueError, match="kinds are"):
         cl.materialise(pa.table({"k": [1], cl.OP: pa.array([7], pa.int8())}))
+
+
+def test_append_only_sinks_refuse_a_changelog_stream(tmp_path):
+    from sabot import Stream
+    from sabot.errors import GraphValidationError
+
+    t = pa.table({"k": [1, 2, 1], "v": [1, 2, 3]})
+    log = Stream.from_table(t, batch_size=1).key_by("k").aggregate({"v": "sum"}, emit="updates").key_by(
+        "k").changelog()
+    assert log.schema.field(cl.OP).type == pa.int8()
+    with pytest.raises(GraphValidationError, match="append-only"):
+        log.to_parquet(str(tmp_path / "out"))
+    with pytest.raises(GraphValidationError, match="append-only"):
+        log.to_postgres("dbname=x", "t")
+    result = log.collect(name="c").run()
+    raw = result.changelog("c")
+    assert [(cl.KIND_NAMES[r.pop(cl.OP)], r) for r in raw.to_pylist()] == [
+        ("+I", {"k": 1, "v_sum": 1}), ("+I", {"k": 2, "v_sum": 2}), ("-U", {"k": 1, "v_sum": 1}),
+        ("+U", {"k": 1, "v_sum": 4})]
+    assert sorted(result.table("c").to_pylist(), key=lambda r: r["k"]) == [{"k": 1, "v_sum": 4}, {"k": 2, "v_sum": 2}]
