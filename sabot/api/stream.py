@@ -492,6 +492,8 @@ class Stream(JoiningMixin, WindowingMixin):
         the ``key_by`` columns, which must be a prefix of it). The last row of each key is
         keyed state (checkpointed, rescaled). ``collect()`` of a changelog gives the
         materialised table (``JobResult.table``) and the raw rows (``JobResult.changelog``).
+        A consumer that applies kinds per key needs each key's rows in order: keep them on
+        one path after this operator (forward, or hash by a key column), not a rebalance.
 
         Example:
             >>> s.key_by("k").aggregate({"*": "count"}, emit="updates").key_by("k").changelog()  # doctest: +SKIP

@@ -1214,10 +1214,9 @@ class Planner:
         keys = tuple(spec["partition"]) + (spec["rn"],) if updating else None
         if updating:  # rank positions whose row changed: -U (the row before) then +U
             key = list(spec["partition"]) + [spec["rn"]]
-            if spec["partition"]:
-                out = out.key_by(*spec["partition"]).changelog(key)
-            else:  # one ranking: at parallelism 1, as the Top-N
-                out = out.changelog(key).parallelism(1)
+            # routed by the partition keys (one ranking: by the rank), so every operator after it
+            # gets each position's rows from one subtask, in order
+            out = out.key_by(*(spec["partition"] or [spec["rn"]])).changelog(key)
         return replace(rel, stream=out, topn=None, updating=updating, upsert_keys=keys), keep
 
     def _rn_bound(self, c, rn_col):

@@ -187,3 +187,14 @@ def test_an_upserting_jdbc_sink_applies_updates_and_deletes(bids, postgres_serve
             break
         time.sleep(0.2)
     assert deleted > 0
+
+
+def test_a_global_top_n_changelog_at_parallelism_2(bids):
+    """Without PARTITION BY the Top-N runs at parallelism 1 inside a p=2 job; its changelog is
+    routed by the rank, so each rank position's rows stay in order (checked per subtask)."""
+    sql = ("SELECT price, rn FROM (SELECT price, ROW_NUMBER() OVER (ORDER BY price DESC) AS rn FROM bids) "
+           "WHERE rn <= 5")
+    got, raw = run_select(sql, 2)
+    assert_tables_equal(got, duck(sql, bids=bids).cast(got.schema))
+    check_changelog(raw, ["rn"])
+    assert cl.UPDATE_BEFORE in raw.column(cl.OP).to_pylist()

@@ -102,22 +102,29 @@ class Changelog(Operator):
             table = table.drop_columns([self.count_column])
         if not table.schema.equals(self.schema):
             table = table.cast(self.schema)
-        # each key's last row in the batch
-        gid, _ = keyed_state.group_ids([table.column(k) for k in self.key])
-        last = np.full(gid.max() + 1, -1, dtype=np.int64)
-        np.maximum.at(last, gid, np.arange(len(gid), dtype=np.int64))
-        last.sort()
-        if len(last) != table.num_rows:
-            table = table.take(pa.array(last))
-            if gone is not None:
-                gone = _array(gone).take(pa.array(last))
-        gone = np.zeros(table.num_rows, dtype=bool) if gone is None else \
-            _array(gone).to_numpy(zero_copy_only=False).astype(bool)
         table = table.combine_chunks()
         hashes = partition.hash_columns(table, self.key)
+        by_hash = np.argsort(hashes)
+        sorted_hashes = hashes[by_hash]
+        if len(sorted_hashes) > 1 and (sorted_hashes[1:] == sorted_hashes[:-1]).any():
+            # a key twice in the batch (an aggregate's updates never have that): its last row counts
+            gid, _ = keyed_state.group_ids([table.column(k) for k in self.key])
+            last = np.full(gid.max() + 1, -1, dtype=np.int64)
+            np.maximum.at(last, gid, np.arange(len(gid), dtype=np.int64))
+            last.sort()
+            if len(last) != table.num_rows:
+                table = table.take(pa.array(last))
+                if gone is not None:
+                    gone = _array(gone).take(pa.array(last))
+                hashes = hashes[last]
+                by_hash = np.argsort(hashes)
+                sorted_hashes = hashes[by_hash]
+        gone = np.zeros(table.num_rows, dtype=bool) if gone is None else \
+            _array(gone).to_numpy(zero_copy_only=False).astype(bool)
         # the key's last emitted row, if any
         old = np.full(table.num_rows, -1, dtype=np.int64)
-        probe, stored = self.rows.probe(hashes)
+        probe, stored = self.rows.probe(sorted_hashes)  # sorted probes: the binary searches walk in order
+        probe = by_hash[probe]
         if len(probe):
             ok = keys_equal([_array(table.column(k)).take(pa.array(probe)) for k in self.key],
                             [_array(c) for c in self.rows.take(stored, self.key).columns])
