@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sabot.errors import GraphValidationError
+from sabot.runtime.changelog import OP, OP_TYPE, is_changelog
 from sabot.execution.job_graph import OperatorType
 from sabot.execution.operator_spec import (
     JOIN_TYPES,
@@ -57,20 +58,31 @@ class JoiningMixin:
             raise GraphValidationError(str(exc)) from None
         if other._node is self._node:  # a self-join: the plan needs two edges, so read the right side through an identity
             other = other._then(OperatorType.UNION, None, other.schema)
-        left_names = list(self.schema.names) if self.schema is not None else None
+        # a changelog input (the "$op" column): a regular inner join applies its retractions
+        changelog = is_changelog(self.schema) or is_changelog(other.schema)
+        if changelog and (kind != "regular" or how != "inner"):
+            raise GraphValidationError(
+                f"a {kind} {how} join over a changelog (an input with the {OP!r} column) is not supported; a regular "
+                "inner join (join(..., how='inner')) applies retractions")
+        lschema, rschema = _without_op(self.schema), _without_op(other.schema)
+        left_names = list(lschema.names) if lschema is not None else None
         right_names = None
-        if self.schema is not None and other.schema is not None:
+        if lschema is not None and rschema is not None:
             try:
-                right_names = join_output_names(left_names, other.schema.names, suffix)
+                right_names = join_output_names(left_names, rschema.names, suffix)
             except ValueError as exc:
                 raise GraphValidationError(str(exc)) from None
-        schema = join_output_schema(self.schema, other.schema, right_names, how, window_time_type)
+        schema = join_output_schema(lschema, rschema, right_names, how, window_time_type)
+        if changelog and schema is not None:
+            schema = schema.append(pa.field(OP, OP_TYPE))
         params = {"kind": kind, "how": how, "left": self._node.operator_id, "right": other._node.operator_id,
                   "left_on": left_on, "right_on": right_on, "left_names": left_names, "right_names": right_names,
                   **extra}
-        for side, stream in (("left", self), ("right", other)):
-            if stream.schema is not None:
-                params[f"{side}_schema"] = encode_schema(stream.schema)
+        if changelog:
+            params["changelog"] = True
+        for side, side_schema in (("left", lschema), ("right", rschema)):
+            if side_schema is not None:
+                params[f"{side}_schema"] = encode_schema(side_schema)
         if where is not None:
             if not isinstance(where, pc.Expression):
                 raise TypeError(f"where= takes a pyarrow compute expression, got {type(where).__name__}")
@@ -199,3 +211,10 @@ class JoiningMixin:
             schema = pa.schema(list(self.schema) + [f.with_name(n) for f, n in zip(extra, names)])
         params = {"table": self._plan.add_table(table), "on": on, "right_on": right_on, "how": how, "suffix": suffix}
         return self._then(OperatorType.JOIN, name, schema, key_by=self._key_by, parameters=params)
+
+
+def _without_op(schema):
+    """A changelog's schema without its row-kind column (the join holds rows without it)."""
+    if schema is None or not is_changelog(schema):
+        return schema
+    return pa.schema([f for f in schema if f.name != OP])

@@ -28,7 +28,8 @@ SET 'sabot.updating-results' = 'always') emits ``emit="updates"`` followed by
 (:mod:`sabot.runtime.changelog`). Projections and filters pass ``$op`` through (applied to
 each row, ``-U`` and ``+U`` alike, as Flink does); a non-windowed GROUP BY over a changelog
 retracts: COUNT, SUM and AVG add the rows' values with the sign of their kind (+1 for
-``+I``/``+U``, -1 for ``-U``/``-D``), and a key whose row count drops to 0 is deleted (``-D``).
+``+I``/``+U``, -1 for ``-U``/``-D``), and a key whose row count drops to 0 is deleted (``-D``);
+a regular inner join over changelogs withdraws a withdrawn row's matches (``-D``).
 """
 
 from __future__ import annotations
@@ -632,6 +633,8 @@ class Planner:
         if len(keep) == len(rel.cols) or rel.tvf is not None:
             return rel
         names = [c.phys for c in keep if not c.phys.startswith(PROCTIME)] + list(rel.hidden)
+        if rel.updating:
+            names.append(OP)
         return replace(rel, stream=rel.stream.select(names), cols=keep)
 
     def _key_columns(self, rel, exprs, prefix):
@@ -653,8 +656,12 @@ class Planner:
         return rel, phys
 
     def _join(self, left, right, equi, residual, bound, how, node):
-        self._refuse_updating(left, "a join", node)
-        self._refuse_updating(right, "a join", node)
+        if left.updating or right.updating:  # a regular inner join applies retractions; others refuse
+            windowed = left.window and right.window
+            if bound is not None or windowed or how != "inner":
+                what = "an outer join" if how != "inner" else "an interval join" if bound is not None \
+                    else "a window join"
+                self._refuse_updating(left if left.updating else right, what, node)
         left, lkeys = self._key_columns(left, [a for a, _, _ in equi], "lk")
         right, rkeys = self._key_columns(right, [b for _, b, _ in equi], "rk")
         lt, rt = left.stream.schema, right.stream.schema
@@ -666,15 +673,16 @@ class Planner:
         suffix = f"$r{next(self._ids)}"
         from sabot.execution.operator_spec import join_output_names
 
-        right_names = join_output_names(lt.names, rt.names, suffix)
-        rename = dict(zip(rt.names, right_names))
+        lnames, rnames = [n for n in lt.names if n != OP], [n for n in rt.names if n != OP]
+        rename = dict(zip(rnames, join_output_names(lnames, rnames, suffix)))
         cols = left.cols + [Col(c.name, c.qualifier, rename.get(c.phys, c.phys)) for c in right.cols]
         hidden = list(left.hidden) + [rename[h] for h in right.hidden if h in rename]
         times = set(left.times) | {rename[t] for t in right.times if t in rename}
         out = Rel(None, cols, hidden=hidden, bounded=left.bounded and right.bounded,
                   updating=left.updating or right.updating)
         # the residual condition is evaluated over the join's output columns
-        out_schema = pa.schema(list(lt) + [f.with_name(rename[f.name]) for f in rt])
+        out_schema = pa.schema([f for f in lt if f.name != OP]
+                               + [f.with_name(rename[f.name]) for f in rt if f.name != OP])
         where = None
         if residual:
             where_scope = Scope(cols, out_schema, self.text, self.session)
@@ -770,14 +778,15 @@ class Planner:
     # -- aggregation ----------------------------------------------------------------------------------
 
     def _refuse_updating(self, rel, what, node):
-        """Operators that do not consume a changelog (joins, windows, ROW_NUMBER) refuse an
-        updating input, rather than treat its every update as a new row."""
+        """Operators that do not consume a changelog (outer, interval and window joins, lookup
+        joins, windows, ROW_NUMBER) refuse an updating input, rather than treat its every update
+        as a new row."""
         if rel.updating:
             raise self.error(f"{what} over an updating result (a GROUP BY or Top-N without a window over an "
                              "unbounded input) is not supported: it does not apply retractions", node,
-                             hint="a GROUP BY without a window, WHERE and SELECT expressions consume updating "
-                                  "results; or aggregate the inner query per window (TUMBLE/HOP/CUMULATE/SESSION), "
-                                  "or bound its input (e.g. 'events.num' / 'number-of-rows')")
+                             hint="a GROUP BY without a window, a regular INNER JOIN, WHERE and SELECT expressions "
+                                  "consume updating results; or aggregate the inner query per window (TUMBLE/HOP/"
+                                  "CUMULATE/SESSION), or bound its input (e.g. 'events.num' / 'number-of-rows')")
 
     def plan_aggregate(self, rel, sel):
         group = list(sel.args["group"].expressions) if sel.args.get("group") else []

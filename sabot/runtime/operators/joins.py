@@ -36,6 +36,13 @@ the output columns (SQL's non-equi ``ON`` part): a pair that fails it is no matc
   unmatched rows) are emitted when the watermark reaches its end. A row whose every
   window has fired is late: side output ``"late"``, ``metrics["late_records_dropped"]``.
 
+* **Over changelogs** (``"changelog": True``, set by the Stream API when an input has the
+  ``$op`` column; regular inner joins only): each input row adds (``+I``/``+U``) or withdraws
+  (``-U``/``-D``) a held row; a withdrawn row leaves the state (one held copy equal in every
+  column) and its current matches are emitted as ``-D`` rows, an added row's matches as
+  ``+I`` rows (Flink's inner join does the same), in the output's ``$op`` column. A
+  withdrawal of a row that is not held (never held, or dropped by the ttl) emits nothing.
+
 Keyed state: each side's held rows as a table with a ``_key_group`` column (the key
 groups of their join keys), bundled (:func:`keyed_state.bundle`) with the watermark in
 the meta, so joins checkpoint, restore at another parallelism and rescale live.
@@ -48,6 +55,7 @@ import pyarrow as pa
 
 from sabot.errors import OperatorError
 from sabot.execution.operator_spec import decode_expression, decode_schema, expression_columns, join_output_names
+from sabot.runtime import changelog as cl
 from sabot.runtime.operators import keyed_state
 from sabot.runtime.operators.base import Operator, SideOutput, register
 from sabot.runtime.operators.expressions import mask as where_mask
@@ -124,6 +132,10 @@ class StreamJoin(Operator):
             raise OperatorError(f"join {name!r}: left_on {p['left_on']} and right_on {p['right_on']} differ in length")
         self.left = _Side("left", p, self.how in ("left", "full"))
         self.right = _Side("right", p, self.how in ("right", "full"))
+        self.changelog = bool(p.get("changelog"))
+        if self.changelog and (self.kind != "regular" or self.how != "inner"):
+            raise OperatorError(f"join {name!r}: a join over a changelog is a regular inner join; got a {self.kind} "
+                                f"{self.how} join")
         self.where = decode_expression(p["where"]) if p.get("where") else None
         self._where_reads = None  # the output columns `where` reads (found on first use)
         self.ttl = p.get("ttl")
@@ -154,6 +166,8 @@ class StreamJoin(Operator):
 
     def process(self, batch, input_index):
         side, other = self._sides(input_index)
+        if self.changelog:
+            return self._process_changelog(side, other, batch)
         side.bind(batch.schema, self.ctx.operator_name)
         if batch.num_rows == 0:
             return []
@@ -266,6 +280,96 @@ class StreamJoin(Operator):
             held = table if keep is None else table.filter(keep)
             side.rows.append(held, hashes[hold], matched=matched[hold], expire=expire[hold])
         return _batches(out)
+
+    # -- over changelogs ---------------------------------------------------------------------
+
+    def _process_changelog(self, side, other, batch):
+        table = pa.Table.from_batches([batch])
+        if cl.is_changelog(table.schema):
+            sign = cl.signs(table)
+            table = table.drop_columns([cl.OP])
+        else:
+            sign = np.ones(table.num_rows, dtype=np.int64)
+        side.bind(table.schema, self.ctx.operator_name)
+        if table.num_rows == 0:
+            return []
+        if side.schema is not None and not table.schema.equals(side.schema):
+            table = table.cast(side.schema)
+        table = table.combine_chunks()
+        if self._withdraws_own_adds(table, sign):  # in order, run by run of one sign
+            change = np.flatnonzero(np.diff(np.sign(sign))) + 1
+            bounds = [0, *change.tolist(), table.num_rows]
+            out = []
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                out += self._apply(side, other, table.slice(a, b - a), sign[a] < 0)
+            return out
+        out = []
+        if (sign < 0).any():
+            out += self._apply(side, other, table.filter(pa.array(sign < 0)), True)
+        if (sign > 0).any():
+            out += self._apply(side, other, table.filter(pa.array(sign > 0)) if (sign < 0).any() else table, False)
+        return out
+
+    @staticmethod
+    def _withdraws_own_adds(table, sign):
+        """True when a withdrawal in the batch is of a row added earlier in the same batch (then
+        withdrawals cannot all go first)."""
+        ret, add = np.flatnonzero(sign < 0), np.flatnonzero(sign > 0)
+        if not len(ret) or not len(add):
+            return False
+        h = keyed_state.key_hashes(table, table.column_names)
+        order = np.argsort(h[add], kind="stable")
+        sorted_h, sorted_pos = h[add][order], add[order]
+        k = np.searchsorted(sorted_h, h[ret])
+        first = np.minimum(k, len(sorted_h) - 1)  # the earliest add of that row (stable sort)
+        return bool(((k < len(sorted_h)) & (sorted_h[first] == h[ret]) & (sorted_pos[first] < ret)).any())
+
+    def _apply(self, side, other, table, withdraw):
+        """Rows that all add or all withdraw: their matches as +I / -D rows; the state updated."""
+        valid = None
+        for c in side.on:
+            col = table.column(c)
+            if col.null_count:
+                v = col.is_valid().to_numpy(zero_copy_only=False)
+                valid = v if valid is None else valid & v
+        if valid is not None:  # a null key never matches and is never held (inner join)
+            table = table.filter(pa.array(valid))
+        if table.num_rows == 0:
+            return []
+        hashes = keyed_state.key_hashes(table, side.on)
+        if withdraw:
+            held = self._held_copies(side, table, hashes)
+            found = held >= 0
+            if not found.any():
+                return []
+            side.rows.kill(held[found])
+            table, hashes = table.filter(pa.array(found)), hashes[found]
+        _, _, joined = self._matches(side, other, table, hashes, other.rows.probe)
+        if not withdraw:
+            side.rows.append(table, hashes, expire=self._expiry(side, table))
+        if joined is None:
+            return []
+        kind = cl.DELETE if withdraw else cl.INSERT
+        joined = joined.append_column(pa.field(cl.OP, cl.OP_TYPE), pa.array(np.full(joined.num_rows, kind, np.int8)))
+        return _batches([joined])
+
+    @staticmethod
+    def _held_copies(side, table, hashes):
+        """For each row, a distinct held row of ``side`` equal to it in every column (-1: none)."""
+        from sabot.runtime.operators.changelog import rows_equal
+
+        out = np.full(table.num_rows, -1, dtype=np.int64)
+        i, j = side.rows.probe(hashes)
+        if not len(i):
+            return out
+        same = rows_equal(table.take(pa.array(i)), side.rows.take(j, table.column_names))
+        i, j = i[same], j[same]
+        used = set()
+        for a, b in zip(i.tolist(), j.tolist()):  # equal rows withdrawn twice take two held copies
+            if out[a] < 0 and b not in used:
+                out[a] = b
+                used.add(b)
+        return out
 
     # -- window joins ------------------------------------------------------------------------
 
