@@ -332,7 +332,7 @@ def cmd_run(args):
         for op in info["operators"]:
             print(f"  {op['name']:<24} parallelism {op['parallelism']:<3} rows {op['rows_processed']:>12,}",
                   file=out)
-        for name, table in result.tables.items():
+        for name, table in _tables(result):
             print(f"\n{name}: {table.num_rows} rows")
             print(format_table(table, args.limit))
         for name, summaries in result.summaries.items():
@@ -387,7 +387,7 @@ def cmd_sql(args):
         else:
             result = job.run(default_parallelism=args.parallelism, timeout=args.timeout, job_name=name)
         print(f"{name}: finished in {time.monotonic() - start:.2f} s", file=sys.stderr)
-        for table_name, table in result.tables.items():
+        for table_name, table in _tables(result):
             print(f"\n{table_name}: {table.num_rows} rows")
             print(format_table(table, args.limit))
     return 0
@@ -466,7 +466,7 @@ def sql_client(args, stdin=None, stdout=None):
                         print(f"submitted as job {job_id}", file=stdout)
                     else:
                         result = r.run(timeout=args.timeout)
-                        for name, table in result.tables.items():
+                        for name, table in _tables(result):
                             print(f"{name}: {table.num_rows} rows", file=stdout)
                             print(format_table(table, args.limit), file=stdout)
                         print(f"{r.name}: finished", file=stdout)
@@ -537,6 +537,12 @@ def _show_select(stream, args, stdout):
         draw(final=True)
     else:
         print(f"({seen[0]} rows)", file=stdout, flush=True)
+
+
+def _tables(result):
+    """``(name, table)`` of each collect sink; a changelog (an updating result) as the table it
+    materialises (``JobResult.table``)."""
+    return [(name, result.table(name)) for name in result.tables]
 
 
 def _sort_key(key):

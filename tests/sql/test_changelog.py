@@ -218,3 +218,21 @@ def test_inner_joins_over_changelogs_and_a_group_by_over_the_join(bids, parallel
     expected = duck(grouped.replace("SUM(bidder)", "CAST(SUM(bidder) AS BIGINT)"), bids=bids)
     assert_tables_equal(got, expected.cast(got.schema))
     check_changelog(raw, ["n"])
+
+
+def test_sabot_sql_dash_f_prints_the_materialised_table(bids, tmp_path, capsys):
+    from sabot.cli import main
+
+    script = tmp_path / "nested.sql"
+    script.write_text(BIDS + "CREATE TABLE out (cnt BIGINT, freq BIGINT) WITH ('connector' = 'collect');\n"
+                      "SET 'sabot.updating-results' = 'always';\n"
+                      "INSERT INTO out SELECT cnt, COUNT(*) FROM (SELECT auction, COUNT(*) AS cnt FROM bids "
+                      "GROUP BY auction) GROUP BY cnt;\n")
+    assert main(["sql", "-f", str(script), "--limit", "1000"]) == 0
+    out = capsys.readouterr().out
+    expected = duck("SELECT cnt, COUNT(*) AS freq FROM (SELECT auction, COUNT(*) AS cnt FROM bids GROUP BY auction) "
+                    "GROUP BY cnt", bids=bids)
+    assert f"out: {expected.num_rows} rows" in out and "$op" not in out
+    printed = {tuple(int(v) for v in line.split()) for line in out.splitlines()[3:] if line.strip()
+               and line.split()[0].isdigit()}
+    assert printed == set(zip(expected["cnt"].to_pylist(), expected["freq"].to_pylist()))
