@@ -178,3 +178,46 @@ def test_a_retracting_sql_job_survives_kill_9_and_each_checkpoint_is_a_consisten
         assert_tables_equal(held, expected)
         cuts += bool(units)
     assert cuts >= 2
+
+
+def test_a_changelog_into_postgresql_survives_kill_9_exactly(cluster, postgres_server, pg_table):
+    """The nested aggregation INSERTed into a jdbc table with a PRIMARY KEY (upserts and deletes by
+    key), checkpointed every 200 ms, the worker of a sink subtask killed with SIGKILL: the table
+    equals DuckDB's result (the sink's progress table keeps each checkpoint's writes once)."""
+    import psycopg
+
+    rows, batch = 12_000, 200
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE TABLE "{pg_table}" (cnt bigint PRIMARY KEY, freq bigint NOT NULL, total bigint)')
+    url = f"jdbc:postgresql://127.0.0.1:{postgres_server.port}/postgres"
+    script = f"""
+        CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
+                           `dateTime` TIMESTAMP(3), extra VARCHAR)
+        WITH ('connector' = 'datagen', 'generator' = 'nexmark_udfs:slow_bids', 'number-of-rows' = '{rows}',
+              'rows-per-batch' = '{batch}');
+        CREATE TABLE hist (cnt BIGINT, freq BIGINT, total BIGINT, PRIMARY KEY (cnt) NOT ENFORCED)
+        WITH ('connector' = 'jdbc', 'url' = '{url}', 'table-name' = '{pg_table}', 'username' = 'postgres',
+              'password' = '{postgres_server.password}');
+        INSERT INTO hist SELECT cnt, COUNT(*), SUM(total) FROM (SELECT auction, COUNT(*) AS cnt, SUM(price) AS total
+                                                                FROM bids GROUP BY auction) GROUP BY cnt;"""
+    job = Session({}, {"sabot.updating-results": "always"}).execute(script)[-1]
+    graph = job.to_job_graph("hist-pg", default_parallelism=2, shippable=True, checkpoint_interval_ms=200)
+    job_id = cluster.submit(graph)
+    wait_until(lambda: (cluster.checkpoints(job_id)["counts"] or {}).get("completed", 0) >= 2, 30,
+               "two completed checkpoints")
+    info = cluster.job(job_id)
+    assert info["state"] == "RUNNING", "the job ended before the kill; slow it down"
+    victim = next(t for t in info["tasks"] if t["operator_name"] == "hist" and t["subtask_index"] == 1)
+    cluster.kill_worker(cluster.node_ids.index(victim["node_id"]))
+    cluster.add_worker()
+    assert cluster.wait(job_id, 150) == "FINISHED", cluster.job(job_id).get("failure")
+    assert cluster.job(job_id)["restarts"] >= 1
+    with psycopg.connect(postgres_server.dsn) as conn:
+        got_rows = conn.execute(f'SELECT cnt, freq, total FROM "{pg_table}" ORDER BY cnt').fetchall()
+    got = pa.Table.from_pylist([dict(zip(["cnt", "freq", "total"], r)) for r in got_rows])
+    con = duckdb.connect()
+    con.register("bids", bid_rows(0, rows))
+    expected = con.sql("SELECT cnt, COUNT(*) AS freq, CAST(SUM(total) AS BIGINT) AS total FROM (SELECT auction, "
+                       "COUNT(*) AS cnt, SUM(price) AS total FROM bids GROUP BY auction) GROUP BY cnt").arrow()
+    expected = expected.read_all() if hasattr(expected, "read_all") else expected
+    assert_tables_equal(got, expected.cast(got.schema))
