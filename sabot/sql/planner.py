@@ -1039,9 +1039,10 @@ class Planner:
         n = summed(column_of(pc.if_else(pc.is_valid(src), pre[sign], pc.scalar(0)), "$nn"))
         if fn == "COUNT":
             return n
-        signed = column_of(pc.multiply(src, pre[sign]), "$sv")
         schema = rel.stream.schema
         ctype = expression_types(schema, [src])[0]
+        # the value, negated for a withdrawn row (keeps its type: integers, floats, decimals)
+        signed = column_of(pc.if_else(pc.less(pre[sign], pc.scalar(0)), pc.negate(src), src), "$sv")
         sum_type = aggregate_output_type(expression_types(schema, [pre[signed]])[0], "sum")
         summed(signed)
         total, none = pc.field(memo[(signed, str(where))]), pc.equal(n, pc.scalar(0))

@@ -236,3 +236,12 @@ def test_sabot_sql_dash_f_prints_the_materialised_table(bids, tmp_path, capsys):
     printed = {tuple(int(v) for v in line.split()) for line in out.splitlines()[3:] if line.strip()
                and line.split()[0].isdigit()}
     assert printed == set(zip(expected["cnt"].to_pylist(), expected["freq"].to_pylist()))
+
+
+def test_retracting_sums_of_decimals_keep_their_type(bids):
+    sql = ("SELECT cnt, SUM(d) AS sd, AVG(d) AS ad, COUNT(d) AS c FROM (SELECT auction, COUNT(*) AS cnt, "
+           "SUM(0.908 * price) AS d FROM bids GROUP BY auction) GROUP BY cnt")
+    got, raw = run_select(sql, 2)
+    assert pa.types.is_decimal(got.schema.field("sd").type)
+    assert_tables_equal(got, duck(sql, bids=bids).cast(got.schema))
+    check_changelog(raw, ["cnt"])
