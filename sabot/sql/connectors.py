@@ -363,8 +363,8 @@ class JdbcConnector:
     As a sink it appends with COPY, or upserts by the table's ``PRIMARY KEY (...) NOT
     ENFORCED`` when the DDL declares one (then it also takes an updating result, as Flink's
     JDBC sink does: +I/+U rows upsert, -U/-D rows delete their key), exactly once with
-    checkpoints; without checkpoints it writes every ``'sink.buffer-flush.max-rows'`` rows. As a source it reads the table once
-    (bounded), and serves lookup joins."""
+    checkpoints; without checkpoints it writes every ``'sink.buffer-flush.max-rows'`` rows.
+    As a source it reads the table once (bounded), and serves lookup joins."""
 
     @staticmethod
     def accepts_updates(table):
