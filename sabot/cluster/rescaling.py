@@ -13,10 +13,10 @@ A rescale of operator X:
    records the timing: total time, and the pause of X (its last record processed by
    the old tasks to its first record processed by the new ones).
 
-A source (table or generator) moves its units instead of state: the new source tasks
-are deployed held, the old ones pause between two units and answer their next unit,
-the highest is the frontier F; the old tasks emit their units below F and finish, the
-new tasks emit the units from F on (exactly once in total). Only the source pauses.
+A source moves its splits instead of state (:mod:`sabot.connectors.source`): the new
+source tasks are deployed held, the old ones pause between two units and answer their
+split positions, then finish; every new task gets all the positions and reads the splits
+it owns from there (exactly once in total). Only the source pauses.
 
 Nothing else stops. Auto-rebalance is the same move at the same parallelism with a
 new key-group table, planned from the per-key-group load that the upstream tasks'
@@ -40,8 +40,8 @@ from sabot.cluster.job import JobState
 from sabot.errors import Conflict, InvalidRequest, NotFound
 from sabot.execution.execution_graph import TaskState
 from sabot.execution.rebalance import imbalance, plan_assignment
-from sabot.execution.rescale import build_rescale_messages, build_source_resume_messages, source_frontier
-from sabot.runtime.operators import source_class, source_is_rescalable
+from sabot.execution.rescale import build_rescale_messages, build_source_resume_messages
+from sabot.runtime.operators import source_is_rescalable
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class RescaleRecord:
         self.imbalance_predicted = None
         self.imbalance_after = None
         self.moved_key_groups = None
-        self.frontier = None  # a source rescale: first unit left to the new tasks
+        self.splits_moved = None  # a source rescale: the splits the old tasks handed over
         # the timeline (wall clock): asked for, new tasks deployed, upstream routing
         # switched to them, every old task's state handed over
         self.requested_at = wall_now if requested_at is None else requested_at
@@ -133,7 +133,7 @@ class RescaleRecord:
             "imbalance_predicted": self.imbalance_predicted,
             "imbalance_after": self.imbalance_after,
             "moved_key_groups": self.moved_key_groups,
-            "frontier": self.frontier,
+            "splits_moved": self.splits_moved,
             "source_paused_ms": max((m["source_paused_ms"] for m in self.old_done.values()
                                      if m.get("source_paused_ms") is not None), default=None),
             "requested_at": self.requested_at,
@@ -354,25 +354,23 @@ class Rescaler:
             self.on_failure(job, f"rescale {record.rescale_id} of {record.operator_name!r} failed: {exc}", [])
 
     async def _carry_out_source(self, job, record, msgs):
-        """A source: new tasks are deployed held; pause the old ones, agree a frontier, resume.
+        """A source: new tasks are deployed held; pause the old ones, move their splits.
 
         The downstream tasks first learn the new channels (read only after every old
-        one ended). Each old task stops between two units and answers its next unit;
-        the highest is the frontier F. Old tasks then emit their units below F and
-        finish; the new tasks emit the units from F on.
+        one ended). Each old task stops between two units and answers its split
+        positions; the old tasks then finish, and every new task gets all positions and
+        reads the splits it owns from there.
         """
         await asyncio.gather(*(self._control(m) for m in msgs.add_inputs.values()))
         answers = await asyncio.gather(*(self._control(m) for m in msgs.source_pause.values()))
         replies = [a.get("reply") for a in answers]
-        if any(r is None or "next_unit" not in r for r in replies):
-            raise RuntimeError(f"a paused source task answered without its next unit: {answers}")
+        if any(r is None or not isinstance(r.get("position"), dict) for r in replies):
+            raise RuntimeError(f"a paused source task answered without its split positions: {answers}")
         if self.active.get(job.job_id) is not record:
             return
-        record.frontier = source_frontier(replies)
-        source = source_class((job.job_graph.operators[record.operator_id].parameters or {}).get("kind"))
-        positions = [r.get("position") for r in replies] if getattr(source, "moves_split_positions", False) else None
-        resume = build_source_resume_messages(job.exec_graph, record.plan, record.rescale_id, record.frontier,
-                                              positions)
+        positions = [r["position"] for r in replies]
+        record.splits_moved = sum(len(p.get("splits") or {}) for p in positions)
+        resume = build_source_resume_messages(job.exec_graph, record.plan, record.rescale_id, positions)
         await asyncio.gather(*(self._control(m) for step in ("source_finish", "source_start")
                                for m in resume[step].values()))
         record.switched_at = self.clock.wall()

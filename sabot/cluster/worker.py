@@ -11,7 +11,7 @@ channels from other workers connect there) and a small aiohttp control server:
   publish the output that end of input left staged (answers once they have).
 - ``POST /tasks/{task_id}/control``: a live-rescale control message for a running
   task; a ``source_pause`` is answered once the source stopped between two units
-  (``{"reply": {"next_unit", ...}}``; 504 if it does not within ``timeout_s``).
+  (``{"reply": {"task_id", "position"}}``; 504 if it does not within ``timeout_s``).
 - ``POST /tasks/{task_id}/cancel``, ``GET /tasks`` (every task with its state and
   metrics; the worker's pid and node id), ``GET /tasks/{task_id}/result`` (the
   table a collect sink gathered, as an Arrow IPC stream; 204 if none), ``GET /health``.

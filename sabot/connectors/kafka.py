@@ -69,8 +69,9 @@ import pyarrow as pa
 import pyarrow.json as pajson
 
 from sabot.connectors import ConnectorError
+from sabot.connectors.source import Split, SplitSource
 from sabot.connectors.two_phase import TwoPhaseCommitSink
-from sabot.runtime.operators.base import SourceOperator, register
+from sabot.runtime.operators.base import register
 from sabot.runtime.operators.sinks import output_lineage
 
 log = logging.getLogger(__name__)
@@ -172,17 +173,18 @@ def _parsed_avro(avro_schema, what):
 
 
 @register("source", kind="kafka")
-class KafkaSource(SourceOperator):
-    """Topics' partitions as splits, offsets in Sabot's checkpoints (see the module docs)."""
+class KafkaSource(SplitSource):
+    """Topics' partitions as splits, offsets in Sabot's checkpoints (see the module docs).
 
-    # a live rescale moves the partitions with their offsets: the old tasks stop where they
-    # paused, and every new task takes its partitions from the offsets they paused at
-    rescalable = True
-    moves_split_positions = True
+    A split is ``topic/partition`` (``group=topic, ordinal=partition``: every topic's
+    partitions spread evenly over the subtasks); its position is the next offset to read,
+    None until the start offsets are looked up; a bounded split carries its end offset in
+    its description (``stop``) and is finished there. One consumer reads all the
+    partitions of the subtask (``read`` is this class's own).
+    """
 
     def __init__(self, ctx):
-        super().__init__(ctx)
-        p = self.params
+        p = ctx.parameters
         self.what = f"Kafka source {ctx.operator_name!r}"
         self.bootstrap = p.get("bootstrap_servers")
         self.topics = list(p.get("topics") or [])
@@ -216,24 +218,20 @@ class KafkaSource(SourceOperator):
         self.batch_size = int(p.get("batch_size") or 10_000)
         self.poll_timeout = (p.get("poll_timeout_ms") or 100) / 1000.0
         self.config = dict(p.get("config") or {})
-        # event time per partition (with_watermarks on this source): the watermark is the
-        # smallest over the partitions that are neither idle nor finished
-        self.time_column = p.get("time_column")
-        self.out_of_orderness = int(p.get("max_out_of_orderness") or 0)
-        self.idle_timeout_ms = p.get("idle_timeout_ms")
-        self.tracks_watermarks = bool(self.time_column)
-        self._split_max = {}  # (topic, partition) -> largest event time read
-        self._split_active = {}  # (topic, partition) -> processing time (ms) it last delivered records
-        self._opened_at = None
+        discovery = p.get("partition_discovery_interval_ms")
+        if discovery is not None and (isinstance(discovery, bool) or not isinstance(discovery, (int, float))
+                                      or discovery <= 0):
+            raise ConnectorError(f"{self.what}: partition_discovery_interval_ms must be a positive number or None, "
+                                 f"got {discovery!r}")
+        if discovery is not None and self.bounded:
+            raise ConnectorError(f"{self.what}: a bounded source reads the partitions there at the start; "
+                                 "partition_discovery_interval_ms is for unbounded ones")
+        self.discovery_interval_s = None if discovery is None else discovery / 1000.0
         self.consumer = None
-        self.partitions = None  # this subtask's [(topic, partition)]
-        self.offsets = {}  # (topic, partition) -> next offset to read
-        self.stop = None  # bounded: (topic, partition) -> end offset
-        self._restored = False
-        self._stopped = False  # an old task of a live rescale: emits nothing more
-        self._rescale_positions = None  # a new task of a live rescale: the old tasks' positions
+        self._assigned = []  # (topic, partition) the consumer reads, in the order given to it
         self._at_checkpoint = {}  # checkpoint id -> offsets it covers (committed to the group on completion)
         self._lock = threading.Lock()
+        super().__init__(ctx)
 
     # -- setup -------------------------------------------------------------------------
 
@@ -253,66 +251,47 @@ class KafkaSource(SourceOperator):
             self.consumer = Consumer(self._consumer_config())
         except Exception as exc:
             raise ConnectorError(f"{self.what}: invalid consumer settings: {exc}") from exc
-        everything = list_partitions(self.consumer, self.topics, self.what)
-        self.partitions = [tp for j, tp in enumerate(everything) if j % self.ctx.parallelism == self.ctx.subtask_index]
-        self._opened_at = self._now_ms()
+        self._prepare()
+
+    @property
+    def partitions(self):
+        """This subtask's ``[(topic, partition)]``."""
+        return [(s.description["topic"], s.description["partition"]) for s in self.splits]
+
+    def _split(self, topic, partition):
+        split = Split(_tp_key(topic, partition), ordinal=partition, group=topic,
+                      description={"topic": topic, "partition": partition})
+        if self.bounded and split.owner(self.ctx.parallelism) == self.ctx.subtask_index:
+            # the end the first attempt saw; kept with the split in every checkpoint
+            split.description["stop"] = self._watermarks((topic, partition))[1]
+        return split
+
+    def initial_splits(self):
+        return [self._split(t, p) for t, p in list_partitions(self.consumer, self.topics, self.what)]
+
+    def discover_splits(self):
+        return [self._split(t, p) for t, p in list_partitions(self.consumer, self.topics, self.what)
+                if _tp_key(t, p) not in self.enumerator]
+
+    def initial_position(self, split):
+        return None  # looked up for all new partitions at once (_fill_start_offsets)
+
+    def on_splits_added(self, splits):
+        from confluent_kafka import TopicPartition
+
+        self._fill_start_offsets()
+        new = [TopicPartition(s.description["topic"], s.description["partition"], self.split_position(s.id))
+               for s in splits]
+        self.consumer.incremental_assign(new)
+        self._assigned += [(t.topic, t.partition) for t in new]
 
     def _now_ms(self):
         clock = self.ctx.clock
         return clock.now_ms() if clock is not None else time.time_ns() // 1_000_000
 
-    # -- event time: a watermark per partition, idle partitions left out -------------------
-
-    def _track_event_time(self, batch, keys_of_rows, active):
-        now = self._now_ms()
-        for tp in active:
-            self._split_active[tp] = now
-        column = batch.column(self.time_column)
-        if not pa.types.is_integer(column.type):
-            column = column.cast(pa.int64())  # timestamps: their stored integer, as the task does
-        maxima = pa.table({"split": pa.array(keys_of_rows, pa.int32()), "t": column}) \
-            .group_by("split", use_threads=False).aggregate([("t", "max")])
-        for index, value in zip(maxima.column("split").to_pylist(), maxima.column("t_max").to_pylist()):
-            tp = self.partitions[index]
-            if value is not None and (tp not in self._split_max or value > self._split_max[tp]):
-                self._split_max[tp] = value
-
-    def current_watermark(self):
-        """min over live partitions of (largest event time read) - max_out_of_orderness.
-
-        A partition finished (bounded) or idle (no record for ``idle_timeout_ms``) is left
-        out, so it does not hold event time back; a live partition that has not delivered a
-        record yet holds it back (None). With every partition idle or finished: None.
-        """
-        if not self.time_column or not self.partitions:
-            return None
-        marks = []
-        for tp in self._live_partitions():
-            if tp not in self._split_max:
-                return None
-            marks.append(self._split_max[tp])
-        return min(marks) - self.out_of_orderness if marks else None
-
-    def _live_partitions(self):
-        """This subtask's partitions that are neither finished (bounded) nor idle."""
-        now = self._now_ms()
-        for tp in self.partitions:
-            if self.stop is not None and self.offsets.get(tp, -1) >= self.stop.get(tp, 0):
-                continue
-            last = self._split_active.get(tp, self._opened_at)
-            if self.idle_timeout_ms is not None and last is not None and now - last >= self.idle_timeout_ms:
-                continue
-            yield tp
-
-    @property
-    def idle(self):
-        """With event time: True when none of this subtask's partitions is live (all idle past
-        ``idle_timeout_ms``, or finished), or it has no partition at all (more subtasks than
-        partitions). The task then announces idle downstream (WatermarkStatus), so the
-        operators after it do not wait for this subtask's watermark."""
-        if not self.tracks_watermarks or self.partitions is None:
-            return False
-        return next(self._live_partitions(), None) is None
+    def reading_splits(self):
+        # the consumer reads every partition at once: each one makes the watermark
+        return [s.id for s in self.active_splits]
 
     def _watermarks(self, tp):
         from confluent_kafka import KafkaException, TopicPartition
@@ -343,81 +322,26 @@ class KafkaSource(SourceOperator):
         return {(t.topic, t.partition): (t.offset if t.offset >= 0 else self._watermarks((t.topic, t.partition))[1])
                 for t in got}
 
-    def _prepare(self):
-        if self._rescale_positions is not None:
-            self.restore_subtask_states(dict(enumerate(self._rescale_positions)), None)
-            self._rescale_positions = None
-        missing = [tp for tp in self.partitions if tp not in self.offsets]
-        self.offsets.update(self._initial_offsets(missing))
-        self.offsets = {tp: o for tp, o in self.offsets.items() if tp in self.partitions}
-        if self.bounded:
-            stop = self.stop or {}
-            for tp in self.partitions:
-                if tp not in stop:
-                    stop[tp] = self._watermarks(tp)[1]
-            self.stop = {tp: stop[tp] for tp in self.partitions}
+    def _fill_start_offsets(self):
+        missing = [tp for tp in self.partitions if self.split_position(_tp_key(*tp)) is None]
+        for tp, offset in self._initial_offsets(missing).items():
+            self.advance(_tp_key(*tp), offset)
+        for split in self.active_splits:
+            stop = split.description.get("stop")
+            if stop is not None and self.split_position(split.id) >= stop:
+                self.finish_split(split.id)
 
     # -- positions and checkpoints -----------------------------------------------------
 
     @property
-    def position(self):
-        """``{"offsets": {"topic/partition": next offset}, "stop": {...} (bounded)}``."""
-        with self._lock:
-            state = {"offsets": {_tp_key(*tp): o for tp, o in sorted(self.offsets.items())}}
-            if self.stop is not None:
-                state["stop"] = {_tp_key(*tp): o for tp, o in sorted(self.stop.items())}
-            return state
+    def offsets(self):
+        """``{(topic, partition): next offset}`` of this subtask's partitions."""
+        return {tp: self.split_position(_tp_key(*tp)) for tp in self.partitions}
 
     def snapshot_state(self, checkpoint_id):
         with self._lock:
-            self._at_checkpoint[int(checkpoint_id)] = dict(self.offsets)
-        return {"keyed": None, "state": self.position}
-
-    # -- live rescale: the partitions move with their offsets -----------------------------
-
-    @property
-    def next_unit(self):
-        return 0  # no units: the frontier is not used (moves_split_positions)
-
-    def set_limit(self, frontier):
-        """An old task of a live rescale: stop where it paused (its offsets went to the new tasks)."""
-        self._stopped = True
-
-    def set_epoch(self, epoch):
-        """A new task of a live rescale: take this task's partitions from the old tasks' positions."""
-        positions = epoch.get("positions") if isinstance(epoch, dict) else None
-        if not isinstance(positions, list) or not all(isinstance(p, dict) and "offsets" in p for p in positions):
-            raise ConnectorError(f"{self.what}: a rescale epoch must carry 'positions' (the old tasks' offsets); "
-                                 f"got {epoch!r}")
-        # source_start may come before the task opened (partitions unknown yet): kept until read()
-        self._rescale_positions = positions
-
-    @property
-    def epoch(self):
-        return {"partitions": [_tp_key(*tp) for tp in self.partitions or []]}
-
-    def restore_subtask_states(self, states, checkpoint_id):
-        """Merge the offsets of every old subtask (any parallelism); keep this subtask's partitions."""
-        offsets, stop = {}, {}
-        for state in (states or {}).values():
-            state = state or {}
-            for key, o in (state.get("offsets") or {}).items():
-                offsets[_parse_tp_key(key)] = int(o)
-            for key, o in (state.get("stop") or {}).items():
-                stop[_parse_tp_key(key)] = int(o)
-        self.offsets = {tp: o for tp, o in offsets.items() if tp in self.partitions}
-        if stop:
-            self.stop = {tp: o for tp, o in stop.items() if tp in self.partitions}
-        self._restored = True
-
-    def restore_state(self, keyed, state, checkpoint_id):
-        self.restore_subtask_states({self.ctx.subtask_index: state}, checkpoint_id)
-
-    def seek(self, position):
-        if not isinstance(position, dict) or not isinstance(position.get("offsets"), dict):
-            raise ConnectorError(f"{self.what}: a position is {{'offsets': {{'topic/partition': next offset}}}}, "
-                                 f"got {position!r}")
-        self.offsets.update({_parse_tp_key(k): int(v) for k, v in position["offsets"].items()})
+            self._at_checkpoint[int(checkpoint_id)] = {tp: o for tp, o in self.offsets.items() if o is not None}
+            return {"keyed": None, "state": self.position}
 
     def notify_checkpoint_complete(self, checkpoint_id):
         """Commit the offsets the checkpoint covers to the group (monitoring only)."""
@@ -440,44 +364,53 @@ class KafkaSource(SourceOperator):
 
     # -- reading -----------------------------------------------------------------------
 
-    def _done(self):
-        return self.stop is not None and all(self.offsets[tp] >= self.stop[tp] for tp in self.partitions)
+    def _assign(self):
+        from confluent_kafka import TopicPartition
+
+        self._assigned = [(s.description["topic"], s.description["partition"]) for s in self.active_splits]
+        self.consumer.assign([TopicPartition(t, p, self.split_position(_tp_key(t, p))) for t, p in self._assigned])
 
     def read(self):
         from confluent_kafka import TopicPartition
 
         self._prepare()
-        if self._done() or self._stopped:
+        self._fill_start_offsets()
+        if self._stopped:
             return
-        assignment = [TopicPartition(t, p, self.offsets[(t, p)]) for t, p in self.partitions
-                      if self.stop is None or self.offsets[(t, p)] < self.stop[(t, p)]]
-        if not assignment:
-            return
-        self.consumer.assign(assignment)
+        self._assign()
         idle_polls = 0
-        while True:
+        while not self._stopped:
+            if self._discovery_due():
+                self.discover()
+            if not self.active_splits:
+                if self.discovery_interval_s is None:
+                    return
+                time.sleep(self.idle_sleep_s)
+                yield None
+                continue
             messages = self.consumer.consume(self.batch_size, self.poll_timeout)
             batch = self._decode(messages) if messages else None
             if batch is None:
                 idle_polls += 1
-                if self.stop is not None and idle_polls % 5 == 0:
+                if self.bounded and idle_polls % 5 == 0:
                     # read_committed skips transaction markers: the consumer's position, not the
                     # last record, says whether a partition reached its end
-                    for t in self.consumer.position([TopicPartition(*tp) for tp in self.partitions]):
-                        tp = (t.topic, t.partition)
-                        if t.offset >= self.stop[tp] > self.offsets[tp]:
+                    live = self.active_splits
+                    for t in self.consumer.position([TopicPartition(s.description["topic"], s.description["partition"])
+                                                     for s in live]):
+                        sid = _tp_key(t.topic, t.partition)
+                        stop = self._splits[sid].split.description["stop"]
+                        if t.offset >= stop > self.split_position(sid):
                             with self._lock:
-                                self.offsets[tp] = self.stop[tp]
-                if self._done():
+                                self.advance(sid, stop, finished=True)
+                if self.bounded and not self.active_splits:
                     return
                 yield None  # nothing now: the task may take a checkpoint (or pause) meanwhile
-                if self._stopped:
-                    return
                 continue
             idle_polls = 0
             if batch.num_rows:
                 yield batch
-            if self._done() or self._stopped:
+            if self.bounded and not self.active_splits:
                 return
 
     def _decode(self, messages):
@@ -507,19 +440,19 @@ class KafkaSource(SourceOperator):
             last = {}
             for t, p, o in zip(topics, parts, offs):
                 last[(t, p)] = o
-        if self.stop is not None and any(o >= self.stop[tp] for tp, o in last.items()):
+        stop = {tp: self._splits[_tp_key(*tp)].split.description.get("stop") for tp in last} if self.bounded else {}
+        if self.bounded and any(o >= stop[tp] for tp, o in last.items()):
             # the end of a bounded partition is in this batch: drop what lies beyond it
-            keep = [o < self.stop[(topic0 if single else topics[i], p)] for i, (p, o) in enumerate(zip(parts, offs))]
+            keep = [o < stop[(topic0 if single else topics[i], p)] for i, (p, o) in enumerate(zip(parts, offs))]
             ok = [m for m, k in zip(ok, keep) if k]
             parts = [x for x, k in zip(parts, keep) if k]
             offs = [x for x, k in zip(offs, keep) if k]
             topics = None if single else [x for x, k in zip(topics, keep) if k]
-            new_offsets = {tp: min(o + 1, self.stop[tp]) for tp, o in last.items()}
+            new_offsets = {tp: min(o + 1, stop[tp]) for tp, o in last.items()}
         else:
             new_offsets = {tp: o + 1 for tp, o in last.items()}
         if not ok:
-            with self._lock:
-                self.offsets.update(new_offsets)
+            self._advance_all(new_offsets, stop)
             return None
         values = [m.value() for m in ok]
         need_keys = self.format == "raw" or "key" in self.metadata
@@ -543,13 +476,17 @@ class KafkaSource(SourceOperator):
                 column = keys
             columns[f"kafka_{name}"] = column
         batch = pa.RecordBatch.from_pydict(columns)
-        if self.time_column:
-            index = {tp: i for i, tp in enumerate(self.partitions)}
-            rows = [index[(topic0, p)] for p in parts] if single else [index[tp] for tp in zip(topics, parts)]
-            self._track_event_time(batch, rows, last)
-        with self._lock:
-            self.offsets.update(new_offsets)
+        index = {tp: i for i, tp in enumerate(self._assigned)}
+        rows = [index[(topic0, p)] for p in parts] if single else [index[tp] for tp in zip(topics, parts)]
+        self.observe_event_time(batch, split_ids=[_tp_key(*tp) for tp in self._assigned], row_splits=rows)
+        self._advance_all(new_offsets, stop)
         return batch
+
+    def _advance_all(self, new_offsets, stop):
+        with self._lock:
+            for tp, offset in new_offsets.items():
+                end = stop.get(tp)
+                self.advance(_tp_key(*tp), offset, finished=end is not None and offset >= end)
 
     def _avro_columns(self, values):
         from fastavro import schemaless_reader

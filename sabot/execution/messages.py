@@ -177,7 +177,7 @@ class SwitchOutput(ControlMessage):
 
 @dataclass(frozen=True, slots=True)
 class SourcePause(ControlMessage):
-    """An old source task: stop between two units and answer the next unit."""
+    """An old source task: stop between two units and answer its split positions."""
 
     TYPE = "source_pause"
     attempt_id: AttemptId
@@ -187,23 +187,22 @@ class SourcePause(ControlMessage):
 
 @dataclass(frozen=True, slots=True)
 class SourceFinish(ControlMessage):
-    """An old (paused) source task: emit the units below ``frontier``, then finish."""
+    """An old (paused) source task: its splits went to the new tasks; end its outputs and finish."""
 
     TYPE = "source_finish"
     attempt_id: AttemptId
     rescale_id: str
-    frontier: int
 
 
 @dataclass(frozen=True, slots=True)
 class SourceStart(ControlMessage):
-    """A new (held) source task: emit the unit sequence ``epoch`` describes
-    (``{"start", "stride", "offset"}``)."""
+    """A new (held) source task: the split positions every old task paused at (one
+    ``{"splits": {...}}`` each, see :mod:`sabot.connectors.source`); it takes the splits it owns."""
 
     TYPE = "source_start"
     attempt_id: AttemptId
     rescale_id: str
-    epoch: dict
+    positions: list
 
 
 #: control message classes by type tag

@@ -20,7 +20,7 @@ from sabot.execution.deployment import (
 )
 from sabot.execution.messages import AddInputs, Handoff, SourceFinish, SourcePause, SourceStart, SwitchOutput
 
-__all__ = ["RescaleMessages", "build_rescale_messages", "build_source_resume_messages", "source_frontier"]
+__all__ = ["RescaleMessages", "build_rescale_messages", "build_source_resume_messages"]
 
 
 @dataclass
@@ -111,33 +111,20 @@ def _add_inputs(exec_graph, tdds, operator_id, rescale_id):
     return add_inputs
 
 
-def source_frontier(replies) -> int:
-    """The frontier of a source rescale: the highest next unit the paused old tasks answered."""
-    units = [r["next_unit"] for r in replies]
-    if not units:
-        raise ValueError("a source rescale needs the reply of at least one old source task")
-    return max(units)
-
-
-def build_source_resume_messages(exec_graph, plan, rescale_id, frontier, positions=None) -> dict[str, dict]:
+def build_source_resume_messages(exec_graph, plan, rescale_id, positions) -> dict[str, dict]:
     """After the old source tasks paused: ``{"source_finish": {old_task_id: SourceFinish},
     "source_start": {new_task_id: SourceStart}}``.
 
-    Old task ``i`` emits its units below ``frontier`` and finishes; new task ``j`` of
-    ``P'`` emits units ``frontier + j + n * P'``. Together every unit once. A split source
-    (``positions``: what each old task paused at) gets them in every new task's epoch, and
-    each new task takes its splits from them.
+    ``positions`` are the split positions each old task paused at; every old task stops
+    there and every new task gets all of them and takes the splits it owns under the new
+    parallelism (:meth:`sabot.connectors.source.Split.owner`): each split once, from where
+    it was.
     """
-    new_ids = plan["new_task_ids"]
+    if not positions:
+        raise ValueError("a source rescale needs the split positions of at least one old source task")
     retired = exec_graph.retired_tasks
     return {
-        "source_finish": {old: SourceFinish(retired[old].attempt_id, rescale_id, int(frontier))
-                          for old in plan["old_task_ids"]},
-        "source_start": {
-            new: SourceStart(exec_graph.tasks[new].attempt_id, rescale_id,
-                             {"start": int(frontier), "stride": len(new_ids), "offset": j}
-                             if positions is None else
-                             {"start": int(frontier), "stride": len(new_ids), "offset": j, "positions": positions})
-            for j, new in enumerate(new_ids)
-        },
+        "source_finish": {old: SourceFinish(retired[old].attempt_id, rescale_id) for old in plan["old_task_ids"]},
+        "source_start": {new: SourceStart(exec_graph.tasks[new].attempt_id, rescale_id, list(positions))
+                         for new in plan["new_task_ids"]},
     }

@@ -12,12 +12,12 @@
    new assignment, sends each slice to its new owner, ends its outputs and finishes
    without emitting final results. Nothing else stops.
 
-A source moves its units instead of state: the new source tasks are deployed held
+A source moves its splits instead of state: the new source tasks are deployed held
 (``rescale.source_hold``), outputs open, nothing emitted. Each old source task gets
-:class:`SourcePause`, stops between two units and answers its next unit; the
-coordinator takes the highest as the frontier F and sends :class:`SourceFinish`: the
-old task emits its units below F, ends its outputs and finishes as handed off.
-:class:`SourceStart` lets each new task emit the units from F on.
+:class:`SourcePause`, stops between two units and answers its split positions; on
+:class:`SourceFinish` it ends its outputs and finishes as handed off.
+:class:`SourceStart` gives each new task every old task's positions; it reads the splits
+it owns from there (:mod:`sabot.connectors.source`).
 """
 
 from __future__ import annotations
@@ -63,8 +63,7 @@ class RescaleParticipant:
         # a source rescale: new source tasks wait for their epoch, old ones pause and finish
         self.source_hold = bool(spec is not None and spec.source_hold)
         self._source_start = asyncio.Event()
-        self._pause_reply = None  # future answering a source_pause (the next unit)
-        self._source_frontier = None
+        self._pause_reply = None  # future answering a source_pause (the split positions)
         self._source_finish = asyncio.Event()
         ids = list(spec.state_channel_ids) if spec is not None else []
         self.state_inputs = [task.data_server.input_channel(cid) for cid in ids]
@@ -76,7 +75,7 @@ class RescaleParticipant:
         """Queue a control message; it is applied between two batches.
 
         Returns None, except for a :class:`SourcePause`: a future that resolves to
-        ``{"task_id", "next_unit", "position"}`` once the source stopped between two units.
+        ``{"task_id", "position"}`` once the source stopped between two units.
         """
         task = self.task
         if not self.takes_controls:
@@ -157,7 +156,7 @@ class RescaleParticipant:
             if self._source_start.is_set():
                 raise ValueError(f"task {task.task_id} was already started")
             try:
-                operator.set_epoch(message.epoch)  # the task waits; nothing reads yet
+                operator.take_split_positions(message.positions)  # the task waits; nothing reads yet
             except OperatorError as exc:
                 raise ValueError(str(exc)) from None
             self._source_start.set()
@@ -177,9 +176,6 @@ class RescaleParticipant:
             raise ValueError(f"source task {task.task_id} got source_finish without a source_pause before it")
         if self._source_finish.is_set():
             raise ValueError(f"source task {task.task_id} already got source_finish")
-        if message.frontier < 0:
-            raise ValueError(f"source_finish needs 'frontier' >= 0; got {message.frontier!r}")
-        self._source_frontier = message.frontier
         self._source_finish.set()
         return None
 
@@ -193,22 +189,20 @@ class RescaleParticipant:
     async def wait_source_start(self):
         """A new source task deployed held: wait for its epoch."""
         await self._await(self._source_start,
-                          f"was deployed held for rescale {self.rescale_id} but no source_start (its epoch)")
-        self.task.metrics["source_epoch"] = self.task.operator.epoch
+                          f"was deployed held for rescale {self.rescale_id} but no source_start (its splits)")
+        self.task.metrics["source_splits"] = [s.id for s in self.task.operator.splits]
 
     async def _pause_source(self, message):
-        """Stop between two units, answer the next unit, wait for the frontier, go on below it."""
+        """Stop between two units, answer the split positions, wait for the finish, stop."""
         task = self.task
         started = time.perf_counter()
         if not self._pause_reply.done():
-            self._pause_reply.set_result({"task_id": task.task_id, "next_unit": task.operator.next_unit,
-                                          "position": task.operator.position})
+            self._pause_reply.set_result({"task_id": task.task_id, "position": task.operator.position})
         await self._await(self._source_finish,
-                          f"paused for rescale {message.rescale_id} but no source_finish (the frontier)")
-        task.operator.set_limit(self._source_frontier)
+                          f"paused for rescale {message.rescale_id} but no source_finish")
+        task.operator.stop_for_rescale()
         self.handed_off = True
         task.metrics["source_paused_ms"] = (time.perf_counter() - started) * 1e3
-        task.metrics["source_frontier"] = self._source_frontier
 
     # -- old tasks of a keyed or stateless operator ----------------------------------------
 

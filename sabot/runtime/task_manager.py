@@ -131,7 +131,7 @@ class TaskManager:
         """Hand a live-rescale control message to the attempt it names.
 
         Returns None, or for a ``SourcePause`` an asyncio future that resolves to the
-        source's reply ``{"task_id", "next_unit", "position"}``.
+        source's reply ``{"task_id", "position"}`` (its split positions).
 
         Raises:
             KeyError: no such task here.

@@ -96,7 +96,7 @@ def test_offsets_live_in_checkpoints_and_a_restore_at_another_parallelism_resume
     consumer = Consumer({"bootstrap.servers": kafka_cluster.bootstrap, "group.id": group})
     import time
     deadline = time.monotonic() + 10
-    expected = {kafka_module._parse_tp_key(k): v for s in states.values() for k, v in s["offsets"].items()}
+    expected = {kafka_module._parse_tp_key(k): e["position"] for s in states.values() for k, e in s["splits"].items()}
     while True:
         got = {(t.topic, t.partition): t.offset
                for t in consumer.committed([TopicPartition(topic, p) for p in range(4)], timeout=10)}

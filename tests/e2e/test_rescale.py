@@ -217,12 +217,11 @@ def test_rescale_source_1_3_2_while_data_flows(cluster):
         assert plan["requires_state_redistribution"] is False
         detail, record = wait_rescale(client, job_id, plan["rescale_id"])
         assert record["state"] == "COMPLETED", record
-        assert record["frontier"] is not None and record["frontier"] > 0
+        assert record["splits_moved"] == 32  # DEFAULT_SPLITS strided splits of the generator
         assert record["source_paused_ms"] is not None and record["old_tasks_finished"] == len(plan["old_task_ids"])
         ops = {op["name"]: op["parallelism"] for op in detail["operators"]}
         assert ops["source"] == new_parallelism
         records.append(record)
-    assert records[1]["frontier"] >= records[0]["frontier"]
     assert cluster.wait(job_id, 60) == "FINISHED"
     assert_tables_equal(cluster.result(job_id).table("sink"), reference(total, keys), sort_by=["key"])
     final = client.job(job_id)

@@ -72,7 +72,7 @@ def test_checkpoint_answers_and_control_messages_are_typed_by_their_tag():
         Handoff(AttemptId("a", 0), "r", [ChannelTarget("s")], [0, 1]),
         AddInputs(AttemptId("b", 0), "r", "op", ["c1"]),
         SwitchOutput(AttemptId("c", 0), "r", "op", OutputEdgeSpec("op", "hash", 8, [], ["k"])),
-        SourceStart(AttemptId("d", 0), "r", {"start": 3, "stride": 2, "offset": 1}),
+        SourceStart(AttemptId("d", 0), "r", [{"splits": {}}]),
     ]
     for message in messages:
         assert control_from_dict(message.to_dict()) == message

@@ -18,7 +18,7 @@ from sabot._core import partition
 from sabot.execution.deployment import CheckpointSpec, build_deployment_descriptors
 from sabot.execution.ids import AttemptId
 from sabot.execution.messages import TriggerCheckpoint
-from sabot.execution.rescale import build_rescale_messages, build_source_resume_messages, source_frontier
+from sabot.execution.rescale import build_rescale_messages, build_source_resume_messages
 from sabot.runtime.data_server import DataServer
 from sabot.runtime.embedded import gather_results
 from sabot.runtime.generators import keyed_records
@@ -156,7 +156,7 @@ def test_per_key_order_holds_across_a_rescale():
 #
 # The test plays the coordinator's part of a source rescale: deploy the new source tasks
 # held, give the downstream tasks their channels, pause the old source tasks (each answers
-# its next unit), and send the frontier to the old tasks and the epochs to the new ones.
+# its split positions), then finish the old tasks and give the new ones all positions.
 
 SOURCE_ROWS = 300_000
 SOURCE_BATCH = 1024
@@ -196,7 +196,7 @@ def source_rows_job(kind):
 
 
 async def rescale_source(manager, exec_graph, job, new_parallelism, n):
-    """One source rescale; returns (plan, frontier)."""
+    """One source rescale; returns (plan, {split k: units of split k emitted before it, "of": S})."""
     op_id = next(op for op, node in job.operators.items() if node.name == "source")
     plan = exec_graph.rescale_operator(op_id, new_parallelism)
     msgs = build_rescale_messages(exec_graph, job.job_id, op_id, plan, f"s{n}")
@@ -209,12 +209,17 @@ async def rescale_source(manager, exec_graph, job, new_parallelism, n):
     replies = await asyncio.wait_for(
         asyncio.gather(*(manager.control(m) for m in msgs.source_pause.values())), 10
     )
-    frontier = source_frontier(replies)
-    resume = build_source_resume_messages(exec_graph, plan, f"s{n}", frontier)
+    positions = [r["position"] for r in replies]
+    resume = build_source_resume_messages(exec_graph, plan, f"s{n}", positions)
     for step in ("source_finish", "source_start"):
         for msg in resume[step].values():
             manager.control(msg)
-    return plan, frontier
+    done = {}
+    for position in positions:
+        for entry in position["splits"].values():
+            done[entry["split"]["description"]["k"]] = entry["position"]
+            done["of"] = entry["split"]["description"]["of"]
+    return plan, done
 
 
 async def run_with_source_rescales(job, parallelisms, delay=0.1):
@@ -227,15 +232,15 @@ async def run_with_source_rescales(job, parallelisms, delay=0.1):
     try:
         for tdd in build_deployment_descriptors(exec_graph, job.job_id).values():
             await manager.deploy(tdd)
-        phases = [(0, 1)]  # (first unit, parallelism) of each epoch
+        phases = [(None, 1)]  # (split positions when it began, parallelism) of each phase
         plans = []
         for n, parallelism in enumerate(parallelisms):
             await asyncio.sleep(delay)
             current = [manager.tasks[t.task_id] for t in exec_graph.operator_tasks(op_id)]
             assert all(t.state.value == "RUNNING" for t in current), "the source ended before the rescale; slow it down"
-            plan, frontier = await rescale_source(manager, exec_graph, job, parallelism, n)
+            plan, done = await rescale_source(manager, exec_graph, job, parallelism, n)
             plans.append(plan)
-            phases.append((frontier, parallelism))
+            phases.append((done, parallelism))
         await asyncio.wait_for(manager.wait(), 60)
         assert not failures, failures[0].error
         statuses = manager.list_tasks()
@@ -264,16 +269,23 @@ def test_rescale_source_1_3_2_keeps_exact_aggregate(kind):
     # the 1 + 3 old source tasks finished as handed off, the 2 last ones read to the end
     assert sum(s["handed_off"] for s in sources) == 4
     assert sum(s["metrics"]["rows_in"] for s in sources) == SOURCE_ROWS
-    frontiers = [f for f, _ in phases[1:]]
-    assert frontiers == sorted(frontiers) and frontiers[0] > 0, phases
+    # every rescale moved positions past the start, and they only grow
+    for (a, _), (b, _) in zip(phases[1:], phases[2:]):
+        assert all(b[k] >= a[k] for k in a if k != "of")
+    assert sum(v for k, v in phases[1][0].items() if k != "of") > 0
 
 
 def _owner(units, phases):
-    """(phase, subtask) that emits each unit: phase k owns [F_k, F_k+1) by stride P_k."""
-    starts = np.array([f for f, _ in phases])
-    phase = np.searchsorted(starts, units, side="right") - 1
-    strides = np.array([p for _, p in phases])[phase]
-    return phase, (units - starts[phase]) % strides
+    """(phase, subtask) that emits each unit: unit u is the (u // S)-th of split u % S; a phase
+    emits a split's units from the position it got on; split k's owner is k % P."""
+    count = phases[1][0]["of"]
+    split, nth = units % count, units // count
+    phase = np.zeros(len(units), dtype=np.int64)
+    for done, _ in phases[1:]:
+        began = np.array([done.get(k, 0) for k in range(count)])[split]
+        phase += (nth >= began)
+    parallelism = np.array([p for _, p in phases])[phase]
+    return phase, split % parallelism
 
 
 @pytest.mark.timeout(120)

@@ -244,17 +244,13 @@ class SourceOperator(Operator):
 
     # -- live rescaling (ARCHITECTURE.md section 8) ----------------------------------
     #
-    # A rescalable source numbers its units globally. The old subtasks pause at a unit
-    # boundary and report ``next_unit``; the coordinator takes the highest as the
-    # frontier F; each old subtask then emits its units below F (``set_limit``) and
-    # ends, and the new subtasks emit the units from F on (``set_epoch``).
+    # A rescalable source is a split source (sabot.connectors.source.SplitSource): the old
+    # subtasks pause between two units and answer their ``position`` (every split with its
+    # position), then stop (``stop_for_rescale``); every new subtask gets the positions of
+    # all old ones (``take_split_positions``) and reads the splits it owns from there.
 
-    #: whether this source supports a live rescale (set_epoch, set_limit, next_unit)
+    #: whether this source supports a live rescale (stop_for_rescale, take_split_positions)
     rescalable = False
-    #: a split source (Kafka: partitions with offsets) moves its splits with their positions in a
-    #: live rescale instead of sharing out units past a frontier: every old task stops at once
-    #: (``set_limit``), and each new task's epoch holds the ``positions`` the old tasks paused at
-    moves_split_positions = False
     #: why not, for the error a refused rescale gets
     not_rescalable_reason = "it cannot move its input between subtasks"
 
@@ -269,17 +265,12 @@ class SourceOperator(Operator):
         """True between two units (the only place a source pauses or takes a checkpoint)."""
         return True
 
-    @property
-    def next_unit(self):
-        """The first (global) unit this subtask has not started emitting."""
+    def stop_for_rescale(self):
+        """An old subtask of a live rescale: emit nothing more (its splits moved)."""
         raise self.not_rescalable()
 
-    def set_limit(self, frontier):
-        """From now on emit only units below ``frontier``, then end."""
-        raise self.not_rescalable()
-
-    def set_epoch(self, epoch):
-        """Emit the unit sequence ``epoch`` describes (a new subtask of a source rescale)."""
+    def take_split_positions(self, positions):
+        """A new subtask of a live rescale: the positions every old subtask paused at."""
         raise self.not_rescalable()
 
 

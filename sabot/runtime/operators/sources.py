@@ -1,28 +1,31 @@
 """Source operators: an inline Arrow table, a deterministic generator, files.
 
-Every source splits its input across the ``parallelism`` subtasks without
-coordination (subtask ``i`` takes units ``i, i + P, i + 2P, …``), reports a
-``position`` that says how far it got, and can be put back to a position with
-``seek`` (or the ``start_position`` parameter) so that a restored job replays
-exactly the rows after it. A position is JSON-able.
-
-The table and generator sources can also be rescaled live: their units follow an
-*epoch* (``{start, stride, offset}``, see :class:`_CountingSource`) that a rescale
-replaces for the new subtasks, and their checkpointed state is ``{"position",
-"epoch"}``, so a restore after the rescale (at any parallelism) continues exactly.
-
-Parameter formats (``parameters["kind"]``):
+All three are split sources (:mod:`sabot.connectors.source`, the Source API): the input is a
+set of splits, each subtask reads the splits it owns and keeps a position per split, a
+checkpoint holds those positions, a restore at any parallelism and a live rescale move the
+splits with their positions. A position (and a checkpointed state) is ``{"splits": {split
+id: {"split", "position", "finished"}}}``; ``seek`` (or the ``start_position`` parameter)
+takes one back.
 
 * ``"table"``: ``{"data": table reference (:mod:`sabot.runtime.tables`), "batch_size":
-  int | None}``; unit = one slice of ``batch_size`` rows, or with ``batch_size`` None
-  one record batch of the table as it was given; position = units emitted.
-* ``"generator"``: ``{"function": "module:fn", "total_rows": int | None,
-  "batch_size": int, "parameters": {...}}``; unit = global batch ``b`` covering rows
-  ``[b * batch_size, (b + 1) * batch_size)``; position = batches emitted.
-* ``"dataset"``: ``{"path": str, "format": "parquet" | "ipc" | "csv", "columns":
-  list | None, "filter": base64 expression | None, "batch_size": int | None}``; unit =
-  one file (fragment, sorted by path); position = ``[fragment index, batches read from
-  it]`` (batches after the filter: deterministic for one filter).
+  int | None, "num_splits": int | None}``. A *unit* is one slice of ``batch_size`` rows (or,
+  with ``batch_size`` None, one record batch of the table as it was given). Split ``k`` of
+  ``S`` (``num_splits``, default ``max(DEFAULT_SPLITS, parallelism)``) holds units ``k, k +
+  S, k + 2S, ...``; its position is the number of its units emitted. A subtask reads one
+  unit at a time, always the lowest next unit of its splits, so one subtask emits the table
+  in order, and subtask ``i`` of ``P`` emits units ``i, i + P, ...`` (for ``S`` a multiple
+  of ``P``).
+* ``"generator"``: ``{"function": "module:fn", "total_rows": int | None, "batch_size": int,
+  "parameters": {...}, "num_splits": int | None}``; unit = global batch ``b`` covering rows
+  ``[b * batch_size, (b + 1) * batch_size)``, split as the table's.
+* ``"dataset"``: ``{"path": str, "format": "parquet" | "ipc" | "csv", "columns": list |
+  None, "filter": base64 expression | None, "batch_size": int | None, "monitor_interval_s":
+  float | None, "schema": base64 schema | None}``. One split per file (sorted by path; round
+  robin); position = batches read from it (after the filter: deterministic for one filter).
+  With ``monitor_interval_s`` the directory is listed again at that interval and new files
+  become new splits (Flink's continuous file source): the source then never ends. Files
+  whose name starts with ``.`` or ``_`` are not listed; write a file under such a name and
+  rename it when complete.
 """
 
 import logging
@@ -31,15 +34,19 @@ import os
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from sabot.connectors.source import Split, SplitSource
 from sabot.errors import OperatorError
-from sabot.runtime import functions
 from sabot.execution.operator_spec import decode_expression
-from sabot.runtime.operators.base import SourceOperator, register
+from sabot.runtime import functions
+from sabot.runtime.operators.base import register
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 65536
 DATASET_FORMATS = ("parquet", "ipc", "csv")
+#: splits of a table or generator source when not given: a live rescale or restore can go up
+#: to this many subtasks (or the first attempt's parallelism, if higher) with every one busy
+DEFAULT_SPLITS = 32
 
 
 def _positive_int(ctx, params, name, default):
@@ -53,218 +60,82 @@ def _positive_int(ctx, params, name, default):
     return value
 
 
-class _CountingSource(SourceOperator):
-    """A source whose position is the number of units this subtask has emitted.
+class _StridedSource(SplitSource):
+    """A source of numbered units (``num_units``, None if unbounded), cut into ``S`` strided
+    splits: split ``k`` holds units ``k, k + S, ...``; its position is its units emitted."""
 
-    The units of a subtask follow its *epoch*: first the explicit ``pending`` units
-    (left over by a restore at another parallelism), then ``start + offset + n *
-    stride`` for ``n = 0, 1, …``. The default epoch ``{start: 0, stride: P, offset:
-    i}`` gives subtask ``i`` units ``i, i + P, …``. A live rescale gives the new
-    subtasks epochs that begin at a frontier every old subtask stops before.
-    """
-
-    rescalable = True
-    #: keys of an epoch dict
-    EPOCH_KEYS = ("start", "stride", "offset", "pending")
-
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        self._emitted = 0
-        self._partial = False  # some (not all) batches of the next unit were emitted
-        self._limit = None  # units >= limit belong to other subtasks (a source rescale)
-        self._epoch = self.default_epoch()
-        start = self.params.get("start_position")
-        if isinstance(start, dict):
-            self.restore_state(None, start, None)
-        elif start is not None:
-            self.seek(start)
-
-    # -- epochs ------------------------------------------------------------------
-
-    def default_epoch(self):
-        return {"start": 0, "stride": self.ctx.parallelism, "offset": self.ctx.subtask_index, "pending": []}
-
-    @property
-    def epoch(self):
-        """This subtask's epoch (a JSON-able dict; ``pending`` omitted when empty)."""
-        epoch = {k: self._epoch[k] for k in ("start", "stride", "offset")}
-        if self._epoch["pending"]:
-            epoch["pending"] = list(self._epoch["pending"])
-        return epoch
-
-    def set_epoch(self, epoch):
-        """Take the unit sequence ``epoch`` describes, from its beginning (position 0)."""
-        name = self.ctx.operator_name
-        expected = ("an epoch {'start': int >= 0, 'stride': int >= 1, 'offset': int in [0, stride), "
-                    "'pending': optional increasing list of units below start}")
-        if not isinstance(epoch, dict) or not {"start", "stride", "offset"} <= set(epoch) \
-                or set(epoch) - set(self.EPOCH_KEYS):
-            raise OperatorError(f"source {name!r}: expected {expected}, got {epoch!r}")
-        values = [epoch["start"], epoch["stride"], epoch["offset"]]
-        pending = epoch.get("pending") or []
-        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in values + list(pending))
-        if not ints or not isinstance(pending, (list, tuple)) or values[0] < 0 or values[1] < 1 \
-                or not 0 <= values[2] < values[1]:
-            raise OperatorError(f"source {name!r}: expected {expected}, got {epoch!r}")
-        if any(a >= b for a, b in zip(pending, pending[1:])) or (pending and (pending[0] < 0 or pending[-1] >= values[0])):
-            raise OperatorError(
-                f"source {name!r}: the pending units of an epoch must increase, be >= 0 and lie below "
-                f"its start {values[0]}; got {list(pending)!r}"
-            )
-        self._epoch = {"start": values[0], "stride": values[1], "offset": values[2], "pending": list(pending)}
-        self._emitted = 0
-        self._partial = False
-
-    def _unit_at(self, n):
-        """The global unit number of this subtask's ``n``-th unit."""
-        pending = self._epoch["pending"]
-        if n < len(pending):
-            return pending[n]
-        e = self._epoch
-        return e["start"] + e["offset"] + (n - len(pending)) * e["stride"]
+    interleave = True
+    per_split_watermarks = False
 
     @property
     def num_units(self):
-        """Units of the whole source (all subtasks), None if unbounded."""
-        raise TypeError(f"counting source {type(self).__name__} does not define num_units")
+        raise TypeError(f"strided source {type(self).__name__} does not define num_units")
 
-    @property
-    def next_unit(self):
-        """The first unit this subtask has not started emitting (global number)."""
-        return self._unit_at(self._emitted + (1 if self._partial else 0))
+    def _num_splits(self):
+        # the split set must be the same whenever the source comes back: a restored one keeps
+        # the count it was checkpointed with
+        for split in (self.enumerator.splits if self.enumerator is not None else []):
+            if split.id.startswith("units/"):
+                return int(split.description["of"])
+        return _positive_int(self.ctx, self.params, "num_splits", max(DEFAULT_SPLITS, self.ctx.parallelism))
 
-    @property
-    def at_unit_boundary(self):
-        return not self._partial
+    def initial_splits(self):
+        count = self._num_splits()
+        return [Split(f"units/{k}", ordinal=k, description={"k": k, "of": count}) for k in range(count)]
 
-    def set_limit(self, frontier):
-        """Emit only units below ``frontier`` from now on (an old subtask of a source rescale)."""
-        if isinstance(frontier, bool) or not isinstance(frontier, int) or frontier < 0:
-            raise OperatorError(
-                f"source {self.ctx.operator_name!r}: the frontier of a rescale must be an integer >= 0, "
-                f"got {frontier!r}"
-            )
-        if self._partial and frontier <= self._unit_at(self._emitted):
-            raise OperatorError(
-                f"source {self.ctx.operator_name!r}: frontier {frontier} lies below unit "
-                f"{self._unit_at(self._emitted)} that this subtask already started"
-            )
-        self._limit = frontier
+    def next_split(self, live):
+        # the lowest next unit first: one subtask emits its units in ascending order, also
+        # after a rescale or restore left its splits at different positions
+        def next_unit(sid):
+            split = self._splits[sid].split
+            return split.description["k"] + self._splits[sid].position * split.description["of"]
 
-    # -- positions ---------------------------------------------------------------
+        return min(live, key=next_unit)
 
-    @property
-    def position(self):
-        return self._emitted
-
-    def seek(self, position):
-        """Resume after ``position`` units of this subtask (takes effect at the next ``read``)."""
-        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
-            raise OperatorError(
-                f"source {self.ctx.operator_name!r}: position must be an integer >= 0 "
-                f"(units already emitted by this subtask), got {position!r}"
-            )
-        self._emitted = position
-        self._partial = False
-
-    def snapshot_state(self, checkpoint_id):
-        return {"keyed": None, "state": {"position": self._emitted, "epoch": self.epoch}}
-
-    def restore_state(self, keyed, state, checkpoint_id):
-        """``state`` is ``{"position": int, "epoch": {...}}`` (or without epoch: the default one)."""
-        if not state:
-            return
-        if state.get("epoch") is not None:
-            self.set_epoch(state["epoch"])
-        if state.get("position") is not None:
-            self.seek(state["position"])
-
-    def restore_subtask_states(self, states, checkpoint_id):
-        """Restore from the states of every subtask of a checkpoint (``{subtask_index: state}``).
-
-        At the parallelism the checkpoint was taken at, subtask ``i`` continues state
-        ``i``. At another one the units nobody emitted yet are shared out again: the
-        frontier ``F`` is the highest next unit of any old subtask; the units below it
-        still due go round robin to the new subtasks as ``pending`` and the units from
-        ``F`` on are split by a new stride, so every unit is emitted exactly once.
-        """
-        states = {int(k): v for k, v in (states or {}).items()}
-        if not states:
-            return
-        if set(states) == set(range(self.ctx.parallelism)):
-            self.restore_state(None, states[self.ctx.subtask_index], checkpoint_id)
-            return
-        old_parallelism = len(states)
-        if set(states) != set(range(old_parallelism)):
-            raise OperatorError(
-                f"source {self.ctx.operator_name!r}: the checkpoint holds the state of subtasks "
-                f"{sorted(states)}; expected subtasks 0..{old_parallelism - 1}"
-            )
-        sequences = []
-        for index, state in sorted(states.items()):
-            epoch = (state or {}).get("epoch") or {"start": 0, "stride": old_parallelism, "offset": index}
-            position = (state or {}).get("position") or 0
-            pending = list(epoch.get("pending") or [])
-            done_stride = max(0, position - len(pending))
-            next_stride = epoch["start"] + epoch["offset"] + done_stride * epoch["stride"]
-            sequences.append((pending[position:], next_stride, epoch["stride"]))
-        frontier = max(s[1] for s in sequences)
-        total = self.num_units
-        due = []
-        for pending, next_stride, stride in sequences:
-            due += pending
-            due += range(next_stride, frontier, stride)
-        due = sorted(u for u in due if total is None or u < total)
-        p, j = self.ctx.parallelism, self.ctx.subtask_index
-        self.set_epoch({"start": frontier, "stride": p, "offset": j, "pending": due[j::p]})
-        log.info("source %s subtask %d of %d restored from %d subtasks: frontier %d, %d pending unit(s)",
-                 self.ctx.operator_name, j, p, old_parallelism, frontier, len(due[j::p]))
-
-    # -- reading -----------------------------------------------------------------
-
-    def _unit_indexes(self, num_units):
-        """Global unit numbers owned by this subtask, from the current position on.
-
-        Lazy: the read loop counts each unit in ``_emitted`` as it emits it, and a
-        limit set between two units (a source rescale) ends the sequence there.
-        """
+    def units_of(self, split, start=0):
+        """The global unit numbers of ``split`` from its ``start``-th on."""
+        k, count, total = split.description["k"], split.description["of"], self.num_units
+        n = start
         while True:
-            unit = self._unit_at(self._emitted)
-            if (num_units is not None and unit >= num_units) or (self._limit is not None and unit >= self._limit):
+            unit = k + n * count
+            if total is not None and unit >= total:
                 return
-            yield unit
-
-    def _all_units(self, num_units):
-        """Every unit of this subtask's epoch (bounded sources), emitted or not."""
-        n = 0
-        while True:
-            unit = self._unit_at(n)
-            if unit >= num_units or (self._limit is not None and unit >= self._limit):
-                return
-            yield unit
+            yield n, unit
             n += 1
+
+    def read_split(self, split, position):
+        for n, unit in self.units_of(split, position):
+            batches = self.read_unit(unit)
+            for j, batch in enumerate(batches):
+                # the position counts the unit with its last batch: a position read right
+                # after the batch was emitted must already include it
+                yield batch, (n + 1 if j == len(batches) - 1 else None)
+            if not batches:
+                yield None, n + 1
+
+    def read_unit(self, unit):
+        raise TypeError(f"strided source {type(self).__name__} does not define read_unit()")
 
 
 @register("source", kind="table")
-class TableSource(_CountingSource):
+class TableSource(_StridedSource):
     """An in-memory Arrow table, by reference (the rows stay in the process's table store).
 
-    With ``batch_size``, slice ``k`` holds rows ``[k * batch_size, (k + 1) * batch_size)``
-    (one slice that spans two chunks of the table comes out as two batches); without,
-    unit ``k`` is the table's ``k``-th record batch, as it was given. Subtask ``i``
-    emits units ``i, i + P, …``, zero-copy.
+    With ``batch_size``, unit ``u`` holds rows ``[u * batch_size, (u + 1) * batch_size)``
+    (one slice that spans two chunks of the table comes out as two batches); without, unit
+    ``u`` is the table's ``u``-th record batch, as it was given. Zero-copy.
     """
 
     def __init__(self, ctx):
-        super().__init__(ctx)
-        self.table = ctx.table(self.params.get("data"), "parameter 'data' of source")
-        if self.params.get("batch_size") is None:
+        self.table = ctx.table(ctx.parameters.get("data"), "parameter 'data' of source")
+        if ctx.parameters.get("batch_size") is None:
             self.batch_size = None
             self.batches = [b for b in self.table.to_batches() if b.num_rows]
             self.num_slices = len(self.batches)
         else:
-            self.batch_size = _positive_int(ctx, self.params, "batch_size", DEFAULT_BATCH_SIZE)
+            self.batch_size = _positive_int(ctx, ctx.parameters, "batch_size", DEFAULT_BATCH_SIZE)
             self.num_slices = -(-self.table.num_rows // self.batch_size)
+        super().__init__(ctx)
 
     @property
     def num_units(self):
@@ -275,64 +146,54 @@ class TableSource(_CountingSource):
             return self.batches[k].num_rows
         return min(self.batch_size, self.table.num_rows - k * self.batch_size)
 
-    @property
-    def total_rows(self):
-        return sum(self._unit_rows(k) for k in self._all_units(self.num_slices))
+    def split_rows(self, split):
+        return sum(self._unit_rows(u) for _, u in self.units_of(split))
+
+    def read_unit(self, unit):
+        if self.batch_size is None:
+            return [self.batches[unit]]
+        piece = self.table.slice(unit * self.batch_size, self.batch_size)
+        return [b for b in piece.to_batches() if b.num_rows]
 
     def read(self):
         if self.table.num_rows == 0:
-            # An empty table still has a schema: the subtask owning unit 0 sends one empty
-            # batch so that a collecting sink returns an empty table rather than nothing.
-            if self._unit_at(0) == 0 and self._emitted == 0:
-                self._emitted = 1
-                yield pa.RecordBatch.from_pylist([], schema=self.table.schema)
-            return
-        for k in self._unit_indexes(self.num_slices):
-            if self.batch_size is None:
-                batches = [self.batches[k]]
-            else:
-                piece = self.table.slice(k * self.batch_size, self.batch_size)
-                batches = [b for b in piece.to_batches() if b.num_rows]
-            # Count the unit before yielding its last batch: a position read
-            # right after it was emitted must already include it.
-            for j, batch in enumerate(batches):
-                if j == len(batches) - 1:
-                    self._emitted += 1
-                    self._partial = False
-                else:
-                    self._partial = True
-                yield batch
-            if not batches:
-                self._emitted += 1
+            # An empty table still has a schema: the owner of split 0 sends one empty batch
+            # (once) so that a collecting sink returns an empty table rather than nothing.
+            for split in self.active_splits:
+                if split.description["k"] == 0:
+                    self.finish_split(split.id)
+                    yield pa.RecordBatch.from_pylist([], schema=self.table.schema)
+        yield from super().read()
 
 
 @register("source", kind="generator")
-class GeneratorSource(_CountingSource):
+class GeneratorSource(_StridedSource):
     """``fn(offset, num_rows, **parameters) -> RecordBatch``, replayable from any batch.
 
-    Batch ``b`` covers global rows ``[b * batch_size, min((b + 1) * batch_size,
+    Unit ``b`` covers global rows ``[b * batch_size, min((b + 1) * batch_size,
     total_rows))``; ``total_rows=None`` is unbounded.
     """
 
     def __init__(self, ctx):
-        super().__init__(ctx)
-        self.ref = self.params.get("function") or ctx.operator.get("function")
+        params = ctx.parameters
+        self.ref = params.get("function") or ctx.operator.get("function")
         if self.ref is None:
             raise OperatorError(f"generator source {ctx.operator_name!r} needs parameter 'function' ('module:fn')")
         try:
             self.fn = functions.resolve(self.ref)
         except functions.FunctionReferenceError as exc:
             raise OperatorError(f"generator source {ctx.operator_name!r}: {exc}") from exc
-        self.batch_size = _positive_int(ctx, self.params, "batch_size", DEFAULT_BATCH_SIZE)
-        total = self.params.get("total_rows")
+        self.batch_size = _positive_int(ctx, params, "batch_size", DEFAULT_BATCH_SIZE)
+        total = params.get("total_rows")
         if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
             raise OperatorError(
                 f"generator source {ctx.operator_name!r}: total_rows must be an integer >= 0 "
                 f"or None (unbounded), got {total!r}"
             )
         self.total = total
-        self.fn_params = dict(self.params.get("parameters") or {})
+        self.fn_params = dict(params.get("parameters") or {})
         self.schema = None
+        super().__init__(ctx)
 
     @property
     def num_batches(self):
@@ -342,21 +203,17 @@ class GeneratorSource(_CountingSource):
     def num_units(self):
         return self.num_batches
 
-    @property
-    def total_rows(self):
+    def split_rows(self, split):
         if self.total is None:
             return None
-        return sum(min(self.batch_size, self.total - b * self.batch_size) for b in self._all_units(self.num_batches))
+        return sum(min(self.batch_size, self.total - u * self.batch_size) for _, u in self.units_of(split))
 
-    def read(self):
-        for b in self._unit_indexes(self.num_batches):
-            offset = b * self.batch_size
-            num_rows = self.batch_size if self.total is None else min(self.batch_size, self.total - offset)
-            batch = self.call_user(self.ref, self._call, offset, num_rows)
-            batch = self._checked(batch, offset, num_rows)
-            self._emitted += 1
-            if batch.num_rows:
-                yield batch
+    def read_unit(self, unit):
+        offset = unit * self.batch_size
+        num_rows = self.batch_size if self.total is None else min(self.batch_size, self.total - offset)
+        batch = self.call_user(self.ref, self._call, offset, num_rows)
+        batch = self._checked(batch, offset, num_rows)
+        return [batch] if batch.num_rows else []
 
     def _call(self, offset, num_rows):
         return self.fn(offset, num_rows, **self.fn_params)
@@ -386,109 +243,112 @@ class GeneratorSource(_CountingSource):
 
 
 @register("source", kind="dataset")
-class DatasetSource(SourceOperator):
-    """Files read through ``pyarrow.dataset``; file ``j`` (sorted by path) goes to subtask ``j % P``.
+class DatasetSource(SplitSource):
+    """Files read through ``pyarrow.dataset``: one split per file, sorted by path.
 
-    ``position`` is ``[fragment, batches]``: the global index of the file being
-    read and how many of its batches were already emitted (batch boundaries are
-    deterministic for a given ``batch_size``).
+    A subtask reads its files one after the other; the position of a file is how many of
+    its batches were emitted (batch boundaries are deterministic for a given
+    ``batch_size``). With ``monitor_interval_s`` new files are discovered as they appear.
     """
 
-    not_rescalable_reason = "rescaling a file source is not supported yet (files are split by subtask at start)"
-
     def __init__(self, ctx):
-        super().__init__(ctx)
         name = ctx.operator_name
-        self.path = self.params.get("path")
+        params = ctx.parameters
+        self.path = params.get("path")
         if not isinstance(self.path, str) or not self.path:
             raise OperatorError(f"dataset source {name!r} needs parameter 'path' (a file or directory)")
-        self.format = self.params.get("format") or "parquet"
+        self.format = params.get("format") or "parquet"
         if self.format not in DATASET_FORMATS:
             raise OperatorError(
                 f"dataset source {name!r}: unknown format {self.format!r}; expected one of {DATASET_FORMATS}"
             )
-        self.columns = self.params.get("columns") or None
-        encoded = self.params.get("filter")
+        self.columns = params.get("columns") or None
+        encoded = params.get("filter")
         self.filter = decode_expression(encoded) if encoded else None  # pushed down by the Stream API
-        self.batch_size = _positive_int(ctx, self.params, "batch_size", None)
-        self._fragment = ctx.subtask_index  # global index of the next fragment to read
-        self._batches = 0  # batches of that fragment already emitted
-        self._dataset = None
-        self._fragments = None
-        self._total_rows = None
-        start = self.params.get("start_position")
-        if start is not None:
-            self.seek(start)
+        self.batch_size = _positive_int(ctx, params, "batch_size", None)
+        interval = params.get("monitor_interval_s")
+        if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
+                                     or interval <= 0):
+            raise OperatorError(f"dataset source {name!r}: monitor_interval_s must be a positive number of "
+                                f"seconds or None (read the files there at the start only), got {interval!r}")
+        self.discovery_interval_s = interval
+        schema = params.get("schema")
+        if schema:
+            from sabot.execution.operator_spec import decode_schema
 
-    def _open_dataset(self):
-        if self._dataset is not None:
-            return
+            schema = decode_schema(schema)
+        self.schema = schema or None
+        self._fragments = {}  # path -> fragment of the latest listing
+        super().__init__(ctx)
+
+    def _list(self):
+        """The files there now, sorted by path (a clear error if the path is missing)."""
         if not os.path.exists(self.path) and "://" not in self.path:
+            if self.discovery_interval_s is not None:
+                return []  # a monitored directory may appear later
             raise OperatorError(f"dataset source {self.ctx.operator_name!r}: path {self.path!r} does not exist")
         try:
-            self._dataset = ds.dataset(self.path, format=self.format)
+            dataset = ds.dataset(self.path, format=self.format, schema=self.schema)
         except (pa.ArrowInvalid, OSError) as exc:
             raise OperatorError(
                 f"dataset source {self.ctx.operator_name!r}: cannot open {self.path!r} as "
                 f"{self.format}: {exc}"
             ) from exc
-        if self.columns:
-            names = self._dataset.schema.names
+        if self.schema is None and dataset.files:
+            self.schema = dataset.schema
+        if self.columns and self.schema is not None:
+            names = self.schema.names
             missing = [c for c in self.columns if c not in names]
             if missing:
                 raise OperatorError(
                     f"dataset source {self.ctx.operator_name!r}: column(s) {missing} not in "
                     f"{self.path!r}; available columns: {names}"
                 )
-        self._fragments = sorted(self._dataset.get_fragments(), key=lambda f: f.path)
+        fragments = sorted(dataset.get_fragments(), key=lambda f: f.path)
+        self._fragments.update((f.path, f) for f in fragments)
+        return [f.path for f in fragments]
+
+    def _split(self, index, path):
+        if self.discovery_interval_s is None:
+            return Split(path, ordinal=index, description={"path": path})
+        # a growing directory: a file's owner must not depend on when it was listed
+        return Split(path, ordinal=0, group=path, description={"path": path})
+
+    def initial_splits(self):
+        return [self._split(j, p) for j, p in enumerate(self._list())]
+
+    def discover_splits(self):
+        return [self._split(j, p) for j, p in enumerate(self._list()) if p not in self.enumerator]
 
     def open(self):
-        self._open_dataset()
-
-    @property
-    def position(self):
-        return [self._fragment, self._batches]
-
-    def seek(self, position):
-        """Resume at ``[fragment, batches]`` (as returned by ``position``)."""
-        ok = (isinstance(position, (list, tuple)) and len(position) == 2
-              and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in position))
-        if not ok or position[0] % self.ctx.parallelism != self.ctx.subtask_index:
-            raise OperatorError(
-                f"dataset source {self.ctx.operator_name!r} (subtask {self.ctx.subtask_index} of "
-                f"{self.ctx.parallelism}): position must be [fragment, batches] with fragment % "
-                f"{self.ctx.parallelism} == {self.ctx.subtask_index}, got {position!r}"
-            )
-        self._fragment, self._batches = int(position[0]), int(position[1])
+        self._prepare()
 
     @property
     def fragment_paths(self):
         """Paths of the files this subtask reads, in order."""
-        self._open_dataset()
-        return [f.path for f in self._fragments[self.ctx.subtask_index::self.ctx.parallelism]]
+        return [s.id for s in self.splits]
 
-    @property
-    def total_rows(self):
-        if self._total_rows is None and self.format != "csv":  # CSV would need a full read
-            self._open_dataset()
-            self._total_rows = sum(
-                f.count_rows(filter=self.filter) for f in self._fragments[self.ctx.subtask_index::self.ctx.parallelism]
-            )
-        return self._total_rows
+    def _fragment(self, path):
+        fragment = self._fragments.get(path)
+        if fragment is None:  # a restored split: the file as it is now
+            self._list()
+            fragment = self._fragments.get(path)
+        if fragment is None:
+            raise OperatorError(f"dataset source {self.ctx.operator_name!r}: file {path!r} of the checkpoint "
+                                "is gone; a restored file source needs its files")
+        return fragment
 
-    def read(self):
-        self._open_dataset()
+    def split_rows(self, split):
+        if self.format == "csv":  # CSV would need a full read
+            return None
+        return self._fragment(split.id).count_rows(filter=self.filter)
+
+    def read_split(self, split, position):
+        fragment = self._fragment(split.id)
         kwargs = {"columns": self.columns, "filter": self.filter}
         if self.batch_size is not None:
             kwargs["batch_size"] = self.batch_size
-        while self._fragment < len(self._fragments):
-            fragment = self._fragments[self._fragment]
-            skip = self._batches
-            for n, batch in enumerate(fragment.to_batches(schema=self._dataset.schema, **kwargs)):
-                if n < skip:  # replay: these were emitted before the restore
-                    continue
-                self._batches = n + 1
-                if batch.num_rows:
-                    yield batch
-            self._fragment += self.ctx.parallelism
-            self._batches = 0
+        for n, batch in enumerate(fragment.to_batches(schema=self.schema, **kwargs)):
+            if n < position:  # replay: these were emitted before the restore
+                continue
+            yield batch, n + 1

@@ -37,6 +37,12 @@ def make_source(params, subtask=0, parallelism=1, name="src"):
     return op
 
 
+def units(op_or_position):
+    """Units (slices, batches) emitted: the sum of the split positions."""
+    position = op_or_position if isinstance(op_or_position, dict) else op_or_position.position
+    return sum(entry["position"] for entry in position["splits"].values())
+
+
 def read_all(op):
     batches = list(op.read())
     for b in batches:
@@ -71,7 +77,7 @@ def test_table_source_union_over_subtasks_is_the_input(parallelism):
         batches = read_all(op)
         # subtask i owns slices i, i+P, ...: the first id of each batch says which slice
         assert [b.column("id")[0].as_py() // 7 for b in batches] == list(range(i, 8, parallelism))
-        assert op.position == len(range(i, 8, parallelism))
+        assert units(op) == len(range(i, 8, parallelism))
         assert op.total_rows == sum(b.num_rows for b in batches)
         total += op.total_rows
         parts.extend(batches)
@@ -110,7 +116,7 @@ def test_table_source_resumes_from_position(parallelism, stop_after):
         first = make_source(params, i, parallelism)
         head = list(itertools.islice(first.read(), stop_after))
         position = first.position
-        assert position == stop_after
+        assert units(position) == stop_after
         resumed = make_source(params, i, parallelism)
         resumed.seek(position)
         tail = read_all(resumed)
@@ -126,7 +132,9 @@ def test_empty_table_source_sends_its_schema_once():
     first = read_all(make_source(params, 0, 2))
     assert len(first) == 1 and first[0].num_rows == 0 and first[0].schema.equals(table.schema)
     assert read_all(make_source(params, 1, 2)) == []
-    assert read_all(make_source(dict(params, start_position=1), 0, 2)) == []
+    done = make_source(params, 0, 2)
+    read_all(done)
+    assert read_all(make_source(dict(params, start_position=done.position), 0, 2)) == []
 
 
 def test_table_source_bad_parameters():
@@ -198,7 +206,7 @@ def test_unbounded_generator_source():
     assert op.total_rows is None
     batches = list(itertools.islice(op.read(), 4))
     assert [b.column("ts")[0].as_py() for b in batches] == [10, 30, 50, 70]
-    assert op.position == 4
+    assert units(op) == 4
 
 
 def _returns_wrong_row_count(offset, num_rows):
@@ -326,7 +334,7 @@ def test_dataset_source_column_projection_and_resume(tmp_path):
             op = make_source(params, i, 2)
             head = list(itertools.islice(op.read(), stop))
             position = op.position
-            resumed = make_source(dict(params, start_position=list(position)), i, 2)
+            resumed = make_source(dict(params, start_position=position), i, 2)
             got = pa.Table.from_batches(head + read_all(resumed), schema=full.schema)
             assert got.equals(full), (i, stop, position)
 
@@ -340,133 +348,144 @@ def test_dataset_source_bad_input(tmp_path):
     with pytest.raises(OperatorError, match="unknown format 'orc'"):
         make_source({"kind": "dataset", "path": str(d), "format": "orc"})
     op = make_source({"kind": "dataset", "path": str(d), "format": "parquet"}, 1, 2)
-    with pytest.raises(OperatorError, match="fragment % 2 == 1"):
+    with pytest.raises(OperatorError, match="a position is"):
         op.seek([0, 0])
 
 
-# -- epochs: live rescaling and restores at another parallelism -----------------------------
+# -- splits: live rescaling and restores at another parallelism ---------------------------
 
 
 def _rows(batches, column):
     return [v for b in batches for v in b.column(column).to_pylist()]
 
 
-def _counting_params(kind, n, batch_size):
+def _split_params(kind, n, batch_size, tmp_path=None):
     if kind == "table":
         return {"kind": "table", "data": table_ref(sample_table(n)), "batch_size": batch_size}
-    return {"kind": "generator", "function": GEN, "total_rows": n, "batch_size": batch_size, "parameters": {}}
+    if kind == "generator":
+        return {"kind": "generator", "function": GEN, "total_rows": n, "batch_size": batch_size, "parameters": {}}
+    d = tmp_path / "files"
+    d.mkdir(exist_ok=True)
+    table = sample_table(n)
+    for j in range(0, n, 23):  # files of 23 rows, row groups of batch_size
+        pq.write_table(table.slice(j, 23), d / f"part-{j:05d}.parquet", row_group_size=batch_size)
+    return {"kind": "dataset", "path": str(d), "format": "parquet", "batch_size": batch_size}
 
 
-COLUMN = {"table": "id", "generator": "ts"}
+COLUMN = {"table": "id", "generator": "ts", "dataset": "id"}
+KINDS = ["table", "generator", "dataset"]
 
 
-@pytest.mark.parametrize("kind", ["table", "generator"])
-def test_default_epoch_snapshot_and_restore(kind):
-    params = _counting_params(kind, 100, 7)
+@pytest.mark.parametrize("kind", KINDS)
+def test_snapshot_and_restore_of_split_positions(kind, tmp_path):
+    params = _split_params(kind, 100, 7, tmp_path)
+    full = _rows(read_all(make_source(params, 1, 3)), COLUMN[kind])
     op = make_source(params, 1, 3)
-    assert op.epoch == {"start": 0, "stride": 3, "offset": 1}
     head = list(itertools.islice(op.read(), 2))
-    assert op.next_unit == 7  # units 1, 4 done: 7 is next
     state = op.snapshot_state(1)["state"]
-    assert state == {"position": 2, "epoch": {"start": 0, "stride": 3, "offset": 1}}
+    # the state names every split of this subtask with its position, JSON-able
+    import json
+
+    assert json.loads(json.dumps(state)) == state
+    assert sorted(state["splits"]) == sorted(s.id for s in op.splits)
     again = make_source(params, 1, 3)
     again.restore_state(None, state, 1)
-    rest = read_all(again)
-    expected = [r for u in range(1, 15, 3) for r in range(u * 7, min(u * 7 + 7, 100))]
-    assert _rows(head + rest, COLUMN[kind]) == expected
-    # a plain-int position (older checkpoints) still restores
-    plain = make_source(params, 1, 3)
-    plain.restore_state(None, {"position": 2}, 1)
-    assert _rows(read_all(plain), COLUMN[kind]) == _rows(rest, COLUMN[kind])
+    assert _rows(head + read_all(again), COLUMN[kind]) == full
 
 
-@pytest.mark.parametrize("kind", ["table", "generator"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("old_p,new_p,reads", [(1, 3, [5]), (3, 2, [2, 0, 4]), (2, 4, [9, 1]), (4, 1, [0, 3, 3, 1])])
-def test_live_rescale_protocol_emits_every_unit_once(kind, old_p, new_p, reads):
-    """Pause old subtasks at different points, frontier = max next unit, old finish below it."""
-    n, batch_size = 203, 5  # 41 units
-    params = _counting_params(kind, n, batch_size)
+def test_live_rescale_moves_splits_with_their_positions(kind, old_p, new_p, reads, tmp_path):
+    """Old subtasks pause at different points and stop; the new ones take the positions."""
+    n, batch_size = 203, 5
+    params = _split_params(kind, n, batch_size, tmp_path)
     column = COLUMN[kind]
     old = [make_source(params, i, old_p) for i in range(old_p)]
     iters = [op.read() for op in old]
     emitted = []
     for it, k in zip(iters, reads):
         emitted += _rows(list(itertools.islice(it, k)), column)
-    frontier = max(op.next_unit for op in old)
+    positions = [op.position for op in old]  # what each paused task answers
     for op, it in zip(old, iters):
-        op.set_limit(frontier)
-        emitted += _rows(list(it), column)  # the same generator goes on, below the frontier
-    assert all(r < frontier * batch_size for r in emitted)
+        op.stop_for_rescale()
+        assert list(it) == []  # an old task emits nothing after the pause
     for j in range(new_p):
         op = make_source(params, j, new_p)
-        op.set_epoch({"start": frontier, "stride": new_p, "offset": j})
-        assert op.total_rows == len([r for r in range(frontier * batch_size, n)
-                                     if (r // batch_size - frontier) % new_p == j])
+        op.take_split_positions(positions)
         emitted += _rows(read_all(op), column)
     assert sorted(emitted) == list(range(n))
 
 
-@pytest.mark.parametrize("kind", ["table", "generator"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("old_p,new_p,reads", [(3, 2, [4, 0, 7]), (1, 3, [6]), (2, 5, [1, 8]), (2, 2, [3, 1])])
-def test_restore_at_another_parallelism_emits_the_rest_once(kind, old_p, new_p, reads):
-    n, batch_size = 157, 4  # 40 units
-    params = _counting_params(kind, n, batch_size)
+def test_restore_at_another_parallelism_emits_the_rest_once(kind, old_p, new_p, reads, tmp_path):
+    n, batch_size = 157, 4
+    params = _split_params(kind, n, batch_size, tmp_path)
     column = COLUMN[kind]
     emitted, states = [], {}
     for i, k in enumerate(reads):
         op = make_source(params, i, old_p)
         emitted += _rows(list(itertools.islice(op.read(), k)), column)
         states[i] = op.snapshot_state(1)["state"]
+    rest = []
     for j in range(new_p):
         op = make_source(params, j, new_p)
         op.restore_subtask_states(states, 1)
-        emitted += _rows(read_all(op), column)
-    assert sorted(emitted) == list(range(n))
-    # and once more: a checkpoint taken after the restore carries the new epochs
-    second = {}
+        rest += _rows(read_all(op), column)
+    assert sorted(emitted + rest) == list(range(n))
+    # and once more: a checkpoint taken after the restore restores exactly at a third parallelism
+    second, emitted2 = {}, list(emitted)
     for j in range(new_p):
         op = make_source(params, j, new_p)
         op.restore_subtask_states(states, 1)
-        list(itertools.islice(op.read(), 1))
+        emitted2 += _rows(list(itertools.islice(op.read(), 1)), column)
         second[j] = op.snapshot_state(2)["state"]
-    for j in range(new_p):
-        op = make_source(params, j, new_p)
+    for j in range(3):
+        op = make_source(params, j, 3)
         op.restore_subtask_states(second, 2)
-        assert op.epoch == second[j]["epoch"]
+        emitted2 += _rows(read_all(op), column)
+    assert sorted(emitted2) == list(range(n))
 
 
-def test_table_source_pause_waits_for_the_unit_being_emitted():
+def test_table_source_pauses_only_between_units():
     # a slice that spans two chunks comes out as two batches: after the first one the
-    # source is inside a unit, and the next unit is the one after it
+    # source is inside a unit (no checkpoint, no pause), after the second at a boundary
     table = pa.concat_tables([sample_table(10).slice(0, 5), sample_table(10).slice(5, 5)])
     op = make_source({"kind": "table", "data": table_ref(table), "batch_size": 4})
     it = op.read()
     first = next(it)
-    assert first.num_rows == 4 and op.at_unit_boundary and op.next_unit == 1
-    second = next(it)  # rows 4 of slice [4, 8)
-    assert second.num_rows == 1 and not op.at_unit_boundary and op.next_unit == 2
-    with pytest.raises(OperatorError, match="already started"):
-        op.set_limit(1)
-    op.set_limit(2)
-    assert _rows([first, second] + list(it), "id") == list(range(8))
+    assert first.num_rows == 4 and op.at_unit_boundary and units(op) == 1
+    second = next(it)  # row 4 of slice [4, 8)
+    assert second.num_rows == 1 and not op.at_unit_boundary and units(op) == 1
+    third = next(it)
+    assert third.num_rows == 3 and op.at_unit_boundary and units(op) == 2
+    op.stop_for_rescale()
+    assert _rows([first, second, third] + list(it), "id") == list(range(8))
 
 
-def test_bad_epochs_are_refused():
-    op = make_source(_counting_params("generator", 10, 2), 0, 2)
-    for bad in ({"start": 0, "stride": 0, "offset": 0}, {"start": 0, "stride": 2, "offset": 2},
-                {"start": -1, "stride": 2, "offset": 0}, {"stride": 2, "offset": 0}, "epoch",
-                {"start": 4, "stride": 2, "offset": 0, "extra": 1}):
-        with pytest.raises(OperatorError, match="epoch"):
-            op.set_epoch(bad)
-    with pytest.raises(OperatorError, match="pending units"):
-        op.set_epoch({"start": 4, "stride": 2, "offset": 0, "pending": [3, 1]})
-    with pytest.raises(OperatorError, match="frontier"):
-        op.set_limit(-1)
+def test_bad_positions_and_states_are_refused():
+    op = make_source(_split_params("generator", 10, 2), 0, 2)
+    for bad in ({"start": 0, "stride": 2, "offset": 0}, "epoch", [{"offsets": {}}]):
+        with pytest.raises(OperatorError, match="split positions"):
+            op.take_split_positions(bad)
+    with pytest.raises(OperatorError, match="not a split state"):
+        op.restore_subtask_states({0: {"position": 3}}, 1)
+    with pytest.raises(OperatorError, match="split 'x'.*'id': non-empty str"):
+        op.restore_subtask_states({0: {"splits": {"x": {"split": {"id": ""}, "position": 0}}}}, 1)
 
 
-def test_dataset_source_cannot_be_rescaled(tmp_path):
-    pq.write_table(sample_table(10), tmp_path / "a.parquet")
-    op = make_source({"kind": "dataset", "path": str(tmp_path), "format": "parquet"})
-    assert not op.rescalable
-    with pytest.raises(OperatorError, match="cannot be rescaled"):
-        op.set_epoch({"start": 0, "stride": 1, "offset": 0})
+def test_num_splits_survives_a_restore_at_a_higher_parallelism():
+    params = dict(_split_params("generator", 1000, 10), num_splits=4)
+    first = make_source(params, 0, 2)
+    head = list(itertools.islice(first.read(), 3))
+    state = first.snapshot_state(1)["state"]
+    other = make_source(params, 1, 2)
+    states = {0: state, 1: other.snapshot_state(1)["state"]}
+    got = _rows(head, "ts")
+    # at parallelism 6 the split set stays the checkpoint's 4 splits (2 subtasks read nothing)
+    for j in range(6):
+        op = make_source(dict(params, num_splits=None), j, 6)
+        op.restore_subtask_states(states, 1)
+        assert len(op.splits) == (1 if j < 4 else 0)
+        got += _rows(read_all(op), "ts")
+    assert len(got) == 1000 and sorted(got) == list(range(1000))
