@@ -167,21 +167,38 @@ class Stream(JoiningMixin, WindowingMixin):
         return stream.with_watermarks(time_column, max_out_of_orderness) if time_column else stream
 
     @classmethod
-    def from_dataset(cls, path, *, format="parquet", columns=None, batch_size=None, name=None, parallelism=None):
-        """Files through ``pyarrow.dataset`` (Parquet, Arrow IPC, CSV), split by file.
+    def from_dataset(cls, path, *, format="parquet", columns=None, batch_size=None, monitor_interval=None,
+                     schema=None, name=None, parallelism=None):
+        """Files through ``pyarrow.dataset`` (Parquet, Arrow IPC, CSV), one split per file.
 
         When the job is built, the source reads only the columns its consumers use, and the
         expression filters right behind it are pushed into the scan (row groups whose
         statistics exclude them are skipped).
+
+        ``monitor_interval`` (seconds): list the directory again at that interval and read
+        the new files too (Flink's continuous file source); the source then never ends (cancel
+        the job). Give the file a name starting with ``.`` or ``_`` while writing it and rename
+        it when complete: such names are not listed. ``schema`` is needed when the directory
+        may still be empty; otherwise it is the files'. See :mod:`sabot.connectors.source`.
         """
-        dataset = ds.dataset(path, format=format)
+        if monitor_interval is not None and (isinstance(monitor_interval, bool)
+                                             or not isinstance(monitor_interval, (int, float)) or monitor_interval <= 0):
+            raise ValueError(f"from_dataset: monitor_interval must be a positive number of seconds or None, "
+                             f"got {monitor_interval!r}")
+        if schema is not None and not isinstance(schema, pa.Schema):
+            raise TypeError(f"from_dataset: schema must be a pyarrow.Schema, got {type(schema).__name__}")
+        given = schema
+        dataset = ds.dataset(path, format=format, schema=given)
         schema = dataset.schema
+        if not schema.names and given is None:
+            raise ValueError(f"from_dataset({path!r}): no files there to take the schema from; pass schema=")
         if columns:
             missing = [c for c in columns if schema.get_field_index(c) < 0]
             if missing:
                 raise _columns_error(f"from_dataset({path!r})", missing, schema)
             schema = pa.schema([schema.field(c) for c in columns])
-        params = {"kind": "dataset", "path": str(path), "format": format, "columns": columns, "batch_size": batch_size}
+        params = {"kind": "dataset", "path": str(path), "format": format, "columns": columns, "batch_size": batch_size,
+                  "monitor_interval_s": monitor_interval, "schema": encode_schema(given) if given is not None else None}
         stream = cls._source(name, params, schema, parallelism)
         stream._plan.source_schemas[stream._node.operator_id] = schema
         return stream
@@ -194,7 +211,7 @@ class Stream(JoiningMixin, WindowingMixin):
     def from_kafka(cls, bootstrap_servers, topics, *, format="raw", schema=None, avro_schema=None, start="earliest",
                    bounded=False,
                    group_id=None, metadata=None, event_time=None, max_out_of_orderness=0, idle_timeout_ms=None,
-                   batch_size=10_000, config=None, name=None, parallelism=None):
+                   partition_discovery_interval_ms=None, batch_size=10_000, config=None, name=None, parallelism=None):
         """Records of Kafka ``topics`` (a name or a list); their partitions are split between subtasks.
 
         ``format="raw"`` gives binary ``key`` and ``value`` columns; ``"json"`` parses the values
@@ -211,7 +228,9 @@ class Stream(JoiningMixin, WindowingMixin):
         partition does not hold event time back; a subtask whose partitions are all idle is
         announced idle downstream (``WatermarkStatus``), so it does not hold the operators after
         it back either (README: Watermarks and idleness). Offsets live in Sabot's checkpoints and are
-        committed to the group when a checkpoint completes. See :mod:`sabot.connectors.kafka`.
+        committed to the group when a checkpoint completes. ``partition_discovery_interval_ms``
+        (unbounded sources): look for new partitions at that interval and read them from
+        the start. See :mod:`sabot.connectors.kafka`.
         """
         from sabot.connectors.kafka import METADATA, SOURCE_FORMATS
 
@@ -244,7 +263,7 @@ class Stream(JoiningMixin, WindowingMixin):
                   "schema": encode_schema(schema) if schema is not None and format == "json" else None,
                   "avro_schema": avro_schema if format == "avro" else None, "start": start,
                   "bounded": bool(bounded), "group_id": group_id, "metadata": metadata, "batch_size": batch_size,
-                  "idle_timeout_ms": idle_timeout_ms,
+                  "idle_timeout_ms": idle_timeout_ms, "partition_discovery_interval_ms": partition_discovery_interval_ms,
                   "config": dict(config or {})}
         stream = cls._source(name, params, out, parallelism)
         if event_time is not None:
@@ -268,8 +287,12 @@ class Stream(JoiningMixin, WindowingMixin):
                   "batch_size": batch_size}
         return cls._source(name, params, None, parallelism)
 
-    def with_watermarks(self, time_column, max_out_of_orderness=0):
-        """Event time for this source: watermark = max(time_column) - max_out_of_orderness."""
+    def with_watermarks(self, time_column, max_out_of_orderness=0, idle_timeout_ms=None):
+        """Event time for this source: watermark = max(time_column) - max_out_of_orderness.
+
+        A source whose splits are independent streams (files, Kafka partitions) keeps it per
+        split: a subtask's watermark is the smallest of its splits being read, and a split
+        without records for ``idle_timeout_ms`` is left out until it delivers again."""
         if self._node.operator_type != OperatorType.SOURCE:
             raise GraphValidationError("with_watermarks applies to a source")
         self._check_columns([time_column], "with_watermarks")
@@ -283,6 +306,10 @@ class Stream(JoiningMixin, WindowingMixin):
                 )
         self._node.parameters["time_column"] = time_column
         self._node.parameters["max_out_of_orderness"] = int(max_out_of_orderness)
+        if idle_timeout_ms is not None:
+            if isinstance(idle_timeout_ms, bool) or not isinstance(idle_timeout_ms, (int, float)) or idle_timeout_ms <= 0:
+                raise ValueError(f"with_watermarks: idle_timeout_ms must be a positive number, got {idle_timeout_ms!r}")
+            self._node.parameters["idle_timeout_ms"] = idle_timeout_ms
         return self
 
     # -- transformations -----------------------------------------------------------

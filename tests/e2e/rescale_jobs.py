@@ -38,10 +38,10 @@ def reference(total_rows, num_keys, zipf=False, batch_size=65536):
     return out.select(["key", "value2_count", "value2_sum"])
 
 
-def dataset_job(path, name="file-source"):
-    """Files read through a dataset source, slowed down by the map (a file source cannot be rescaled)."""
+def dataset_job(path, name="file-source", parallelism=1):
+    """Files read through a dataset source (one split per file), slowed down by the map."""
     stream = (
-        Stream.from_dataset(path, format="parquet", batch_size=1024, name="source").parallelism(1)
+        Stream.from_dataset(path, format="parquet", batch_size=1024, name="source").parallelism(parallelism)
         .map(slow_add_value2, name="map").parallelism(2)
         .collect(name="sink").parallelism(1)
     )
