@@ -308,3 +308,50 @@ def test_avro_values_both_ways(kafka_cluster, kafka_topic):
     with pytest.raises(Exception, match="field 'tags' has Avro type"):
         Stream.from_kafka(kafka_cluster.bootstrap, topic_in, format="avro", avro_schema={
             "type": "record", "name": "X", "fields": [{"name": "tags", "type": {"type": "array", "items": "string"}}]})
+
+
+def test_new_partitions_are_discovered_and_read_from_their_start(kafka_cluster, kafka_topic, monkeypatch):
+    """The mock cluster cannot add partitions to a topic, so the listing is cut: the sources
+    first see partitions 0 and 1, later all 4 (as after a CreatePartitions); the new ones are
+    assigned (each to one subtask) and read from their first record, once."""
+    import time
+
+    topic = kafka_topic()
+    produce_keyed(kafka_cluster, topic, 2000)
+    real = kafka_module.list_partitions
+    grown = {"now": False}
+
+    def listing(client, topics, what, timeout=None):
+        parts = real(client, topics, what, timeout)
+        return parts if grown["now"] else [tp for tp in parts if tp[1] < 2]
+
+    monkeypatch.setattr(kafka_module, "list_partitions", listing)
+    params = source_params(kafka_cluster, topic, bounded=False, metadata=["partition", "offset"], format="raw",
+                           partition_discovery_interval_ms=50, poll_timeout_ms=20)
+    sources = [make("source", params, subtask=i, parallelism=2) for i in range(2)]
+    readers = [op.read() for op in sources]
+
+    def pump(seconds):
+        rows = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for r in readers:
+                batch = next(r)
+                if batch is not None:
+                    rows += zip(batch.column("kafka_partition").to_pylist(), batch.column("kafka_offset").to_pylist())
+        return rows
+
+    got = pump(1.0)
+    assert sorted(got) == [(p, o) for p in (0, 1) for o in range(500)]
+    assert sorted(tp for op in sources for tp in op.partitions) == [(topic, 0), (topic, 1)]
+    grown["now"] = True
+    got += pump(1.5)
+    assert sorted(got) == [(p, o) for p in range(4) for o in range(500)]
+    owners = {tp: i for i, op in enumerate(sources) for tp in op.partitions}
+    assert sorted(owners) == [(topic, p) for p in range(4)]  # each partition has exactly one reader
+    # a checkpoint holds the discovered partitions with their offsets
+    states = [op.snapshot_state(1)["state"] for op in sources]
+    offsets = {k: e["position"] for s in states for k, e in s["splits"].items()}
+    assert offsets == {f"{topic}/{p}": 500 for p in range(4)}
+    for op in sources:
+        op.close()
