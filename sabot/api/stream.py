@@ -275,8 +275,9 @@ class Stream(JoiningMixin, WindowingMixin):
                       batch_size=65536, name=None, parallelism=None):
         """A bounded read of a PostgreSQL ``table`` (or ``query``) through psycopg 3.
 
-        ``partition_column`` (an integer column) splits the rows between subtasks by its
-        value modulo the parallelism; without it one subtask reads. A restored job resumes
+        ``partition_column`` (an integer column) cuts the rows into splits by its value
+        modulo the number of splits (32, or the parallelism if higher), shared out between
+        the subtasks; without it one subtask reads. A restored job resumes
         after the rows already emitted, in ``order_by`` order (default: the table's primary
         key). See :mod:`sabot.connectors.postgres`.
         """

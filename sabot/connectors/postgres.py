@@ -30,11 +30,12 @@ missing table or column and Arrow types PostgreSQL has no column type for are re
 the task opens (or when the job is built), with what was expected.
 
 **Source** (``kind == "postgres"``): ``{"dsn", "table" | "query", "columns", "order_by",
-"batch_size", "partition_column"}``: a bounded read through a server-side cursor. With
-``partition_column`` (an integer column) subtask ``i`` of ``P`` reads the rows where
-``partition_column % P == i``; without it only subtask 0 reads. The position is the
-number of rows emitted; resuming from it needs a deterministic order (``order_by``, or the
-table's primary key).
+"batch_size", "partition_column", "num_splits"}``: a bounded read through server-side
+cursors, a split source (:mod:`sabot.connectors.source`). With ``partition_column`` (an
+integer column) split ``k`` of ``S`` reads the rows where ``mod(partition_column, S) = k``
+and the splits go round robin to the subtasks; without it there is one split. The position
+of a split is the number of its rows emitted; resuming from it needs a deterministic order
+(``order_by``, or the table's primary key).
 """
 
 import io
@@ -45,9 +46,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from sabot.connectors import ConnectorError
+from sabot.connectors.source import DEFAULT_SPLITS, Split, SplitSource
 from sabot.connectors.two_phase import TwoPhaseCommitSink
 from sabot.runtime import changelog
-from sabot.runtime.operators.base import SourceOperator, register
+from sabot.runtime.operators.base import register
 
 log = logging.getLogger(__name__)
 
@@ -502,14 +504,18 @@ def _to_arrow(values, arrow_type):
 
 
 @register("source", kind="postgres")
-class PostgresSource(SourceOperator):
-    """A bounded read of a table or query (see the module docs)."""
+class PostgresSource(SplitSource):
+    """A bounded read of a table or query (see the module docs), split by a column.
 
-    not_rescalable_reason = "a PostgreSQL source reads a fixed query per subtask"
+    With ``partition_column`` (an integer column) split ``k`` of ``S`` (``num_splits``, default
+    ``max(DEFAULT_SPLITS, parallelism)``) reads the rows with ``mod(column, S) = k``; without
+    it there is one split, the whole result. A split's position is the rows it emitted; it is
+    resumed with ``OFFSET`` in ``order_by`` order (default: the table's primary key). The
+    splits move with their positions in a restore at another parallelism or a live rescale.
+    """
 
     def __init__(self, ctx):
-        super().__init__(ctx)
-        p = self.params
+        p = ctx.parameters
         self.what = f"PostgreSQL source {ctx.operator_name!r}"
         self.dsn = p.get("dsn")
         self.table = p.get("table")
@@ -522,14 +528,33 @@ class PostgresSource(SourceOperator):
         self.order_by = list(p.get("order_by") or [])
         self.batch_size = p.get("batch_size") or 65536
         self.partition_column = p.get("partition_column")
-        self.emitted = 0
+        splits = p.get("num_splits")
+        if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int) or splits < 1):
+            raise ConnectorError(f"{self.what}: num_splits must be an integer >= 1, got {splits!r}")
         self.conn = None
         self.schema = None
-        start = p.get("start_position")
-        if start is not None:
-            self.seek(start)
+        super().__init__(ctx)
 
-    def _statement(self):
+    def initial_splits(self):
+        if not self.partition_column:
+            return [Split("all", ordinal=0, description={})]
+        count = None
+        for split in self.enumerator.splits:  # a restored source keeps its split count
+            count = split.description.get("of", count)
+        if count is None:
+            count = self.params.get("num_splits") or max(DEFAULT_SPLITS, self.ctx.parallelism)
+        return [Split(f"mod/{k}", ordinal=k, description={"k": k, "of": count}) for k in range(count)]
+
+    def seek(self, position):
+        if isinstance(position, int) and not isinstance(position, bool):
+            # rows emitted of a single-split read (a table or query without partition_column)
+            if position < 0 or self.partition_column:
+                raise ConnectorError(f"{self.what}: an integer position (rows emitted) needs a read without "
+                                     f"partition_column and must be >= 0, got {position!r}")
+            position = {"splits": {"all": {"split": {"id": "all"}, "position": position, "finished": False}}}
+        super().seek(position)
+
+    def _statement(self, split, emitted):
         from psycopg import sql
 
         if self.table:
@@ -537,19 +562,15 @@ class PostgresSource(SourceOperator):
             base = sql.SQL("SELECT {} FROM {}").format(cols, _identifier(self.table))
         else:
             base = sql.SQL("SELECT * FROM ({}) AS q").format(sql.SQL(self.query))
-        where = []
         if self.partition_column:
-            where.append(sql.SQL("mod({}, {}) = {}").format(sql.Identifier(self.partition_column),
-                                                           sql.Literal(self.ctx.parallelism),
-                                                           sql.Literal(self.ctx.subtask_index)))
-        elif self.ctx.subtask_index > 0:
-            where.append(sql.SQL("false"))  # one reader without a partition column
-        if where:
-            base = sql.SQL("SELECT * FROM ({}) AS p WHERE {}").format(base, sql.SQL(" AND ").join(where))
+            where = sql.SQL("mod({}, {}) = {}").format(sql.Identifier(self.partition_column),
+                                                       sql.Literal(split.description["of"]),
+                                                       sql.Literal(split.description["k"]))
+            base = sql.SQL("SELECT * FROM ({}) AS p WHERE {}").format(base, where)
         if self.order_by:
             base = sql.SQL("{} ORDER BY {}").format(base, sql.SQL(", ").join(map(sql.Identifier, self.order_by)))
-        if self.emitted:
-            base = sql.SQL("{} OFFSET {}").format(base, sql.Literal(self.emitted))
+        if emitted:
+            base = sql.SQL("{} OFFSET {}").format(base, sql.Literal(emitted))
         return base
 
     def open(self):
@@ -564,30 +585,20 @@ class PostgresSource(SourceOperator):
                                      f"{list(columns)}")
             if not self.order_by:
                 self.order_by = primary_key(self.conn, self.table)
+        self._prepare()
 
-    @property
-    def position(self):
-        return self.emitted
-
-    def seek(self, position):
-        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
-            raise ConnectorError(f"{self.what}: position must be the number of rows emitted (int >= 0), "
-                                 f"got {position!r}")
-        if position and not self.order_by and self.query:
-            raise ConnectorError(f"{self.what}: cannot resume a query after {position} rows without a deterministic "
-                                 "order; pass order_by=[columns]")
-        self.emitted = position
-
-    def read(self):
+    def read_split(self, split, position):
         import psycopg
 
-        if self.emitted and not self.order_by:
-            raise ConnectorError(f"{self.what}: cannot resume table {self.table!r} after {self.emitted} rows: it "
-                                 "has no primary key; pass order_by=[columns]")
+        emitted = position or 0
+        if emitted and not self.order_by:
+            what = f"table {self.table!r}" if self.table else "a query"
+            raise ConnectorError(f"{self.what}: cannot resume {what} after {emitted} rows without a deterministic "
+                                 "order; pass order_by=[columns]")
         try:
-            with self.conn.cursor(name=f"sabot_{self.ctx.subtask_index}") as cur:
+            with self.conn.cursor(name=f"sabot_{self.ctx.subtask_index}_{split.ordinal}") as cur:
                 cur.itersize = self.batch_size
-                cur.execute(self._statement())
+                cur.execute(self._statement(split, emitted))
                 names, types = None, None
                 while True:
                     rows = cur.fetchmany(self.batch_size)
@@ -600,8 +611,8 @@ class PostgresSource(SourceOperator):
                     columns = list(zip(*rows))
                     batch = pa.RecordBatch.from_arrays(
                         [_to_arrow(col, t) for col, t in zip(columns, types)], schema=self.schema)
-                    self.emitted += batch.num_rows
-                    yield batch
+                    emitted += batch.num_rows
+                    yield batch, emitted
             self.conn.commit()
         except psycopg.Error as exc:
             raise ConnectorError(f"{self.what}: reading failed: {type(exc).__name__}: {str(exc).strip()}") from exc

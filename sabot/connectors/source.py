@@ -62,7 +62,12 @@ from sabot.runtime.operators.base import SourceOperator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Split", "SplitEnumerator", "SplitSource"]
+__all__ = ["DEFAULT_SPLITS", "Split", "SplitEnumerator", "SplitSource"]
+
+#: splits of a source cut into numbered shares (table, generator, a PostgreSQL table by a
+#: column) when not given: a live rescale or restore can go up to this many subtasks (or the
+#: first attempt's parallelism, if higher) with every one busy
+DEFAULT_SPLITS = 32
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ psycopg and compared with a reference computed with pyarrow."""
 
 import datetime
 import decimal
+import itertools
 
 import psycopg
 import pyarrow as pa
@@ -233,4 +234,28 @@ def test_source_reads_a_table_split_by_a_column_and_resumes(postgres_server, pg_
     rest = pa.Table.from_batches(list(src.read()))
     src.close()
     assert rest.column("id").to_pylist() == list(range(1201, 3001))
-    assert src.position == 3000
+    assert src.position["splits"]["all"] == {"split": {"id": "all", "ordinal": 0, "group": None, "description": {}},
+                                             "position": 3000, "finished": True}
+    # split by id: read part at parallelism 2, restore the checkpointed split positions at 3
+    params = {"kind": "postgres", "dsn": dsn, "table": pg_table, "columns": ["id"], "partition_column": "id",
+              "batch_size": 100}
+
+    def source(i, p):
+        op = create_operator(TaskContext(job_id="j", task_id=f"s{i}", attempt=0, operator=dict(operator, parameters=params),
+                                         subtask_index=i, parallelism=p, max_parallelism=128))
+        op.open()
+        return op
+
+    seen, states = [], {}
+    for i, k in enumerate((7, 23)):
+        op = source(i, 2)
+        seen += [v for b in itertools.islice(op.read(), k) for v in b.column("id").to_pylist()]
+        states[i] = op.snapshot_state(1)["state"]
+        op.close()
+    assert 0 < len(seen) < 5000
+    for j in range(3):
+        op = source(j, 3)
+        op.restore_subtask_states(states, 1)
+        seen += [v for b in op.read() for v in b.column("id").to_pylist()]
+        op.close()
+    assert sorted(seen) == list(range(1, 5001))

@@ -34,7 +34,7 @@ import os
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from sabot.connectors.source import Split, SplitSource
+from sabot.connectors.source import DEFAULT_SPLITS, Split, SplitSource
 from sabot.errors import OperatorError
 from sabot.execution.operator_spec import decode_expression
 from sabot.runtime import functions
@@ -44,9 +44,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 65536
 DATASET_FORMATS = ("parquet", "ipc", "csv")
-#: splits of a table or generator source when not given: a live rescale or restore can go up
-#: to this many subtasks (or the first attempt's parallelism, if higher) with every one busy
-DEFAULT_SPLITS = 32
 
 
 def _positive_int(ctx, params, name, default):
