@@ -70,6 +70,29 @@ def _option(table, ctx, key, kind=str, default=None):
             from None
 
 
+_DURATION_UNITS = {"ms": 0.001, "milli": 0.001, "millis": 0.001, "s": 1.0, "sec": 1.0, "second": 1.0,
+                   "seconds": 1.0, "min": 60.0, "minute": 60.0, "minutes": 60.0}
+
+
+def _duration_s(table, ctx, key):
+    """Option ``key`` as seconds: Flink's durations (``'10 s'``, ``'500 ms'``, ``'1 min'``; a bare
+    number is milliseconds), or None when not set."""
+    value = table.options.get(key)
+    if value is None or (isinstance(value, str) and value.startswith("${")):
+        return None
+    text = str(value).strip().lower()
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz ").strip()
+    unit = text[len(number):].strip() or "ms"
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except (ValueError, KeyError):
+        seconds = None
+    if seconds is None or seconds <= 0:
+        raise ctx.error(f"table {table.name!r}: option {key!r} = {value!r} is not a positive duration", table,
+                        hint="write e.g. '10 s', '500 ms' or '1 min'")
+    return seconds
+
+
 def _check_columns(table, schema, ctx, provided=(), hidden=()):
     """Every declared physical column must be in what the source produces, with its type."""
     for name, t in table.columns:
@@ -100,7 +123,8 @@ def _watermarked(stream, table, ctx, schema):
             raise ctx.error(f"table {table.name!r}: WATERMARK FOR {column!r} needs a column the source produces",
                             table, hint=f"the source produces {schema.names}; a computed column cannot carry "
                                         "the watermark here")
-        stream = stream.with_watermarks(column, delay)
+        stream = stream.with_watermarks(column, delay,
+                                        idle_timeout_ms=_option(table, ctx, "scan.watermark.idle-timeout", int, None))
     return stream
 
 
@@ -179,7 +203,9 @@ class FilesystemConnector:
     """``'connector' = 'filesystem'``: ``'path'``, ``'format'`` = parquet | ipc (arrow) | csv.
 
     As a source: Parquet and IPC are read through ``pyarrow.dataset`` by the job (split
-    by file, columns and filters pushed into the scan); CSV files (no header, columns in
+    by file, columns and filters pushed into the scan; with ``'source.monitor-interval'``
+    the directory is listed again at that interval and new files are read too, an
+    unbounded source as Flink's continuous file source); CSV files (no header, columns in
     DDL order, as Flink's csv format) are read when the job is built. As a sink: part
     files written exactly once, Hive-style directories for ``PARTITIONED BY``. Append-only."""
 
@@ -214,7 +240,10 @@ class FilesystemConnector:
         # 'sabot.sequence-column': a column of the files holding each row's arrival order (hidden)
         seq = table.options.get("sabot.sequence-column")
         hidden = [seq] if seq else []
+        monitor = _duration_s(table, ctx, "source.monitor-interval")
         if fmt == "csv":
+            if monitor is not None:
+                raise ctx.error(f"table {table.name!r}: 'source.monitor-interval' needs Parquet or IPC files", table)
             if seq:
                 raise ctx.error(f"table {table.name!r}: 'sabot.sequence-column' needs Parquet or IPC files", table)
             data = self.read_table(table, ctx)
@@ -223,6 +252,9 @@ class FilesystemConnector:
         else:
             path = self._path(table, ctx)
             available = ds.dataset(path, format=fmt).schema
+            given = None
+            if monitor is not None and not available.names:
+                available = given = table.schema  # a monitored directory still empty: the DDL's columns
             if seq and available.get_field_index(seq) < 0:
                 raise ctx.error(f"table {table.name!r}: sequence column {seq!r} is not in the files", table,
                                 hint=f"the files have {available.names}")
@@ -231,10 +263,11 @@ class FilesystemConnector:
                 raise ctx.error(f"table {table.name!r}: column(s) {missing} are not in the files", table,
                                 hint=f"the files have {available.names}")
             stream = Stream.from_dataset(path, format=fmt, columns=[n for n, _ in table.columns] + hidden,
-                                         batch_size=_option(table, ctx, "rows-per-batch", int, None), name=table.name)
+                                         batch_size=_option(table, ctx, "rows-per-batch", int, None),
+                                         monitor_interval=monitor, schema=given, name=table.name)
             schema = stream.schema
             _check_columns(table, schema, ctx)
-        return Source(_watermarked(stream, table, ctx, schema), bounded=True, hidden=hidden)
+        return Source(_watermarked(stream, table, ctx, schema), bounded=monitor is None, hidden=hidden)
 
     def sink(self, stream, table, ctx):
         fmt = self._format(table, ctx)
@@ -278,13 +311,19 @@ _KAFKA_STARTUP = {"earliest-offset": "earliest", "latest-offset": "latest", "gro
 _KAFKA_FORMATS = ("json", "raw", "avro")
 
 
+def _discovery_ms(table, ctx):
+    seconds = _duration_s(table, ctx, "scan.topic-partition-discovery.interval")
+    return None if seconds is None else seconds * 1000.0
+
+
 class KafkaConnector:
     """``'connector' = 'kafka'`` (Flink's option names): ``'topic'`` (several separated by
     ``;``), ``'properties.bootstrap.servers'``, ``'properties.group.id'``, ``'format'`` = json |
     raw | avro (``'avro.schema'``: the record schema as JSON), ``'scan.startup.mode'`` =
     earliest-offset | latest-offset | group-offsets | timestamp (with
     ``'scan.startup.timestamp-millis'``), ``'scan.bounded.mode'`` = latest-offset (stop at the
-    end offsets seen at the start), ``'scan.watermark.idle-timeout'`` (ms); as a sink
+    end offsets seen at the start), ``'scan.watermark.idle-timeout'`` (ms),
+    ``'scan.topic-partition-discovery.interval'`` (a duration: new partitions are read too); as a sink
     ``'sink.delivery-guarantee'`` = none | at-least-once | exactly-once,
     ``'sink.transactional-id-prefix'``, ``'key.fields'`` (one column: the record key).
     The DDL's WATERMARK is kept per partition by the source. Append-only, as Flink's
@@ -334,6 +373,7 @@ class KafkaConnector:
                 bounded=bounded_mode == "latest-offset", group_id=table.options.get("properties.group.id"),
                 metadata=[], event_time=event_time, max_out_of_orderness=delay,
                 idle_timeout_ms=_option(table, ctx, "scan.watermark.idle-timeout", int, None),
+                partition_discovery_interval_ms=_discovery_ms(table, ctx),
                 batch_size=_batch_size(table, ctx), config=config, name=table.name)
         except (ValueError, TypeError) as exc:
             raise ctx.error(f"table {table.name!r}: {exc}", table) from None

@@ -111,3 +111,41 @@ def test_a_jdbc_table_as_the_side_of_a_lookup_join(postgres_server, pg_table):
     expected = duckdb.sql("SELECT g.key, l.label FROM gen g JOIN labels l ON g.key = l.key").arrow().read_all()
     assert expected.num_rows > 500  # even keys of 100,000: about half the rows match
     assert_tables_equal(got, expected)
+
+
+def test_source_options_of_the_source_api(tmp_path):
+    """'source.monitor-interval' makes a filesystem table a continuous (unbounded) file source,
+    also over a directory that is still empty; 'scan.topic-partition-discovery.interval' turns on
+    Kafka partition discovery; both are Flink durations, and a bad one says what is expected."""
+    import pyarrow.parquet as pq
+
+    empty, files = tmp_path / "empty", tmp_path / "files"
+    empty.mkdir()
+    files.mkdir()
+    pq.write_table(pa.table({"a": pa.array([1, 2], pa.int64()), "t": pa.array([5, 6], pa.int64())}),
+                   files / "x.parquet")
+
+    def source_params(script):
+        graph = sabot.sql(script, run=False).to_job_graph()
+        return next(n.parameters for n in graph.operators.values() if n.operator_type.value == "source")
+
+    out = tmp_path / "out"
+    for directory, interval, seconds in ((files, "500 ms", 0.5), (empty, "2 s", 2.0), (files, "1500", 1.5)):
+        params = source_params(
+            f"CREATE TABLE f (a BIGINT, t BIGINT, WATERMARK FOR t AS t) WITH ('connector' = 'filesystem', "
+            f"'path' = '{directory}', 'format' = 'parquet', 'source.monitor-interval' = '{interval}', "
+            f"'scan.watermark.idle-timeout' = '300');"
+            f"CREATE TABLE o (a BIGINT) WITH ('connector' = 'filesystem', 'path' = '{out}', 'format' = 'parquet');"
+            "INSERT INTO o SELECT a FROM f;")
+        assert params["monitor_interval_s"] == seconds and params["idle_timeout_ms"] == 300
+    with pytest.raises(SqlError, match="'source.monitor-interval' = 'soon' is not a positive duration"):
+        source_params(f"CREATE TABLE f (a BIGINT) WITH ('connector' = 'filesystem', 'path' = '{files}', "
+                      "'source.monitor-interval' = 'soon'); "
+                      f"CREATE TABLE o (a BIGINT) WITH ('connector' = 'filesystem', 'path' = '{out}');"
+                      "INSERT INTO o SELECT a FROM f;")
+    params = source_params(
+        "CREATE TABLE k (a BIGINT) WITH ('connector' = 'kafka', 'topic' = 't', 'properties.bootstrap.servers' = "
+        "'localhost:1', 'scan.topic-partition-discovery.interval' = '1 min'); "
+        f"CREATE TABLE o (a BIGINT) WITH ('connector' = 'filesystem', 'path' = '{out}', 'format' = 'parquet');"
+        "INSERT INTO o SELECT a FROM k;")
+    assert params["partition_discovery_interval_ms"] == 60_000
