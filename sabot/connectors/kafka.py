@@ -476,9 +476,12 @@ class KafkaSource(SplitSource):
                 column = keys
             columns[f"kafka_{name}"] = column
         batch = pa.RecordBatch.from_pydict(columns)
-        index = {tp: i for i, tp in enumerate(self._assigned)}
-        rows = [index[(topic0, p)] for p in parts] if single else [index[tp] for tp in zip(topics, parts)]
-        self.observe_event_time(batch, split_ids=[_tp_key(*tp) for tp in self._assigned], row_splits=rows)
+        if self.time_column:
+            index = {tp: i for i, tp in enumerate(self._assigned)}
+            rows = [index[(topic0, p)] for p in parts] if single else [index[tp] for tp in zip(topics, parts)]
+            self.observe_event_time(batch, split_ids=[_tp_key(*tp) for tp in self._assigned], row_splits=rows)
+        else:  # no per-record work: only which partitions delivered (idleness)
+            self.mark_active([_tp_key(*tp) for tp in last])
         self._advance_all(new_offsets, stop)
         return batch
 

@@ -221,6 +221,7 @@ class SplitSource(SourceOperator):
         self._splits: dict[str, _SplitState] = {}  # this subtask's splits, in assignment order
         self._restored: dict[str, _SplitState] | None = None  # merged states waiting for _prepare()
         self._prepared = False
+        self._total_rows = None  # (number of splits, their rows): total_rows computed once per split set
         self._partial = False
         self._stopped = False  # an old task of a live rescale: its splits went to the new tasks
         self._last_discovery = None
@@ -370,6 +371,7 @@ class SplitSource(SourceOperator):
         merged = self._merge(states)
         self._restored = merged
         self._prepared = False
+        self._total_rows = None
         self._stopped = False
         self._partial = False
         log.info("source %s subtask %d of %d restored %d split(s) from %d subtask(s)", self.ctx.operator_name,
@@ -409,15 +411,19 @@ class SplitSource(SourceOperator):
         clock = self.ctx.clock
         return clock.now_ms() if clock is not None else time.time_ns() // 1_000_000
 
+    def mark_active(self, split_ids):
+        """These splits delivered records now (they are not idle)."""
+        now = self._now_ms()
+        for sid in split_ids:
+            self._split_active[sid] = now
+
     def observe_event_time(self, batch, split_id=None, split_ids=None, row_splits=None):
         """Note the event times of ``batch``: all from ``split_id``, or row ``r`` from split
         ``split_ids[row_splits[r]]``."""
-        now = self._now_ms()
         if split_id is not None:
-            self._split_active[split_id] = now
+            self.mark_active([split_id])
         else:
-            for sid in set(split_ids[i] for i in set(row_splits)):
-                self._split_active[sid] = now
+            self.mark_active(set(split_ids[i] for i in set(row_splits)))
         if not self.time_column or not batch.num_rows:
             return
         column = batch.column(self.time_column)
@@ -535,14 +541,22 @@ class SplitSource(SourceOperator):
 
     @property
     def total_rows(self):
-        """Rows of this subtask's splits when the source knows them (progress), else None."""
-        rows = 0
-        for split in self.splits:
-            n = self.split_rows(split)
-            if n is None:
-                return None
-            rows += n
-        return rows
+        """Rows of this subtask's splits when the source knows them (progress), else None.
+
+        Status reports ask from the event loop: before the splits are taken (open, restore)
+        the answer is None, and it is computed once per split set."""
+        if not self._prepared:
+            return None
+        if self._total_rows is None or self._total_rows[0] != len(self._splits):
+            rows = 0
+            for st in list(self._splits.values()):
+                n = self.split_rows(st.split)
+                if n is None:
+                    rows = None
+                    break
+                rows += n
+            self._total_rows = (len(self._splits), rows)
+        return self._total_rows[1]
 
     def split_rows(self, split):
         return None

@@ -212,7 +212,8 @@ class SourceOperator(Operator):
     def idle(self):
         """True while every split of this subtask is idle (or it has none): the task announces
         :class:`~sabot.runtime.events.WatermarkStatus` idle downstream, so operators after it
-        leave this subtask out of their event time until it delivers again."""
+        leave this subtask out of their event time until it delivers again. Split sources
+        (:class:`sabot.connectors.source.SplitSource`) answer; others never idle."""
         return False
 
     @property
