@@ -50,6 +50,8 @@ class interleaves or drains the splits) or your own ``read()`` that calls
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import time
 import zlib
@@ -194,9 +196,9 @@ class SplitSource(SourceOperator):
     * ``read_split(split, position)``: a generator of ``(batch, position)`` pairs: each batch
       with the split's position *after* it, or ``(batch, None)`` for a batch in the middle of
       a unit (no checkpoint or pause may fall there). It ends when the split is finished.
-      ``interleave = True`` chooses the split again after every unit (``next_split``; ordered
-      sources split into strided shares take the lowest next unit); False reads the splits
-      one after the other (files).
+      ``interleave = True`` chooses the split again after every unit (smallest
+      ``split_order(split_id)`` first; ordered sources split into strided shares take the
+      lowest next unit); False reads the splits one after the other (files).
     * for a growing source, ``discover_splits()`` and ``discovery_interval_s`` (None: the
       split set is fixed and the source ends when its splits are finished).
 
@@ -492,49 +494,63 @@ class SplitSource(SourceOperator):
         growing source has nothing to read (the task may checkpoint or pause meanwhile)."""
         self._prepare()
         readers = self._reading = {}  # split id -> the read_split generator in progress
+        live = None  # split ids not finished; None: to be computed again (a split ended or came)
+        heap = []  # interleave: (split_order, n, split id) of the live splits
+        tick = itertools.count()
+        watch = self.tracks_watermarks or self.idle_timeout_ms is not None
         while not self._stopped:
-            if self._discovery_due():
-                self.discover()
-            live = [sid for sid, st in self._splits.items() if not st.finished]
+            if self._discovery_due() and self.discover():
+                live = None
+            if live is None:
+                live = [sid for sid, st in self._splits.items() if not st.finished]
+                if self.interleave:
+                    heap = [(self.split_order(sid), next(tick), sid) for sid in live]
+                    heapq.heapify(heap)
             if not live:
                 if self.discovery_interval_s is None:
                     return
                 time.sleep(self.idle_sleep_s)
                 yield None
                 continue
-            for sid in [self.next_split(live)]:
-                st = self._splits[sid]
-                reader = readers.get(sid)
-                if reader is None:
-                    reader = readers[sid] = iter(self.read_split(st.split, st.position))
-                # one unit of this split (interleave), or the whole split
-                while True:
-                    item = next(reader, None)
-                    if item is None:
-                        st.finished = True
-                        self._partial = False
-                        readers.pop(sid, None)
-                        break
-                    batch, position = item
-                    if position is None:
-                        self._partial = True
-                    else:
-                        st.position = position
-                        self._partial = False
-                    if batch is not None and (batch.num_rows or self._emit_empty(batch)):
+            sid = heapq.heappop(heap)[2] if self.interleave else live[0]
+            st = self._splits[sid]
+            reader = readers.get(sid)
+            if reader is None:
+                reader = readers[sid] = iter(self.read_split(st.split, st.position))
+            # one unit of this split (interleave), or the whole split
+            while True:
+                item = next(reader, None)
+                if item is None:
+                    st.finished = True
+                    self._partial = False
+                    readers.pop(sid, None)
+                    live = None
+                    break
+                batch, position = item
+                if position is None:
+                    self._partial = True
+                else:
+                    st.position = position
+                    self._partial = False
+                if batch is not None and (batch.num_rows or self._emit_empty(batch)):
+                    if watch:
                         self.observe_event_time(batch, split_id=sid)
-                        yield batch
-                    elif self._discovery_due() and not self._partial:
-                        yield None  # a long split without rows: let the task breathe
-                    if self._stopped and not self._partial:
-                        return
-                    if position is not None and (self.interleave or self._discovery_due()):
+                    yield batch
+                elif not self._partial and self._discovery_due():
+                    yield None  # a long split without rows: let the task breathe
+                if self._stopped and not self._partial:
+                    return
+                if position is not None:
+                    if self.interleave:
+                        heapq.heappush(heap, (self.split_order(sid), next(tick), sid))
+                        break
+                    if self._discovery_due():
                         break
 
-    def next_split(self, live):
-        """Which of the ``live`` split ids to read next (after each unit with ``interleave``,
-        else after each split): the first by default."""
-        return live[0]
+    def split_order(self, split_id):
+        """With ``interleave``: the key by which the next split is chosen after every unit
+        (smallest first; ties in turn). Default: units read from it, i.e. round robin."""
+        return self._splits[split_id].position or 0
 
     def _emit_empty(self, batch):
         return False

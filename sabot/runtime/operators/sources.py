@@ -80,14 +80,11 @@ class _StridedSource(SplitSource):
         count = self._num_splits()
         return [Split(f"units/{k}", ordinal=k, description={"k": k, "of": count}) for k in range(count)]
 
-    def next_split(self, live):
+    def split_order(self, split_id):
         # the lowest next unit first: one subtask emits its units in ascending order, also
         # after a rescale or restore left its splits at different positions
-        def next_unit(sid):
-            split = self._splits[sid].split
-            return split.description["k"] + self._splits[sid].position * split.description["of"]
-
-        return min(live, key=next_unit)
+        st = self._splits[split_id]
+        return st.split.description["k"] + st.position * st.split.description["of"]
 
     def units_of(self, split, start=0):
         """The global unit numbers of ``split`` from its ``start``-th on."""
