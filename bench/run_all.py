@@ -67,6 +67,7 @@ SCRIPTS = [
     Script("bench_rebalance.py"),
     Script("bench_nexmark_generator.py"),
     Script("bench_window_join.py"),
+    Script("bench_sources.py"),
     Script("bench_connectors.py"),  # starts a private PostgreSQL server and librdkafka's mock Kafka
     # soak runs: no --quick of their own; a short round instead
     Script("bench_chaos.py", args=[], quick_args=["--rounds", "1", "--seconds", "15", "--quiet"],
