@@ -46,3 +46,13 @@ def dataset_job(path, name="file-source", parallelism=1):
         .collect(name="sink").parallelism(1)
     )
     return stream.to_job_graph(name, default_parallelism=2, shippable=True)
+
+
+def table_job(table, name="table-source", parallelism=4):
+    """An in-memory table (one split per strided share of its slices), slowed down by the map."""
+    stream = (
+        Stream.from_table(table, batch_size=1024, name="source").parallelism(parallelism)
+        .map(slow_add_value2, name="map").parallelism(2)
+        .collect(name="sink").parallelism(1)
+    )
+    return stream.to_job_graph(name, default_parallelism=2, shippable=True)

@@ -229,21 +229,29 @@ def test_rescale_source_1_3_2_while_data_flows(cluster):
                                 r["total_ms"]) for r in final["rescales"]])
 
 
-def test_rescale_file_source_4_2_3_while_data_flows(cluster, tmp_path):
-    """A file source moves its files with their positions live: 4 -> 2 -> 3 tasks, every row once."""
+@pytest.mark.parametrize("kind", ["files", "table"])
+def test_rescale_file_and_table_source_4_2_3_while_data_flows(cluster, tmp_path, kind):
+    """A file (table) source moves its files (shares of slices) with their positions live:
+    4 -> 2 -> 3 tasks, every row once."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from rescale_jobs import dataset_job
+    from rescale_jobs import dataset_job, table_job
     from sabot.runtime.generators import keyed_records
 
     files, rows = 16, 20_000
-    for i in range(files):
-        pq.write_table(pa.Table.from_batches([keyed_records(i * rows, rows, num_keys=100)]),
-                       tmp_path / f"part-{i:02d}.parquet", row_group_size=4096)
+    if kind == "files":
+        for i in range(files):
+            pq.write_table(pa.Table.from_batches([keyed_records(i * rows, rows, num_keys=100)]),
+                           tmp_path / f"part-{i:02d}.parquet", row_group_size=4096)
+        job = dataset_job(str(tmp_path), parallelism=4)
+        splits = files
+    else:
+        job = table_job(pa.Table.from_batches([keyed_records(0, files * rows, num_keys=100)]), parallelism=4)
+        splits = 32  # DEFAULT_SPLITS strided shares of the slices
     client = cluster.client()
-    job_id = cluster.submit(dataset_job(str(tmp_path), parallelism=4))
+    job_id = cluster.submit(job)
     deadline = time.monotonic() + 20
     while client.job(job_id)["state"] != "RUNNING" or source_rows(client.job(job_id)) == 0:
         assert time.monotonic() < deadline
@@ -257,7 +265,7 @@ def test_rescale_file_source_4_2_3_while_data_flows(cluster, tmp_path):
         assert plan["status"] == "rescaling" and len(plan["new_task_ids"]) == new_parallelism
         detail, record = wait_rescale(client, job_id, plan["rescale_id"])
         assert record["state"] == "COMPLETED", record
-        assert record["splits_moved"] == files  # every file, finished or not, with its position
+        assert record["splits_moved"] == splits  # every split, finished or not, with its position
         ops = {op["name"]: op["parallelism"] for op in detail["operators"]}
         assert ops["source"] == new_parallelism
     assert cluster.wait(job_id, 90) == "FINISHED"
