@@ -3,17 +3,21 @@
 **Source** (``parameters["kind"] == "kafka"``): ``{"bootstrap_servers", "topics": [..],
 "group_id", "start": "earliest" | "latest" | "committed" | {"timestamp": ms}, "bounded":
 bool, "format": "raw" | "json", "schema": b64 | None, "metadata": [..], "batch_size",
-"poll_timeout_ms", "config": {librdkafka settings}}``.
+"poll_timeout_ms", "partition_discovery_interval_ms", "time_column", "max_out_of_orderness",
+"idle_timeout_ms", "config": {librdkafka settings}}``.
 
-Partitions are the splits: the partitions of all topics, sorted, go round robin to the
-subtasks (partition ``j`` to subtask ``j % P``). Each subtask ``assign()``s its partitions
+Partitions are the splits of the Source API (:mod:`sabot.connectors.source`): partition
+``k`` of topic ``t`` goes to subtask ``(hash(t) + k) % P``, so every topic's partitions are
+spread evenly; with ``partition_discovery_interval_ms`` (unbounded sources) the topics are
+listed again at that interval and new partitions are read from their start. Each subtask
+``assign()``s its partitions
 (no consumer-group rebalancing) and reads them with ``isolation.level=read_committed``. The
 offsets are Sabot's: the next offset of every partition is in each checkpoint, a restore
 (at any parallelism: the offsets of all old subtasks are merged and each new subtask takes
 its partitions) continues exactly there, and only when a checkpoint completes are its
 offsets committed to ``group_id`` (for lag monitoring; never read back unless ``start`` is
 ``"committed"``). ``bounded=True`` reads up to the end offsets the first attempt saw (kept
-in the checkpoints), then ends; otherwise the source runs until the job is canceled.
+with each split in the checkpoints), then ends; otherwise the source runs until the job is canceled.
 
 Records become Arrow columns: ``"raw"`` gives ``key`` and ``value`` (binary); ``"json"``
 parses the values with Arrow's JSON reader into ``schema`` (missing fields are null,
@@ -21,15 +25,16 @@ others ignored); ``"avro"`` decodes schemaless Avro binary written with ``avro_s
 flat record schema; fastavro), the sink writes it the same way. ``metadata`` adds ``kafka_topic``, ``kafka_partition``, ``kafka_offset``,
 ``kafka_timestamp`` (timestamp[ms], the record's Kafka timestamp) and ``kafka_key``;
 event time is any of these columns or a field of the value (``Stream.with_watermarks``).
-The watermark is kept per partition: a subtask's is the smallest over its partitions that
-are neither finished nor idle (no record for ``idle_timeout_ms``), see
-:meth:`KafkaSource.current_watermark`. A subtask none of whose partitions is live (or that
-has no partition) is :attr:`KafkaSource.idle`: the task announces it downstream
-(``WatermarkStatus``), so downstream operators leave it out of their event time.
+The watermark is kept per partition by the shared split reader: a subtask's is the
+smallest over its partitions that are neither finished nor idle (no record for
+``idle_timeout_ms``), see :meth:`SplitSource.current_watermark`. A subtask none of whose
+partitions is live (or that has no partition) is :attr:`SplitSource.idle`: the task
+announces it downstream (``WatermarkStatus``), so downstream operators leave it out of
+their event time.
 
-A live rescale moves the partitions with their offsets (``moves_split_positions``): the old
-tasks stop where they paused, and the new tasks take their partitions from the offsets the
-old ones reported, which the coordinator passes in their ``source_start`` epoch.
+A live rescale moves the partitions with their offsets, as every split source: the old
+tasks stop where they paused, and the new tasks take their partitions from the positions
+the old ones reported (the coordinator's ``source_start`` message).
 
 **Sink** (``kind == "kafka"``): ``{"bootstrap_servers", "topic", "key": column | None,
 "format": "json" | "raw", "delivery": "none" | "at-least-once" | "exactly-once",

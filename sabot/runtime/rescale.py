@@ -60,7 +60,7 @@ class RescaleParticipant:
         self.barrier = None  # the rescale barrier being collected
         self.rescaled_channels: set[int] = set()  # channels that delivered it
         self.handed_off = False
-        # a source rescale: new source tasks wait for their epoch, old ones pause and finish
+        # a source rescale: new source tasks wait for their split positions, old ones pause and finish
         self.source_hold = bool(spec is not None and spec.source_hold)
         self._source_start = asyncio.Event()
         self._pause_reply = None  # future answering a source_pause (the split positions)
@@ -187,7 +187,7 @@ class RescaleParticipant:
             raise OperatorError(f"task {self.task.task_id}: {what} arrived within {self.timeout_s:g} s") from None
 
     async def wait_source_start(self):
-        """A new source task deployed held: wait for its epoch."""
+        """A new source task deployed held: wait for the split positions it takes its splits from."""
         await self._await(self._source_start,
                           f"was deployed held for rescale {self.rescale_id} but no source_start (its splits)")
         self.task.metrics["source_splits"] = [s.id for s in self.task.operator.splits]
