@@ -23,6 +23,7 @@ worker processes (``to_job_graph(shippable=True)`` says which operator).
 """
 
 import itertools
+import os
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -188,8 +189,10 @@ class Stream(JoiningMixin, WindowingMixin):
         if schema is not None and not isinstance(schema, pa.Schema):
             raise TypeError(f"from_dataset: schema must be a pyarrow.Schema, got {type(schema).__name__}")
         given = schema
-        dataset = ds.dataset(path, format=format, schema=given)
-        schema = dataset.schema
+        if monitor_interval is not None and given is not None and not os.path.exists(str(path)):
+            schema = given  # a monitored directory that does not exist yet: files may come later
+        else:
+            schema = ds.dataset(path, format=format, schema=given).schema
         if not schema.names and given is None:
             raise ValueError(f"from_dataset({path!r}): no files there to take the schema from; pass schema=")
         if columns:

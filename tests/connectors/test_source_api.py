@@ -283,3 +283,46 @@ def test_the_readme_example_source_restores_at_another_parallelism(tmp_path):
         op.restore_subtask_states(states, 1)
         got += [v for b in op.read() for v in b.column("line").to_pylist()]
     assert sorted(got) == sorted(f"{j}-{i}" for j in range(5) for i in range(2500))
+
+
+def test_from_dataset_options_are_checked_and_a_monitored_directory_may_not_exist_yet(tmp_path):
+    from sabot import Stream
+
+    later = tmp_path / "later"
+    stream = Stream.from_dataset(str(later), monitor_interval=0.5, schema=SCHEMA)
+    assert stream.schema.equals(SCHEMA)
+    params = stream._node.parameters
+    assert params["monitor_interval_s"] == 0.5 and params["schema"]
+    with pytest.raises(ValueError, match="monitor_interval must be a positive number"):
+        Stream.from_dataset(str(later), monitor_interval=-1, schema=SCHEMA)
+    with pytest.raises(TypeError, match="schema must be a pyarrow.Schema"):
+        Stream.from_dataset(str(later), monitor_interval=1, schema={"id": "int64"})
+    later.mkdir()
+    with pytest.raises(ValueError, match="no files there to take the schema from; pass schema="):
+        Stream.from_dataset(str(later))
+    with pytest.raises(ValueError, match="idle_timeout_ms must be a positive number"):
+        Stream.from_dataset(str(later), schema=SCHEMA).with_watermarks("ts", 0, idle_timeout_ms=0)
+
+
+def test_a_restored_file_source_does_not_need_its_finished_files(tmp_path):
+    d = tmp_path / "gone"
+    d.mkdir()
+    write(d / "a.parquet", range(0, 10))
+    write(d / "b.parquet", range(10, 30))
+    params = {"kind": "dataset", "path": str(d), "format": "parquet", "batch_size": 10}
+    op = make_source(params)
+    it = op.read()
+    got = _ids([next(it), next(it)])  # a.parquet read to its end, then b's first batch
+    state = op.snapshot_state(1)["state"]
+    assert state["splits"][str(d / "a.parquet")]["finished"]
+    (d / "a.parquet").unlink()  # consumed files may be cleaned up
+    again = make_source(params)
+    again.restore_state(None, state, 1)
+    got += _ids(again.read())
+    assert sorted(got) == list(range(30)) and again.total_rows is None
+    # an unfinished file of the checkpoint that is gone is an error that says so
+    (d / "b.parquet").unlink()
+    third = make_source(params)
+    third.restore_state(None, state, 1)
+    with pytest.raises(OperatorError, match="is gone"):
+        list(third.read())

@@ -335,7 +335,12 @@ class DatasetSource(SplitSource):
     def split_rows(self, split):
         if self.format == "csv":  # CSV would need a full read
             return None
-        return self._fragment(split.id).count_rows(filter=self.filter)
+        fragment = self._fragments.get(split.id)
+        if fragment is None and not self._splits[split.id].finished:
+            self._list()
+            fragment = self._fragments.get(split.id)
+        # a finished file may be gone (progress only: not an error)
+        return None if fragment is None else fragment.count_rows(filter=self.filter)
 
     def read_split(self, split, position):
         fragment = self._fragment(split.id)
