@@ -472,7 +472,7 @@ class SplitSource(SourceOperator):
     def reading_splits(self) -> list[str]:
         """Ids of the splits being read now (started, not finished): they make the watermark.
         A split waiting its turn does not hold event time back (Flink's readers alike)."""
-        return [sid for sid in self._reading if not self._splits[sid].finished]
+        return [sid for sid in list(self._reading) if not self._splits[sid].finished]
 
     @property
     def idle(self) -> bool:
@@ -482,7 +482,8 @@ class SplitSource(SourceOperator):
         if not self._prepared or self._stopped:
             return False
         now = self._now_ms()
-        live = [sid for sid, st in self._splits.items() if not st.finished]
+        # a copy: the event loop may ask while the reading thread takes a discovered split
+        live = [sid for sid, st in list(self._splits.items()) if not st.finished]
         if not live:
             return self.discovery_interval_s is not None
         return all(self._split_idle(sid, now) for sid in live)
