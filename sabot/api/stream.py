@@ -134,8 +134,10 @@ class Stream(JoiningMixin, WindowingMixin):
     @classmethod
     def from_batches(cls, batches, *, name=None, parallelism=None):
         """A bounded source over a list of record batches, emitted as they are (by
-        reference, as :meth:`from_table`); subtask ``i`` of ``P`` emits batches
-        ``i, i + P, …``."""
+        reference, as :meth:`from_table`). Batch ``b`` belongs to split ``b % S`` (``S`` = 32,
+        or the parallelism if higher; splits go round robin to the subtasks), so subtask ``i``
+        of ``P`` emits batches ``i, i + P, …`` when ``P`` divides ``S``; each subtask emits
+        its batches in order (see the README's Source API)."""
         batches = list(batches)
         if not batches:
             raise ValueError("from_batches needs at least one batch (the schema comes from it)")
