@@ -331,21 +331,26 @@ def test_new_partitions_are_discovered_and_read_from_their_start(kafka_cluster, 
     sources = [make("source", params, subtask=i, parallelism=2) for i in range(2)]
     readers = [op.read() for op in sources]
 
-    def pump(seconds):
+    def pump(rows_wanted, settle=0.3, timeout=20):
+        """Read until ``rows_wanted`` records came (or ``timeout``), then ``settle`` s more: a
+        record read twice would show up."""
         rows = []
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + timeout
+        settled = None
+        while time.monotonic() < (settled or deadline):
             for r in readers:
                 batch = next(r)
                 if batch is not None:
                     rows += zip(batch.column("kafka_partition").to_pylist(), batch.column("kafka_offset").to_pylist())
+            if settled is None and len(rows) >= rows_wanted:
+                settled = time.monotonic() + settle
         return rows
 
-    got = pump(1.0)
+    got = pump(1000)
     assert sorted(got) == [(p, o) for p in (0, 1) for o in range(500)]
     assert sorted(tp for op in sources for tp in op.partitions) == [(topic, 0), (topic, 1)]
     grown["now"] = True
-    got += pump(1.5)
+    got += pump(1000)
     assert sorted(got) == [(p, o) for p in range(4) for o in range(500)]
     owners = {tp: i for i, op in enumerate(sources) for tp in op.partitions}
     assert sorted(owners) == [(topic, p) for p in range(4)]  # each partition has exactly one reader

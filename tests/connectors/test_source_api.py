@@ -133,18 +133,23 @@ def test_a_monitored_directory_picks_up_new_files_exactly_once(tmp_path):
     readers = [make_source(params, i, 2) for i in range(2)]
     iters = [op.read() for op in readers]
 
-    def pump(seconds):
+    def pump(rows_wanted, settle=0.2, timeout=20):
+        """Read until ``rows_wanted`` rows came (or ``timeout``), then ``settle`` s more: a row
+        read twice would show up."""
         got = []
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + timeout
+        settled = None
+        while time.monotonic() < (settled or deadline):
             for it in iters:
                 got += _ids([next(it)])
+            if settled is None and len(got) >= rows_wanted:
+                settled = time.monotonic() + settle
         return got
 
-    got = pump(0.3)
+    got = pump(30)
     write(d / "b.parquet", range(30, 55))
     write(d / "c.parquet", range(55, 100))
-    got += pump(0.5)
+    got += pump(70)
     # a checkpoint, a restore at parallelism 3, and one more file after it
     states = {i: op.snapshot_state(1)["state"] for i, op in enumerate(readers)}
     assert sorted(s for st in states.values() for s in st["splits"]) == sorted(str(d / f) for f in
@@ -154,7 +159,7 @@ def test_a_monitored_directory_picks_up_new_files_exactly_once(tmp_path):
         op.restore_subtask_states(states, 1)
     iters = [op.read() for op in readers]
     write(d / "d.parquet", range(100, 120))
-    got += pump(0.5)
+    got += pump(20)
     assert sorted(got) == list(range(120))
     # the source did not end: it waits for more files, and says it is idle
     assert all(op.idle for op in readers)
