@@ -476,17 +476,22 @@ class SplitSource(SourceOperator):
 
     @property
     def idle(self) -> bool:
-        """True when this subtask has no split delivering: every unfinished split is idle
-        (``idle_timeout_ms``), or it has none and waits for discovery. Downstream may then
-        leave this subtask out of event time (an idle status) until it delivers again."""
-        if not self._prepared or self._stopped:
+        """With a watermark per split: True when none of this subtask's splits is live, i.e.
+        every split being read is idle (no record for ``idle_timeout_ms``) and none waits its
+        turn, or every split is finished, or it has none at all (more subtasks than splits; a
+        directory waiting for files). The task then announces idle downstream
+        (``WatermarkStatus``), so the operators after it do not wait for its watermark."""
+        if not self.tracks_watermarks or not self._prepared or self._stopped:
             return False
-        now = self._now_ms()
-        # a copy: the event loop may ask while the reading thread takes a discovered split
+        # copies: the event loop asks while the reading thread may take a discovered split
         live = [sid for sid, st in list(self._splits.items()) if not st.finished]
         if not live:
-            return self.discovery_interval_s is not None
-        return all(self._split_idle(sid, now) for sid in live)
+            return True
+        reading = self.reading_splits()
+        if len(reading) < len(live):
+            return False  # a split waits its turn: this subtask has records to deliver
+        now = self._now_ms()
+        return all(self._split_idle(sid, now) for sid in reading)
 
     # -- reading ---------------------------------------------------------------------------
 

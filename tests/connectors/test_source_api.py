@@ -161,8 +161,8 @@ def test_a_monitored_directory_picks_up_new_files_exactly_once(tmp_path):
     write(d / "d.parquet", range(100, 120))
     got += pump(20)
     assert sorted(got) == list(range(120))
-    # the source did not end: it waits for more files, and says it is idle
-    assert all(op.idle for op in readers)
+    # the source did not end: it waits for more files (without event time it is never "idle")
+    assert not any(op.idle for op in readers)
 
 
 def test_a_monitored_directory_may_be_empty_at_the_start(tmp_path):
@@ -180,6 +180,11 @@ def test_a_monitored_directory_may_be_empty_at_the_start(tmp_path):
     while len(got) < 5 and time.monotonic() < deadline:
         got += _ids([next(it)])
     assert got == list(range(5))
+    # with event time, a subtask without a split to read is idle downstream
+    (tmp_path / "none").mkdir()
+    timed = make_source(dict(params, path=str(tmp_path / "none"), time_column="ts"), 1, 2)
+    waiting = timed.read()
+    assert next(waiting) is None and timed.splits == [] and timed.idle
     with pytest.raises(OperatorError, match="monitor_interval_s must be a positive"):
         make_source(dict(params, monitor_interval_s=0))
 
