@@ -53,6 +53,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -223,6 +224,8 @@ class SplitSource(SourceOperator):
         self._splits: dict[str, _SplitState] = {}  # this subtask's splits, in assignment order
         self._restored: dict[str, _SplitState] | None = None  # merged states waiting for _prepare()
         self._prepared = False
+        self._generation = 0  # restores so far: a _prepare that saw an older one starts again
+        self._restore_lock = threading.Lock()
         self._total_rows = None  # (number of splits, their rows): total_rows computed once per split set
         self._partial = False
         self._stopped = False  # an old task of a live rescale: its splits went to the new tasks
@@ -262,30 +265,38 @@ class SplitSource(SourceOperator):
 
     def _prepare(self):
         """Build the enumerator (restored splits first, then the listed ones) and take this
-        subtask's splits. Idempotent; runs lazily (a restore comes before it)."""
-        if self._prepared:
-            return
-        restored = self._restored or {}
-        self.enumerator = SplitEnumerator(st.split for st in restored.values())
-        self.enumerator.discover(self.initial_splits())
-        self._opened_at = self._now_ms()
-        self._last_discovery = time.monotonic()
-        self._splits = {}
-        self._take(self.enumerator.splits, restored)
-        self._restored = None
-        self._prepared = True
+        subtask's splits. Idempotent; runs lazily. A restore (or a rescale's positions) that
+        arrives while it runs (``open`` on the operator thread, the control message on the
+        event loop) is not lost: the work is done again with it."""
+        while not self._prepared:
+            generation = self._generation
+            restored = self._restored or {}
+            # subclasses may look at the restored splits while listing (their split count)
+            self.enumerator = SplitEnumerator(st.split for st in restored.values())
+            self.enumerator.discover(self.initial_splits())
+            splits = {}
+            self._take(self.enumerator.splits, restored, splits)
+            with self._restore_lock:
+                if generation != self._generation:
+                    continue  # restored meanwhile: take the splits again from that state
+                self._opened_at = self._now_ms()
+                self._last_discovery = time.monotonic()
+                self._splits = splits
+                self._restored = None
+                self._prepared = True
 
-    def _take(self, splits, restored=None):
+    def _take(self, splits, restored=None, into=None):
         """Keep the splits of ``splits`` this subtask owns (at their restored or initial position)."""
+        into = self._splits if into is None else into
         p, me = self.ctx.parallelism, self.ctx.subtask_index
         added = []
         for split in splits:
-            if split.owner(p) != me or split.id in self._splits:
+            if split.owner(p) != me or split.id in into:
                 continue
             old = (restored or {}).get(split.id)
             state = _SplitState(split, old.position, old.finished) if old is not None \
                 else _SplitState(split, self.initial_position(split))
-            self._splits[split.id] = state
+            into[split.id] = state
             added.append(split)
         return added
 
@@ -371,11 +382,13 @@ class SplitSource(SourceOperator):
         """Restore from the states of every old subtask (any parallelism): merge, keep mine."""
         states = {int(k): v for k, v in (states or {}).items()}
         merged = self._merge(states)
-        self._restored = merged
-        self._prepared = False
-        self._total_rows = None
-        self._stopped = False
-        self._partial = False
+        with self._restore_lock:
+            self._generation += 1  # a _prepare running now starts again from this state
+            self._restored = merged
+            self._prepared = False
+            self._total_rows = None
+            self._stopped = False
+            self._partial = False
         log.info("source %s subtask %d of %d restored %d split(s) from %d subtask(s)", self.ctx.operator_name,
                  self.ctx.subtask_index, self.ctx.parallelism, len(merged), len(states))
 

@@ -336,3 +336,33 @@ def test_a_restored_file_source_does_not_need_its_finished_files(tmp_path):
     third.restore_state(None, state, 1)
     with pytest.raises(OperatorError, match="is gone"):
         list(third.read())
+
+
+@register("source", kind="test-racy-lines")
+class RacyLinesSource(LinesSource):
+    """A rescale's positions arrive while the first listing runs (``open`` on the operator
+    thread, ``source_start`` on the event loop): simulated by delivering them from inside it."""
+
+    arriving = None
+
+    def initial_splits(self):
+        splits = super().initial_splits()
+        positions, RacyLinesSource.arriving = RacyLinesSource.arriving, None
+        if positions is not None:
+            self.take_split_positions(positions)
+        return splits
+
+
+def test_positions_that_arrive_while_the_source_lists_its_splits_are_not_lost(tmp_path):
+    paths = []
+    for j in range(3):
+        path = tmp_path / f"r{j}.txt"
+        path.write_text("\n".join(f"{j}-{i}" for i in range(3000)))
+        paths.append(str(path))
+    old = make_source({"kind": "test-lines", "paths": paths})
+    got = [v for b in itertools.islice(old.read(), 4) for v in b.column("line").to_pylist()]
+    old.stop_for_rescale()
+    RacyLinesSource.arriving = [old.position]
+    new = make_source({"kind": "test-racy-lines", "paths": paths})  # open() lists: the positions come then
+    got += [v for b in new.read() for v in b.column("line").to_pylist()]
+    assert sorted(got) == sorted(f"{j}-{i}" for j in range(3) for i in range(3000))  # none read twice
