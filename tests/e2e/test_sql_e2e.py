@@ -165,10 +165,10 @@ def test_a_retracting_sql_job_survives_kill_9_and_each_checkpoint_is_a_consisten
     for chk in checkpoints:
         positions = storage.read_operator_state(chk, source.operator_id)
         units = []
-        for subtask, state in positions.items():  # subtask i emits batches i, i + 2, ... (no rescale here)
-            epoch = state.get("epoch") or {"start": 0, "stride": 2, "offset": int(subtask)}
-            assert not epoch.get("pending")
-            units += [epoch["start"] + epoch["offset"] + j * epoch["stride"] for j in range(state["position"])]
+        for state in positions.values():  # the source's splits: split k holds batches k, k + S, ...
+            for entry in state["splits"].values():
+                split = entry["split"]["description"]
+                units += [split["k"] + j * split["of"] for j in range(entry["position"])]
         sink_states = storage.read_operator_state(chk, sink.operator_id) if chk.operator_handles(sink.operator_id) \
             else {}
         parts = [pa.ipc.open_stream(pa.py_buffer(s["ipc"])).read_all() for s in sink_states.values() if s]
