@@ -25,8 +25,8 @@ import pyarrow as pa
 import pytest
 
 from sabot.api.stream import Stream
-from sabot.cluster.local import LocalCluster
 from sabot.testing import assert_tables_equal
+from tests.conftest import started_local_cluster
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -53,18 +53,9 @@ def wait_until(predicate, timeout, what):
 
 
 @pytest.fixture
-def cluster(tmp_path, pid_alive):
-    made = LocalCluster(workers=2, slots_per_worker=2, coordinator_config={
-        "checkpoint_dir": str(tmp_path / "checkpoints"), "restart_slot_wait_s": 30})
-    pids = []
-    try:
-        made.start()
-        pids = [p for p in made.worker_pids if p]
+def cluster(tmp_path):
+    with started_local_cluster(checkpoint_dir=str(tmp_path / "checkpoints"), restart_slot_wait_s=30) as made:
         yield made
-    finally:
-        pids += [p.pid for p in made._procs if p is not None]
-        made.close()
-        assert not [p for p in pids if pid_alive(p)], "worker processes left running"
 
 
 def setup_topics_and_table(kafka_cluster, postgres_server):

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pytest
 
 from sabot.api.stream import Stream
-from sabot.cluster.local import LocalCluster
 from sabot.runtime.embedded import run_job_graph_async
 from sabot.testing import assert_tables_equal
+from tests.conftest import started_local_cluster
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -142,18 +142,9 @@ def test_windows_fire_by_event_time_while_one_source_subtask_is_idle_in_process(
 
 
 @pytest.fixture
-def cluster(tmp_path, pid_alive):
-    made = LocalCluster(workers=2, slots_per_worker=2, coordinator_config={
-        "checkpoint_dir": str(tmp_path / "checkpoints")})
-    pids = []
-    try:
-        made.start()
-        pids = [p for p in made.worker_pids if p]
+def cluster(tmp_path):
+    with started_local_cluster(checkpoint_dir=str(tmp_path / "checkpoints")) as made:
         yield made
-    finally:
-        pids += [p.pid for p in made._procs if p is not None]
-        made.close()
-        assert not [p for p in pids if pid_alive(p)], "worker processes left running"
 
 
 def test_windows_fire_and_checkpoints_complete_with_an_idle_subtask_on_a_local_cluster(cluster, kafka_cluster):
