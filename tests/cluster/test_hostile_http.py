@@ -189,7 +189,10 @@ def test_generated_requests_from_the_openapi_document_get_no_server_error(arun, 
 
     async def run_schemathesis(url, job_id):
         config = tmp_path / f"schemathesis-{job_id}.toml"
-        config.write_text(f'[parameters]\njob_id = "{job_id}"\nsink = "counts"\n')
+        # no link inference from response bodies in the stateful phase: schemathesis (4.32) crashes
+        # with "Invalid IPv6 URL" on a stored string that starts like a URL (a fuzzed job name)
+        config.write_text(f'[parameters]\njob_id = "{job_id}"\nsink = "counts"\n\n'
+                          '[phases.stateful.inference]\nalgorithms = []\n')
         proc = await asyncio.create_subprocess_exec(
             schemathesis, "--config-file", str(config), "run", f"{url}/openapi.json",
             "--checks", "all",
