@@ -200,3 +200,21 @@ def kafka_topic(kafka_cluster):
         return name
 
     return make
+
+
+def wait_rescale(client, job_id, rescale_id, timeout=60):
+    """Poll a job until its live rescale ``rescale_id`` is no longer in progress; the job's
+    detail and the rescale's record. The job must stay RUNNING meanwhile."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        detail = client.job(job_id)
+        record = next((r for r in detail["rescales"] if r["rescale_id"] == rescale_id), None)
+        if record and record["state"] != "IN_PROGRESS":
+            return detail, record
+        assert detail["state"] == "RUNNING", \
+            f"job left RUNNING during the rescale: {detail['state']} {detail.get('failure')}"
+        assert time.monotonic() < deadline, f"rescale {rescale_id} did not complete: {record}"
+        time.sleep(0.02)
+

@@ -26,7 +26,7 @@ import pytest
 
 from sabot.api.stream import Stream
 from sabot.testing import assert_tables_equal
-from tests.conftest import started_local_cluster
+from tests.conftest import started_local_cluster, wait_rescale
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -138,18 +138,6 @@ def test_kafka_to_aggregate_to_kafka_and_postgres_exactly_once_through_a_kill_9(
     info = cluster.job(job_id)
     assert info["restarts"] >= 1 and info["restored_from"] is not None
     check_outputs(kafka_cluster, postgres_server, topics, table, produced)
-
-
-def wait_rescale(client, job_id, rescale_id, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        detail = client.job(job_id)
-        record = next((r for r in detail["rescales"] if r["rescale_id"] == rescale_id), None)
-        if record and record["state"] != "IN_PROGRESS":
-            return detail, record
-        assert detail["state"] == "RUNNING", f"job left RUNNING during the rescale: {detail.get('failure')}"
-        assert time.monotonic() < deadline, f"rescale {rescale_id} did not complete: {record}"
-        time.sleep(0.02)
 
 
 def test_live_rescale_of_the_kafka_source_4_2_3_keeps_the_output_exact(cluster, kafka_cluster, postgres_server):

@@ -7,6 +7,7 @@ import pytest
 from sabot.cluster.client import ApiError
 from sabot.cluster.local import LocalCluster
 from sabot.testing import assert_tables_equal
+from tests.conftest import wait_rescale
 
 from rescale_jobs import keyed_count_job, reference
 
@@ -39,18 +40,6 @@ def operator_id(detail, name):
 
 def source_rows(detail):
     return sum(t["rows_processed"] for t in detail["tasks"] if t["operator_name"] == "source")
-
-
-def wait_rescale(client, job_id, rescale_id, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        detail = client.job(job_id)
-        record = next((r for r in detail["rescales"] if r["rescale_id"] == rescale_id), None)
-        if record and record["state"] != "IN_PROGRESS":
-            return detail, record
-        assert detail["state"] == "RUNNING", f"job left RUNNING during the rescale: {detail['state']} {detail.get('failure')}"
-        assert time.monotonic() < deadline, f"rescale {rescale_id} did not complete: {record}"
-        time.sleep(0.02)
 
 
 def test_rescale_aggregate_2_4_1_3_while_data_flows(cluster):
