@@ -172,7 +172,11 @@ class Stream(JoiningMixin, WindowingMixin):
     @classmethod
     def from_dataset(cls, path, *, format="parquet", columns=None, batch_size=None, monitor_interval=None,
                      schema=None, name=None, parallelism=None):
-        """Files through ``pyarrow.dataset`` (Parquet, Arrow IPC, CSV), one split per file.
+        """Files through ``pyarrow.dataset`` (Parquet, Arrow IPC, CSV).
+
+        The files are split over the subtasks; one file of several record batches (IPC) or
+        row groups (Parquet) is itself cut into pieces, so a single large file keeps every
+        subtask busy (CSV files are read whole).
 
         When the job is built, the source reads only the columns its consumers use, and the
         expression filters right behind it are pushed into the scan (row groups whose

@@ -20,8 +20,10 @@ takes one back.
   ``[b * batch_size, (b + 1) * batch_size)``, split as the table's.
 * ``"dataset"``: ``{"path": str, "format": "parquet" | "ipc" | "csv", "columns": list |
   None, "filter": base64 expression | None, "batch_size": int | None, "monitor_interval_s":
-  float | None, "schema": base64 schema | None}``. One split per file (sorted by path; round
-  robin); position = batches read from it (after the filter: deterministic for one filter).
+  float | None, "schema": base64 schema | None}``. Files sorted by path; a file of several
+  units (IPC record batches, Parquet row groups) is cut into strided pieces as a table is
+  (position = units emitted), any other file is one split (position = batches read from it,
+  after the filter: deterministic for one filter); round robin over subtasks.
   With ``monitor_interval_s`` the directory is listed again at that interval and new files
   become new splits (Flink's continuous file source): the source then never ends. Files
   whose name starts with ``.`` or ``_`` are not listed; write a file under such a name and
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 65536
 DATASET_FORMATS = ("parquet", "ipc", "csv")
+_WHOLE_BATCH = 2**31 - 1  # a scan's batch_size that never cuts a record batch
 
 
 def _positive_int(ctx, params, name, default):
@@ -238,12 +241,23 @@ class GeneratorSource(_StridedSource):
 
 @register("source", kind="dataset")
 class DatasetSource(SplitSource):
-    """Files read through ``pyarrow.dataset``: one split per file, sorted by path.
+    """Files read through ``pyarrow.dataset``, sorted by path.
 
-    A subtask reads its files one after the other; the position of a file is how many of
-    its batches were emitted (batch boundaries are deterministic for a given
-    ``batch_size``). With ``monitor_interval_s`` new files are discovered as they appear.
+    A file of several *units* (an Arrow IPC file's record batches, a Parquet file's row
+    groups) is cut into ``S = min(units, max(DEFAULT_SPLITS, parallelism))`` strided pieces,
+    as a table is: piece ``k`` holds units ``k, k + S, ...`` and its position is its units
+    emitted. So one large file keeps every subtask busy, and a live rescale or restore moves
+    the pieces with their positions. Any other file (CSV, one unit, a remote path, an IPC
+    file whose schema differs from the dataset's) is one split whose position is the
+    batches emitted from it. A subtask reads its files one after the other, in listing
+    order, and a file's pieces lowest next unit first: with every piece of a file (p=1) it
+    emits the file in order; pieces of one file advance in event time together.
+
+    With ``monitor_interval_s`` new files are discovered as they appear; a file's pieces
+    then depend only on the file and the parallelism (not on when it was listed).
     """
+
+    interleave = True
 
     def __init__(self, ctx):
         name = ctx.operator_name
@@ -273,6 +287,9 @@ class DatasetSource(SplitSource):
             schema = decode_schema(schema)
         self.schema = schema or None
         self._fragments = {}  # path -> fragment of the latest listing
+        self._ipc = {}  # path -> memory-mapped IPC file reader (pieces of an IPC file)
+        self._rank = {}  # path -> its place in this subtask's reading order
+        self._piece_rows = {}  # split id -> its rows (progress)
         super().__init__(ctx)
 
     def _list(self):
@@ -302,25 +319,81 @@ class DatasetSource(SplitSource):
         self._fragments.update((f.path, f) for f in fragments)
         return [f.path for f in fragments]
 
-    def _split(self, index, path):
-        if self.discovery_interval_s is None:
-            return Split(path, ordinal=index, description={"path": path})
-        # a growing directory: a file's owner must not depend on when it was listed
-        return Split(path, ordinal=0, group=path, description={"path": path})
+    # -- pieces of a file ----------------------------------------------------------------
+
+    def _ipc_reader(self, path):
+        reader = self._ipc.get(path)
+        if reader is None:
+            try:
+                reader = pa.ipc.open_file(pa.memory_map(path))
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise OperatorError(f"dataset source {self.ctx.operator_name!r}: cannot open {path!r} as an "
+                                    f"Arrow IPC file: {exc}") from exc
+            self._ipc[path] = reader
+        return reader
+
+    def _num_units(self, path):
+        """How many independently readable units the file has, or None: read it whole."""
+        if "://" in path or "://" in self.path:
+            return None
+        if self.format == "ipc":
+            reader = self._ipc_reader(path)
+            if self.schema is not None and not reader.schema.equals(self.schema):
+                return None  # the dataset scanner casts to the dataset's schema: let it
+            return reader.num_record_batches
+        if self.format == "parquet":
+            return self._fragment(path).num_row_groups
+        return None
+
+    def _file_splits(self, path, ordinal):
+        """The splits of one file; static ones numbered from ``ordinal`` (round robin)."""
+        units = self._num_units(path) or 0
+        count = min(units, max(DEFAULT_SPLITS, self.ctx.parallelism))
+        monitored = self.discovery_interval_s is not None
+        if count < 2:
+            # a growing directory: a file's owner must not depend on when it was listed
+            return [Split(path, ordinal=0 if monitored else ordinal, group=path if monitored else None,
+                          description={"path": path})]
+        return [Split(f"{path}#{k}/{count}", ordinal=k if monitored else ordinal + k,
+                      group=path if monitored else None, description={"path": path, "k": k, "of": count})
+                for k in range(count)]
+
+    def _splits_of(self, paths):
+        known = {s.description.get("path", s.id) for s in self.enumerator.splits} if self.enumerator else set()
+        out = []
+        for path in paths:
+            if path not in known:  # a restored file keeps the pieces it was checkpointed with
+                out += self._file_splits(path, len(out))
+        return out
 
     def initial_splits(self):
-        return [self._split(j, p) for j, p in enumerate(self._list())]
+        return self._splits_of(self._list())
 
     def discover_splits(self):
-        return [self._split(j, p) for j, p in enumerate(self._list()) if p not in self.enumerator]
+        return self._splits_of(self._list())
 
     def open(self):
         self._prepare()
 
+    def close(self):
+        self._ipc.clear()  # unmaps the files (the batches emitted hold their own references)
+        super().close()
+
     @property
     def fragment_paths(self):
-        """Paths of the files this subtask reads, in order."""
-        return [s.id for s in self.splits]
+        """Paths of the files this subtask reads (a piece or all of each), in order."""
+        return list(dict.fromkeys(s.description.get("path", s.id) for s in self.splits))
+
+    def split_order(self, split_id):
+        # files in this subtask's order; within a file the lowest next unit first
+        st = self._splits[split_id]
+        d = st.split.description
+        path = d.get("path", split_id)
+        if path not in self._rank:
+            for st2 in list(self._splits.values()):
+                self._rank.setdefault(st2.split.description.get("path", st2.split.id), len(self._rank))
+        unit = d["k"] + st.position * d["of"] if "of" in d else st.position
+        return self._rank[path], unit
 
     def _fragment(self, path):
         fragment = self._fragments.get(path)
@@ -332,7 +405,71 @@ class DatasetSource(SplitSource):
                                 "is gone; a restored file source needs its files")
         return fragment
 
+    def _units_of(self, split, start=0):
+        d = split.description
+        k, count = d["k"], d["of"]
+        total = self._num_units(d["path"])
+        if total is None:
+            raise OperatorError(f"dataset source {self.ctx.operator_name!r}: file {d['path']!r} of the "
+                                "checkpoint can no longer be read in pieces (its schema changed?)")
+        return range(k + start * count, total, count)
+
+    def _ipc_units(self, split, start=0):
+        """The record batches of an IPC file's piece from its ``start``-th unit on (zero-copy)."""
+        reader = self._ipc_reader(split.description["path"])
+        return [reader.get_batch(u) for u in self._units_of(split, start)]
+
+    def _scan_ipc(self, split, position):
+        """``(batch, position)`` of an IPC piece: one scan over its record batches (Arrow's
+        threads filter ahead of the reader: much cheaper per batch than a filter call). The
+        scan cuts each input batch into ``max(1, ceil(rows / batch_size))`` outputs, in order,
+        so the unit each output belongs to is known; a scan that disagrees is an error."""
+        inputs = self._ipc_units(split, position)
+        if not inputs:
+            return
+        size = self.batch_size or _WHOLE_BATCH
+        # no read-ahead: the inputs are mapped already, and a subtask reads many pieces at once
+        scan = iter(ds.dataset(inputs, schema=inputs[0].schema).to_batches(
+            columns=self.columns, filter=self.filter, batch_size=size, batch_readahead=0, fragment_readahead=0))
+        for n, batch in enumerate(inputs, start=position):
+            count = max(1, -(-batch.num_rows // size))
+            for j in range(count):
+                out = next(scan, None)
+                if out is None:
+                    raise self._scan_error(split)
+                yield out, (n + 1 if j == count - 1 else None)
+        if next(scan, None) is not None:
+            raise self._scan_error(split)
+
+    def _scan_error(self, split):
+        return OperatorError(f"dataset source {self.ctx.operator_name!r}: the scan of "
+                             f"{split.description['path']!r} did not cut its record batches as expected "
+                             f"(pyarrow {pa.__version__}): its positions would be wrong")
+
+    def _parquet_unit(self, path, unit):
+        piece = self._fragment(path).subset(row_group_ids=[unit])
+        kwargs = {"columns": self.columns, "filter": self.filter}
+        if self.batch_size is not None:
+            kwargs["batch_size"] = self.batch_size
+        return [b for b in piece.to_batches(schema=self.schema, **kwargs) if b.num_rows]
+
+    def _piece_rows_of(self, split):
+        if self.format == "ipc":
+            inputs = self._ipc_units(split)
+            if self.filter is None or not inputs:
+                return sum(b.num_rows for b in inputs)
+            return ds.dataset(inputs, schema=inputs[0].schema).count_rows(filter=self.filter)
+        piece = self._fragment(split.description["path"]).subset(row_group_ids=list(self._units_of(split)))
+        if self.filter is None:  # (count_rows() without a filter answers the whole file's rows)
+            return sum(rg.num_rows for rg in piece.row_groups)
+        return piece.count_rows(filter=self.filter)
+
     def split_rows(self, split):
+        if "of" in split.description:
+            rows = self._piece_rows.get(split.id)
+            if rows is None:
+                rows = self._piece_rows[split.id] = self._piece_rows_of(split)
+            return rows
         if self.format == "csv":  # CSV would need a full read
             return None
         fragment = self._fragments.get(split.id)
@@ -343,6 +480,18 @@ class DatasetSource(SplitSource):
         return None if fragment is None else fragment.count_rows(filter=self.filter)
 
     def read_split(self, split, position):
+        d = split.description
+        if "of" in d and self.format == "ipc":  # a piece: position = its units emitted
+            yield from self._scan_ipc(split, position)
+            return
+        if "of" in d:
+            for n, unit in enumerate(self._units_of(split, position), start=position):
+                batches = self._parquet_unit(d["path"], unit)
+                for j, batch in enumerate(batches):
+                    yield batch, (n + 1 if j == len(batches) - 1 else None)
+                if not batches:
+                    yield None, n + 1
+            return
         fragment = self._fragment(split.id)
         kwargs = {"columns": self.columns, "filter": self.filter}
         if self.batch_size is not None:
