@@ -235,7 +235,7 @@ def test_rescale_file_and_table_source_4_2_3_while_data_flows(cluster, tmp_path,
             pq.write_table(pa.Table.from_batches([keyed_records(i * rows, rows, num_keys=100)]),
                            tmp_path / f"part-{i:02d}.parquet", row_group_size=4096)
         job = dataset_job(str(tmp_path), parallelism=4)
-        splits = files * 5  # each file cut into its 5 row groups (4096 rows each, the last 3616)
+        splits = files * 2  # 16 files of 5 row groups: each cut into 2 pieces, 32 (DEFAULT_SPLITS) in all
     else:
         job = table_job(pa.Table.from_batches([keyed_records(0, files * rows, num_keys=100)]), parallelism=4)
         splits = 32  # DEFAULT_SPLITS strided shares of the slices

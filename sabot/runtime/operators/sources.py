@@ -244,10 +244,12 @@ class DatasetSource(SplitSource):
     """Files read through ``pyarrow.dataset``, sorted by path.
 
     A file of several *units* (an Arrow IPC file's record batches, a Parquet file's row
-    groups) is cut into ``S = min(units, max(DEFAULT_SPLITS, parallelism))`` strided pieces,
-    as a table is: piece ``k`` holds units ``k, k + S, ...`` and its position is its units
-    emitted. So one large file keeps every subtask busy, and a live rescale or restore moves
-    the pieces with their positions. Any other file (CSV, one unit, a remote path, an IPC
+    groups) is cut into ``S`` strided pieces, as a table is: piece ``k`` holds units ``k, k +
+    S, ...`` and its position is its units emitted. So one large file keeps every subtask
+    busy, and a live rescale or restore moves the pieces with their positions. ``S`` is at
+    most its units and ``ceil(max(DEFAULT_SPLITS, parallelism) / files)`` (a fixed set of
+    files: about that many splits in all, no file cut once there are enough files), or the
+    parallelism for a file found by monitoring. Any other file (CSV, one unit, a remote path, an IPC
     file whose schema differs from the dataset's) is one split whose position is the
     batches emitted from it. A subtask reads its files one after the other, in listing
     order, and a file's pieces lowest next unit first: with every piece of a file (p=1) it
@@ -345,10 +347,10 @@ class DatasetSource(SplitSource):
             return self._fragment(path).num_row_groups
         return None
 
-    def _file_splits(self, path, ordinal):
-        """The splits of one file; static ones numbered from ``ordinal`` (round robin)."""
-        units = self._num_units(path) or 0
-        count = min(units, max(DEFAULT_SPLITS, self.ctx.parallelism))
+    def _file_splits(self, path, ordinal, target):
+        """The splits of one file, at most ``target`` pieces; static ones numbered from
+        ``ordinal`` (round robin)."""
+        count = min(self._num_units(path) or 0, target)
         monitored = self.discovery_interval_s is not None
         if count < 2:
             # a growing directory: a file's owner must not depend on when it was listed
@@ -359,11 +361,20 @@ class DatasetSource(SplitSource):
                 for k in range(count)]
 
     def _splits_of(self, paths):
+        """Splits of the files not known yet. A fixed set of files is cut into about
+        max(DEFAULT_SPLITS, P) splits in all (files enough: none is cut); a file found by
+        monitoring into at most P pieces (its shape must not depend on the other files, and
+        every finished piece stays in the checkpoints of a source that never ends)."""
+        p = self.ctx.parallelism
+        if self.discovery_interval_s is not None:
+            target = p
+        else:
+            target = -(-max(DEFAULT_SPLITS, p) // max(len(paths), 1))
         known = {s.description.get("path", s.id) for s in self.enumerator.splits} if self.enumerator else set()
         out = []
         for path in paths:
             if path not in known:  # a restored file keeps the pieces it was checkpointed with
-                out += self._file_splits(path, len(out))
+                out += self._file_splits(path, len(out), target)
         return out
 
     def initial_splits(self):

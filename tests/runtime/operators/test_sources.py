@@ -416,6 +416,24 @@ def test_one_large_file_is_read_by_every_subtask(tmp_path, fmt, predicate):
     assert pa.Table.from_batches(emitted).sort_by("id").equals(want)
 
 
+@pytest.mark.parametrize("num_files,pieces_per_file", [(1, 17), (5, 7), (16, 2), (40, 1)])
+def test_a_fixed_set_of_files_is_cut_into_about_32_splits_in_all(tmp_path, num_files, pieces_per_file):
+    """ceil(32 / files) pieces a file (at most its units): many files are not cut at all."""
+    d = tmp_path / "d"
+    d.mkdir()
+    for j in range(num_files):
+        feather.write_feather(pa.table({"id": np.arange(j * 170, (j + 1) * 170, dtype=np.int64)}),
+                              d / f"f{j:02d}.arrow", chunksize=10)  # 17 record batches
+    params = {"kind": "dataset", "path": str(d), "format": "ipc"}
+    ops = [make_source(params, i, 2) for i in range(2)]
+    splits = [s for op in ops for s in op.splits]
+    assert len(splits) == num_files * pieces_per_file
+    if pieces_per_file == 1:
+        assert all(s.id == s.description["path"] for s in splits)  # whole files, as before
+    ids = sorted(v for op in ops for b in read_all(op) for v in b.column("id").to_pylist())
+    assert ids == list(range(num_files * 170))
+
+
 def test_an_ipc_scan_that_cuts_batches_unexpectedly_fails_loudly(tmp_path, monkeypatch):
     """Positions of an IPC piece count the scan's outputs per record batch; if a pyarrow
     version cut them differently, the source says so instead of keeping wrong positions."""
