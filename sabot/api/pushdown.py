@@ -3,8 +3,9 @@
 A file source (``from_dataset`` / ``from_parquet``) reads only the columns its consumers
 use and hands the expression filters that directly follow it to the scan
 (``pyarrow.dataset`` then skips row groups by their statistics and filters rows while
-decoding). The filter operators stay in the plan (re-applying a pushed predicate is
-idempotent and cheap on the rows that passed), so the graph looks as written.
+decoding). The filter operators stay in the plan, so the graph looks as written, marked
+``evaluated_by_source``: the scan's filter is exact, so they pass the source's rows on
+without evaluating the predicate again.
 
 Column needs are known for expression filters, selects, key_by, union, aggregates and
 windows; anything else (user functions, sinks, joins...) needs every column.
@@ -72,7 +73,8 @@ def _after(plan, op_id, schema, downstream):
 
 
 def pushdown(plan, source_schemas):
-    """``{source id: {"filter": expression | None, "columns": [names] | None}}`` for file sources."""
+    """``{source id: {"filter": expression | None, "columns": [names] | None, "filters": [the
+    filter operator ids whose predicates make up "filter"]}}`` for file sources."""
     downstream = {}
     for up, down in plan.edges:
         downstream.setdefault(up, []).append(down)
@@ -82,7 +84,7 @@ def pushdown(plan, source_schemas):
         if node is None or (node.parameters or {}).get("kind") != "dataset":
             continue
         # the filters right behind the source, one after the other, go to the scan
-        predicate, current = None, op_id
+        predicate, current, filters = None, op_id, []
         while len(downstream.get(current, [])) == 1:
             nxt = plan.nodes[downstream[current][0]]
             expr = (nxt.parameters or {}).get("expression")
@@ -91,6 +93,7 @@ def pushdown(plan, source_schemas):
             e = decode_expression(expr)
             predicate = e if predicate is None else pc.and_kleene(predicate, e)
             current = nxt.operator_id
+            filters.append(current)
         try:
             needs = _after(plan, op_id, schema, downstream)
         except (KeyError, ValueError):  # a column the schema lacks: leave it to the run to report
@@ -98,5 +101,5 @@ def pushdown(plan, source_schemas):
         columns = None
         if needs is not _ALL and needs != set(schema.names):
             columns = [n for n in schema.names if n in needs] or schema.names[:1]
-        out[op_id] = {"filter": predicate, "columns": columns}
+        out[op_id] = {"filter": predicate, "columns": columns, "filters": filters}
     return out

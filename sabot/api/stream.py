@@ -722,6 +722,7 @@ class Stream(JoiningMixin, WindowingMixin):
         used = {ref["table_id"] for node in self._plan.nodes.values() for ref in tables.refs_in(node.parameters)}
         job.tables = {table_id: t for table_id, t in self._plan.tables.items() if table_id in used}
         pushed = pushdown(self._plan, self._plan.source_schemas)
+        evaluated = {f for p in pushed.values() for f in p["filters"]}
         for node in self._plan.nodes.values():
             if node.operator_id in pushed:  # a copy: the push-down depends on the whole plan
                 node = node.copy()
@@ -729,6 +730,9 @@ class Stream(JoiningMixin, WindowingMixin):
                                              if pushed[node.operator_id]["filter"] is not None else None)
                 if pushed[node.operator_id]["columns"] is not None:
                     node.parameters["columns"] = pushed[node.operator_id]["columns"]
+            elif node.operator_id in evaluated:  # its predicate runs in the source's scan
+                node = node.copy()
+                node.parameters["evaluated_by_source"] = True
             job.add_operator(node)
         for up, down in self._plan.edges:
             job.connect(up, down)

@@ -62,6 +62,9 @@ def test_file_sources_read_only_the_columns_used_and_push_filters_into_the_scan(
     src = next(n for n in graph.operators.values() if n.name == "files")
     assert src.parameters["columns"] == ["k", "p", "f"]
     assert src.parameters["filter"] is not None
+    # the filter stays in the graph, marked: its rows come filtered from the scan
+    flt = next(n for n in job().to_job_graph(chaining=False).operators.values() if n.operator_type.value == "filter")
+    assert flt.parameters["evaluated_by_source"] is True
     result = job().run(default_parallelism=2)
     expected = TABLE.filter(pc.field("p") >= 900).group_by("k").aggregate([("f", "sum")]).select(["k", "f_sum"])
     assert_tables_equal(result.table(), expected)
@@ -72,6 +75,35 @@ def test_file_sources_read_only_the_columns_used_and_push_filters_into_the_scan(
     opaque = Stream.from_parquet(str(tmp_path), name="files").map(lambda b: b).collect().to_job_graph()
     src = next(n for n in opaque.operators.values() if n.name == "files")
     assert src.parameters.get("columns") is None and src.parameters.get("filter") is None
+
+
+def test_only_filters_pushed_into_the_scan_skip_their_evaluation(tmp_path):
+    """Two filters right behind a file source (one with nulls) go to the scan and pass rows
+    through; a filter after a map, or behind a source read by two consumers, evaluates."""
+    n = 2000
+    t = pa.table({"k": np.arange(n) % 13, "p": pa.array([None if i % 7 == 0 else i for i in range(n)], pa.int64()),
+                  "f": np.arange(n) * 0.5})
+    pq.write_table(t, tmp_path / "a.parquet", row_group_size=128)
+
+    def flags(graph):
+        return {n.name: n.parameters.get("evaluated_by_source", False)
+                for n in graph.operators.values() if n.operator_type.value == "filter"}
+
+    pushed = (Stream.from_parquet(str(tmp_path), name="files").filter(pc.field("p") > 300, name="f1")
+              .filter(pc.field("f") < 900.0, name="f2").map(lambda b: b, name="m")
+              .filter(pc.field("k") != 3, name="f3").collect())
+    assert flags(pushed.to_job_graph(chaining=False)) == {"f1": True, "f2": True, "f3": False}
+    for parallelism in (1, 2):
+        got = pushed.run(default_parallelism=parallelism).table()
+        want = t.filter((pc.field("p") > 300) & (pc.field("f") < 900.0) & (pc.field("k") != 3))
+        assert_tables_equal(got, want, sort_by=["f"])
+    source = Stream.from_parquet(str(tmp_path), name="files")
+    left = source.filter(pc.field("p") > 1500, name="left")
+    right = source.filter(pc.field("p") < 100, name="right")
+    both = left.union(right).collect()
+    assert flags(both.to_job_graph(chaining=False)) == {"left": False, "right": False}
+    want = t.filter((pc.field("p") > 1500) | (pc.field("p") < 100))
+    assert_tables_equal(both.run(default_parallelism=2).table(), want, sort_by=["f"])
 
 
 def _sink(tmp_path, subtask=0, checkpointing=True):

@@ -48,15 +48,22 @@ class _SchemaChecked(Operator):
 
 @register("filter")
 class Filter(Operator):
-    """Keep rows where a pyarrow expression, or a user function's boolean mask, is true."""
+    """Keep rows where a pyarrow expression, or a user function's boolean mask, is true.
+
+    ``evaluated_by_source``: the expression was pushed into the file source's scan right
+    before this operator (:mod:`sabot.api.pushdown`), which keeps exactly the rows where it
+    is true: the batches pass unchanged."""
 
     def open(self):
         expr = self.params.get("expression")
         self.expression = decode_expression(expr) if expr else None
+        self.evaluated_by_source = bool(self.params.get("evaluated_by_source")) and self.expression is not None
         if self.expression is None:
             self.ref, self.fn = self.user_function()
 
     def process(self, batch, input_index):
+        if self.evaluated_by_source:
+            return [batch] if batch.num_rows else []
         if self.expression is not None:
             try:
                 out = filter_batch(batch, self.expression)
