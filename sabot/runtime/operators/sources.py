@@ -41,12 +41,12 @@ from sabot.errors import OperatorError
 from sabot.execution.operator_spec import decode_expression
 from sabot.runtime import functions
 from sabot.runtime.operators.base import register
+from sabot.runtime.operators.expressions import filter_batch
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 65536
 DATASET_FORMATS = ("parquet", "ipc", "csv")
-_WHOLE_BATCH = 2**31 - 1  # a scan's batch_size that never cuts a record batch
 
 
 def _positive_int(ctx, params, name, default):
@@ -425,79 +425,54 @@ class DatasetSource(SplitSource):
                                 "checkpoint can no longer be read in pieces (its schema changed?)")
         return range(k + start * count, total, count)
 
-    def _ipc_units(self, split, start=0):
-        """The record batches of an IPC file's piece from its ``start``-th unit on (zero-copy)."""
-        reader = self._ipc_reader(split.description["path"])
-        return [reader.get_batch(u) for u in self._units_of(split, start)]
-
-    def _scan_ipc(self, split, position):
-        """``(batch, position)`` of an IPC piece: one scan over its record batches (Arrow's
-        threads filter ahead of the reader: much cheaper per batch than a filter call). The
-        scan cuts each input batch into ``max(1, ceil(rows / batch_size))`` outputs, in order,
-        so the unit each output belongs to is known; a scan that disagrees is an error."""
-        inputs = self._ipc_units(split, position)
-        if not inputs:
-            return
-        size = self.batch_size or _WHOLE_BATCH
-        # no read-ahead: the inputs are mapped already, and a subtask reads many pieces at once
-        scan = iter(ds.dataset(inputs, schema=inputs[0].schema).to_batches(
-            columns=self.columns, filter=self.filter, batch_size=size, batch_readahead=0, fragment_readahead=0))
-        for n, batch in enumerate(inputs, start=position):
-            count = max(1, -(-batch.num_rows // size))
-            for j in range(count):
-                out = next(scan, None)
-                if out is None:
-                    raise self._scan_error(split)
-                yield out, (n + 1 if j == count - 1 else None)
-        if next(scan, None) is not None:
-            raise self._scan_error(split)
-
-    def _scan_error(self, split):
-        return OperatorError(f"dataset source {self.ctx.operator_name!r}: the scan of "
-                             f"{split.description['path']!r} did not cut its record batches as expected "
-                             f"(pyarrow {pa.__version__}): its positions would be wrong")
-
-    def _parquet_unit(self, path, unit):
+    def _read_unit(self, path, unit):
+        """The batches of one unit of a file (after the filter, the projection, batch_size)."""
+        if self.format == "ipc":  # zero-copy from the mapped file, filtered on this thread
+            batch = self._ipc_reader(path).get_batch(unit)
+            if self.filter is not None:
+                batch = filter_batch(batch, self.filter)
+            if self.columns:
+                batch = batch.select(self.columns)
+            size = self.batch_size or max(batch.num_rows, 1)
+            return [batch.slice(i, size) for i in range(0, batch.num_rows, size)]
         piece = self._fragment(path).subset(row_group_ids=[unit])
         kwargs = {"columns": self.columns, "filter": self.filter}
         if self.batch_size is not None:
             kwargs["batch_size"] = self.batch_size
         return [b for b in piece.to_batches(schema=self.schema, **kwargs) if b.num_rows]
 
-    def _piece_rows_of(self, split):
-        if self.format == "ipc":
-            inputs = self._ipc_units(split)
-            if self.filter is None or not inputs:
-                return sum(b.num_rows for b in inputs)
-            return ds.dataset(inputs, schema=inputs[0].schema).count_rows(filter=self.filter)
-        piece = self._fragment(split.description["path"]).subset(row_group_ids=list(self._units_of(split)))
-        if self.filter is None:  # (count_rows() without a filter answers the whole file's rows)
-            return sum(rg.num_rows for rg in piece.row_groups)
-        return piece.count_rows(filter=self.filter)
-
     def split_rows(self, split):
-        if "of" in split.description:
-            rows = self._piece_rows.get(split.id)
-            if rows is None:
-                rows = self._piece_rows[split.id] = self._piece_rows_of(split)
-            return rows
-        if self.format == "csv":  # CSV would need a full read
+        """Rows of a split from the files' metadata; None with a filter (the rows that pass
+        are known only by reading everything, and status reports ask from the event loop)
+        and for CSV."""
+        if self.filter is not None or self.format == "csv":
             return None
-        fragment = self._fragments.get(split.id)
-        if fragment is None and not self._splits[split.id].finished:
-            self._list()
-            fragment = self._fragments.get(split.id)
-        # a finished file may be gone (progress only: not an error)
-        return None if fragment is None else fragment.count_rows(filter=self.filter)
+        rows = self._piece_rows.get(split.id)
+        if rows is not None:
+            return rows
+        path = split.description.get("path", split.id)
+        if "of" in split.description:
+            units = list(self._units_of(split))
+            if self.format == "ipc":
+                rows = sum(self._ipc_reader(path).get_batch(u).num_rows for u in units)
+            else:  # (a subset's count_rows() without a filter answers the whole file's rows)
+                rows = sum(rg.num_rows for rg in self._fragment(path).subset(row_group_ids=units).row_groups)
+        else:
+            fragment = self._fragments.get(path)
+            if fragment is None and not self._splits[split.id].finished:
+                self._list()
+                fragment = self._fragments.get(path)
+            if fragment is None:  # a finished file may be gone (progress only: not an error)
+                return None
+            rows = fragment.count_rows()
+        self._piece_rows[split.id] = rows
+        return rows
 
     def read_split(self, split, position):
         d = split.description
-        if "of" in d and self.format == "ipc":  # a piece: position = its units emitted
-            yield from self._scan_ipc(split, position)
-            return
-        if "of" in d:
+        if "of" in d:  # a piece: position = its units emitted
             for n, unit in enumerate(self._units_of(split, position), start=position):
-                batches = self._parquet_unit(d["path"], unit)
+                batches = self._read_unit(d["path"], unit)
                 for j, batch in enumerate(batches):
                     yield batch, (n + 1 if j == len(batches) - 1 else None)
                 if not batches:

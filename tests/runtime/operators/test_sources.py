@@ -391,7 +391,7 @@ def test_one_large_file_is_read_by_every_subtask(tmp_path, fmt, predicate):
             assert len(op.splits) == len(range(i, 17, parallelism))  # 17 record batches: 17 pieces, round robin
             batches = read_all(op)
             assert all(0 < b.num_rows <= 128 for b in batches) and all(b.schema.names == ["id", "s"] for b in batches)
-            assert op.total_rows == sum(b.num_rows for b in batches)
+            assert op.total_rows is None  # with a filter: unknown without reading it all twice
             shares.append(sum(b.num_rows for b in batches))
             parts += batches
         got = pa.Table.from_batches(parts)
@@ -432,31 +432,6 @@ def test_a_fixed_set_of_files_is_cut_into_about_32_splits_in_all(tmp_path, num_f
         assert all(s.id == s.description["path"] for s in splits)  # whole files, as before
     ids = sorted(v for op in ops for b in read_all(op) for v in b.column("id").to_pylist())
     assert ids == list(range(num_files * 170))
-
-
-def test_an_ipc_scan_that_cuts_batches_unexpectedly_fails_loudly(tmp_path, monkeypatch):
-    """Positions of an IPC piece count the scan's outputs per record batch; if a pyarrow
-    version cut them differently, the source says so instead of keeping wrong positions."""
-    from sabot.runtime.operators import sources
-
-    path = tmp_path / "f.arrow"
-    feather.write_feather(pa.table({"id": np.arange(1000, dtype=np.int64)}), path, chunksize=100)
-    real = sources.ds.dataset
-
-    class Dropping:  # a scan that loses its last output
-        def __init__(self, *args, **kwargs):
-            self.inner = real(*args, **kwargs)
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def to_batches(self, **kwargs):
-            return list(self.inner.to_batches(**kwargs))[:-1]
-
-    monkeypatch.setattr(sources.ds, "dataset", Dropping)
-    op = make_source({"kind": "dataset", "path": str(path), "format": "ipc"})
-    with pytest.raises(OperatorError, match="did not cut its record batches as expected"):
-        read_all(op)
 
 
 def test_a_checkpointed_whole_file_split_is_not_cut_again(tmp_path):
