@@ -289,7 +289,7 @@ class DatasetSource(SplitSource):
             schema = decode_schema(schema)
         self.schema = schema or None
         self._fragments = {}  # path -> fragment of the latest listing
-        self._ipc = {}  # path -> memory-mapped IPC file reader (pieces of an IPC file)
+        self._ipc = {}  # path -> memory-mapped IPC file reader, while this subtask reads pieces of it
         self._rank = {}  # path -> its place in this subtask's reading order
         self._piece_rows = {}  # split id -> its rows (progress)
         super().__init__(ctx)
@@ -323,23 +323,32 @@ class DatasetSource(SplitSource):
 
     # -- pieces of a file ----------------------------------------------------------------
 
+    def _open_ipc(self, path):
+        try:
+            return pa.ipc.open_file(pa.memory_map(path))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise OperatorError(f"dataset source {self.ctx.operator_name!r}: cannot open {path!r} as an "
+                                f"Arrow IPC file: {exc}") from exc
+
     def _ipc_reader(self, path):
+        """The mapped file of pieces being read (kept until the subtask's last piece of it ends)."""
         reader = self._ipc.get(path)
         if reader is None:
-            try:
-                reader = pa.ipc.open_file(pa.memory_map(path))
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise OperatorError(f"dataset source {self.ctx.operator_name!r}: cannot open {path!r} as an "
-                                    f"Arrow IPC file: {exc}") from exc
-            self._ipc[path] = reader
+            reader = self._ipc[path] = self._open_ipc(path)
         return reader
 
-    def _num_units(self, path):
+    def _release(self, path, split_id):
+        """Split ``split_id`` of ``path`` ended: unmap the file if no other piece of it is left."""
+        if not any(st.split.description.get("path") == path and not st.finished and sid != split_id
+                   for sid, st in list(self._splits.items())):
+            self._ipc.pop(path, None)
+
+    def _num_units(self, path, reader=None):
         """How many independently readable units the file has, or None: read it whole."""
         if "://" in path or "://" in self.path:
             return None
         if self.format == "ipc":
-            reader = self._ipc_reader(path)
+            reader = reader or self._ipc.get(path) or self._open_ipc(path)  # listing: not kept mapped
             if self.schema is not None and not reader.schema.equals(self.schema):
                 return None  # the dataset scanner casts to the dataset's schema: let it
             return reader.num_record_batches
@@ -416,10 +425,12 @@ class DatasetSource(SplitSource):
                                 "is gone; a restored file source needs its files")
         return fragment
 
-    def _units_of(self, split, start=0):
+    def _units_of(self, split, start=0, reading=False):
+        """The units of a piece from its ``start``-th on (``reading``: keep its IPC file mapped)."""
         d = split.description
         k, count = d["k"], d["of"]
-        total = self._num_units(d["path"])
+        reader = self._ipc_reader(d["path"]) if reading and self.format == "ipc" else None
+        total = self._num_units(d["path"], reader)
         if total is None:
             raise OperatorError(f"dataset source {self.ctx.operator_name!r}: file {d['path']!r} of the "
                                 "checkpoint can no longer be read in pieces (its schema changed?)")
@@ -454,7 +465,8 @@ class DatasetSource(SplitSource):
         if "of" in split.description:
             units = list(self._units_of(split))
             if self.format == "ipc":
-                rows = sum(self._ipc_reader(path).get_batch(u).num_rows for u in units)
+                reader = self._ipc.get(path) or self._open_ipc(path)
+                rows = sum(reader.get_batch(u).num_rows for u in units)
             else:  # (a subset's count_rows() without a filter answers the whole file's rows)
                 rows = sum(rg.num_rows for rg in self._fragment(path).subset(row_group_ids=units).row_groups)
         else:
@@ -471,12 +483,13 @@ class DatasetSource(SplitSource):
     def read_split(self, split, position):
         d = split.description
         if "of" in d:  # a piece: position = its units emitted
-            for n, unit in enumerate(self._units_of(split, position), start=position):
+            for n, unit in enumerate(self._units_of(split, position, reading=True), start=position):
                 batches = self._read_unit(d["path"], unit)
                 for j, batch in enumerate(batches):
                     yield batch, (n + 1 if j == len(batches) - 1 else None)
                 if not batches:
                     yield None, n + 1
+            self._release(d["path"], split.id)
             return
         fragment = self._fragment(split.id)
         kwargs = {"columns": self.columns, "filter": self.filter}

@@ -434,6 +434,42 @@ def test_a_fixed_set_of_files_is_cut_into_about_32_splits_in_all(tmp_path, num_f
     assert ids == list(range(num_files * 170))
 
 
+def test_ipc_files_are_mapped_only_while_their_pieces_are_read(tmp_path):
+    """Listing counts a file's record batches without keeping it mapped; a subtask unmaps a
+    file when its last piece of it ends (a monitored directory gets a file after another:
+    none may stay open)."""
+    import gc
+
+    d = tmp_path / "m"
+    d.mkdir()
+    for j in range(3):
+        feather.write_feather(pa.table({"id": np.arange(j * 50, (j + 1) * 50, dtype=np.int64)}),
+                              d / f"f{j}.arrow", chunksize=10)
+
+    def mapped():
+        gc.collect()
+        return sum(1 for line in open("/proc/self/maps") if str(d) in line)
+
+    for params in ({"kind": "dataset", "path": str(d), "format": "ipc"},
+                   {"kind": "dataset", "path": str(d), "format": "ipc", "monitor_interval_s": 0.01}):
+        op = make_source(params, 0, 2)
+        assert op.splits and mapped() == 0
+        it = op.read()
+        want = sum(op.split_rows(s) for s in op.splits)
+        if params.get("monitor_interval_s"):  # never ends: read the rows, then it waits
+            rows = 0
+            while rows < want:
+                batch = next(it)
+                rows += batch.num_rows if batch is not None else 0
+            del batch
+            assert next(it) is None
+        else:
+            rows = sum(b.num_rows for b in it)
+        assert rows == want > 0
+        assert mapped() == 0
+        op.close()
+
+
 def test_a_checkpointed_whole_file_split_is_not_cut_again(tmp_path):
     """A checkpoint from before files were cut names a file by its path: restored, that file
     is read whole from its position (batches emitted), not cut into pieces beside it."""
