@@ -249,9 +249,9 @@ class DatasetSource(SplitSource):
     busy, and a live rescale or restore moves the pieces with their positions. ``S`` is at
     most its units and ``ceil(max(DEFAULT_SPLITS, parallelism) / files)`` (a fixed set of
     files: about that many splits in all, no file cut once there are enough files), or the
-    parallelism for a file found by monitoring. Any other file (CSV, one unit, a remote path, an IPC
-    file whose schema differs from the dataset's) is one split whose position is the
-    batches emitted from it. A subtask reads its files one after the other, in listing
+    parallelism for a file found by monitoring. Any other file (CSV, one unit, a remote
+    path, an IPC file whose schema differs from the dataset's) is one split whose position
+    is the batches emitted from it. A subtask reads its files one after the other, in listing
     order, and a file's pieces lowest next unit first: with every piece of a file (p=1) it
     emits the file in order; pieces of one file advance in event time together.
 
@@ -359,7 +359,7 @@ class DatasetSource(SplitSource):
     def _file_splits(self, path, ordinal, target):
         """The splits of one file, at most ``target`` pieces; static ones numbered from
         ``ordinal`` (round robin)."""
-        count = min(self._num_units(path) or 0, target)
+        count = min(self._num_units(path) or 0, target) if target > 1 else 1  # (units: a file's metadata)
         monitored = self.discovery_interval_s is not None
         if count < 2:
             # a growing directory: a file's owner must not depend on when it was listed
