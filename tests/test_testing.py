@@ -23,3 +23,35 @@ def test_equal_multisets_in_any_order_pass():
 def test_differences_are_reported(actual, expected, message):
     with pytest.raises(AssertionError, match=message):
         assert_tables_equal(actual, expected)
+
+
+def test_chaos_monkey_deals_every_kind_once_per_round():
+    """The kinds come from a shuffled deck: every kind within each round of four events
+    (seed 11 drew no rescale in nine independent draws and failed the chaos test)."""
+    from sabot.testing import ChaosMonkey
+
+    class FakeClient:
+        def jobs(self):
+            return [{"job_id": "j", "state": "RUNNING"}]
+
+        def trigger_checkpoint(self, job_id):
+            return 1
+
+        def rescale(self, job_id, operator_id, new):
+            return {"old_parallelism": 2}
+
+    class FakeCluster:
+        worker_pids = [None, None, None]  # nothing runs: kill and pause are refused, and recorded
+
+        def client(self):
+            return FakeClient()
+
+    for seed in range(20):
+        monkey = ChaosMonkey(FakeCluster(), seed=seed, interval_s=(0, 0), rescalable={"j": "op"})
+        report = monkey.run(seconds=5, stop=lambda: len(monkey.events) >= 12)
+        events = [e.kind for e in report.events]
+        assert len(events) == 12
+        for start in range(0, 12, 4):
+            assert sorted(events[start:start + 4]) == sorted(ChaosMonkey.KINDS), (seed, events)
+        again = ChaosMonkey(FakeCluster(), seed=seed, interval_s=(0, 0), rescalable={"j": "op"})
+        assert [e.kind for e in again.run(seconds=5, stop=lambda: len(again.events) >= 12).events] == events
