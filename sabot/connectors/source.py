@@ -432,10 +432,18 @@ class SplitSource(SourceOperator):
         for sid in split_ids:
             self._split_active[sid] = now
 
+    def watermark_key(self, split_id):
+        """Splits with the same key share one event-time clock (the largest time read, idle
+        or not). Default: every split its own. The pieces of one file are one ordered
+        sequence read lowest next unit first: they share the file's clock, as a whole file
+        had, so event time moves on with every unit, not once every piece has delivered."""
+        return split_id
+
     def observe_event_time(self, batch, split_id=None, split_ids=None, row_splits=None):
         """Note the event times of ``batch``: all from ``split_id``, or row ``r`` from split
         ``split_ids[row_splits[r]]``."""
         if split_id is not None:
+            split_id = self.watermark_key(split_id)
             self.mark_active([split_id])
         else:
             self.mark_active(set(split_ids[i] for i in set(row_splits)))
@@ -474,12 +482,12 @@ class SplitSource(SourceOperator):
             return None
         now = self._now_ms()
         marks = []
-        for sid in self.reading_splits():
-            if self._split_idle(sid, now):
+        for key in dict.fromkeys(self.watermark_key(sid) for sid in self.reading_splits()):
+            if self._split_idle(key, now):
                 continue
-            if sid not in self._split_max:
+            if key not in self._split_max:
                 return None
-            marks.append(self._split_max[sid])
+            marks.append(self._split_max[key])
         return min(marks) - self.out_of_orderness if marks else None
 
     def reading_splits(self) -> list[str]:
@@ -504,7 +512,7 @@ class SplitSource(SourceOperator):
         if len(reading) < len(live):
             return False  # a split waits its turn: this subtask has records to deliver
         now = self._now_ms()
-        return all(self._split_idle(sid, now) for sid in reading)
+        return all(self._split_idle(self.watermark_key(sid), now) for sid in reading)
 
     # -- reading ---------------------------------------------------------------------------
 

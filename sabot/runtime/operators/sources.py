@@ -404,6 +404,10 @@ class DatasetSource(SplitSource):
         """Paths of the files this subtask reads (a piece or all of each), in order."""
         return list(dict.fromkeys(s.description.get("path", s.id) for s in self.splits))
 
+    def watermark_key(self, split_id):
+        st = self._splits.get(split_id)
+        return st.split.description.get("path", split_id) if st is not None else split_id
+
     def split_order(self, split_id):
         # files in this subtask's order; within a file the lowest next unit first
         st = self._splits[split_id]

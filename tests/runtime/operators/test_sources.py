@@ -434,6 +434,31 @@ def test_a_fixed_set_of_files_is_cut_into_about_32_splits_in_all(tmp_path, num_f
     assert ids == list(range(num_files * 170))
 
 
+@pytest.mark.parametrize("fmt", ["ipc", "parquet"])
+def test_event_time_of_a_cut_file_moves_on_with_every_unit(tmp_path, fmt):
+    """The pieces of one file share the file's event-time clock: the watermark follows every
+    unit read, as for a whole file, instead of waiting until every piece delivered once
+    (with 16 units in 16 pieces that was the end of the file: no window fired before it)."""
+    n = 1600
+    table = pa.table({"id": np.arange(n, dtype=np.int64), "ts": np.arange(n, dtype=np.int64) * 10})
+    path = tmp_path / f"t.{fmt}"
+    if fmt == "ipc":
+        feather.write_feather(table, path, chunksize=100)
+    else:
+        pq.write_table(table, path, row_group_size=100)
+    params = {"kind": "dataset", "path": str(path), "format": fmt, "time_column": "ts",
+              "max_out_of_orderness": 5}
+    for parallelism in (1, 2):
+        for i in range(parallelism):
+            op = make_source(params, i, parallelism)
+            assert len(op.splits) == 16 // parallelism  # one piece per unit
+            marks = []
+            for batch in op.read():
+                marks.append(op.current_watermark())
+                assert marks[-1] == batch.column("ts")[-1].as_py() - 5  # the largest time so far
+            assert len(marks) == 16 // parallelism and marks == sorted(marks)
+
+
 def test_ipc_files_are_mapped_only_while_their_pieces_are_read(tmp_path):
     """Listing counts a file's record batches without keeping it mapped; a subtask unmaps a
     file when its last piece of it ends (a monitored directory gets a file after another:
