@@ -429,11 +429,13 @@ class DatasetSource(SplitSource):
                                 "is gone; a restored file source needs its files")
         return fragment
 
-    def _units_of(self, split, start=0, reading=False):
-        """The units of a piece from its ``start``-th on (``reading``: keep its IPC file mapped)."""
+    def _units_of(self, split, start=0, reading=False, reader=None):
+        """The units of a piece from its ``start``-th on (``reading``: keep its IPC file
+        mapped; ``reader``: an IPC reader of the file already open)."""
         d = split.description
         k, count = d["k"], d["of"]
-        reader = self._ipc_reader(d["path"]) if reading and self.format == "ipc" else None
+        if reading and self.format == "ipc":
+            reader = self._ipc_reader(d["path"])
         total = self._num_units(d["path"], reader)
         if total is None:
             raise OperatorError(f"dataset source {self.ctx.operator_name!r}: file {d['path']!r} of the "
@@ -467,11 +469,11 @@ class DatasetSource(SplitSource):
             return rows
         path = split.description.get("path", split.id)
         if "of" in split.description:
-            units = list(self._units_of(split))
-            if self.format == "ipc":
+            if self.format == "ipc":  # one open of the file (not kept mapped)
                 reader = self._ipc.get(path) or self._open_ipc(path)
-                rows = sum(reader.get_batch(u).num_rows for u in units)
+                rows = sum(reader.get_batch(u).num_rows for u in self._units_of(split, reader=reader))
             else:  # (a subset's count_rows() without a filter answers the whole file's rows)
+                units = list(self._units_of(split))
                 rows = sum(rg.num_rows for rg in self._fragment(path).subset(row_group_ids=units).row_groups)
         else:
             fragment = self._fragments.get(path)
