@@ -18,6 +18,11 @@ It prints the cost per hop and its share of each operator's time (hop / (hop + w
 and the job's total share (4 operators' hops over the keyed-count job's work). Interleaved
 repetitions, median and spread.
 
+* **small batches**: the keyed-count job (filter, key_by, count and sum) over 2M of the
+  rows fed as batches of 4,096 rows, with the filter's small outputs coalesced per channel
+  (the default, ``sabot.runtime.output``) and with ``output_coalesce_rows=0`` (every part
+  sent as it is): the share of Sabot's per-batch cost that coalescing takes away.
+
     python bench/bench_overhead.py [--quick] [--repeat 5] [--json out.json]
 """
 
@@ -38,15 +43,22 @@ from sabot._core import partition  # noqa: E402
 from sabot._core.state import KeyedAggregateTable  # noqa: E402
 from sabot.runtime.embedded import run_job_graph  # noqa: E402
 from sabot.runtime.generators import keyed_records  # noqa: E402
+from sabot.runtime.output import COALESCE_ROWS  # noqa: E402
 
 BATCH = 65536
 KEYS = 100_000
 HOPS = 4
 MAX_PARALLELISM = 128
+SMALL_BATCH = 4096
+SMALL_ROWS = 2_000_000
 
 
 def identity(batch):
     return batch
+
+
+def value_over_half(batch):
+    return pc.greater(batch.column("value"), 0.5)
 
 
 def first_row(batch):
@@ -86,6 +98,14 @@ def main():
                          {"value2": b.column("value2")})
         return state
 
+    small_table = table.slice(0, SMALL_ROWS // (4 if args.quick else 1))
+
+    def small_batches(coalesce_rows):
+        job = (Stream.from_table(small_table, batch_size=SMALL_BATCH).filter(value_over_half).key_by("key")
+               .aggregate({"value": ["count", "sum"]}).collect(name="sink")
+               .to_job_graph("small-batches", output_coalesce_rows=coalesce_rows))
+        return run_job_graph(job).table("sink")
+
     cases = {
         "job, 0 hops": lambda: run(0),
         f"job, {HOPS} hops": lambda: run(HOPS),
@@ -101,6 +121,15 @@ def main():
         [("value2", "count"), ("value2", "sum")]).sort_by("key")
     assert got.column("key").equals(want.column("key"))
     assert np.allclose(got.column(2).to_numpy(), want.column("value2_sum").to_numpy())
+
+    # both ways give pyarrow's counts and sums
+    want = small_table.filter(pc.greater(small_table.column("value"), 0.5)).group_by("key").aggregate(
+        [("value", "count"), ("value", "sum")]).sort_by("key")
+    for coalesce_rows in (COALESCE_ROWS, 0):
+        got = small_batches(coalesce_rows).sort_by("key")
+        assert got.column("key").equals(want.column("key"))
+        assert got.column("value_count").equals(want.column("value_count"))
+        assert np.allclose(got.column("value_sum").to_numpy(), want.column("value_sum").to_numpy())
 
     print(f"{nbatches} batches of {BATCH:,} rows, median of {args.repeat} interleaved runs")
     print(results_table(results, baseline="job, 0 hops", work=nbatches, unit="batches"))
@@ -125,6 +154,17 @@ def main():
     print(f"  keyed-count job (chained): 3 hops and one chain member per batch are {share:.1%} of its time "
           "per batch (target < 10 %)")
     report.figure("keyed_count_overhead_share", share)
+    small_cases = {
+        "small batches, coalesced": lambda: small_batches(COALESCE_ROWS),
+        "small batches, not coalesced": lambda: small_batches(0),
+    }
+    small = measure(small_cases, repeat=args.repeat, warmup=1)
+    print(results_table(small, baseline="small batches, not coalesced", work=small_table.num_rows, unit="rows"))
+    report.add("small_batches", small, baseline="small batches, not coalesced")
+    coalesced = small["small batches, coalesced"].median / small["small batches, not coalesced"].median
+    print(f"  keyed-count job fed {SMALL_BATCH:,}-row batches: small outputs coalesced take {coalesced:.2f}x "
+          "the time of sending every part as it is (output_coalesce_rows=0)")
+    report.figure("small_batches_coalesced_over_not", coalesced)
     report.headline("Sabot's own cost per batch and operator (identity hop, embedded, 65,536 rows)",
                     text=f"{hop * 1e6:.0f} us per batch; {share:.1%} of the keyed-count job's time per batch")
     if args.json:

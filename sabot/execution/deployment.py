@@ -25,6 +25,7 @@ __all__ = [
 
 #: how long a task waits for a live-rescale step (state, handoff target, epoch) before failing
 DEFAULT_HANDOFF_TIMEOUT_S = 30.0
+DEFAULT_COALESCE_ROWS = 16_384  # see output_coalesce_rows
 
 
 def partitioning_name(partitioning) -> str:
@@ -119,6 +120,7 @@ class TaskDeploymentDescriptor(Record):
     rescale: RescaleSpec | None = None
     min_checkpoint_id: int = 0
     handoff_timeout_s: float = DEFAULT_HANDOFF_TIMEOUT_S
+    coalesce_rows: int = DEFAULT_COALESCE_ROWS  # small output parts wait for this many rows (0: never)
 
     @property
     def task_id(self) -> str:
@@ -176,6 +178,7 @@ def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=Non
             whose key groups were rebalanced away from the default ranges.
     """
     locations = locations or {}
+    coalesce_rows = output_coalesce_rows(exec_graph.job_graph.config)
     assignments = {op: [int(x) for x in table] for op, table in (assignments or {}).items() if table is not None}
     operators = exec_graph.job_graph.operators
     inputs = {task_id: [] for task_id in exec_graph.tasks}
@@ -217,5 +220,18 @@ def build_deployment_descriptors(exec_graph, job_id, locations=None, restore=Non
                 restore=restore,
                 checkpoint=checkpoint,
                 assignment=assignments.get(op_id),
+                coalesce_rows=coalesce_rows,
             )
     return tdds
+
+
+def output_coalesce_rows(config) -> int:
+    """The job's ``config["output_coalesce_rows"]``: small output parts of a task wait in
+    their channel's buffer until it holds this many rows (see :mod:`sabot.runtime.output`);
+    0 sends every part at once (lowest latency, more batches). Default
+    :data:`DEFAULT_COALESCE_ROWS`."""
+    value = (config or {}).get("output_coalesce_rows", DEFAULT_COALESCE_ROWS)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"output_coalesce_rows must be an int >= 0 (rows; 0 sends every batch at once), "
+                         f"got {value!r}")
+    return value

@@ -324,6 +324,13 @@ class InputGate:
     def all_finished(self) -> bool:
         return all(ch.finished for ch in self._channels)
 
+    def has_ready(self) -> bool:
+        """:meth:`next` would return at once (an unblocked channel has an item, or a signal)."""
+        if self._signalled:
+            return True
+        blocked = self._blocked
+        return any(not blocked[i] and not ch._finished and ch._ready() for i, ch in enumerate(self._channels))
+
     async def next(self):
         """Return ``(channel_index, item)`` from the next unblocked channel that has one.
 

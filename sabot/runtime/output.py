@@ -9,19 +9,56 @@ runs on the event loop and waits for credit, so a slow receiver slows the sender
 :class:`~sabot.runtime.events.WatermarkStatus` on every channel when it changes, and a
 record or watermark sent while idle is preceded by ``active`` (the receivers count the
 channel again anyway; this keeps the two sides agreeing).
+
+Small batches are coalesced per channel (Flink's output buffers with their buffer timeout):
+after a selective filter or a hash edge a task's output can be batches of a few hundred
+rows, and every batch costs the receiver one operator call (tens of microseconds) whatever
+its size. So a part smaller than ``coalesce_rows`` rows (and ``COALESCE_BYTES``) waits in
+its channel's buffer until the buffer holds that many rows; the buffer is then sent as one
+batch (the parts concatenated, in order). Nothing waits across an event: every buffer is
+sent before a watermark, watermark status, checkpoint or rescale barrier, end of stream
+or rescale switch goes out (the order of records and events on a channel is kept), and
+the task sends its buffers whenever its input runs dry (:meth:`Outputs.flush`) and once a
+buffer is older than ``COALESCE_DELAY_S`` (:meth:`Outputs.flush_due`). So a record waits
+at most that delay or one operator call, whichever is longer. A job sets the row target
+with ``config["output_coalesce_rows"]`` (0: every part goes at once, Flink's buffer
+timeout 0). Sources do not coalesce:
+their batches are the size the user asked for, and a source's next read may block.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
+import pyarrow as pa
 
+from sabot.execution.deployment import DEFAULT_COALESCE_ROWS
 from sabot.runtime import events
 from sabot.runtime.operators.base import SideOutput
 from sabot.runtime.partitioner import make_partitioner
 
-__all__ = ["OutputEdge", "Outputs"]
+__all__ = ["OutputEdge", "Outputs", "COALESCE_ROWS", "COALESCE_BYTES", "COALESCE_DELAY_S"]
+
+COALESCE_ROWS = DEFAULT_COALESCE_ROWS  # a part with fewer rows waits for more to the same channel ...
+COALESCE_BYTES = 4 << 20  # ... unless it is this big already
+COALESCE_DELAY_S = 0.010  # the longest a buffered part waits while the task keeps busy
+
+
+class _Buffer:
+    """The small parts waiting for one channel, in order."""
+
+    __slots__ = ("parts", "rows", "nbytes")
+
+    def __init__(self, part, nbytes):
+        self.parts = [part]
+        self.rows = part.num_rows
+        self.nbytes = nbytes
+
+    def take(self):
+        parts = self.parts
+        return parts[0] if len(parts) == 1 else pa.concat_batches(parts)
 
 
 class OutputEdge:
@@ -65,11 +102,18 @@ class Outputs:
     Args:
         data_server: opens the sending ends.
         metrics: the task's metrics dict (``rows_out`` / ``bytes_out`` are counted here).
+        coalesce_rows: parts with fewer rows are buffered per channel up to this many rows
+            (0: every part is sent as it is).
     """
 
-    def __init__(self, data_server, metrics):
+    def __init__(self, data_server, metrics, coalesce_rows=0):
+        if isinstance(coalesce_rows, bool) or not isinstance(coalesce_rows, int) or coalesce_rows < 0:
+            raise ValueError(f"coalesce_rows must be an int >= 0, got {coalesce_rows!r}")
         self.data_server = data_server
         self.metrics = metrics
+        self.coalesce_rows = coalesce_rows
+        self._buffers: dict = {}  # (edge index, channel index or None) -> _Buffer
+        self._buffered_since = 0.0  # time.monotonic() when the oldest buffered part came
         self.edges: list[OutputEdge] = []
         self._retired_backpressure = 0.0  # of edges a rescale replaced
         self.idle = False  # the watermark status announced downstream (WatermarkStatus)
@@ -87,9 +131,12 @@ class Outputs:
 
         Returns ``[(edge index, channel index, batch)]``; credit-routed edges get channel
         None here, the channel is picked at send time. A :class:`SideOutput` goes only to
-        the edges whose spec carries its tag; those edges get nothing else.
+        the edges whose spec carries its tag; those edges get nothing else. With
+        ``coalesce_rows``, small parts are held back (see the module's docstring) and come
+        out of a later call, or of :meth:`flush`.
         """
         routed = []
+        put = (lambda item: self._coalesce(item, routed)) if self.coalesce_rows else routed.append
         for edge_index, edge in enumerate(self.edges):
             tag = edge.spec.tag
             for batch in batches:
@@ -101,15 +148,60 @@ class Outputs:
                     continue
                 if edge.by_credit:
                     if batch.num_rows:
-                        routed.append((edge_index, None, batch))
+                        put((edge_index, None, batch))
                     continue
                 for channel_index, part in edge.partitioner.route(batch):
-                    routed.append((edge_index, channel_index, part))
+                    put((edge_index, channel_index, part))
         return routed
+
+    def _coalesce(self, item, routed):
+        """Buffer ``item``'s part if it is small; append to ``routed`` what is ready to go."""
+        edge_index, channel_index, part = item
+        key = (edge_index, channel_index)
+        buffer = self._buffers.get(key)
+        rows = part.num_rows
+        nbytes = part.nbytes if rows < self.coalesce_rows else COALESCE_BYTES
+        if buffer is not None and (nbytes >= COALESCE_BYTES or not part.schema.equals(buffer.parts[0].schema)):
+            routed.append((edge_index, channel_index, buffer.take()))  # what waited goes first
+            del self._buffers[key]
+            buffer = None
+        if nbytes >= COALESCE_BYTES:  # big enough on its own
+            routed.append(item)
+        elif buffer is None:
+            if not self._buffers:
+                self._buffered_since = time.monotonic()
+            self._buffers[key] = _Buffer(part, nbytes)
+        else:
+            buffer.parts.append(part)
+            buffer.rows += rows
+            buffer.nbytes += nbytes
+            if buffer.rows >= self.coalesce_rows or buffer.nbytes >= COALESCE_BYTES:
+                routed.append((edge_index, channel_index, buffer.take()))
+                del self._buffers[key]
+
+    @property
+    def buffered(self) -> bool:
+        """Some small parts wait in a channel's buffer."""
+        return bool(self._buffers)
+
+    async def flush(self) -> None:
+        """Send every buffered part now (one batch per channel)."""
+        if self._buffers:
+            buffers, self._buffers = self._buffers, {}
+            await self.emit([(edge_index, channel_index, buffer.take())
+                             for (edge_index, channel_index), buffer in buffers.items()])
+
+    async def flush_due(self) -> None:
+        """Send the buffers once the oldest part waited ``COALESCE_DELAY_S`` (while the task
+        keeps busy: when its input runs dry it calls :meth:`flush`)."""
+        if self._buffers and time.monotonic() - self._buffered_since >= COALESCE_DELAY_S:
+            await self.flush()
 
     async def set_idle(self, idle) -> None:
         """Announce ``idle`` (or active again) downstream, if that is news."""
         if idle != self.idle:
+            if idle:
+                await self.flush()  # the records before it go out while still active
             self.idle = idle
             await self._broadcast(events.IDLE if idle else events.ACTIVE)
 
@@ -127,6 +219,7 @@ class Outputs:
             await edge.channels[channel_index].send(part, nbytes)
 
     async def broadcast(self, event) -> None:
+        await self.flush()  # no record crosses an event
         if self.idle and isinstance(event, events.Watermark):
             await self.set_idle(False)
         await self._broadcast(event)
@@ -138,7 +231,9 @@ class Outputs:
 
     async def close(self, timeout=None) -> None:
         """Close every channel (end of stream was sent before). With ``timeout``, each close
-        is bounded and errors are swallowed (cleanup after a failure: the peer may be gone)."""
+        is bounded and errors are swallowed (cleanup after a failure: the peer may be gone;
+        parts still buffered are dropped with the attempt)."""
+        self._buffers = {}
         for edge in self.edges:
             for ch in edge.channels:
                 if timeout is None:
@@ -156,6 +251,7 @@ class Outputs:
                      None)
         if index is None:
             raise ValueError(f"no output to operator {downstream_operator_id!r}")
+        await self.flush()  # what was produced before the switch goes to the old tasks
         old = self.edges[index]
         barrier = events.RescaleBarrier(rescale_id, downstream_operator_id, {})
         self._retired_backpressure += old.backpressured_seconds
@@ -188,3 +284,4 @@ class Outputs:
 
     def clear(self) -> None:
         self.edges = []
+        self._buffers = {}

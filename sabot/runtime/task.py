@@ -129,7 +129,8 @@ class Task:
                 self.channel_ids.append(cid)
                 edges.append(i)
         self.input_state = InputState(edges)
-        self.outputs = Outputs(data_server, self.metrics)
+        # a source's batches are the size its user asked for; other tasks coalesce small parts
+        self.outputs = Outputs(data_server, self.metrics, coalesce_rows=0 if self.operator.is_source else tdd.coalesce_rows)
         self.gate = None
         self.aligner = BarrierAligner(tdd.min_checkpoint_id)
         self.checkpointer = SubtaskCheckpointer(tdd, executor, on_checkpoint)
@@ -395,6 +396,9 @@ class Task:
                 await self._process(self.operator.on_processing_time, now)
                 continue
             proc_timers.arm()
+            if self.outputs.buffered and not gate.has_ready():
+                await self.outputs.flush()  # the input ran dry: what waits for more rows goes now
+                continue  # sending may have taken a while: look at the timers and the gate again
             waited = self._idle_since = time.perf_counter()
             try:
                 channel, item = await gate.next()
@@ -411,6 +415,7 @@ class Task:
                 self.metrics["rows_in"] += item.num_rows
                 self.metrics["bytes_in"] += gate.taken_nbytes(channel)
                 await self._process(self.operator.process, item, state.edges[channel])
+                await self.outputs.flush_due()
                 continue
             if isinstance(item, events.Watermark):
                 await self._advance_event_time(state.watermark(channel, item.timestamp))
