@@ -10,7 +10,12 @@ on top of the slicing or scanning itself:
 * table: ``TableSource`` (32 strided splits, units of ``--batch`` rows) against a plain loop
   of ``Table.slice`` over the same slices (``pyarrow slices``);
 * files: ``DatasetSource`` over 64 Parquet files (one split each) against
-  ``pyarrow.dataset``'s ``Fragment.to_batches`` over the same files in the same order.
+  ``pyarrow.dataset``'s ``Fragment.to_batches`` over the same files in the same order;
+* one CSV file, in a job (``Stream.from_dataset`` -> a map -> keyed count and sum, embedded
+  at parallelism 2): the file cut into byte-range pieces (the default, 4 MiB units, see
+  ``sabot/runtime/operators/csv_units.py``) against the same job reading it as one split
+  (what every CSV file was before), next to pyarrow's multi-threaded ``read_csv`` and
+  ``group_by`` of the same file. Results checked against pyarrow's.
 
 Each case's rows are counted and their ``ts`` sum checked against the input's on every run.
 
@@ -24,6 +29,7 @@ import tempfile
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -31,7 +37,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import Report, measure, table  # noqa: E402
 
+from sabot import Stream  # noqa: E402
 from sabot.runtime.generators import keyed_records  # noqa: E402
+from sabot.runtime.operators import csv_units  # noqa: E402
 from sabot.runtime.operators.base import TaskContext, create_operator  # noqa: E402
 from sabot.runtime.tables import TableStore, new_ref  # noqa: E402
 
@@ -44,6 +52,10 @@ def make_source(params, store=None):
     op = create_operator(ctx)
     op.open()
     return op
+
+
+def double_value(batch):
+    return batch.append_column("v2", pc.multiply(batch.column("value"), 2.0))
 
 
 def consume(batches):
@@ -103,10 +115,50 @@ def main():
         file_results = measure(file_cases, repeat=args.repeat, check=check)
     print(f"\n{files} Parquet files, {rows:,} rows, batches of {batch * 16} rows, one subtask")
     print(table(file_results, baseline="pyarrow fragments", work=rows))
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "events.csv")
+        pacsv.write_csv(data, path)
+        megabytes = os.path.getsize(path) / 1e6
+
+        def pyarrow_csv():
+            t = pacsv.read_csv(path)
+            return t.append_column("v2", pc.multiply(t.column("value"), 2.0)).group_by("key").aggregate(
+                [("v2", "count"), ("v2", "sum")])
+
+        want = pyarrow_csv().sort_by("key")
+        unit_bytes = csv_units.UNIT_BYTES
+
+        def csv_job(whole):
+            csv_units.UNIT_BYTES = 1 << 62 if whole else unit_bytes  # one unit: the file is one split
+            try:
+                stream = (Stream.from_dataset(path, format="csv").map(double_value).key_by("key")
+                          .aggregate({"v2": ["count", "sum"]}).collect(name="out"))
+                return stream.run(default_parallelism=2).table("out")
+            finally:
+                csv_units.UNIT_BYTES = unit_bytes
+
+        def check_csv(name, got):
+            if name != "pyarrow read_csv + group_by":
+                got = got.sort_by("key")
+                assert got.column("key").equals(want.column("key")), name
+                assert got.column("v2_count").equals(want.column("v2_count")), name
+                assert pc.all(pc.less(pc.abs(pc.subtract(got.column("v2_sum"), want.column("v2_sum"))),
+                                      1e-6)).as_py(), name
+
+        csv_cases = {
+            "pyarrow read_csv + group_by": pyarrow_csv,
+            "job p=2, one split": lambda: csv_job(whole=True),
+            "job p=2, pieces": lambda: csv_job(whole=False),
+        }
+        csv_results = measure(csv_cases, repeat=args.repeat, check=check_csv)
+    print(f"\none CSV file of {rows:,} rows ({megabytes:.0f} MB), map + keyed count and sum, embedded p=2")
+    print(table(csv_results, baseline="job p=2, one split", work=rows))
     if args.json:
         report = Report("bench_sources", rows=rows, batch=batch)
         report.add("table", table_results, baseline="pyarrow slices")
         report.add("files", file_results, baseline="pyarrow fragments")
+        report.add("csv", csv_results, baseline="job p=2, one split")
         report.headline(f"table source, {rows:,} rows in units of {batch}, p = 1", "table", "TableSource")
         report.headline(f"file source, 64 Parquet files, {rows:,} rows, p = 1", "files", "DatasetSource")
         report.write(args.json)

@@ -21,7 +21,8 @@ takes one back.
 * ``"dataset"``: ``{"path": str, "format": "parquet" | "ipc" | "csv", "columns": list |
   None, "filter": base64 expression | None, "batch_size": int | None, "monitor_interval_s":
   float | None, "schema": base64 schema | None}``. Files sorted by path; a file of several
-  units (IPC record batches, Parquet row groups) is cut into strided pieces as a table is
+  units (IPC record batches, Parquet row groups, byte ranges of a CSV file cut at newlines:
+  :mod:`~sabot.runtime.operators.csv_units`) is cut into strided pieces as a table is
   (position = units emitted), any other file is one split (position = batches read from it,
   after the filter: deterministic for one filter); round robin over subtasks.
   With ``monitor_interval_s`` the directory is listed again at that interval and new files
@@ -40,6 +41,7 @@ from sabot.connectors.source import DEFAULT_SPLITS, Split, SplitSource
 from sabot.errors import OperatorError
 from sabot.execution.operator_spec import decode_expression
 from sabot.runtime import functions
+from sabot.runtime.operators import csv_units
 from sabot.runtime.operators.base import register
 from sabot.runtime.operators.expressions import filter_batch
 
@@ -244,13 +246,15 @@ class DatasetSource(SplitSource):
     """Files read through ``pyarrow.dataset``, sorted by path.
 
     A file of several *units* (an Arrow IPC file's record batches, a Parquet file's row
-    groups) is cut into ``S`` strided pieces, as a table is: piece ``k`` holds units ``k, k +
+    groups, a CSV file's byte ranges of :data:`~sabot.runtime.operators.csv_units.UNIT_BYTES`
+    cut at newlines) is cut into ``S`` strided pieces, as a table is: piece ``k`` holds units ``k, k +
     S, ...`` and its position is its units emitted. So one large file keeps every subtask
     busy, and a live rescale or restore moves the pieces with their positions. ``S`` is at
     most its units and ``ceil(max(DEFAULT_SPLITS, parallelism) / files)`` (a fixed set of
     files: about that many splits in all, no file cut once there are enough files), or the
-    parallelism for a file found by monitoring. Any other file (CSV, one unit, a remote
-    path, an IPC file whose schema differs from the dataset's) is one split whose position
+    parallelism for a file found by monitoring. Any other file (one unit, a remote path, a
+    compressed CSV file or one whose header is not the dataset's columns, an IPC file whose
+    schema differs from the dataset's) is one split whose position
     is the batches emitted from it. A subtask reads its files one after the other, in listing
     order, and a file's pieces lowest next unit first: with every piece of a file (p=1) it
     emits the file in order; pieces of one file advance in event time together.
@@ -290,6 +294,7 @@ class DatasetSource(SplitSource):
         self.schema = schema or None
         self._fragments = {}  # path -> fragment of the latest listing
         self._ipc = {}  # path -> memory-mapped IPC file reader, while this subtask reads pieces of it
+        self._csv = {}  # (path, unit bytes) -> its CsvUnits (None: read whole)
         self._rank = {}  # path -> its place in this subtask's reading order
         self._piece_rows = {}  # split id -> its rows (progress)
         super().__init__(ctx)
@@ -343,10 +348,26 @@ class DatasetSource(SplitSource):
                    for sid, st in list(self._splits.items())):
             self._ipc.pop(path, None)
 
-    def _num_units(self, path, reader=None):
+    def _csv_units(self, path, unit_bytes=None):
+        """The byte-range units of a CSV file, or None: read it whole (compressed, no header
+        line, a header other than the dataset's columns)."""
+        key = (path, unit_bytes or csv_units.UNIT_BYTES)
+        if key not in self._csv:
+            if self.schema is None:  # a restored piece: the dataset's schema first (every unit parses to it)
+                self._list()
+            units = csv_units.CsvUnits.of(path, key[1])
+            if units is not None and (self.schema is None or units.names != self.schema.names):
+                units = None
+            self._csv[key] = units
+        return self._csv[key]
+
+    def _num_units(self, path, reader=None, unit_bytes=None):
         """How many independently readable units the file has, or None: read it whole."""
         if "://" in path or "://" in self.path:
             return None
+        if self.format == "csv":
+            units = self._csv_units(path, unit_bytes)
+            return units.num_units if units is not None else None
         if self.format == "ipc":
             reader = reader or self._ipc.get(path) or self._open_ipc(path)  # listing: not kept mapped
             if self.schema is not None and not reader.schema.equals(self.schema):
@@ -365,8 +386,9 @@ class DatasetSource(SplitSource):
             # a growing directory: a file's owner must not depend on when it was listed
             return [Split(path, ordinal=0 if monitored else ordinal, group=path if monitored else None,
                           description={"path": path})]
+        extra = {"unit_bytes": csv_units.UNIT_BYTES} if self.format == "csv" else {}  # a restore reads the same units
         return [Split(f"{path}#{k}/{count}", ordinal=k if monitored else ordinal + k,
-                      group=path if monitored else None, description={"path": path, "k": k, "of": count})
+                      group=path if monitored else None, description={"path": path, "k": k, "of": count, **extra})
                 for k in range(count)]
 
     def _splits_of(self, paths):
@@ -436,22 +458,29 @@ class DatasetSource(SplitSource):
         k, count = d["k"], d["of"]
         if reading and self.format == "ipc":
             reader = self._ipc_reader(d["path"])
-        total = self._num_units(d["path"], reader)
+        total = self._num_units(d["path"], reader, d.get("unit_bytes"))
         if total is None:
             raise OperatorError(f"dataset source {self.ctx.operator_name!r}: file {d['path']!r} of the "
                                 "checkpoint can no longer be read in pieces (its schema changed?)")
         return range(k + start * count, total, count)
 
-    def _read_unit(self, path, unit):
+    def _read_unit(self, path, unit, unit_bytes=None):
         """The batches of one unit of a file (after the filter, the projection, batch_size)."""
-        if self.format == "ipc":  # zero-copy from the mapped file, filtered on this thread
-            batch = self._ipc_reader(path).get_batch(unit)
-            if self.filter is not None:
-                batch = filter_batch(batch, self.filter)
-            if self.columns:
-                batch = batch.select(self.columns)
-            size = self.batch_size or max(batch.num_rows, 1)
-            return [batch.slice(i, size) for i in range(0, batch.num_rows, size)]
+        if self.format in ("ipc", "csv"):
+            if self.format == "ipc":  # zero-copy from the mapped file
+                read = [self._ipc_reader(path).get_batch(unit)]
+            else:  # the unit's bytes, parsed to the dataset's types
+                table = self._csv_units(path, unit_bytes).read(unit, self.schema)
+                read = table.to_batches() if table is not None else []
+            out = []
+            for batch in read:  # filtered on this thread
+                if self.filter is not None:
+                    batch = filter_batch(batch, self.filter)
+                if self.columns:
+                    batch = batch.select(self.columns)
+                size = self.batch_size or max(batch.num_rows, 1)
+                out += [batch.slice(i, size) for i in range(0, batch.num_rows, size)]
+            return out
         piece = self._fragment(path).subset(row_group_ids=[unit])
         kwargs = {"columns": self.columns, "filter": self.filter}
         if self.batch_size is not None:
@@ -490,7 +519,7 @@ class DatasetSource(SplitSource):
         d = split.description
         if "of" in d:  # a piece: position = its units emitted
             for n, unit in enumerate(self._units_of(split, position, reading=True), start=position):
-                batches = self._read_unit(d["path"], unit)
+                batches = self._read_unit(d["path"], unit, d.get("unit_bytes"))
                 for j, batch in enumerate(batches):
                     yield batch, (n + 1 if j == len(batches) - 1 else None)
                 if not batches:

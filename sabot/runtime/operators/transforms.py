@@ -1,10 +1,6 @@
 """Stateless per-batch operators: filter, map, select, flat_map, union, key_by."""
 
-import base64
-import pickle
-
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sabot.errors import OperatorError
 from sabot.execution.operator_spec import decode_expression, decode_schema

@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from sabot.errors import OperatorError
 from sabot.runtime import functions, generators
 from sabot.runtime.tables import TableStore, new_ref
+from sabot.runtime.operators import csv_units
 from sabot.runtime.operators.base import TaskContext, create_operator
 from sabot.runtime.operators.sources import DatasetSource, GeneratorSource, TableSource
 
@@ -361,9 +363,25 @@ def test_dataset_source_bad_input(tmp_path):
         op.seek([0, 0])
 
 
+def write_units(table, path, fmt, rows_per_unit, monkeypatch):
+    """Write ``table`` to one file of units of about ``rows_per_unit`` rows (CSV: the unit
+    size in bytes is set to that many rows' worth); returns its number of units."""
+    if fmt == "ipc":
+        feather.write_feather(table, path, compression="lz4", chunksize=rows_per_unit)
+    elif fmt == "parquet":
+        pq.write_table(table, path, row_group_size=rows_per_unit)
+    else:
+        pacsv.write_csv(table, path)
+        header = open(path, "rb").readline()
+        data = path.stat().st_size - len(header)
+        monkeypatch.setattr(csv_units, "UNIT_BYTES", -(-data // -(-table.num_rows // rows_per_unit)))
+        return csv_units.CsvUnits.of(str(path)).num_units
+    return -(-table.num_rows // rows_per_unit)
+
+
 @pytest.mark.parametrize("predicate", ["x > 0.3", "id >= 2400"])  # the second empties whole units
-@pytest.mark.parametrize("fmt", ["ipc", "parquet"])
-def test_one_large_file_is_read_by_every_subtask(tmp_path, fmt, predicate):
+@pytest.mark.parametrize("fmt", ["ipc", "parquet", "csv"])
+def test_one_large_file_is_read_by_every_subtask(tmp_path, fmt, predicate, monkeypatch):
     """A file of many record batches (row groups) is cut into pieces: at p=2 and 3 every
     subtask reads a share, with the pushed-down filter, the projection and batch_size
     applied; p=1 emits the file in order; a restore from a position taken between units
@@ -376,10 +394,8 @@ def test_one_large_file_is_read_by_every_subtask(tmp_path, fmt, predicate):
     table = pa.table({"id": np.arange(n, dtype=np.int64), "x": np.random.default_rng(3).random(n),
                       "s": pa.array([f"r{i}" for i in range(n)])})
     path = tmp_path / f"big.{fmt}"
-    if fmt == "ipc":
-        feather.write_feather(table, path, compression="lz4", chunksize=300)
-    else:
-        pq.write_table(table, path, row_group_size=300)
+    units = write_units(table, path, fmt, 300, monkeypatch)
+    assert 15 <= units <= 18
     predicate = pc.field("x") > 0.3 if predicate == "x > 0.3" else pc.field("id") >= 2400
     want = table.filter(predicate).select(["id", "s"])
     params = {"kind": "dataset", "path": str(path), "format": fmt, "columns": ["id", "s"], "batch_size": 128,
@@ -388,7 +404,7 @@ def test_one_large_file_is_read_by_every_subtask(tmp_path, fmt, predicate):
         parts, shares = [], []
         for i in range(parallelism):
             op = make_source(params, i, parallelism)
-            assert len(op.splits) == len(range(i, 17, parallelism))  # 17 record batches: 17 pieces, round robin
+            assert len(op.splits) == len(range(i, units, parallelism))  # a piece per unit, round robin
             batches = read_all(op)
             assert all(0 < b.num_rows <= 128 for b in batches) and all(b.schema.names == ["id", "s"] for b in batches)
             assert op.total_rows is None  # with a filter: unknown without reading it all twice
@@ -434,29 +450,26 @@ def test_a_fixed_set_of_files_is_cut_into_about_32_splits_in_all(tmp_path, num_f
     assert ids == list(range(num_files * 170))
 
 
-@pytest.mark.parametrize("fmt", ["ipc", "parquet"])
-def test_event_time_of_a_cut_file_moves_on_with_every_unit(tmp_path, fmt):
+@pytest.mark.parametrize("fmt", ["ipc", "parquet", "csv"])
+def test_event_time_of_a_cut_file_moves_on_with_every_unit(tmp_path, fmt, monkeypatch):
     """The pieces of one file share the file's event-time clock: the watermark follows every
     unit read, as for a whole file, instead of waiting until every piece delivered once
     (with 16 units in 16 pieces that was the end of the file: no window fired before it)."""
     n = 1600
     table = pa.table({"id": np.arange(n, dtype=np.int64), "ts": np.arange(n, dtype=np.int64) * 10})
     path = tmp_path / f"t.{fmt}"
-    if fmt == "ipc":
-        feather.write_feather(table, path, chunksize=100)
-    else:
-        pq.write_table(table, path, row_group_size=100)
+    units = write_units(table, path, fmt, 100, monkeypatch)
     params = {"kind": "dataset", "path": str(path), "format": fmt, "time_column": "ts",
               "max_out_of_orderness": 5}
     for parallelism in (1, 2):
         for i in range(parallelism):
             op = make_source(params, i, parallelism)
-            assert len(op.splits) == 16 // parallelism  # one piece per unit
+            assert len(op.splits) == len(range(i, units, parallelism))  # one piece per unit
             marks = []
             for batch in op.read():
                 marks.append(op.current_watermark())
                 assert marks[-1] == batch.column("ts")[-1].as_py() - 5  # the largest time so far
-            assert len(marks) == 16 // parallelism and marks == sorted(marks)
+            assert len(marks) == len(op.splits) and marks == sorted(marks)
 
 
 def test_ipc_files_are_mapped_only_while_their_pieces_are_read(tmp_path):
@@ -530,9 +543,11 @@ def _split_params(kind, n, batch_size, tmp_path=None):
     d = tmp_path / "files"
     d.mkdir(exist_ok=True)
     table = sample_table(n)
-    fmt = "ipc" if kind == "ipc" else "parquet"
+    fmt = kind if kind in ("ipc", "csv") else "parquet"
     for j in range(0, n, 23):  # files of 23 rows, row groups (record batches) of batch_size
-        if fmt == "ipc":
+        if fmt == "csv":  # units of 1-2 rows (csv_units.UNIT_BYTES is set by the test)
+            pacsv.write_csv(table.slice(j, 23), d / f"part-{j:05d}.csv")
+        elif fmt == "ipc":
             feather.write_feather(table.slice(j, 23), d / f"part-{j:05d}.arrow", compression="uncompressed",
                                   chunksize=batch_size)
         else:
@@ -540,12 +555,17 @@ def _split_params(kind, n, batch_size, tmp_path=None):
     return {"kind": "dataset", "path": str(d), "format": fmt, "batch_size": batch_size}
 
 
-COLUMN = {"table": "id", "generator": "ts", "dataset": "id", "ipc": "id"}
-KINDS = ["table", "generator", "dataset", "ipc"]
+COLUMN = {"table": "id", "generator": "ts", "dataset": "id", "ipc": "id", "csv": "id"}
+KINDS = ["table", "generator", "dataset", "ipc", "csv"]
+
+
+@pytest.fixture
+def small_csv_units(monkeypatch):
+    monkeypatch.setattr(csv_units, "UNIT_BYTES", 40)  # the sample rows are 20-30 bytes
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_snapshot_and_restore_of_split_positions(kind, tmp_path):
+def test_snapshot_and_restore_of_split_positions(kind, tmp_path, small_csv_units):
     params = _split_params(kind, 100, 7, tmp_path)
     full = _rows(read_all(make_source(params, 1, 3)), COLUMN[kind])
     op = make_source(params, 1, 3)
@@ -563,7 +583,7 @@ def test_snapshot_and_restore_of_split_positions(kind, tmp_path):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("old_p,new_p,reads", [(1, 3, [5]), (3, 2, [2, 0, 4]), (2, 4, [9, 1]), (4, 1, [0, 3, 3, 1])])
-def test_live_rescale_moves_splits_with_their_positions(kind, old_p, new_p, reads, tmp_path):
+def test_live_rescale_moves_splits_with_their_positions(kind, old_p, new_p, reads, tmp_path, small_csv_units):
     """Old subtasks pause at different points and stop; the new ones take the positions."""
     n, batch_size = 203, 5
     params = _split_params(kind, n, batch_size, tmp_path)
@@ -586,7 +606,8 @@ def test_live_rescale_moves_splits_with_their_positions(kind, old_p, new_p, read
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("old_p,new_p,reads", [(3, 2, [4, 0, 7]), (1, 3, [6]), (2, 5, [1, 8]), (2, 2, [3, 1])])
-def test_restore_at_another_parallelism_emits_the_rest_once(kind, old_p, new_p, reads, tmp_path):
+def test_restore_at_another_parallelism_emits_the_rest_once(kind, old_p, new_p, reads, tmp_path,
+                                                           small_csv_units):
     n, batch_size = 157, 4
     params = _split_params(kind, n, batch_size, tmp_path)
     column = COLUMN[kind]
@@ -657,3 +678,41 @@ def test_num_splits_survives_a_restore_at_a_higher_parallelism():
         assert len(op.splits) == (1 if j < 4 else 0)
         got += _rows(read_all(op), "ts")
     assert len(got) == 1000 and sorted(got) == list(range(1000))
+
+
+def test_csv_files_are_cut_at_newlines_and_the_odd_ones_read_whole(tmp_path, monkeypatch):
+    """CRLF line ends and a last row without a newline are cut right; a compressed file or
+    one whose header is not the dataset's columns is one split, read whole; a quoted value
+    spanning lines (which a cut file cannot have) fails here with an error naming the file and bytes."""
+    import gzip
+
+    monkeypatch.setattr(csv_units, "UNIT_BYTES", 200)
+    d = tmp_path / "d"
+    d.mkdir()
+    n = 600
+    (d / "a.csv").write_bytes(b"id,s\r\n" + b"\r\n".join(f"{i},x{i}".encode() for i in range(n)))
+    (d / "b.csv.gz").write_bytes(gzip.compress(
+        b"id,s\n" + b"".join(f"{i},x{i}\n".encode() for i in range(n, 2 * n))))
+    (d / "c.csv").write_bytes(b"s,id\n" + b"".join(f"x{i},{i}\n".encode() for i in range(2 * n, 3 * n)))
+    want = sorted(range(3 * n))
+    params = {"kind": "dataset", "path": str(d), "format": "csv", "batch_size": 50}
+    got = []
+    for parallelism in (1, 2):
+        ids = []
+        for i in range(parallelism):
+            op = make_source(params, i, parallelism)
+            ids += [v for b in read_all(op) for v in b.column("id").to_pylist()]
+            got.append(op)
+        assert sorted(ids) == want
+    splits = [s.id.rsplit("/", 1)[-1] if "#" not in s.id else s.id.split("/")[-2] for s in got[0].splits]
+    assert splits.count("b.csv.gz") == 1 and splits.count("c.csv") == 1  # whole files
+    assert sum(1 for s in got[0].splits if "a.csv#" in s.id) > 10  # cut at newlines
+    # read by pyarrow itself, the file gives the same rows (and types) as its pieces
+    whole = ds.dataset(str(d / "a.csv"), format="csv").to_table()
+    pieces = pa.Table.from_batches([b for b in read_all(make_source({**params, "path": str(d / "a.csv")}, 0, 1))])
+    assert pieces.equals(whole)
+    # a value spanning lines: pieces start inside it
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n" + "\n".join(f'{i},"line one\nline two {i}"' for i in range(200)) + "\n")
+    with pytest.raises(pa.ArrowInvalid, match="quoted value spanning lines"):
+        read_all(make_source({"kind": "dataset", "path": str(bad), "format": "csv"}, 0, 1))
