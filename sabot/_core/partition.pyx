@@ -386,6 +386,8 @@ STAGED_MIN_ROWS = 4096
 #: smaller batches (every streaming batch) stay on the calling thread.
 PARALLEL_MIN_ROWS = 1 << 19
 AUTO_MAX_THREADS = 2
+#: repartition takes batches of fewer rows with one Arrow take (see bench/bench_partition.py)
+TAKE_BELOW_ROWS = 4096
 
 
 cdef inline int64_t _round8(int64_t x) noexcept nogil:
@@ -883,7 +885,9 @@ def repartition(batch, key_columns, num_partitions=None, *, assignment=None,
 
     Returns:
         ``list[pyarrow.RecordBatch]`` (one per partition, same schema, possibly empty),
-        or ``(batches, counts)`` when ``key_group_counts`` is true.
+        or ``(batches, counts)`` when ``key_group_counts`` is true. When every row goes
+        to one partition (always with one partition), that partition's batch is ``batch``
+        itself, not a copy.
     """
     batch = _as_batch(batch)
     if key_columns is None:
@@ -893,7 +897,18 @@ def repartition(batch, key_columns, num_partitions=None, *, assignment=None,
     pids, kgc, tkgc, bounds = _compute_pids(batch, key_columns, table, max_parallelism,
                                             1 if P <= 256 else 2, nt)
     counts = _partition_counts(kgc, table, P)
-    if len(bounds) > 2:
+    filled = np.flatnonzero(counts)
+    if len(filled) == 1:  # every row goes to one partition (P = 1, or one key): the batch as it is
+        only = int(filled[0])
+        empty = batch.slice(0, 0)
+        out = [batch if p == only else empty for p in range(P)]
+    elif batch.num_rows < TAKE_BELOW_ROWS:
+        # a small batch: one take over the stable order by partition (Arrow's C++, without
+        # the GIL) costs less than the scatter's per-column set-up
+        starts = np.cumsum(counts) - counts
+        taken = batch.take(pa.array(np.argsort(np.asarray(pids), kind="stable")))
+        out = [taken.slice(int(starts[p]), int(counts[p])) for p in range(P)]
+    elif len(bounds) > 2:
         tcounts = np.stack([_partition_counts(k, table, P) for k in tkgc])
         out = _scatter_batch(batch, pids, counts, tcounts, bounds)
     else:

@@ -108,9 +108,18 @@ def test_key_group_bad_input():
 
 # --------------------------------------------------------------------------- repartition
 
+@pytest.fixture(params=["take", "scatter"])
+def small_batch_path(request, monkeypatch):
+    """Batches under TAKE_BELOW_ROWS rows go through one Arrow take; the same tests run
+    them through the scatter kernels too."""
+    if request.param == "scatter":
+        monkeypatch.setattr(partition, "TAKE_BELOW_ROWS", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("num_partitions", [1, 3, 8, 64])
 @pytest.mark.parametrize("offset", [0, 5])
-def test_repartition_all_types_matches_reference(num_partitions, offset):
+def test_repartition_all_types_matches_reference(num_partitions, offset, small_batch_path):
     full = all_types_batch(700)
     batch = full.slice(offset, 600)
     out, counts = partition.repartition(batch, "k", num_partitions, key_group_counts=True)
@@ -128,6 +137,18 @@ def test_repartition_all_types_matches_reference(num_partitions, offset):
     for b in out:
         r = b.column("row").to_pylist()
         assert r == sorted(r)
+
+
+def test_repartition_sends_a_batch_whose_rows_all_go_to_one_partition_as_it_is(small_batch_path):
+    batch = all_types_batch(300).slice(7)
+    out, counts = partition.repartition(batch, "k", 1, key_group_counts=True)
+    assert out[0] is batch  # not copied
+    assert counts.tolist() == np.bincount(ref_pids([batch.column("k")], 1)[1], minlength=128).tolist()
+    one_key = batch.filter(pc.equal(batch.column("k"), 7))
+    out = partition.repartition(one_key, "k", 4)
+    target = ref_pids([one_key.column("k")], 4)[0][0]
+    assert out[target] is one_key and all(b.num_rows == 0 and b.schema == batch.schema
+                                          for p, b in enumerate(out) if p != target)
 
 
 def test_repartition_multi_column_key_and_assignment():
@@ -196,10 +217,20 @@ def test_partition_ids_and_scatter():
 def test_repartition_property(vals, strs, num_partitions, offset):
     n = len(vals)
     svals = strs.draw(st.lists(st.one_of(st.none(), st.text(max_size=12)), min_size=n, max_size=n))
+    for take_below in (0, partition.TAKE_BELOW_ROWS):  # through the scatter kernels, and one take
+        _check_repartition(vals, svals, num_partitions, offset, take_below)
+
+
+def _check_repartition(vals, svals, num_partitions, offset, take_below):
+    n = len(vals)
     batch = pa.record_batch({"a": pa.array(vals, pa.int64()), "s": pa.array(svals, pa.string()),
                              "row": pa.array(np.arange(n))})
     batch = batch.slice(min(offset, n))
-    out = partition.repartition(batch, ["a", "s"], num_partitions)
+    default, partition.TAKE_BELOW_ROWS = partition.TAKE_BELOW_ROWS, take_below
+    try:
+        out = partition.repartition(batch, ["a", "s"], num_partitions)
+    finally:
+        partition.TAKE_BELOW_ROWS = default
     pids, _ = ref_pids([batch.column("a"), batch.column("s")], num_partitions)
     for got, exp in zip(out, ref_split(batch, pids, num_partitions)):
         assert got.to_pylist() == exp.to_pylist()
