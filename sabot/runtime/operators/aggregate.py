@@ -151,7 +151,8 @@ class KeyedAggregate(Operator):
         return pa.Table.from_arrays(cols, schema=pa.schema(fields))
 
     def process(self, batch, input_index):
-        if batch.schema is not self.checked_schema:
+        # each batch has its own schema object: compare (a microsecond), check only a new schema
+        if self.checked_schema is None or not batch.schema.equals(self.checked_schema):
             check_columns(self.ctx, batch.schema, self.keys + [c for c, _ in self.specs if c], "aggregate")
             self._check_key_schema(batch.schema)
             self.checked_schema = batch.schema

@@ -159,7 +159,8 @@ class Select(Operator):
                     f"select {self.ctx.operator_name!r}: expressions {[str(e) for e in self.expressions]} failed "
                     f"on columns {batch.schema.names}: {exc}") from exc
             return [b for b in table.combine_chunks().to_batches() if b.num_rows] or []
-        if batch.schema is not self.checked_schema:
+        # each batch has its own schema object: compare (a microsecond), check only a new schema
+        if self.checked_schema is None or not batch.schema.equals(self.checked_schema):
             check_columns(self.ctx, batch.schema, list(self.renames), "selected")
             self.checked_schema = batch.schema
         out = batch.select(list(self.renames))
