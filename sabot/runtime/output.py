@@ -1,8 +1,11 @@
 """A task's outputs: one :class:`OutputEdge` per downstream operator (Flink's RecordWriter
 with its ChannelSelector).
 
-Routing (partitioning a batch for every edge) runs on the task's thread pool; sending
-runs on the event loop and waits for credit, so a slow receiver slows the sender.
+Routing (partitioning a batch for every edge, and measuring each part's ``nbytes``) runs on
+the task's thread pool; sending runs on the event loop and waits for credit, so a slow
+receiver slows the sender. Nothing that releases the GIL runs on the event loop per batch:
+a thread that gives the GIL away waits to get it back while operator threads run Python code
+(``RecordBatch.nbytes`` on the loop cost each operator 40-60 us per batch that way).
 
 :class:`Outputs` also owns the watermark status the task announced downstream
 (:attr:`Outputs.idle`): :meth:`Outputs.set_idle` sends a
@@ -59,6 +62,10 @@ class _Buffer:
     def take(self):
         parts = self.parts
         return parts[0] if len(parts) == 1 else pa.concat_batches(parts)
+
+    def routed(self, key):
+        """The buffer as one routed item (its bytes: the parts', as the concatenation holds them)."""
+        return key + (self.take(), self.nbytes)
 
 
 class OutputEdge:
@@ -129,8 +136,8 @@ class Outputs:
     def route(self, batches) -> list:
         """Partition output batches for every edge (runs on the thread pool).
 
-        Returns ``[(edge index, channel index, batch)]``; credit-routed edges get channel
-        None here, the channel is picked at send time. A :class:`SideOutput` goes only to
+        Returns ``[(edge index, channel index, batch, its nbytes)]``; credit-routed edges get
+        channel None here, the channel is picked at send time. A :class:`SideOutput` goes only to
         the edges whose spec carries its tag; those edges get nothing else. With
         ``coalesce_rows``, small parts are held back (see the module's docstring) and come
         out of a later call, or of :meth:`flush`.
@@ -148,24 +155,24 @@ class Outputs:
                     continue
                 if edge.by_credit:
                     if batch.num_rows:
-                        put((edge_index, None, batch))
+                        put((edge_index, None, batch, batch.nbytes))
                     continue
                 for channel_index, part in edge.partitioner.route(batch):
-                    put((edge_index, channel_index, part))
+                    put((edge_index, channel_index, part, part.nbytes))
         return routed
 
     def _coalesce(self, item, routed):
         """Buffer ``item``'s part if it is small; append to ``routed`` what is ready to go."""
-        edge_index, channel_index, part = item
+        edge_index, channel_index, part, nbytes = item
         key = (edge_index, channel_index)
         buffer = self._buffers.get(key)
         rows = part.num_rows
-        nbytes = part.nbytes if rows < self.coalesce_rows else COALESCE_BYTES
-        if buffer is not None and (nbytes >= COALESCE_BYTES or not part.schema.equals(buffer.parts[0].schema)):
-            routed.append((edge_index, channel_index, buffer.take()))  # what waited goes first
+        alone = rows >= self.coalesce_rows or nbytes >= COALESCE_BYTES  # big enough on its own
+        if buffer is not None and (alone or not part.schema.equals(buffer.parts[0].schema)):
+            routed.append(buffer.routed(key))  # what waited goes first
             del self._buffers[key]
             buffer = None
-        if nbytes >= COALESCE_BYTES:  # big enough on its own
+        if alone:
             routed.append(item)
         elif buffer is None:
             if not self._buffers:
@@ -176,7 +183,7 @@ class Outputs:
             buffer.rows += rows
             buffer.nbytes += nbytes
             if buffer.rows >= self.coalesce_rows or buffer.nbytes >= COALESCE_BYTES:
-                routed.append((edge_index, channel_index, buffer.take()))
+                routed.append(buffer.routed(key))
                 del self._buffers[key]
 
     @property
@@ -188,8 +195,7 @@ class Outputs:
         """Send every buffered part now (one batch per channel)."""
         if self._buffers:
             buffers, self._buffers = self._buffers, {}
-            await self.emit([(edge_index, channel_index, buffer.take())
-                             for (edge_index, channel_index), buffer in buffers.items()])
+            await self.emit([buffer.routed(key) for key, buffer in buffers.items()])
 
     async def flush_due(self) -> None:
         """Send the buffers once the oldest part waited ``COALESCE_DELAY_S`` (while the task
@@ -209,8 +215,7 @@ class Outputs:
         if self.idle and routed:
             await self.set_idle(False)
         metrics = self.metrics
-        for edge_index, channel_index, part in routed:
-            nbytes = part.nbytes  # once per batch: the channel and its receiver take it from here
+        for edge_index, channel_index, part, nbytes in routed:  # nbytes: the channel and receiver take it
             metrics["rows_out"] += part.num_rows
             metrics["bytes_out"] += nbytes
             edge = self.edges[edge_index]

@@ -310,19 +310,28 @@ class Task:
             self.metrics["first_record_at"] = now
         self.metrics["last_record_at"] = now
 
-    def _read_and_route(self, iterator, done):
+    def _read_and_route(self, iterator, done, time_column=None):
         """A source's next batch (``done`` at the end, None when it has nothing now), its
-        ``nbytes`` and its routing: one trip to the operator thread per batch, not two."""
+        ``nbytes``, its routing and the largest value of its ``time_column`` (None without
+        one): one trip to the operator thread per batch, and nothing left for the event loop
+        that releases the GIL (see :mod:`sabot.runtime.output`)."""
         batch = next(iterator, done)
         if batch is done or batch is None:
-            return batch, 0, None
-        return batch, batch.nbytes, self.outputs.route([batch])
+            return batch, 0, None, None
+        batch_max = None
+        if time_column and batch.num_rows:
+            column = batch.column(time_column)
+            if not pa.types.is_integer(column.type):
+                column = column.cast(pa.int64())  # timestamps, dates, durations: their stored integer
+            batch_max = pc.max(column).as_py()
+        return batch, batch.nbytes, self.outputs.route([batch]), batch_max
 
     async def _run_source(self):
         params = self.ctx.parameters
         time_column = params.get("time_column")
         out_of_orderness = int(params.get("max_out_of_orderness") or 0)
         iterator = iter(self.operator.read())
+        max_of = None if self.operator.tracks_watermarks else time_column  # the source's own watermarks, or this
         done = object()
         max_ts = None
         watermark = None
@@ -337,7 +346,7 @@ class Task:
                                                    self.outputs.broadcast)
             if self.rescale.pending:
                 await self.rescale.apply()
-            batch, nbytes, routed = await self.call(self._read_and_route, iterator, done)
+            batch, nbytes, routed, batch_max = await self.call(self._read_and_route, iterator, done, max_of)
             if batch is done:
                 break
             if batch is not None:  # None: an unbounded source has nothing right now (e.g. Kafka)
@@ -355,12 +364,8 @@ class Task:
                 continue
             if batch is None:
                 continue
-            if time_column and batch.num_rows:
-                column = batch.column(time_column)
-                if not pa.types.is_integer(column.type):
-                    column = column.cast(pa.int64())  # timestamps, dates, durations: their stored integer
-                batch_max = pc.max(column).as_py()
-                if batch_max is not None and (max_ts is None or batch_max > max_ts):
+            if batch_max is not None:
+                if max_ts is None or batch_max > max_ts:
                     max_ts = batch_max
                     if watermark is None or max_ts - out_of_orderness > watermark:
                         watermark = max_ts - out_of_orderness

@@ -142,7 +142,7 @@ def test_outputs_announce_idle_once_and_active_before_any_record_or_watermark():
     async def body():
         await outputs.set_idle(True)
         await outputs.set_idle(True)
-        await outputs.emit([(0, 1, batch)])  # a record while idle: active first
+        await outputs.emit([(0, 1, batch, batch.nbytes)])  # a record while idle: active first
         await outputs.set_idle(True)
         await outputs.broadcast(events.Watermark(7))  # a watermark while idle: active first
         await outputs.broadcast(events.CheckpointBarrier(1, 0))  # a barrier does not change the status
