@@ -12,21 +12,10 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pytest
 
+from test_inputs import RecordingChannel
+
 from sabot.runtime import events, output
 from sabot.runtime.output import Outputs
-
-
-class RecordingChannel:
-    def __init__(self):
-        self.sent = []
-        self.credit = 10
-        self.metrics = {}
-
-    async def send(self, item, nbytes=None):
-        self.sent.append(item)
-
-    async def close(self):
-        pass
 
 
 class Server:
