@@ -25,8 +25,8 @@ the task sends its buffers whenever its input runs dry (:meth:`Outputs.flush`) a
 buffer is older than ``COALESCE_DELAY_S`` (:meth:`Outputs.flush_due`). So a record waits
 at most that delay or one operator call, whichever is longer. A job sets the row target
 with ``config["output_coalesce_rows"]`` (0: every part goes at once, Flink's buffer
-timeout 0). Sources do not coalesce:
-their batches are the size the user asked for, and a source's next read may block.
+timeout 0). Sources do not coalesce: their batches are the size the user asked for, and a
+source's next read may block. Parts are concatenated on the operator threads (``offload``).
 """
 
 from __future__ import annotations
@@ -111,14 +111,18 @@ class Outputs:
         metrics: the task's metrics dict (``rows_out`` / ``bytes_out`` are counted here).
         coalesce_rows: parts with fewer rows are buffered per channel up to this many rows
             (0: every part is sent as it is).
+        offload: ``await offload(fn)`` runs ``fn`` on the operator threads (the task's
+            ``call``): :meth:`flush` concatenates buffered parts there, not on the event loop.
+            None: in place.
     """
 
-    def __init__(self, data_server, metrics, coalesce_rows=0):
+    def __init__(self, data_server, metrics, coalesce_rows=0, offload=None):
         if isinstance(coalesce_rows, bool) or not isinstance(coalesce_rows, int) or coalesce_rows < 0:
             raise ValueError(f"coalesce_rows must be an int >= 0, got {coalesce_rows!r}")
         self.data_server = data_server
         self.metrics = metrics
         self.coalesce_rows = coalesce_rows
+        self.offload = offload
         self._buffers: dict = {}  # (edge index, channel index or None) -> _Buffer
         self._buffered_since = 0.0  # time.monotonic() when the oldest buffered part came
         self.edges: list[OutputEdge] = []
@@ -195,7 +199,12 @@ class Outputs:
         """Send every buffered part now (one batch per channel)."""
         if self._buffers:
             buffers, self._buffers = self._buffers, {}
-            await self.emit([buffer.routed(key) for key, buffer in buffers.items()])
+
+            def routed():
+                return [buffer.routed(key) for key, buffer in buffers.items()]
+
+            joins = any(len(buffer.parts) > 1 for buffer in buffers.values())
+            await self.emit(await self.offload(routed) if joins and self.offload is not None else routed())
 
     async def flush_due(self) -> None:
         """Send the buffers once the oldest part waited ``COALESCE_DELAY_S`` (while the task

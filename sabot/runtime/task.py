@@ -130,7 +130,8 @@ class Task:
                 edges.append(i)
         self.input_state = InputState(edges)
         # a source's batches are the size its user asked for; other tasks coalesce small parts
-        self.outputs = Outputs(data_server, self.metrics, coalesce_rows=0 if self.operator.is_source else tdd.coalesce_rows)
+        self.outputs = Outputs(data_server, self.metrics,
+                               coalesce_rows=0 if self.operator.is_source else tdd.coalesce_rows, offload=self.call)
         self.gate = None
         self.aligner = BarrierAligner(tdd.min_checkpoint_id)
         self.checkpointer = SubtaskCheckpointer(tdd, executor, on_checkpoint)
@@ -331,7 +332,7 @@ class Task:
         time_column = params.get("time_column")
         out_of_orderness = int(params.get("max_out_of_orderness") or 0)
         iterator = iter(self.operator.read())
-        max_of = None if self.operator.tracks_watermarks else time_column  # the source's own watermarks, or this
+        max_of = None if self.operator.tracks_watermarks else time_column  # (a split source keeps its own)
         done = object()
         max_ts = None
         watermark = None

@@ -75,6 +75,28 @@ def test_small_parts_go_out_together_in_order_once_a_channel_has_enough_rows():
     assert outputs.metrics["rows_out"] == 2500
 
 
+def test_a_flush_concatenates_on_the_operator_threads():
+    """Joining buffered parts (a concatenation: Arrow's C++, which gives the GIL away) runs
+    through ``offload``, not on the event loop; a buffer of one part needs no join."""
+    calls = []
+
+    async def offload(fn):
+        calls.append(fn)
+        return fn()
+
+    outputs, opened = open_outputs(1000, spec("a", partitioning="forward", key_by=None))
+    outputs.offload = offload
+    send_all(outputs, [batch(0, 3)])
+    asyncio.run(outputs.flush())
+    assert calls == [] and [b.num_rows for b in batches_of(opened["a"])] == [3]
+    send_all(outputs, [batch(3, 3), batch(6, 4)])
+    asyncio.run(outputs.flush())
+    assert len(calls) == 1
+    got = batches_of(opened["a"])
+    assert [b.num_rows for b in got] == [3, 7]
+    assert got[1].column("k").to_pylist() == list(range(3, 10))
+
+
 def test_without_coalescing_every_part_goes_at_once():
     outputs, opened = open_outputs(0, spec("a", "b"))
     send_all(outputs, [batch(0, 100), batch(100, 100)])
