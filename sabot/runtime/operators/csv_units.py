@@ -53,11 +53,18 @@ class CsvUnits:
         if path.lower().endswith(_COMPRESSED):
             return None
         size = os.path.getsize(path)
+        head = b""
         with open(path, "rb") as f:
-            head = f.read(_HEADER_LIMIT)
-        end = head.find(b"\n")
-        if end < 0:
-            return None
+            while True:  # the header line, read in small steps (a file source lists up to 31 files)
+                chunk = f.read(_SCAN)
+                end = chunk.find(b"\n")
+                if end >= 0:
+                    end += len(head)
+                    head += chunk
+                    break
+                head += chunk
+                if not chunk or len(head) >= _HEADER_LIMIT:
+                    return None
         header = head[:end + 1]
         try:
             names = pacsv.read_csv(pa.BufferReader(header)).column_names

@@ -247,17 +247,17 @@ class DatasetSource(SplitSource):
 
     A file of several *units* (an Arrow IPC file's record batches, a Parquet file's row
     groups, a CSV file's byte ranges of :data:`~sabot.runtime.operators.csv_units.UNIT_BYTES`
-    cut at newlines) is cut into ``S`` strided pieces, as a table is: piece ``k`` holds units ``k, k +
-    S, ...`` and its position is its units emitted. So one large file keeps every subtask
-    busy, and a live rescale or restore moves the pieces with their positions. ``S`` is at
-    most its units and ``ceil(max(DEFAULT_SPLITS, parallelism) / files)`` (a fixed set of
-    files: about that many splits in all, no file cut once there are enough files), or the
+    cut at newlines) is cut into ``S`` strided pieces, as a table is: piece ``k`` holds units
+    ``k, k + S, ...`` and its position is its units emitted. So one large file keeps every
+    subtask busy, and a live rescale or restore moves the pieces with their positions. ``S``
+    is at most its units and ``ceil(max(DEFAULT_SPLITS, parallelism) / files)`` (a fixed set
+    of files: about that many splits in all, no file cut once there are enough files), or the
     parallelism for a file found by monitoring. Any other file (one unit, a remote path, a
     compressed CSV file or one whose header is not the dataset's columns, an IPC file whose
-    schema differs from the dataset's) is one split whose position
-    is the batches emitted from it. A subtask reads its files one after the other, in listing
-    order, and a file's pieces lowest next unit first: with every piece of a file (p=1) it
-    emits the file in order; pieces of one file advance in event time together.
+    schema differs from the dataset's) is one split whose position is the batches emitted
+    from it. A subtask reads its files one after the other, in listing order, and a file's
+    pieces lowest next unit first: with every piece of a file (p=1) it emits the file in
+    order; pieces of one file advance in event time together.
 
     With ``monitor_interval_s`` new files are discovered as they appear; a file's pieces
     then depend only on the file and the parallelism (not on when it was listed).
