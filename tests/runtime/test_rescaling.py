@@ -184,7 +184,9 @@ def source_aggregate_job(kind):
 
 def source_rows_job(kind):
     # the source feeds the keyed select directly (a HASH edge from the rescaled operator);
-    # one slow map behind it keeps per-key order (two would interleave) and slows the source
+    # one slow map behind it keeps per-key order (two would interleave) and slows the source.
+    # Its input is not coalesced: the keyed select's ~512-row parts would reach it 32 to a
+    # call, and the source could end before the rescale the test makes.
     stream = (
         _source(kind, 50)
         .key_by("key")
@@ -192,7 +194,7 @@ def source_rows_job(kind):
         .map("jobs:slow_add_value2", name="map").parallelism(1)
         .collect(name="sink").parallelism(1)
     )
-    return stream.to_job_graph(f"source-rows-{kind}", default_parallelism=2)
+    return stream.to_job_graph(f"source-rows-{kind}", default_parallelism=2, output_coalesce_rows=0)
 
 
 async def rescale_source(manager, exec_graph, job, new_parallelism, n):
