@@ -55,6 +55,7 @@ SCRIPTS = [
     Script("bench_execution_graph.py"),
     Script("bench_slots.py"),
     Script("bench_partition.py"),
+    Script("bench_filter.py"),
     Script("bench_state.py"),
     Script("bench_channels.py"),
     Script("bench_runtime.py", args=["--rss", "--cluster"], quick_args=["--quick", "--cluster"]),

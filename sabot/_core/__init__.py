@@ -7,7 +7,7 @@ how to build it.
 
 import importlib
 
-COMPILED_MODULES = ("graph", "slots", "partition", "state", "liveness", "jsonscan", "shm")
+COMPILED_MODULES = ("graph", "slots", "partition", "state", "liveness", "jsonscan", "shm", "selection")
 
 _HOW_TO_BUILD = (
     "Sabot's compiled core module 'sabot._core.{name}' is not built. "

@@ -2,6 +2,7 @@
 
 import pyarrow as pa
 
+from sabot._core import selection
 from sabot.errors import OperatorError
 from sabot.execution.operator_spec import decode_expression, decode_schema
 from sabot.runtime.operators.base import Operator, register
@@ -85,7 +86,7 @@ class Filter(Operator):
                 f"user function {self.ref!r} of filter {self.ctx.operator_name!r} returned "
                 f"{mask.type} of length {len(mask)}; expected bool of length {batch.num_rows}"
             )
-        out = batch.filter(mask)
+        out = selection.filter_batch_by_mask(batch, mask)
         return [out] if out.num_rows else []
 
 
