@@ -14,8 +14,10 @@ feed them:
 each embedded at parallelism 1 and 2, and (``--cluster``) on a LocalCluster of 2
 workers at parallelism 2. Baseline, same process, interleaved with the runs: filter,
 multiply and group_by over the in-memory table with pyarrow. Every result is checked
-against the baseline's. Also printed: p=2 / p=1 speed-up per input, and peak RSS of a
-from-table run relative to the table's size (``--rss``, in a child process).
+against the baseline's. Also printed: p=2 / p=1 speed-up per input, the cores each run
+kept busy, the CPU time of the from-table job at p=1 and p=2 with one operator thread (the
+work each parallelism does, without contention), and peak RSS of a from-table run
+relative to the table's size (``--rss``, in a child process).
 
     python bench/bench_runtime.py [--quick] [--rows N] [--repeat 3] [--cluster] [--json out.json]
 """
@@ -39,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import Report, constant, measure, table as results_table  # noqa: E402
 
 from sabot import Stream  # noqa: E402
+from sabot.runtime.embedded import run_job_graph  # noqa: E402
 from sabot.runtime.generators import keyed_records  # noqa: E402
 from sabot.testing import assert_tables_equal  # noqa: E402
 
@@ -77,15 +80,19 @@ def job(kind, table, path, rows, parallelism, shippable=False):
     return stream
 
 
-def cores_used(into, name, fn):
+def cores_used(into, name, fn, cpu_into=None):
     """``fn``, noting into ``into[name]`` how many cores each call kept busy (this process's
-    CPU time over the wall time: 1.0 is one core all the time)."""
+    CPU time over the wall time: 1.0 is one core all the time), and into
+    ``cpu_into[name]`` (if given) the CPU seconds of each call."""
     def run():
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu, start = usage.ru_utime + usage.ru_stime, time.perf_counter()
         out = fn()
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        into.setdefault(name, []).append((usage.ru_utime + usage.ru_stime - cpu) / (time.perf_counter() - start))
+        spent = usage.ru_utime + usage.ru_stime - cpu
+        into.setdefault(name, []).append(spent / (time.perf_counter() - start))
+        if cpu_into is not None:
+            cpu_into.setdefault(name, []).append(spent)
         return out
     return run
 
@@ -148,11 +155,18 @@ def main():
         feather.write_feather(table, path, compression="uncompressed", chunksize=BATCH)
         cases = {"pyarrow": lambda: pyarrow_pass(table)}
         used = {}  # embedded case -> [cores it kept busy (process CPU time / wall time) per run]
+        cpu = {}  # embedded case -> [CPU seconds per run]
         for kind in kinds:
             for p in (1, 2):
                 stream = job(kind, table, path, rows, p)
                 cases[f"{kind} p={p}"] = cores_used(used, f"{kind} p={p}",
-                                                    lambda s=stream, p=p: s.run(default_parallelism=p))
+                                                    lambda s=stream, p=p: s.run(default_parallelism=p), cpu)
+        if "table" in kinds:
+            # the work each parallelism does, without contention: one operator thread
+            for p in (1, 2):
+                graph = job("table", table, path, rows, p).to_job_graph(default_parallelism=p)
+                cases[f"table p={p}, 1 thread"] = cores_used(
+                    used, f"table p={p}, 1 thread", lambda g=graph: run_job_graph(g, threads=1), cpu)
         cluster = None
         if args.cluster:
             from sabot.cluster.local import LocalCluster
@@ -181,6 +195,12 @@ def main():
         print(f"{kind:>9}: p=1 {c1:4.2f} cores, p=2 {c2:4.2f} cores; p=2 at most {ceiling:4.2f}x p=1 here")
         report.figure(f"{kind}_cores_used_p1", c1)
         report.figure(f"{kind}_cores_used_p2", c2)
+    if "table" in kinds:
+        w1, w2 = (statistics.median(cpu[f"table p={p}, 1 thread"]) for p in (1, 2))
+        print(f"work of the table job, one operator thread (CPU time, median): p=1 {w1 * 1e3:.0f} ms, "
+              f"p=2 {w2 * 1e3:.0f} ms ({w2 / w1:.2f}x: the hash edge splits every batch, twice the tasks)")
+        report.figure("table_cpu_seconds_1_thread_p1", w1)
+        report.figure("table_cpu_seconds_1_thread_p2", w2)
     for kind in kinds:
         p1, p2 = results[f"{kind} p=1"].median, results[f"{kind} p=2"].median
         line = f"{kind:>9}: p=2 is {p1 / p2:4.2f}x p=1 (target >= 1.7)"
