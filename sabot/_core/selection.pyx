@@ -31,7 +31,7 @@ cdef extern from *:
     int sabot_popcount64(unsigned long long w) nogil
     int sabot_ctz64(unsigned long long w) nogil
 
-__all__ = ["filter_batch_by_mask", "mask_count"]
+__all__ = ["filter_batch_by_mask"]
 
 ctypedef fused elem_t:
     uint8_t
@@ -113,9 +113,9 @@ cdef object _mask_words(object mask):
     cdef int64_t n = len(mask)
     cdef int64_t nwords = (n + 63) // 64
     words = np.zeros(max(nwords, 1), dtype=np.uint64)
-    if n == 0:
-        return words, 0
     bufs = mask.buffers()
+    if n == 0 or bufs[1] is None:  # (no data buffer: nothing is true)
+        return words, 0
     cdef uint64_t[::1] wv = words
     cdef uint64_t* valid = NULL
     cdef const uint8_t* data = <const uint8_t*>_address(bufs[1])
@@ -142,12 +142,6 @@ cdef object _mask_words(object mask):
     finally:
         free(valid)
     return words, count
-
-
-def mask_count(mask):
-    """How many rows ``mask`` (a pyarrow BooleanArray) selects: true and not null."""
-    _check_mask(mask)
-    return _mask_words(mask)[1]
 
 
 cdef _check_mask(object mask):

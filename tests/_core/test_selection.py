@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from sabot._core.selection import filter_batch_by_mask, mask_count
+from sabot._core.selection import filter_batch_by_mask
 
 
 def _batch(n, rng, nulls=False):
@@ -65,7 +65,6 @@ def test_same_rows_as_arrow_filter(n, selectivity):
     got = filter_batch_by_mask(batch, mask)
     assert got.schema == batch.schema and got.schema.metadata == batch.schema.metadata
     assert got.equals(expected)
-    assert mask_count(mask) == expected.num_rows
 
 
 @pytest.mark.parametrize("n", [65, 1000, 4101])
@@ -74,8 +73,9 @@ def test_nulls_in_mask_drop_rows_and_null_columns_are_kept(n):
     batch = _batch(n, rng, nulls=True)
     mask = _mask(n, rng, 0.6, nulls=True)
     expected = batch.filter(mask)  # null_selection_behavior="drop", Arrow's default
-    assert filter_batch_by_mask(batch, mask).equals(expected)
-    assert mask_count(mask) == pc.sum(pc.fill_null(mask, False).cast(pa.int64())).as_py()
+    got = filter_batch_by_mask(batch, mask)
+    assert got.equals(expected)
+    assert got.num_rows == pc.sum(pc.fill_null(mask, False).cast(pa.int64())).as_py()
 
 
 @pytest.mark.parametrize("batch_offset,mask_offset", [(0, 3), (5, 0), (13, 64), (64, 67), (1, 1)])
@@ -94,7 +94,6 @@ def test_mask_bits_past_its_end_are_not_rows():
     # a mask sliced short of its buffer: the bits after it are true, and must not count
     mask = pa.array([True] * 200).slice(10, 70)
     batch = pa.record_batch({"x": pa.array(np.arange(70, dtype=np.int64))})
-    assert mask_count(mask) == 70
     assert filter_batch_by_mask(batch, mask) is batch
     sparse = pa.array([i % 3 == 0 for i in range(200)]).slice(1, 70)
     assert filter_batch_by_mask(batch, sparse).equals(batch.filter(sparse))
