@@ -8,7 +8,9 @@ decoding). The filter operators stay in the plan, so the graph looks as written,
 without evaluating the predicate again.
 
 Column needs are known for expression filters, selects, key_by, union, aggregates and
-windows; anything else (user functions, sinks, joins...) needs every column.
+windows; anything else (user functions, sinks, joins...) needs every column. A source with
+watermarks (``with_watermarks``) always reads its time column, whether or not the
+operators after it do.
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ def pushdown(plan, source_schemas):
             needs = _after(plan, op_id, schema, downstream)
         except (KeyError, ValueError):  # a column the schema lacks: leave it to the run to report
             needs = _ALL
+        time_column = (node.parameters or {}).get("time_column")
+        if needs is not _ALL and time_column:  # the source's own watermarks read it
+            needs = needs | {time_column}
         columns = None
         if needs is not _ALL and needs != set(schema.names):
             columns = [n for n in schema.names if n in needs] or schema.names[:1]

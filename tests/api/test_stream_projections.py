@@ -77,6 +77,20 @@ def test_file_sources_read_only_the_columns_used_and_push_filters_into_the_scan(
     assert src.parameters.get("columns") is None and src.parameters.get("filter") is None
 
 
+def test_a_file_source_with_watermarks_reads_its_time_column_though_nothing_after_it_does(tmp_path):
+    """Projection push-down kept only the columns the operators read, dropping the source's
+    own event-time column: the source then failed computing its watermarks."""
+    t = pa.table({"k": np.arange(100) % 3, "v": np.arange(100) * 1.5, "ts": np.arange(100) * 10,
+                  "pad": ["z" * 50] * 100})
+    pq.write_table(t, tmp_path / "a.parquet", row_group_size=30)
+    stream = (Stream.from_parquet(str(tmp_path), name="files").with_watermarks("ts", 5)
+              .filter(pc.field("v") > 30.0).select("k", "v").collect())
+    src = next(n for n in stream.to_job_graph().operators.values() if n.name == "files")
+    assert src.parameters["columns"] == ["k", "v", "ts"]  # not "pad"
+    got = stream.run(default_parallelism=2).table()
+    assert_tables_equal(got, t.filter(pc.field("v") > 30.0).select(["k", "v"]), sort_by=["v"])
+
+
 def test_only_filters_pushed_into_the_scan_skip_their_evaluation(tmp_path):
     """Two filters right behind a file source (one with nulls) go to the scan and pass rows
     through; a filter after a map, or behind a source read by two consumers, evaluates."""
