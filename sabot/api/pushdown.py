@@ -1,4 +1,10 @@
-"""Projection and predicate push-down into file sources, decided when a job graph is built.
+"""Projection push-down through selects, and projection and predicate push-down into file
+sources, decided when a job graph is built.
+
+A select keeps only the output columns that the operators after it read
+(:func:`narrow_selects`): a view that extracts every field of a record and is then
+filtered and narrowed to two columns computes and filters just those two (a wide row of
+strings is not copied by the filter only to be dropped by the next select).
 
 A file source (``from_dataset`` / ``from_parquet``) reads only the columns its consumers
 use and hands the expression filters that directly follow it to the scan
@@ -20,7 +26,7 @@ import pyarrow.compute as pc
 from sabot.execution.job_graph import OperatorType
 from sabot.execution.operator_spec import decode_expression, expression_columns, parse_aggregates
 
-__all__ = ["pushdown"]
+__all__ = ["PlanView", "narrow_selects", "pushdown"]
 
 _ALL = None  # "every column"
 
@@ -31,24 +37,29 @@ def _union(a, b):
     return a | b
 
 
-def _needs(plan, op_id, schema, downstream):
-    """Columns of ``schema`` that operator ``op_id`` and what follows it read (None: all)."""
+def _needs(plan, op_id, schema, downstream, through_unions=True):
+    """Columns of ``schema`` that operator ``op_id`` and what follows it read (None: all).
+
+    ``through_unions=False``: a union needs every column (its other inputs keep theirs)."""
     node = plan.nodes[op_id]
     t = node.operator_type
     p = node.parameters or {}
     names = set(schema.names)
+    keys = set(node.key_by or []) & names  # a keyed operator's input edge hashes these
     if t == OperatorType.FILTER and p.get("expression"):
         own = set(expression_columns(schema, decode_expression(p["expression"])))
-        return _union(own, _after(plan, op_id, schema, downstream))
+        return _union(own | keys, _after(plan, op_id, schema, downstream, through_unions))
+    if t == OperatorType.UNION and not through_unions:
+        return _ALL
     if t in (OperatorType.KEY_BY, OperatorType.UNION) and not p.get("side_output"):
-        return _union(set(node.key_by or []) & names, _after(plan, op_id, schema, downstream))
+        return _union(keys, _after(plan, op_id, schema, downstream, through_unions))
     if t == OperatorType.SELECT:
         if p.get("expressions"):
-            cols = set()
+            cols = set(keys)
             for _, e in p["expressions"]:
                 cols |= set(expression_columns(schema, decode_expression(e)))
             return cols
-        return set(p["columns"])
+        return set(p["columns"]) | keys
     if t == OperatorType.AGGREGATE or (t == OperatorType.WINDOW and p.get("time") != "processing"
                                        and "late" not in {plan.nodes[d].parameters.get("side_output")
                                                           for d in downstream.get(op_id, [])}):
@@ -65,21 +76,97 @@ def _needs(plan, op_id, schema, downstream):
     return _ALL
 
 
-def _after(plan, op_id, schema, downstream):
+def _after(plan, op_id, schema, downstream, through_unions=True):
     needs = set()
     for d in downstream.get(op_id, []):
-        needs = _union(needs, _needs(plan, d, schema, downstream))
+        needs = _union(needs, _needs(plan, d, schema, downstream, through_unions))
         if needs is _ALL:
             return _ALL
     return needs
 
 
+def _downstream(edges):
+    downstream = {}
+    for up, down in edges:
+        downstream.setdefault(up, []).append(down)
+    return downstream
+
+
+def _last_first(nodes, edges):
+    """Operator ids, each after every operator downstream of it."""
+    downstream, upstream = _downstream(edges), {}
+    for up, down in edges:
+        upstream.setdefault(down, []).append(up)
+    waiting = {op: len(downstream.get(op, [])) for op in nodes}
+    ready = [op for op, n in waiting.items() if n == 0]
+    order = []
+    while ready:
+        op = ready.pop()
+        order.append(op)
+        for up in upstream.get(op, []):
+            waiting[up] -= 1
+            if waiting[up] == 0:
+                ready.append(up)
+    return order
+
+
+def _narrowed(node, keep):
+    new = node.copy()
+    p = new.parameters
+    if p.get("expressions"):
+        p["expressions"] = [[name, e] for name, e in p["expressions"] if name in keep]
+    elif isinstance(p.get("columns"), dict):
+        p["columns"] = {old: name for old, name in p["columns"].items() if name in keep}
+    else:
+        p["columns"] = [c for c in p["columns"] if c in keep]
+    return new
+
+
+def narrow_selects(plan, schemas):
+    """``{select id: a copy of the node computing only the columns read after it}``.
+
+    ``schemas``: each operator's output schema (by id) where known. A select is narrowed
+    when everything after it has known column needs (expression filters, selects, key_by,
+    aggregates, windows; not through a union, whose other inputs keep their columns) and
+    reads fewer columns than it makes; the copy lists the dropped ones under
+    ``parameters["pruned_columns"]``. Selects are visited downstream first, so a narrowed
+    select narrows the ones before it in turn. Keeps at least one column (rows still count).
+    """
+    downstream = _downstream(plan.edges)
+    view = PlanView(dict(plan.nodes), plan.edges)
+    out = {}
+    for op_id in _last_first(plan.nodes, plan.edges):
+        node = view.nodes[op_id]
+        schema = schemas.get(op_id)
+        if node.operator_type != OperatorType.SELECT or schema is None or not downstream.get(op_id):
+            continue
+        try:
+            needs = _after(view, op_id, schema, downstream, through_unions=False)
+        except (KeyError, ValueError):  # a column the schema lacks: leave it to the run to report
+            continue
+        if needs is _ALL:
+            continue
+        keep = [n for n in schema.names if n in needs] or schema.names[:1]
+        if len(keep) == len(schema.names):
+            continue
+        narrowed = _narrowed(node, set(keep))
+        narrowed.parameters["pruned_columns"] = [n for n in schema.names if n not in keep]
+        view.nodes[op_id] = out[op_id] = narrowed
+    return out
+
+
+class PlanView:
+    """A plan's nodes (some replaced by narrowed copies) and edges."""
+
+    def __init__(self, nodes, edges):
+        self.nodes = nodes
+        self.edges = edges
+
+
 def pushdown(plan, source_schemas):
     """``{source id: {"filter": expression | None, "columns": [names] | None, "filters": [the
     filter operator ids whose predicates make up "filter"]}}`` for file sources."""
-    downstream = {}
-    for up, down in plan.edges:
-        downstream.setdefault(up, []).append(down)
+    downstream = _downstream(plan.edges)
     out = {}
     for op_id, schema in source_schemas.items():
         node = plan.nodes.get(op_id)

@@ -35,7 +35,7 @@ from sabot.execution.job_graph import JobGraph, OperatorType, StreamOperatorNode
 from sabot.runtime import functions, tables
 from sabot.runtime.embedded import run_coroutine, run_job_graph_async
 from sabot.api.joining import JoiningMixin
-from sabot.api.pushdown import pushdown
+from sabot.api.pushdown import PlanView, narrow_selects, pushdown
 from sabot.api.windowing import WindowingMixin
 from sabot.execution.operator_spec import (
     aggregate_output_schema,
@@ -59,6 +59,7 @@ class _Plan:
         self.nodes = {}  # operator_id -> StreamOperatorNode
         self.edges = []  # (upstream_id, downstream_id)
         self.source_schemas = {}  # file sources: operator_id -> schema (for push-down)
+        self.schemas = {}  # operator_id -> the schema it emits, where known (for narrowing selects)
         self.tables = {}  # table id -> the in-memory table an operator refers to (sabot.runtime.tables)
 
     def add(self, node, upstream_ids=()):
@@ -79,6 +80,7 @@ class _Plan:
         self.nodes.update(other.nodes)
         self.edges.extend(e for e in other.edges if e not in self.edges)
         self.source_schemas.update(other.source_schemas)
+        self.schemas.update(other.schemas)
         self.tables.update(other.tables)
         return self
 
@@ -96,6 +98,8 @@ class Stream(JoiningMixin, WindowingMixin):
         self._plan = plan
         self._node = node
         self.schema = schema
+        if schema is not None:
+            plan.schemas[node.operator_id] = schema
         self._key_by = key_by
         self._input_schema = input_schema  # what the operator reads (its late records' schema)
 
@@ -721,9 +725,12 @@ class Stream(JoiningMixin, WindowingMixin):
         job = JobGraph(job_name=job_name, default_parallelism=default_parallelism, **config)
         used = {ref["table_id"] for node in self._plan.nodes.values() for ref in tables.refs_in(node.parameters)}
         job.tables = {table_id: t for table_id, t in self._plan.tables.items() if table_id in used}
-        pushed = pushdown(self._plan, self._plan.source_schemas)
+        # selects first (they make what the sources must read), then the file sources
+        narrowed = narrow_selects(self._plan, self._plan.schemas)
+        plan = PlanView({**self._plan.nodes, **narrowed}, self._plan.edges)
+        pushed = pushdown(plan, self._plan.source_schemas)
         evaluated = {f for p in pushed.values() for f in p["filters"]}
-        for node in self._plan.nodes.values():
+        for node in plan.nodes.values():
             if node.operator_id in pushed:  # a copy: the push-down depends on the whole plan
                 node = node.copy()
                 node.parameters["filter"] = (encode_expression(pushed[node.operator_id]["filter"])

@@ -77,6 +77,87 @@ def test_file_sources_read_only_the_columns_used_and_push_filters_into_the_scan(
     assert src.parameters.get("columns") is None and src.parameters.get("filter") is None
 
 
+def _selects(stream):
+    """{select name: (its output names, the names it dropped)} of the job graph."""
+    out = {}
+    for n in stream.to_job_graph(chaining=False).operators.values():
+        if n.operator_type.value == "select":
+            p = n.parameters
+            names = [e[0] for e in p["expressions"]] if p.get("expressions") else list(
+                p["columns"].values() if isinstance(p["columns"], dict) else p["columns"])
+            out[n.name] = (names, p.get("pruned_columns"))
+    return out
+
+
+WIDE = TABLE.append_column("pad", pa.array(["w" * 100] * 1000)).append_column("ts", pa.array(np.arange(1000) * 7))
+
+
+def _view():
+    return Stream.from_table(WIDE, batch_size=128, name="t").select(
+        {"k": pc.field("k"), "p2": pc.field("p") * 2, "s": pc.field("s"), "pad": pc.field("pad"),
+         "f": pc.field("f")}, name="view")
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_selects_compute_only_the_columns_read_after_them(parallelism):
+    """A wide view, filtered, then narrowed: each select keeps what the operators after it
+    read, the earlier one narrowed by the later one's needs; the rows are the same."""
+    stream = (_view().filter(pc.field("f") > 0.25, name="f1").select({"k": "key", "p2": "p2", "s": "s"}, name="renamed")
+              .filter(pc.field("s") != "x3", name="f2").select("key", "p2", name="out").collect(name="sink"))
+    assert _selects(stream) == {"view": (["k", "p2", "s", "f"], ["pad"]),
+                                "renamed": (["key", "p2", "s"], None),
+                                "out": (["key", "p2"], None)}
+    want = WIDE.filter((pc.field("f") > 0.25) & (pc.field("s") != "x3"))
+    want = pa.table({"key": want["k"], "p2": pc.multiply(want["p"], 2)})
+    assert_tables_equal(stream.run(default_parallelism=parallelism).table(), want, sort_by=["p2"])
+    # the renaming select drops the columns the last select does not read, and the view too
+    narrower = (_view().filter(pc.field("f") > 0.25, name="f1").select({"k": "key", "p2": "p2", "s": "s"}, name="renamed")
+                .select("key", name="out").collect(name="sink"))
+    assert _selects(narrower)["renamed"] == (["key"], ["p2", "s"])
+    assert _selects(narrower)["view"] == (["k", "f"], ["p2", "s", "pad"])
+    assert_tables_equal(narrower.run(default_parallelism=parallelism).table(),
+                        pa.table({"key": WIDE.filter(pc.field("f") > 0.25)["k"]}), sort_by=["key"])
+
+
+def test_a_select_before_an_aggregate_or_window_keeps_keys_values_and_time():
+    view = Stream.from_table(WIDE, batch_size=100, name="t").select("k", "p", "s", "pad", "ts", name="view")
+    agg = view.key_by("k").aggregate({"p": "sum"}, name="agg").collect(name="sink")
+    assert _selects(agg)["view"] == (["k", "p"], ["s", "pad", "ts"])
+    assert_tables_equal(agg.run(default_parallelism=2).table(),
+                        WIDE.group_by("k").aggregate([("p", "sum")]).select(["k", "p_sum"]), sort_by=["k"])
+    timed = (Stream.from_table(WIDE, batch_size=100, name="t").with_watermarks("ts")
+             .select("k", "p", "s", "pad", "ts", name="view"))
+    windowed = timed.key_by("k").window(700, {"p": "sum"}, name="win").collect(name="sink")
+    assert _selects(windowed)["view"] == (["k", "p", "ts"], ["s", "pad"])
+    got = windowed.run().table()
+    assert got.num_rows and pc.sum(got["p_sum"]).as_py() == pc.sum(WIDE["p"]).as_py()
+
+
+def test_a_select_keeps_the_key_of_a_keyed_operator_after_it():
+    """The edge into a keyed filter hashes its key: the select before it keeps the key column
+    although the filter's predicate and what follows do not read it."""
+    stream = (Stream.from_table(WIDE, batch_size=100, name="t").select("k", "p", "s", "pad", name="view")
+              .key_by("k").filter(pc.field("p") > 3, name="kf").select("p", name="out").collect(name="sink"))
+    assert _selects(stream)["view"] == (["k", "p"], ["s", "pad"])
+    assert_tables_equal(stream.run(default_parallelism=2).table(), WIDE.filter(pc.field("p") > 3).select(["p"]),
+                        sort_by=["p"])
+
+
+def test_selects_whose_output_is_all_read_or_unknown_are_kept_whole():
+    def base():
+        return Stream.from_table(WIDE, batch_size=100, name="t")
+    # a user function, a sink and a union read every column
+    assert _selects(base().select("k", "s", name="view").map(lambda b: b).collect())["view"][1] is None
+    assert _selects(base().select("k", "s", name="view").collect())["view"][1] is None
+    other = Stream.from_table(WIDE.select(["k", "s"]), name="u")
+    union = base().select("k", "s", name="view").union(other).select("k", name="after").collect()
+    assert _selects(union)["view"][1] is None
+    assert union.run().table().num_rows == 2 * WIDE.num_rows
+    # a select whose every column is read: nothing to drop
+    whole = base().select("k", "p", name="view").filter(pc.field("p") > 3).select("p", "k").collect()
+    assert _selects(whole)["view"][1] is None
+
+
 def test_a_file_source_with_watermarks_reads_its_time_column_though_nothing_after_it_does(tmp_path):
     """Projection push-down kept only the columns the operators read, dropping the source's
     own event-time column: the source then failed computing its watermarks."""
