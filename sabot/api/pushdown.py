@@ -163,14 +163,18 @@ class PlanView:
         self.edges = edges
 
 
-def pushdown(plan, source_schemas):
+def pushdown(plan, schemas):
     """``{source id: {"filter": expression | None, "columns": [names] | None, "filters": [the
-    filter operator ids whose predicates make up "filter"]}}`` for file sources."""
+    filter operator ids whose predicates make up "filter"]}}`` for file sources.
+
+    ``schemas``: each operator's output schema (by id) where known (a file source's: its
+    files' columns)."""
     downstream = _downstream(plan.edges)
     out = {}
-    for op_id, schema in source_schemas.items():
-        node = plan.nodes.get(op_id)
-        if node is None or (node.parameters or {}).get("kind") != "dataset":
+    for op_id, node in plan.nodes.items():
+        schema = schemas.get(op_id)
+        is_file_source = node.operator_type == OperatorType.SOURCE and (node.parameters or {}).get("kind") == "dataset"
+        if schema is None or not is_file_source:
             continue
         # the filters right behind the source, one after the other, go to the scan
         predicate, current, filters = None, op_id, []

@@ -58,8 +58,7 @@ class _Plan:
     def __init__(self):
         self.nodes = {}  # operator_id -> StreamOperatorNode
         self.edges = []  # (upstream_id, downstream_id)
-        self.source_schemas = {}  # file sources: operator_id -> schema (for push-down)
-        self.schemas = {}  # operator_id -> the schema it emits, where known (for narrowing selects)
+        self.schemas = {}  # operator_id -> the schema it emits, where known (for the push-downs)
         self.tables = {}  # table id -> the in-memory table an operator refers to (sabot.runtime.tables)
 
     def add(self, node, upstream_ids=()):
@@ -79,7 +78,6 @@ class _Plan:
             return self
         self.nodes.update(other.nodes)
         self.edges.extend(e for e in other.edges if e not in self.edges)
-        self.source_schemas.update(other.source_schemas)
         self.schemas.update(other.schemas)
         self.tables.update(other.tables)
         return self
@@ -212,9 +210,7 @@ class Stream(JoiningMixin, WindowingMixin):
             schema = pa.schema([schema.field(c) for c in columns])
         params = {"kind": "dataset", "path": str(path), "format": format, "columns": columns, "batch_size": batch_size,
                   "monitor_interval_s": monitor_interval, "schema": encode_schema(given) if given is not None else None}
-        stream = cls._source(name, params, schema, parallelism)
-        stream._plan.source_schemas[stream._node.operator_id] = schema
-        return stream
+        return cls._source(name, params, schema, parallelism)
 
     @classmethod
     def from_parquet(cls, path, **kwargs):
@@ -728,7 +724,7 @@ class Stream(JoiningMixin, WindowingMixin):
         # selects first (they make what the sources must read), then the file sources
         narrowed = narrow_selects(self._plan, self._plan.schemas)
         plan = PlanView({**self._plan.nodes, **narrowed}, self._plan.edges)
-        pushed = pushdown(plan, self._plan.source_schemas)
+        pushed = pushdown(plan, self._plan.schemas)
         evaluated = {f for p in pushed.values() for f in p["filters"]}
         for node in plan.nodes.values():
             if node.operator_id in pushed:  # a copy: the push-down depends on the whole plan

@@ -102,7 +102,8 @@ def _view():
 def test_selects_compute_only_the_columns_read_after_them(parallelism):
     """A wide view, filtered, then narrowed: each select keeps what the operators after it
     read, the earlier one narrowed by the later one's needs; the rows are the same."""
-    stream = (_view().filter(pc.field("f") > 0.25, name="f1").select({"k": "key", "p2": "p2", "s": "s"}, name="renamed")
+    stream = (_view().filter(pc.field("f") > 0.25, name="f1")
+              .select({"k": "key", "p2": "p2", "s": "s"}, name="renamed")
               .filter(pc.field("s") != "x3", name="f2").select("key", "p2", name="out").collect(name="sink"))
     assert _selects(stream) == {"view": (["k", "p2", "s", "f"], ["pad"]),
                                 "renamed": (["key", "p2", "s"], None),
@@ -111,7 +112,8 @@ def test_selects_compute_only_the_columns_read_after_them(parallelism):
     want = pa.table({"key": want["k"], "p2": pc.multiply(want["p"], 2)})
     assert_tables_equal(stream.run(default_parallelism=parallelism).table(), want, sort_by=["p2"])
     # the renaming select drops the columns the last select does not read, and the view too
-    narrower = (_view().filter(pc.field("f") > 0.25, name="f1").select({"k": "key", "p2": "p2", "s": "s"}, name="renamed")
+    narrower = (_view().filter(pc.field("f") > 0.25, name="f1")
+                .select({"k": "key", "p2": "p2", "s": "s"}, name="renamed")
                 .select("key", name="out").collect(name="sink"))
     assert _selects(narrower)["renamed"] == (["key"], ["p2", "s"])
     assert _selects(narrower)["view"] == (["k", "f"], ["p2", "s", "pad"])
