@@ -21,6 +21,8 @@ operators after it do.
 
 from __future__ import annotations
 
+import functools
+
 import pyarrow.compute as pc
 
 from sabot.execution.job_graph import OperatorType
@@ -29,6 +31,13 @@ from sabot.execution.operator_spec import decode_expression, expression_columns,
 __all__ = ["PlanView", "narrow_selects", "pushdown"]
 
 _ALL = None  # "every column"
+
+
+@functools.lru_cache(maxsize=4096)
+def _reads(schema, encoded):
+    """The columns of ``schema`` that the encoded expression reads (``expression_columns``
+    types the expression once per column: the push-downs ask again for the same pairs)."""
+    return frozenset(expression_columns(schema, decode_expression(encoded)))
 
 
 def _union(a, b):
@@ -47,7 +56,7 @@ def _needs(plan, op_id, schema, downstream, through_unions=True):
     names = set(schema.names)
     keys = set(node.key_by or []) & names  # a keyed operator's input edge hashes these
     if t == OperatorType.FILTER and p.get("expression"):
-        own = set(expression_columns(schema, decode_expression(p["expression"])))
+        own = set(_reads(schema, p["expression"]))
         return _union(own | keys, _after(plan, op_id, schema, downstream, through_unions))
     if t == OperatorType.UNION and not through_unions:
         return _ALL
@@ -57,7 +66,7 @@ def _needs(plan, op_id, schema, downstream, through_unions=True):
         if p.get("expressions"):
             cols = set(keys)
             for _, e in p["expressions"]:
-                cols |= set(expression_columns(schema, decode_expression(e)))
+                cols |= _reads(schema, e)
             return cols
         return set(p["columns"]) | keys
     if t == OperatorType.AGGREGATE or (t == OperatorType.WINDOW and p.get("time") != "processing"
