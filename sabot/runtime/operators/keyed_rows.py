@@ -49,6 +49,16 @@ class SortedRuns:
             order = np.argsort(h, kind="stable")
             self.runs.append((h[order], r[order]))
 
+    def keep(self, alive, new_ids):
+        """Drop the rows where ``alive[row]`` is false and renumber the rest by ``new_ids``
+        (increasing in the old ids). A run filtered stays sorted, so nothing is sorted again."""
+        runs = []
+        for sh, sr in self.runs:
+            mask = alive[sr]
+            if mask.any():
+                runs.append((sh[mask], new_ids[sr[mask]]))
+        self.runs = runs
+
     def probe(self, hashes):
         probes, rows = [], []
         for sh, sr in self.runs:
@@ -188,18 +198,18 @@ class KeyedRows:
         return np.flatnonzero(self.alive)
 
     def compact(self):
-        """Drop dead rows; row ids change (callers must not hold them across this)."""
+        """Drop dead rows; row ids change (callers must not hold them across this). The
+        index keeps its sorted runs, filtered and renumbered (no sort)."""
         keep = self.alive_rows()
         table = self.take(keep) if self.segments else None
-        hashes = self.hashes[keep]
-        side = {n: a[keep] for n, a in self.side.items()}
+        new_ids = np.zeros(len(self.hashes), dtype=np.int64)
+        new_ids[keep] = np.arange(len(keep), dtype=np.int64)
+        self.index.keep(self.alive, new_ids)
+        self.hashes = self.hashes[keep]
+        self.side = {n: a[keep] for n, a in self.side.items()}
         self.segments = [[0, table.combine_chunks()]] if table is not None and table.num_rows else []
-        self.hashes = hashes
         self.alive = np.ones(len(keep), dtype=bool)
-        self.side = side
         self.num_alive = len(keep)
-        self.index = SortedRuns()
-        self.index.add(hashes, np.arange(len(keep), dtype=np.int64))
 
     def alive_table(self, with_side=()):
         """The alive rows, with the named side arrays appended as columns."""

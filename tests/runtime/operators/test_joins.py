@@ -255,3 +255,36 @@ def test_held_rows_survive_every_row_dying():
     rows.append(pa.table({"k": pa.array([7], pa.int64())}), np.array([7], dtype=np.uint64))
     p, r = rows.probe(np.array([7, 8], dtype=np.uint64))
     assert p.tolist() == [0] and rows.take(r).column("k").to_pylist() == [7]
+
+
+def test_keyed_rows_find_the_same_rows_as_a_dict_through_appends_kills_and_compactions():
+    """Probes against a plain dict of hash -> alive row keys, with colliding hashes, after
+    rows die in bulk (compacting: ids renumbered, runs filtered, not re-sorted) and more
+    arrive."""
+    from sabot.runtime.operators.keyed_rows import KeyedRows
+
+    rng = np.random.default_rng(11)
+    rows = KeyedRows({"flag": bool})
+    ref = {}  # key value -> hash, for alive rows
+    next_key = 0
+    for step in range(12):
+        n = int(rng.integers(200, 3000))
+        keys = np.arange(next_key, next_key + n, dtype=np.int64)
+        next_key += n
+        hashes = (keys % 997).astype(np.uint64)  # many rows share a hash
+        rows.append(pa.table({"key": keys}), hashes, flag=keys % 2 == 0)
+        ref.update(zip(keys.tolist(), hashes.tolist()))
+        # kill a random share of the alive rows (often more than half: a compaction)
+        alive = rows.alive_rows()
+        dead = alive[rng.random(len(alive)) < rng.uniform(0.2, 0.8)]
+        for k in rows.take(dead).column("key").to_pylist():
+            del ref[k]
+        rows.kill(dead)
+        probe = np.array(sorted(set(rng.integers(0, 1100, 300).tolist())), dtype=np.uint64)
+        p, r = rows.probe(probe)
+        got = sorted(zip(probe[p].tolist(), rows.take(r).column("key").to_pylist()))
+        want = sorted((h, k) for k, h in ref.items() if h in set(probe.tolist()))
+        assert got == want, f"step {step}"
+        assert rows.num_alive == len(ref)
+        flags = rows.alive_table(with_side=["flag"])
+        assert all(f == (k % 2 == 0) for k, f in zip(flags["key"].to_pylist(), flags["flag"].to_pylist()))
