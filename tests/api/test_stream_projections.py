@@ -145,6 +145,16 @@ def test_a_select_keeps_the_key_of_a_keyed_operator_after_it():
                         sort_by=["p"])
 
 
+def test_a_file_source_keeps_the_key_of_a_keyed_operator_after_it(tmp_path):
+    pq.write_table(WIDE, tmp_path / "a.parquet")
+    stream = (Stream.from_parquet(str(tmp_path), name="files").key_by("k").filter(pc.field("p") > 3, name="kf")
+              .select("p", name="out").collect(name="sink"))
+    src = next(n for n in stream.to_job_graph().operators.values() if n.name == "files")
+    assert src.parameters["columns"] == ["k", "p"]  # read "p" alone before: KeyColumnError on the keyed edge
+    assert_tables_equal(stream.run(default_parallelism=2).table(), WIDE.filter(pc.field("p") > 3).select(["p"]),
+                        sort_by=["p"])
+
+
 def test_selects_whose_output_is_all_read_or_unknown_are_kept_whole():
     def base():
         return Stream.from_table(WIDE, batch_size=100, name="t")
